@@ -1,0 +1,213 @@
+"""Failure classification: every exception (or rejected result) gets an `ErrorKind`.
+
+A `Classifier` tries its rules in order, first match wins; then the built-in
+rules (the marker exceptions, timeouts, connection errors, programming errors);
+then its default kind. Rules may look at the job through `current_job()`
+(attempt number, item, the dependency the failure came from).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import (
+    AsyncBatchError,
+    ConfigError,
+    FatalError,
+    PermanentError,
+    RecoverableError,
+    TransientError,
+)
+
+__all__ = [
+    "BUILTIN_RULES",
+    "Classifier",
+    "ClassifierLike",
+    "ErrorKind",
+    "RejectedResult",
+    "Rule",
+    "as_classifier",
+]
+
+
+class ErrorKind(str, enum.Enum):
+    """What a failure means for the job, and so how it is handled."""
+
+    TRANSIENT = "transient"
+    """Retry soon: a blip (timeout, dropped connection, 503)."""
+    RECOVERABLE = "recoverable"
+    """Retry with backoff: the dependency needs time (429, overload)."""
+    PERMANENT = "permanent"
+    """Never retry: the item itself is bad. The job is dead-lettered."""
+    FATAL = "fatal"
+    """Abort the batch: nothing else will succeed (bad credentials, disk full)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RejectedResult(AsyncBatchError):
+    """A job returned a value that a ``Rule(result=...)`` classifies as a failure.
+
+    Attributes:
+        result: the value the job returned.
+    """
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+        super().__init__(f"result rejected by a classifier rule: {result!r:.200}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One classification rule: ``Rule(ExcA, ExcB, kind=..., when=...)``.
+
+    Args:
+        *types: exception classes the rule matches (subclasses included).
+            With none given and no ``result=``, every exception matches.
+        kind: the `ErrorKind` a match means.
+        when: optional ``predicate(exc) -> bool`` that must also hold.
+        result: ``predicate(value) -> bool`` for jobs that return errors
+            instead of raising; a match turns the success into a failure
+            (a `RejectedResult`) of this kind.
+    """
+
+    types: tuple[type[BaseException], ...]
+    kind: ErrorKind
+    when: Callable[[BaseException], bool] | None
+    result: Callable[[Any], bool] | None
+
+    def __init__(
+        self,
+        *types: type[BaseException],
+        kind: ErrorKind | str,
+        when: Callable[[BaseException], bool] | None = None,
+        result: Callable[[Any], bool] | None = None,
+    ) -> None:
+        for t in types:
+            if not (isinstance(t, type) and issubclass(t, BaseException)):
+                raise ConfigError(f"Rule types must be exception classes, got {t!r}")
+        if result is not None and (types or when is not None):
+            raise ConfigError(
+                "a Rule matches either exceptions or results; "
+                "HINT: split it into Rule(Exc, kind=...) and Rule(result=..., kind=...)"
+            )
+        object.__setattr__(self, "types", types or ((BaseException,) if result is None else ()))
+        object.__setattr__(self, "kind", _as_kind(kind))
+        object.__setattr__(self, "when", when)
+        object.__setattr__(self, "result", result)
+
+    def matches(self, exc: BaseException) -> bool:
+        """True when this exception rule applies to ``exc``."""
+        if self.result is not None or not isinstance(exc, self.types):
+            return False
+        return self.when is None or bool(self.when(exc))
+
+
+def _as_kind(kind: ErrorKind | str) -> ErrorKind:
+    try:
+        return ErrorKind(kind)
+    except ValueError:
+        choices = ", ".join(k.value for k in ErrorKind)
+        raise ConfigError(f"unknown error kind {kind!r}; use one of: {choices}") from None
+
+
+def _has_retry_after(exc: BaseException) -> bool:
+    return isinstance(getattr(exc, "retry_after", None), int | float)
+
+
+BUILTIN_RULES: tuple[Rule, ...] = (
+    Rule(FatalError, kind=ErrorKind.FATAL),
+    Rule(PermanentError, kind=ErrorKind.PERMANENT),
+    Rule(RecoverableError, kind=ErrorKind.RECOVERABLE),
+    Rule(TransientError, kind=ErrorKind.TRANSIENT),
+    Rule(MemoryError, kind=ErrorKind.FATAL),
+    # A server that says when to come back is overloaded, not broken.
+    Rule(Exception, kind=ErrorKind.RECOVERABLE, when=_has_retry_after),
+    Rule(TimeoutError, asyncio.TimeoutError, kind=ErrorKind.TRANSIENT),
+    Rule(ConnectionError, kind=ErrorKind.TRANSIENT),
+    Rule(OSError, kind=ErrorKind.RECOVERABLE),
+    # Programming errors and bad input: retrying gives the same answer.
+    Rule(
+        ValueError,
+        TypeError,
+        LookupError,
+        AttributeError,
+        NotImplementedError,
+        AssertionError,
+        kind=ErrorKind.PERMANENT,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Classifier:
+    """Ordered rules, first match wins, then the built-ins, then ``default``.
+
+    Args:
+        rules: your rules, tried before the built-in ones.
+        default: the kind of anything no rule matches.
+        builtins: set False to skip the built-in rules entirely.
+    """
+
+    rules: tuple[Rule, ...] = ()
+    default: ErrorKind = ErrorKind.RECOVERABLE
+    builtins: bool = True
+    _exc_rules: tuple[Rule, ...] = field(init=False, repr=False)
+    _result_rules: tuple[Rule, ...] = field(init=False, repr=False)
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = (),
+        *,
+        default: ErrorKind | str = ErrorKind.RECOVERABLE,
+        builtins: bool = True,
+    ) -> None:
+        rules = tuple(rules)
+        for r in rules:
+            if not isinstance(r, Rule):
+                raise ConfigError(f"Classifier rules must be ab.Rule, got {r!r}")
+        object.__setattr__(self, "rules", rules)
+        object.__setattr__(self, "default", _as_kind(default))
+        object.__setattr__(self, "builtins", builtins)
+        exc_rules = tuple(r for r in rules if r.result is None)
+        object.__setattr__(self, "_exc_rules", exc_rules + (BUILTIN_RULES if builtins else ()))
+        object.__setattr__(self, "_result_rules", tuple(r for r in rules if r.result is not None))
+
+    def __call__(self, exc: BaseException) -> ErrorKind:
+        """Classify one exception."""
+        for rule in self._exc_rules:
+            if rule.matches(exc):
+                return rule.kind
+        return self.default
+
+    @property
+    def checks_results(self) -> bool:
+        """True when some rule inspects returned values."""
+        return bool(self._result_rules)
+
+    def classify_result(self, value: object) -> ErrorKind | None:
+        """The kind of failure ``value`` stands for, or None when it is a success."""
+        for rule in self._result_rules:
+            assert rule.result is not None
+            if rule.result(value):
+                return rule.kind
+        return None
+
+
+ClassifierLike = Classifier | Callable[[BaseException], "ErrorKind | str"]
+
+
+def as_classifier(classify: ClassifierLike | None) -> Classifier | Callable[[BaseException], Any]:
+    """Normalise the ``classify=`` option."""
+    if classify is None:
+        return Classifier()
+    if isinstance(classify, Classifier) or callable(classify):
+        return classify
+    raise ConfigError(
+        f"classify= must be an ab.Classifier or a callable(exc) -> ErrorKind, got {classify!r}"
+    )

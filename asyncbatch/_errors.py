@@ -1,0 +1,109 @@
+"""The exception tree of asyncbatch.
+
+::
+
+    Exception
+     ├── AsyncBatchError                 everything asyncbatch itself raises
+     │    ├── BatchAborted               a FATAL error or an exhausted budget stopped the run
+     │    ├── CircuitOpen                a dependency's breaker rejected the call
+     │    ├── StoreError                 the store cannot be opened, read or written
+     │    │    └── UnknownRun            no run with that id in the store
+     │    └── ConfigError (ValueError)   bad options: the message says how to fix them
+     │
+     │   Markers a job raises (or subclasses) to classify its failure explicitly:
+     ├── TransientError                  retry soon
+     ├── RecoverableError                retry with backoff
+     ├── PermanentError                  never retry, dead-letter the job
+     └── FatalError                      abort the whole batch
+
+``asyncio.CancelledError``, ``KeyboardInterrupt`` and ``SystemExit`` are never
+classified, retried or wrapped: they propagate.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._result import BatchResult
+
+__all__ = [
+    "AsyncBatchError",
+    "BatchAborted",
+    "CircuitOpen",
+    "ConfigError",
+    "FatalError",
+    "PermanentError",
+    "RecoverableError",
+    "StoreError",
+    "TransientError",
+    "UnknownRun",
+]
+
+
+class AsyncBatchError(Exception):
+    """Base class of the errors asyncbatch raises itself."""
+
+
+class ConfigError(AsyncBatchError, ValueError):
+    """An option has a value asyncbatch cannot use; the message says how to fix it."""
+
+
+class StoreError(AsyncBatchError):
+    """The store could not be opened, read or written."""
+
+
+class UnknownRun(StoreError, LookupError):
+    """The store holds no run with this id.
+
+    Attributes:
+        run_id: the id that was asked for.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run {run_id!r} in this store (list runs with `asyncbatch runs`)")
+
+
+class BatchAborted(AsyncBatchError):
+    """A FATAL error or an exhausted error budget aborted the batch.
+
+    Attributes:
+        result: the partial `BatchResult` (finished jobs, the rest CANCELLED).
+        cause: the fatal exception or the budget verdict; also ``__cause__``.
+    """
+
+    def __init__(self, result: BatchResult[Any], cause: BaseException) -> None:
+        self.result = result
+        self.cause = cause
+        super().__init__(f"batch {result.run_id!r} aborted: {type(cause).__name__}: {cause}")
+
+
+class CircuitOpen(AsyncBatchError):
+    """The circuit breaker of `dependency` is open and rejected the call.
+
+    Attributes:
+        dependency: the guarded dependency's name.
+        retry_in: seconds until the breaker lets a probe through (0 when unknown).
+    """
+
+    def __init__(self, dependency: str, retry_in: float = 0.0) -> None:
+        self.dependency = dependency
+        self.retry_in = retry_in
+        super().__init__(f"circuit for {dependency!r} is open (probe in {retry_in:.3g}s)")
+
+
+class TransientError(Exception):
+    """Raise (or subclass) to mark a failure TRANSIENT: retried soon."""
+
+
+class RecoverableError(Exception):
+    """Raise (or subclass) to mark a failure RECOVERABLE: retried with backoff."""
+
+
+class PermanentError(Exception):
+    """Raise (or subclass) to mark a failure PERMANENT: no retry, dead-lettered."""
+
+
+class FatalError(Exception):
+    """Raise (or subclass) to mark a failure FATAL: the whole batch aborts."""

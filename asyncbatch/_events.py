@@ -1,0 +1,225 @@
+"""Events a run emits, and the dispatcher that hands them to hooks.
+
+Hooks are plain callables, sync or async, taking one `Event`. They run in a
+dispatcher task of their own, in emission order: a slow hook delays only the
+hooks, never the workers; a hook that raises is logged and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+__all__ = [
+    "BreakerClosed",
+    "BreakerHalfOpen",
+    "BreakerOpened",
+    "BudgetExhausted",
+    "Event",
+    "EventDispatcher",
+    "Hook",
+    "JobDeadLettered",
+    "LoggingHook",
+    "RetryScheduled",
+    "RunAborted",
+    "RunFinished",
+    "RunStarted",
+]
+
+log = logging.getLogger("asyncbatch")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event. ``time`` is wall-clock epoch seconds."""
+
+    run_id: str
+    time: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        """The event's class name, e.g. ``"RetryScheduled"``."""
+        return type(self).__name__
+
+    def fields(self) -> dict[str, Any]:
+        """The event's fields as a flat dict (for logs and alerts)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted(Event):
+    """A run started (``resumed`` when the run id was already in the store)."""
+
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryScheduled(Event):
+    """A failed attempt will be retried after ``delay`` seconds."""
+
+    key: str
+    attempt: int
+    delay: float
+    kind: str
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobDeadLettered(Event):
+    """A job failed for good and went to the dead-letter queue."""
+
+    key: str
+    attempts: int
+    kind: str
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerOpened(Event):
+    """A dependency's circuit opened: calls are rejected for ``reset_timeout`` seconds."""
+
+    dependency: str
+    failures: int = 0
+    error_type: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerHalfOpen(Event):
+    """A dependency's circuit lets probes through to test recovery."""
+
+    dependency: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerClosed(Event):
+    """A dependency recovered: its circuit is closed again."""
+
+    dependency: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetExhausted(Event):
+    """The error budget is spent; ``action`` says whether the run aborts or alerts."""
+
+    action: str
+    reason: str
+    failures: int = 0
+    jobs: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunAborted(Event):
+    """The run aborted (FATAL error or budget)."""
+
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished(Event):
+    """The run ended (also after an abort); ``counts`` by status value."""
+
+    counts: dict[str, int]
+    duration: float
+    ok: bool
+
+
+class Hook(Protocol):
+    """Anything called with each event; may be sync or async."""
+
+    def __call__(self, event: Event, /) -> Awaitable[None] | None: ...
+
+
+HookLike = Callable[[Event], Any]
+
+
+class LoggingHook:
+    """A hook that writes each event as a structured stdlib `logging` record.
+
+    The record's message names the event; ``extra`` carries ``event`` (the
+    name) and every field of the event under ``asyncbatch_`` prefixes, ready
+    for a JSON log formatter.
+
+    Args:
+        logger: the logger to write to (default ``logging.getLogger("asyncbatch")``).
+        level: level for ordinary events; failures (dead letters, breaker
+            opening, budget, aborts) are logged at WARNING or above.
+    """
+
+    _WARN = frozenset({"JobDeadLettered", "BreakerOpened", "BudgetExhausted"})
+
+    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        self.logger = logger or log
+        self.level = level
+
+    def __call__(self, event: Event) -> None:
+        name = event.name
+        level = self.level
+        if name in self._WARN:
+            level = max(level, logging.WARNING)
+        elif name == "RunAborted":
+            level = max(level, logging.ERROR)
+        fields = event.fields()
+        extra = {"event": name, **{f"asyncbatch_{k}": v for k, v in fields.items()}}
+        detail = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("time",))
+        self.logger.log(level, "%s %s", name, detail, extra=extra)
+
+
+class EventDispatcher:
+    """Queues events and delivers them, in order, to the hooks from one task."""
+
+    def __init__(self, hooks: HookLike | Iterable[HookLike] | None) -> None:
+        if hooks is None:
+            hooks = ()
+        elif callable(hooks):
+            hooks = (hooks,)
+        self.hooks: tuple[HookLike, ...] = tuple(hooks)
+        for h in self.hooks:
+            if not callable(h):
+                raise TypeError(f"on_event hooks must be callables taking an event, got {h!r}")
+        self._queue: deque[Event] = deque()
+        self._wake = anyio.Event()
+        self._closed = False
+
+    def __bool__(self) -> bool:
+        return bool(self.hooks)
+
+    def emit(self, event: Event) -> None:
+        """Queue one event; never blocks."""
+        if self.hooks and not self._closed:
+            self._queue.append(event)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver events until `close` is called and the queue is drained."""
+        while True:
+            while self._queue:
+                await self._deliver(self._queue.popleft())
+            if self._closed:
+                return
+            await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def close(self) -> None:
+        """Stop after delivering what is queued."""
+        self._closed = True
+        self._wake.set()
+
+    async def _deliver(self, event: Event) -> None:
+        for hook in self.hooks:
+            try:
+                ret = hook(event)
+                if inspect.isawaitable(ret):
+                    await ret
+            except Exception:
+                log.exception("asyncbatch: on_event hook %r raised on %s", hook, event.name)

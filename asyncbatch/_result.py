@@ -1,0 +1,223 @@
+"""The values a batch produces: job outcomes, attempt records, dead letters, the result."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from ._classify import ErrorKind
+
+if TYPE_CHECKING:
+    from ._report import ErrorReport
+
+__all__ = ["AttemptRecord", "BatchResult", "DeadLetter", "JobOutcome", "JobStatus"]
+
+R = TypeVar("R")
+
+
+class JobStatus(str, enum.Enum):
+    """How a job ended."""
+
+    SUCCEEDED = "succeeded"
+    DEAD_LETTERED = "dead_lettered"
+    """Failed for good (PERMANENT, or retries exhausted); parked in the DLQ."""
+    FAILED = "failed"
+    """Failed with the error that aborted the batch."""
+    SKIPPED = "skipped"
+    """Already finished in an earlier run with the same run_id."""
+    COMPENSATED = "compensated"
+    """Succeeded, then undone by ``compensate=`` when the batch aborted."""
+    CANCELLED = "cancelled"
+    """Never finished: the batch was aborted or cancelled first."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One failed attempt of a job.
+
+    Attributes:
+        number: 1-based attempt number.
+        started_at: wall-clock start, seconds since the epoch.
+        duration: seconds the attempt ran.
+        kind: how the failure was classified.
+        error_type: qualified name of the exception type.
+        message: the exception's message.
+    """
+
+    number: int
+    started_at: float
+    duration: float
+    kind: ErrorKind
+    error_type: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "number": self.number,
+            "started_at": self.started_at,
+            "duration": self.duration,
+            "kind": self.kind.value,
+            "error_type": self.error_type,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AttemptRecord:
+        """Inverse of `to_dict`."""
+        return cls(
+            number=int(d["number"]),
+            started_at=float(d["started_at"]),
+            duration=float(d["duration"]),
+            kind=ErrorKind(d["kind"]),
+            error_type=str(d["error_type"]),
+            message=str(d["message"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOutcome(Generic[R]):
+    """How one job ended.
+
+    Attributes:
+        key: the job key (input position by default).
+        status: the `JobStatus`.
+        result: the job's return value (SUCCEEDED, or SKIPPED when stored).
+        error: the last exception (DEAD_LETTERED, FAILED), else None.
+        attempts: attempts spent (0 when skipped or never started).
+        duration: seconds from the first attempt's start to the end.
+        index: position of the item in the input (None for redriven jobs).
+        kind: the last failure's `ErrorKind`, if any.
+        history: one `AttemptRecord` per failed attempt.
+        fell_back: True when the result came from a breaker's fallback.
+    """
+
+    key: str
+    status: JobStatus
+    result: R | None = None
+    error: BaseException | None = None
+    attempts: int = 0
+    duration: float = 0.0
+    index: int | None = None
+    kind: ErrorKind | None = None
+    history: tuple[AttemptRecord, ...] = ()
+    fell_back: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True for SUCCEEDED and SKIPPED."""
+        return self.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+
+
+DeadLetterStatus = Literal["dead", "redriven", "resolved"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """A job parked in the dead-letter queue.
+
+    Attributes:
+        id: the entry's id in its store.
+        run_id: the run the job belonged to.
+        key: the job key.
+        payload: the item (JSON), or its ``repr`` when it was not serialisable.
+        kind: the last failure's kind.
+        error_type: qualified exception type name.
+        message: the exception's message.
+        traceback: the formatted traceback of the last failure.
+        attempts: every failed attempt, oldest first.
+        redrive_count: how many times it has been redriven.
+        status: ``"dead"``, ``"redriven"`` or ``"resolved"``.
+        created_at: when it was dead-lettered (epoch seconds).
+        payload_is_repr: True when ``payload`` is only the item's repr.
+    """
+
+    id: int
+    run_id: str
+    key: str
+    payload: Any
+    kind: ErrorKind
+    error_type: str
+    message: str
+    traceback: str
+    attempts: tuple[AttemptRecord, ...]
+    redrive_count: int = 0
+    status: DeadLetterStatus = "dead"
+    created_at: float = 0.0
+    payload_is_repr: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (used by ``dlq export``)."""
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "key": self.key,
+            "payload": self.payload,
+            "payload_is_repr": self.payload_is_repr,
+            "kind": self.kind.value,
+            "error_type": self.error_type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "attempts": [a.to_dict() for a in self.attempts],
+            "redrive_count": self.redrive_count,
+            "status": self.status,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchResult(Generic[R]):
+    """What a batch run produced.
+
+    Attributes:
+        run_id: the run's id.
+        outcomes: one `JobOutcome` per item, in input order.
+        counts: jobs per `JobStatus` (every status present, zeros included).
+        report: the `ErrorReport` of the run.
+        duration: wall seconds the run took.
+    """
+
+    run_id: str
+    outcomes: list[JobOutcome[R]]
+    counts: dict[JobStatus, int]
+    report: ErrorReport
+    duration: float = 0.0
+    _by_key: dict[str, JobOutcome[R]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when every job succeeded or was skipped."""
+        return all(
+            n == 0 for s, n in self.counts.items() if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+        )
+
+    @property
+    def results(self) -> list[R | None]:
+        """The results in input order (None where a job did not succeed)."""
+        return [o.result for o in self.outcomes]
+
+    @property
+    def dead_letters(self) -> list[JobOutcome[R]]:
+        """The outcomes that were dead-lettered."""
+        return [o for o in self.outcomes if o.status is JobStatus.DEAD_LETTERED]
+
+    def __getitem__(self, key: str) -> JobOutcome[R]:
+        """The outcome of the job with this key."""
+        by_key = self._by_key
+        if by_key is None:
+            by_key = {o.key: o for o in self.outcomes}
+            object.__setattr__(self, "_by_key", by_key)
+        return by_key[key]
+
+
+def count_statuses(outcomes: Mapping[JobStatus, int] | None = None) -> dict[JobStatus, int]:
+    """A counts dict with every status present."""
+    counts = dict.fromkeys(JobStatus, 0)
+    if outcomes:
+        counts.update(outcomes)
+    return counts

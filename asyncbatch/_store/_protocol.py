@@ -1,0 +1,193 @@
+"""The `Store` protocol: what the executor needs from a checkpoint store.
+
+Stores are written to by one writer (the run's checkpoint writer task), which
+hands them every pending state change at once: `Store.commit` must apply a
+whole sequence in ONE transaction (group commit), and only return once it is
+durable to the run's ``durability`` level. Nothing here is SQLite-specific so
+a PostgreSQL store can implement the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .._classify import ErrorKind
+from .._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
+
+__all__ = ["DeadLetterQueue", "FinishedJob", "JobRecord", "RunInfo", "Store"]
+
+RunStatus = Literal["running", "finished", "aborted", "compensating", "interrupted"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunInfo:
+    """One run as the store knows it.
+
+    Attributes:
+        run_id: the run's id.
+        job: the job reference ``module:function`` (empty when not importable).
+        status: ``running``, ``finished``, ``aborted``, ``compensating``, ``interrupted``.
+        config: JSON-safe summary of the batch options.
+        counts: jobs per status value (as of the last `Store.end_run`, or live).
+        created_at: epoch seconds of the first start.
+        updated_at: epoch seconds of the last change.
+    """
+
+    run_id: str
+    job: str = ""
+    status: RunStatus = "running"
+    config: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """One state change of one job, to be committed.
+
+    ``status`` is the job's new status. For DEAD_LETTERED the store also
+    writes (or, when ``redrive_of`` is set, updates) a DLQ entry from
+    ``payload``/``traceback``/``history``. For SUCCEEDED with ``redrive_of``
+    set, that DLQ entry becomes ``"resolved"``. COMPENSATED marks a succeeded
+    job as undone; a compensation that failed for good is recorded by
+    ``status=SUCCEEDED`` plus ``compensation_error``.
+
+    Attributes:
+        run_id: the run.
+        key: the job key.
+        index: input position (None for redriven jobs).
+        status: the job's new status.
+        attempts: attempts spent.
+        duration: seconds from first start to end.
+        result: the return value, JSON-safe, or None (see ``has_result``).
+        has_result: True when ``result`` was JSON-serialisable and is stored.
+        payload: the item, JSON-safe (or its repr; see ``payload_is_repr``),
+            kept for DEAD_LETTERED jobs and, when the batch compensates,
+            for SUCCEEDED ones.
+        kind, error_type, message, traceback: the last failure, if any.
+        history: every failed attempt.
+        redrive_of: the DLQ entry id this job was redriven from.
+        compensation_error: why the compensation failed for good, if it did.
+    """
+
+    run_id: str
+    key: str
+    status: JobStatus
+    index: int | None = None
+    attempts: int = 0
+    duration: float = 0.0
+    result: Any = None
+    has_result: bool = False
+    payload: Any = None
+    payload_is_repr: bool = False
+    kind: ErrorKind | None = None
+    error_type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    history: tuple[AttemptRecord, ...] = ()
+    redrive_of: int | None = None
+    compensation_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinishedJob:
+    """A job that an earlier run of the same run id already finished.
+
+    Attributes:
+        key: the job key.
+        status: its stored status (SUCCEEDED, DEAD_LETTERED, COMPENSATED).
+        result: the stored result (when ``has_result``).
+        has_result: whether a result was stored.
+        attempts: attempts it spent.
+        seq: completion order (increasing with commit order).
+        payload: the stored payload, when one was kept.
+    """
+
+    key: str
+    status: JobStatus
+    result: Any = None
+    has_result: bool = False
+    attempts: int = 0
+    seq: int = 0
+    payload: Any = None
+
+
+@runtime_checkable
+class DeadLetterQueue(Protocol):
+    """``store.dlq``: the dead-letter queue of a store."""
+
+    async def list(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: ErrorKind | str | None = None,
+        error_type: str | None = None,
+        status: DeadLetterStatus | None = "dead",
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """Entries matching every given filter, oldest first."""
+        ...
+
+    async def get(self, id: int) -> DeadLetter:  # noqa: A002 - the contract's name
+        """One entry; raises `KeyError` for an unknown id."""
+        ...
+
+    async def export(self, path: str, **filters: Any) -> int:
+        """Write matching entries as JSONL to ``path``; returns how many."""
+        ...
+
+    async def purge(self, *, run_id: str | None = None, **filters: Any) -> int:
+        """Delete matching entries; returns how many."""
+        ...
+
+    async def mark_redriven(self, ids: Sequence[int]) -> None:
+        """Set status ``"redriven"`` and bump ``redrive_count`` (redrive start)."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A checkpoint store: runs, jobs, and the dead-letter queue."""
+
+    url: str
+    dlq: DeadLetterQueue
+
+    async def begin_run(self, run: RunInfo) -> RunInfo | None:
+        """Create the run, or mark an existing one running again.
+
+        Returns the stored `RunInfo` as it was before (None for a new run).
+        """
+        ...
+
+    async def finished_jobs(self, run_id: str) -> dict[str, FinishedJob]:
+        """Jobs of the run that reached SUCCEEDED, DEAD_LETTERED or COMPENSATED."""
+        ...
+
+    async def commit(self, records: Sequence[JobRecord]) -> None:
+        """Apply every record in ONE transaction; durable when it returns."""
+        ...
+
+    async def end_run(self, run_id: str, status: RunStatus, counts: dict[str, int]) -> None:
+        """Record how the run ended."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunInfo:
+        """The run; raises `UnknownRun`."""
+        ...
+
+    async def list_runs(self) -> list[RunInfo]:
+        """Every run, newest first."""
+        ...
+
+    async def jobs(self, run_id: str) -> list[FinishedJob]:
+        """Every finished job of the run, in completion order."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush and close."""
+        ...
