@@ -33,6 +33,7 @@ class RunInfo:
         counts: jobs per status value (as of the last `Store.end_run`, or live).
         created_at: epoch seconds of the first start.
         updated_at: epoch seconds of the last change.
+        report: the run's `ErrorReport.to_dict()` as of its last end, if any.
     """
 
     run_id: str
@@ -42,6 +43,7 @@ class RunInfo:
     counts: dict[str, int] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    report: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,12 +170,24 @@ class Store(Protocol):
         """Jobs of the run that reached SUCCEEDED, DEAD_LETTERED or COMPENSATED."""
         ...
 
-    async def commit(self, records: Sequence[JobRecord]) -> None:
-        """Apply every record in ONE transaction; durable when it returns."""
+    async def commit(
+        self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
+    ) -> None:
+        """Apply every record in ONE transaction; durable when it returns.
+
+        ``"normal"`` survives a process crash; ``"full"`` also survives power
+        loss (fsync at commit).
+        """
         ...
 
-    async def end_run(self, run_id: str, status: RunStatus, counts: dict[str, int]) -> None:
-        """Record how the run ended."""
+    async def end_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        counts: dict[str, int],
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        """Record how the run ended (and its report, JSON-safe)."""
         ...
 
     async def get_run(self, run_id: str) -> RunInfo:
