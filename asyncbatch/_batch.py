@@ -1,20 +1,277 @@
-"""PLACEHOLDER — the executor is being written."""
+"""The public entry points: `run_batch`, `Batch` (run / stream) and `redrive`."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import secrets
+import time
+import warnings
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Batch", "redrive", "run_batch"]
+import anyio
+
+from ._errors import BatchAborted, ConfigError
+from ._executor import Engine
+from ._options import Options, build_options
+from ._result import BatchResult, JobOutcome, JobStatus
+from ._store import Store
+
+__all__ = ["Batch", "OutcomeStream", "redrive", "run_batch"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+Job = Callable[[T], Awaitable[R]]
+Items = Iterable[T] | AsyncIterable[T]
 
 
-async def run_batch(job: Any, items: Any, **options: Any) -> Any:
-    raise NotImplementedError
+def new_run_id() -> str:
+    """A fresh, sortable run id such as ``run-20261129-053000-4f2a9c``."""
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-class Batch:
-    def __init__(self, job: Any, **options: Any) -> None:
-        raise NotImplementedError
+def job_ref(job: Callable[..., Any]) -> str:
+    """``module:qualname`` when the job can be imported back, else ``""``."""
+    module = getattr(job, "__module__", None)
+    qual = getattr(job, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qual:
+        return ""
+    return f"{module}:{qual}"
 
 
-async def redrive(job: Any, **options: Any) -> Any:
-    raise NotImplementedError
+def _check_job(job: object) -> None:
+    if not callable(job):
+        raise ConfigError(f"job must be an async callable item -> result, got {job!r}")
+
+
+@contextlib.asynccontextmanager
+async def _open(opts: Options) -> AsyncIterator[Store | None]:
+    if opts.store is None:
+        yield None
+        return
+    from ._store import as_store
+
+    async with as_store(opts.store, durability=opts.durability) as store:
+        yield store
+
+
+def _in_order(outcomes: list[JobOutcome[R]]) -> list[JobOutcome[R]]:
+    big = 1 << 62
+    outcomes.sort(key=lambda o: big if o.index is None else o.index)
+    return outcomes
+
+
+class Batch(Generic[T, R]):
+    """A configured batch: the job and its options, run as often as you like.
+
+    Takes the same keywords as `run_batch`. ``await batch.run(items)`` returns
+    a `BatchResult` with outcomes in input order; ``async with
+    batch.stream(items) as outcomes`` yields outcomes in completion order in
+    memory bounded by the concurrency, each one already checkpointed.
+    """
+
+    def __init__(self, job: Job[T, R], **options: Any) -> None:
+        _check_job(job)
+        self.job = job
+        self.options = build_options(**options)
+
+    def __repr__(self) -> str:
+        o = self.options
+        return f"Batch({getattr(self.job, '__qualname__', self.job)!r}, concurrency={o.concurrency}, store={o.store!r})"
+
+    def _engine(
+        self,
+        store: Store | None,
+        sink: Callable[[JobOutcome[Any]], None] | None,
+        *,
+        run_id: str | None = None,
+        backlog: Callable[[], int] | None = None,
+    ) -> Engine[R]:
+        return Engine(
+            self.job,
+            self.options,
+            run_id=run_id or self.options.run_id or new_run_id(),
+            store=store,
+            sink=sink,
+            job_ref=job_ref(self.job),
+            backlog=backlog,
+        )
+
+    async def run(self, items: Items[T]) -> BatchResult[R]:
+        """Run the job over every item and wait for the whole batch.
+
+        Raises:
+            BatchAborted: a FATAL error or the error budget stopped the run;
+                ``.result`` holds the partial result (outcomes in input order).
+        """
+        outcomes: list[JobOutcome[R]] = []
+        async with _open(self.options) as store:
+            engine = self._engine(store, outcomes.append)
+            try:
+                result = await engine.execute(items)
+            except BatchAborted as exc:
+                exc.result = replace(exc.result, outcomes=_in_order(outcomes))
+                raise
+        return replace(result, outcomes=_in_order(outcomes))
+
+    @contextlib.asynccontextmanager
+    async def stream(self, items: Items[T]) -> AsyncIterator[OutcomeStream[R]]:
+        """Run the batch while yielding outcomes as they complete.
+
+        The run lives exactly as long as the ``async with`` block: leaving it
+        early cancels the remaining work (it stays resumable).
+        """
+        async with _open(self.options) as store:
+            stream: OutcomeStream[R] = OutcomeStream()
+            engine = self._engine(store, stream._push, backlog=stream.__len__)
+            stream._engine = engine
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream._drive, engine, items)
+                try:
+                    yield stream
+                finally:
+                    if not stream.finished:
+                        tg.cancel_scope.cancel()
+
+
+class OutcomeStream(Generic[R]):
+    """Outcomes of a streaming run in completion order (``async for``).
+
+    After the iteration ends, `result` holds the run's `BatchResult` (with
+    an empty ``outcomes`` list: the outcomes were streamed).
+    """
+
+    def __init__(self) -> None:
+        self._buffer: deque[JobOutcome[R]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._engine: Engine[R] | None = None
+        self._error: BaseException | None = None
+        self.finished = False
+        self.result: BatchResult[R] | None = None
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def __aiter__(self) -> OutcomeStream[R]:
+        return self
+
+    async def __anext__(self) -> JobOutcome[R]:
+        while not self._buffer:
+            if self.finished:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        outcome = self._buffer.popleft()
+        if self._engine is not None and len(self._buffer) < 64:
+            self._engine.relieve()
+        return outcome
+
+    def _push(self, outcome: JobOutcome[Any]) -> None:
+        self._buffer.append(outcome)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _drive(self, engine: Engine[R], items: Items[Any]) -> None:
+        try:
+            self.result = await engine.execute(items)
+        except BatchAborted as exc:
+            self.result = exc.result
+            self._error = exc
+        finally:
+            self.finished = True
+            self._wake()
+
+
+async def run_batch(job: Job[T, R], items: Items[T], **options: Any) -> BatchResult[R]:
+    """Run ``job`` over ``items`` with bounded concurrency, retries and checkpoints.
+
+    Args:
+        job: ``async def job(item) -> result``.
+        items: an iterable or async iterable of items, read lazily.
+        **options: see `Batch` and the README's configuration reference:
+            ``concurrency``, ``key``, ``run_id``, ``store``, ``retry_dead``,
+            ``durability``, ``classify``, ``retry``, ``on_error``, ``timeout``,
+            ``deadline``, ``limits``, ``rates``, ``breakers``, ``uses``,
+            ``budget``, ``compensate``, ``on_event``, ``tracer_provider``,
+            ``meter_provider``.
+
+    Returns:
+        The `BatchResult`: outcomes in input order, counts, the error report.
+
+    Raises:
+        BatchAborted: a FATAL error or an exhausted error budget stopped the run.
+        ConfigError: an option has a value that cannot work.
+    """
+    return await Batch(job, **options).run(items)
+
+
+async def redrive(
+    job: Job[Any, R],
+    *,
+    store: Store | str,
+    run_id: str,
+    ids: Sequence[int] | None = None,
+    **options: Any,
+) -> BatchResult[R]:
+    """Run dead-lettered jobs of ``run_id`` again from their stored payloads.
+
+    Entries that now succeed become ``"resolved"``; those that fail again go
+    back to ``"dead"`` with the new attempts appended to their history and
+    their ``redrive_count`` raised.
+
+    Args:
+        job: the job coroutine function (usually the one that failed).
+        store: the store (URL, path or `Store`) holding the DLQ.
+        run_id: the run whose dead letters to redrive.
+        ids: only these DLQ entry ids (default: every ``"dead"`` entry of the run).
+        **options: batch options as for `run_batch` (not ``store``/``run_id``/``key``).
+    """
+    _check_job(job)
+    for fixed in ("store", "run_id", "key"):
+        if fixed in options:
+            raise ConfigError(f"redrive() sets {fixed}= itself; remove it from the options")
+    batch: Batch[Any, R] = Batch(job, store=store, run_id=run_id, **options)
+    async with _open(batch.options) as st:
+        assert st is not None
+        await st.get_run(run_id)
+        entries = await st.dlq.list(run_id=run_id, status="dead")
+        if ids is not None:
+            wanted = set(ids)
+            entries = [e for e in entries if e.id in wanted]
+        skipped = [e for e in entries if e.payload_is_repr]
+        if skipped:
+            warnings.warn(
+                f"asyncbatch: {len(skipped)} dead letter(s) of run {run_id!r} kept only the "
+                "repr of their payload and cannot be redriven",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        entries = [e for e in entries if not e.payload_is_repr]
+        await st.dlq.mark_redriven([e.id for e in entries])
+        outcomes: list[JobOutcome[R]] = []
+        engine = batch._engine(st, outcomes.append, run_id=run_id)
+        plan = {i: (e.id, e.key) for i, e in enumerate(entries)}
+        try:
+            result = await engine.execute([e.payload for e in entries], redrive=plan)
+        finally:
+            await _recount(st, run_id)
+    return replace(result, outcomes=_in_order(outcomes))
+
+
+async def _recount(store: Store, run_id: str) -> None:
+    """After a redrive, the run's counts are those of all its jobs, not the redrive's."""
+    run = await store.get_run(run_id)
+    counts = {s.value: 0 for s in JobStatus}
+    for job in await store.jobs(run_id):
+        counts[job.status.value] += 1
+    await store.end_run(run_id, "finished" if run.status != "aborted" else run.status, counts, run.report)

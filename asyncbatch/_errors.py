@@ -6,6 +6,7 @@
      ├── AsyncBatchError                 everything asyncbatch itself raises
      │    ├── BatchAborted               a FATAL error or an exhausted budget stopped the run
      │    ├── CircuitOpen                a dependency's breaker rejected the call
+     │    ├── DeadlineExceeded (TimeoutError)  a job ran out of its ``deadline=``
      │    ├── StoreError                 the store cannot be opened, read or written
      │    │    └── UnknownRun            no run with that id in the store
      │    └── ConfigError (ValueError)   bad options: the message says how to fix them
@@ -32,6 +33,7 @@ __all__ = [
     "BatchAborted",
     "CircuitOpen",
     "ConfigError",
+    "DeadlineExceeded",
     "FatalError",
     "PermanentError",
     "RecoverableError",
@@ -91,6 +93,20 @@ class CircuitOpen(AsyncBatchError):
         self.dependency = dependency
         self.retry_in = retry_in
         super().__init__(f"circuit for {dependency!r} is open (probe in {retry_in:.3g}s)")
+
+
+class DeadlineExceeded(AsyncBatchError, TimeoutError):
+    """A job used up its ``deadline=`` (all attempts and backoff together).
+
+    Attributes:
+        key: the job key.
+        deadline: the deadline in seconds.
+    """
+
+    def __init__(self, key: str, deadline: float) -> None:
+        self.key = key
+        self.deadline = deadline
+        super().__init__(f"job {key!r} exceeded its deadline of {deadline:g}s")
 
 
 class TransientError(Exception):

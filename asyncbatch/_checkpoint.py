@@ -1,0 +1,80 @@
+"""The checkpoint writer: group commit, then acknowledge.
+
+Workers hand finished jobs to `Checkpointer.add` and move on. One writer task
+takes everything pending, commits it in ONE store transaction, and only then
+acknowledges each outcome (counts it, yields it). While a commit is in
+flight the next group accumulates, so the cost of a durable commit is shared
+by every job that finished meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ._result import JobOutcome
+from ._store import JobRecord, Store
+
+__all__ = ["Checkpointer"]
+
+Ack = Callable[[JobOutcome[Any]], None]
+
+
+class Checkpointer:
+    """Group-commits `JobRecord`s to a store and acknowledges after commit."""
+
+    __slots__ = ("_ack", "_closed", "_durability", "_idle", "_in_commit", "_pending", "_store", "_wake")
+
+    def __init__(self, store: Store, durability: Any, ack: Ack) -> None:
+        self._store = store
+        self._durability = durability
+        self._ack = ack
+        self._pending: list[tuple[JobRecord, JobOutcome[Any] | None]] = []
+        self._in_commit = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+
+    @property
+    def backlog(self) -> int:
+        """Records added but not yet acknowledged."""
+        return len(self._pending) + self._in_commit
+
+    def add(self, record: JobRecord, outcome: JobOutcome[Any] | None) -> None:
+        """Queue a record; ``outcome`` (if any) is acknowledged once it is committed."""
+        self._pending.append((record, outcome))
+        if not self._wake.is_set():
+            self._idle.clear()
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Commit groups until closed and drained."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                group, self._pending = self._pending, []
+                self._in_commit = len(group)
+                try:
+                    await self._store.commit([r for r, _ in group], durability=self._durability)
+                finally:
+                    self._in_commit = 0
+                ack = self._ack
+                for _, outcome in group:
+                    if outcome is not None:
+                        ack(outcome)
+            self._idle.set()
+            if self._closed:
+                return
+
+    async def flush(self) -> None:
+        """Wait until everything added so far is committed and acknowledged."""
+        while self._pending or self._in_commit:
+            await self._idle.wait()
+
+    def close(self) -> None:
+        """Let `run` return once what is pending has been committed."""
+        self._closed = True
+        self._wake.set()

@@ -1,0 +1,897 @@
+"""The engine of one run: items → ready queue → workers → classify → retry | DLQ | abort.
+
+Data flows one way::
+
+    source ──(admit: key, skip finished)──► ready deque ──► worker (slot)
+       ▲                                        ▲              │ attempt: guard, timeout,
+       │ backpressure: bounded backlog          │              │ span, job(item)
+       │                                        │ timer due    ▼
+       │                               parked (loop timers) ◄─ classify ─► DLQ | abort
+       │                                                       │
+       └──────────────────── ack ◄── checkpoint writer ◄───────┘ finished
+
+There are exactly ``concurrency`` workers, so a worker IS a concurrency slot.
+A job waiting out its backoff (or an open circuit) is not in a worker: it sits
+on a loop timer (the event loop's own heap, one handle per parked job, no
+sleeping task) and re-enters the ready deque when due. The hand-off uses plain
+asyncio primitives (deque + futures): anyio memory streams cost ~10x more per
+item here, see ``benchmarks/``. anyio gives the structure: task groups and
+cancel scopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import traceback
+import warnings
+from collections import deque
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
+from contextlib import nullcontext
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from ._budget import BudgetExceeded, BudgetTracker
+from ._checkpoint import Checkpointer
+from ._classify import ErrorKind, RejectedResult
+from ._context import JobContext, _current
+from ._errors import BatchAborted, CircuitOpen, DeadlineExceeded
+from ._events import (
+    BudgetExhausted,
+    Event,
+    EventDispatcher,
+    JobDeadLettered,
+    RetryScheduled,
+    RunAborted,
+    RunFinished,
+    RunStarted,
+)
+from ._options import Options
+from ._otel import Instrumentation
+from ._report import ReportBuilder
+from ._result import AttemptRecord, BatchResult, JobOutcome, JobStatus, count_statuses
+from ._retry import Decision
+from ._store import FinishedJob, JobRecord, RunInfo, Store
+
+__all__ = ["Engine", "qualname"]
+
+R = TypeVar("R")
+Sink = Callable[[JobOutcome[Any]], None]
+
+_KEEP = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.COMPENSATED)
+
+
+def qualname(exc_type: type[BaseException]) -> str:
+    """``module.QualName`` of an exception type (builtins without module)."""
+    mod = exc_type.__module__
+    return exc_type.__qualname__ if mod == "builtins" else f"{mod}.{exc_type.__qualname__}"
+
+
+def _json_payload(item: Any, key: str) -> tuple[Any, bool]:
+    """The item as JSON-safe payload, or its repr (with a warning) when it is not."""
+    try:
+        return json.loads(json.dumps(item)), False
+    except (TypeError, ValueError):
+        warnings.warn(
+            f"asyncbatch: payload of job {key!r} is not JSON-serialisable; "
+            "the dead letter keeps its repr and cannot be redriven as is",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return repr(item), True
+
+
+class _Entry:
+    """A job admitted to the run and not yet finished."""
+
+    __slots__ = (
+        "attempt",
+        "deadline_at",
+        "history",
+        "index",
+        "item",
+        "key",
+        "kind",
+        "prev_delay",
+        "redrive_of",
+        "started",
+        "timer",
+    )
+
+    def __init__(self, index: int | None, key: str, item: Any) -> None:
+        self.index = index
+        self.key = key
+        self.item = item
+        self.attempt = 0
+        self.started = 0.0
+        self.deadline_at: float | None = None
+        self.history: list[AttemptRecord] = []
+        self.prev_delay = 0.0
+        self.kind: ErrorKind | None = None
+        self.redrive_of: int | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Engine(Generic[R]):
+    """Runs one batch. Build, `await execute(...)`, read the result."""
+
+    def __init__(
+        self,
+        job: Callable[[Any], Awaitable[R]],
+        opts: Options,
+        *,
+        run_id: str,
+        store: Store | None,
+        sink: Sink | None,
+        job_ref: str = "",
+        backlog: Callable[[], int] | None = None,
+    ) -> None:
+        self.job = job
+        self.opts = opts
+        self.run_id = run_id
+        self.store = store
+        self._sink = sink
+        self._job_ref = job_ref
+        self._extra_backlog = backlog
+        self.counts = count_statuses()
+        self.report = ReportBuilder(run_id)
+        self._budget = BudgetTracker(opts.budget) if opts.budget is not None else None
+        self._dispatcher = EventDispatcher(opts.on_event)
+        self._inst: Instrumentation | None = None
+        self._deps: Any = None
+        self._checkpointer: Checkpointer | None = None
+        self._classify = opts.classify
+        self._result_rules = getattr(opts.classify, "checks_results", False)
+        self._rng = opts.retry.rng()
+        self._ready: deque[_Entry] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._active: set[_Entry] = set()
+        self._live = 0
+        self._source: Iterator[tuple[int | None, Any]] | None = None
+        self._source_done = False
+        self._feeder_wait: asyncio.Future[None] | None = None
+        self._blocked = False
+        self._max_backlog = max(4096, 4 * opts.concurrency)
+        self._finished: dict[str, FinishedJob] = {}
+        self._redrive: dict[int, tuple[int, str]] | None = None
+        self._report: Any = None
+        self._abort_cause: BaseException | None = None
+        self._work_scope: anyio.CancelScope | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._testing: tuple[bool, int | None] = (False, None)
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self.resumed = False
+
+    # ------------------------------------------------------------------ run
+
+    async def execute(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        redrive: dict[int, tuple[int, str]] | None = None,
+    ) -> BatchResult[R]:
+        """Run every item; returns the result or raises `BatchAborted`.
+
+        Args:
+            items: the input (sync or async iterable).
+            redrive: for `ab.redrive`: input position → (DLQ entry id, job key).
+        """
+        try:
+            from .testing import testing_overrides
+        except ImportError:  # TODO(integration): testing.py is being written
+            self._testing = (False, None)
+        else:
+            self._testing = testing_overrides()
+        self._redrive = redrive
+        loop = self._loop = asyncio.get_running_loop()
+        self.started_at = time.time()
+        t0 = loop.time()
+        store = self.store
+        if store is not None:
+            prev = await store.begin_run(self._run_info())
+            self.resumed = prev is not None
+            if prev is not None and redrive is None:
+                self._finished = await store.finished_jobs(self.run_id)
+            self._checkpointer = Checkpointer(store, self.opts.durability, self._ack)
+        self._setup_dependencies()
+        self._inst = Instrumentation.create(
+            self.opts.tracer_provider, self.opts.meter_provider, self.run_id
+        )
+        status = "interrupted"
+        try:
+            async with anyio.create_task_group() as services:
+                if self._dispatcher:
+                    services.start_soon(self._dispatcher.run)
+                if self._checkpointer is not None:
+                    services.start_soon(self._checkpointer.run)
+                self._emit(RunStarted(run_id=self.run_id, resumed=self.resumed))
+                try:
+                    span = self._inst.run_span(self._span_attrs()) if self._inst else nullcontext()
+                    with span:
+                        await self._work(items)
+                    self._cancel_leftovers()
+                    status = "aborted" if self._abort_cause is not None else "finished"
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._close(status, loop.time() - t0)
+        except BaseExceptionGroup as group:
+            # A failed commit or a crashing hook surfaces as a group; raise the error itself.
+            inner = _unwrap(group)
+            if inner is group:
+                raise
+            raise inner from None
+        result = self.result(loop.time() - t0, outcomes=[])
+        if self._abort_cause is not None:
+            raise BatchAborted(result, self._abort_cause) from self._abort_cause
+        return result
+
+    def result(self, duration: float, outcomes: list[JobOutcome[R]]) -> BatchResult[R]:
+        """The `BatchResult` with these outcomes (the caller orders them)."""
+        return BatchResult(
+            run_id=self.run_id,
+            outcomes=outcomes,
+            counts=dict(self.counts),
+            report=self._report,
+            duration=duration,
+        )
+
+    async def _close(self, status: str, duration: float) -> None:
+        """Commit what is pending, record how the run ended, deliver final events."""
+        self.finished_at = time.time()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            with anyio.move_on_after(60):
+                await self._checkpointer.flush()
+        self._report = self.report.build(
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            breakers={k: v.to_dict() for k, v in self._deps.stats().items()} if self._deps else None,
+            budget=self._budget.state() if self._budget else None,
+            aborted=f"{type(self._abort_cause).__name__}: {self._abort_cause}"
+            if self._abort_cause is not None
+            else None,
+        )
+        counts = {s.value: n for s, n in self.counts.items()}
+        if self.store is not None:
+            await self.store.end_run(self.run_id, status, counts, self._report.to_dict())  # type: ignore[arg-type]
+        ok = status == "finished" and all(
+            n == 0 for s, n in self.counts.items() if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+        )
+        self._emit(RunFinished(run_id=self.run_id, counts=counts, duration=duration, ok=ok))
+        self._dispatcher.close()
+
+    def _run_info(self) -> RunInfo:
+        o = self.opts
+        config = {
+            "concurrency": o.concurrency,
+            "timeout": o.timeout,
+            "deadline": o.deadline,
+            "durability": o.durability,
+            "uses": list(o.uses),
+            "retry_dead": o.retry_dead,
+        }
+        now = time.time()
+        return RunInfo(
+            run_id=self.run_id, job=self._job_ref, config=config, created_at=now, updated_at=now
+        )
+
+    def _span_attrs(self) -> dict[str, Any]:
+        return {"asyncbatch.run.id": self.run_id, "asyncbatch.concurrency": self.opts.concurrency}
+
+    def _setup_dependencies(self) -> None:
+        o = self.opts
+        if not (o.limits or o.rates or o.breakers or o.uses):
+            return
+        from ._guard import Dependencies
+
+        self._deps = Dependencies(
+            run_id=self.run_id,
+            limits=o.limits,
+            rates=o.rates,
+            breakers=o.breakers,
+            classify=self._classify_exc,
+            emit=self._emit,
+        )
+
+    def _emit(self, event: Event) -> None:
+        self._dispatcher.emit(event)
+        if self._inst is not None:
+            self._inst.on_event(event)
+
+    # ------------------------------------------------------------ the work
+
+    async def _work(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
+        deps_token = None
+        if self._deps is not None:
+            from ._guard import reset_dependencies, use_dependencies
+
+            deps_token = use_dependencies(self._deps)
+        try:
+            with anyio.CancelScope() as self._work_scope:
+                async with anyio.create_task_group() as tg:
+                    if isinstance(items, AsyncIterable):
+                        self._source_done = False
+                        tg.start_soon(self._feed, items)
+                    else:
+                        self._source = iter(enumerate(items))
+                    run = self._worker_plain if self._plain() else self._worker_full
+                    for _ in range(self.opts.concurrency):
+                        tg.start_soon(run)
+        finally:
+            if deps_token is not None:
+                reset_dependencies(deps_token)
+
+    def _plain(self) -> bool:
+        o = self.opts
+        return not (
+            o.timeout or o.deadline or o.uses or self._inst is not None or self._deps is not None
+        )
+
+    async def _feed(self, items: AsyncIterable[Any]) -> None:
+        loop = self._loop
+        assert loop is not None
+        limit = self.opts.concurrency
+        index = 0
+        async for item in items:
+            entry = self._admit(index, item)
+            index += 1
+            if entry is None:
+                continue
+            while len(self._ready) >= limit or self._backlog() >= self._max_backlog:
+                self._feeder_wait = loop.create_future()
+                await self._feeder_wait
+            self._ready.append(entry)
+            self._wake_one()
+        self._source_done = True
+        if self._live == 0:
+            self._wake_all()
+
+    def _next(self) -> _Entry | None:
+        """The next entry to run: a due retry first, then a new item from a sync source."""
+        if self._abort_cause is not None:
+            return None
+        if self._ready:
+            entry = self._ready.popleft()
+            if self._feeder_wait is not None:
+                self._release_feeder()
+            return entry
+        source = self._source
+        if source is None:
+            return None
+        if self._backlog() >= self._max_backlog:
+            self._blocked = True
+            return None
+        for index, item in source:
+            entry = self._admit(index, item)
+            if entry is not None:
+                return entry
+        self._source = None
+        self._source_done = True
+        return None
+
+    def _release_feeder(self) -> None:
+        fut = self._feeder_wait
+        if fut is not None and len(self._ready) < self.opts.concurrency:
+            self._feeder_wait = None
+            if not fut.done():
+                fut.set_result(None)
+
+    def _admit(self, index: int | None, item: Any) -> _Entry | None:
+        """Make an entry for a new item, or acknowledge it as SKIPPED."""
+        keyfn = self.opts.key
+        redrive = self._redrive
+        if redrive is not None and index is not None:
+            dlq_id, key = redrive[index]
+        elif keyfn is None:
+            key = str(index)
+        else:
+            k = keyfn(item)
+            key = k if isinstance(k, str) else str(k)
+        if self._finished:
+            done = self._finished.get(key)
+            if done is not None and not (
+                self.opts.retry_dead and done.status is JobStatus.DEAD_LETTERED
+            ):
+                self._ack(
+                    JobOutcome(
+                        key=key,
+                        status=JobStatus.SKIPPED,
+                        result=done.result,
+                        attempts=done.attempts,
+                        index=index,
+                    )
+                )
+                return None
+        entry = _Entry(index, key, item)
+        if redrive is not None and index is not None:
+            entry.redrive_of = dlq_id
+        self._live += 1
+        self._active.add(entry)
+        return entry
+
+    def _backlog(self) -> int:
+        n = self._checkpointer.backlog if self._checkpointer is not None else 0
+        if self._extra_backlog is not None:
+            n += self._extra_backlog()
+        return n
+
+    async def _wait(self) -> bool:
+        """Wait for work; False when the run is over for this worker."""
+        if self._source_done and self._live == 0 and not self._ready:
+            self._wake_all()
+            return False
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        self._waiters.append(fut)
+        await fut
+        return True
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, deque()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _worker_plain(self) -> None:
+        """The hot loop: no timeouts, guards or spans to wrap the call in."""
+        job = self.job
+        run_id = self.run_id
+        perf = time.perf_counter
+        while True:
+            entry = self._next()
+            if entry is None:
+                if await self._wait():
+                    continue
+                return
+            entry.attempt += 1
+            ctx = JobContext(run_id, entry.key, entry.attempt, entry.item)
+            token = _current.set(ctx)
+            start = perf()
+            if entry.attempt == 1:
+                entry.started = start
+            try:
+                result = await job(entry.item)
+            except Exception as exc:
+                self._failed(entry, ctx, exc, start)
+            else:
+                if self._result_rules and self._rejected(entry, ctx, result, start):
+                    continue
+                self._succeeded(entry, result, start)
+            finally:
+                _current.reset(token)
+
+    async def _worker_full(self) -> None:
+        """The general loop: deadline, timeout, ``uses=`` guards, attempt spans."""
+        while True:
+            entry = self._next()
+            if entry is None:
+                if await self._wait():
+                    continue
+                return
+            await self._attempt(entry)
+
+    async def _attempt(self, entry: _Entry) -> None:
+        loop = self._loop
+        assert loop is not None
+        o = self.opts
+        entry.attempt += 1
+        ctx = JobContext(self.run_id, entry.key, entry.attempt, entry.item)
+        token = _current.set(ctx)
+        start = time.perf_counter()
+        if entry.attempt == 1:
+            entry.started = start
+            if o.deadline is not None:
+                entry.deadline_at = loop.time() + o.deadline
+        scope_cm: Any = (
+            self._inst.attempt(entry.key, entry.attempt) if self._inst is not None else nullcontext()
+        )
+        try:
+            with scope_cm as scope:
+                if self._inst is not None:
+                    self._inst.in_flight(1)
+                try:
+                    result = await self._call(entry, loop)
+                except Exception as exc:
+                    if isinstance(exc, CircuitOpen):
+                        if scope is not None:
+                            scope.rejected(exc.dependency)
+                        await self._circuit_open(entry, ctx, exc, start)
+                        return
+                    kind, delay = self._failed(entry, ctx, exc, start)
+                    if scope is not None:
+                        scope.failed(kind, exc, retry_in=delay)
+                else:
+                    if self._result_rules and self._rejected(entry, ctx, result, start):
+                        if scope is not None and entry.kind is not None:
+                            scope.failed(entry.kind, entry_error(entry), retry_in=None)
+                        return
+                    self._succeeded(entry, result, start)
+                finally:
+                    if self._inst is not None:
+                        self._inst.in_flight(-1)
+        finally:
+            _current.reset(token)
+
+    async def _call(self, entry: _Entry, loop: asyncio.AbstractEventLoop) -> Any:
+        o = self.opts
+        limit = o.timeout
+        deadline_at = entry.deadline_at
+        if deadline_at is not None:
+            remaining = deadline_at - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(entry.key, o.deadline or 0.0)
+            limit = remaining if limit is None else min(limit, remaining)
+        guards: Any = self._deps.guard_all(o.uses) if o.uses and self._deps else None
+        try:
+            if guards is not None:
+                async with guards:
+                    return await self._timed(entry, limit)
+            return await self._timed(entry, limit)
+        except TimeoutError as exc:
+            if deadline_at is not None and loop.time() >= deadline_at:
+                raise DeadlineExceeded(entry.key, o.deadline or 0.0) from exc
+            raise
+
+    async def _timed(self, entry: _Entry, limit: float | None) -> Any:
+        if limit is None:
+            return await self.job(entry.item)
+        with anyio.fail_after(limit):
+            return await self.job(entry.item)
+
+    # ------------------------------------------------------------ outcomes
+
+    def _succeeded(self, entry: _Entry, result: Any, start: float) -> None:
+        outcome: JobOutcome[Any] = JobOutcome(
+            key=entry.key,
+            status=JobStatus.SUCCEEDED,
+            result=result,
+            attempts=entry.attempt,
+            duration=time.perf_counter() - entry.started,
+            index=entry.index,
+            kind=entry.kind,
+            history=tuple(entry.history) if entry.history else (),
+        )
+        cp = self._checkpointer
+        if cp is None:
+            self._done(entry)
+            self._ack(outcome)
+            return
+        payload, is_repr = (
+            _json_payload(entry.item, entry.key) if self.opts.compensate is not None else (None, False)
+        )
+        record = JobRecord(
+            run_id=self.run_id,
+            key=entry.key,
+            status=JobStatus.SUCCEEDED,
+            index=entry.index,
+            attempts=entry.attempt,
+            duration=outcome.duration,
+            result=result,
+            has_result=True,
+            payload=payload,
+            payload_is_repr=is_repr,
+            history=outcome.history,
+            redrive_of=entry.redrive_of,
+        )
+        self._done(entry)
+        cp.add(record, outcome)
+
+    def _rejected(self, entry: _Entry, ctx: JobContext, result: Any, start: float) -> bool:
+        kind = self._classify.classify_result(result)  # type: ignore[attr-defined]
+        if kind is None:
+            return False
+        self._failed(entry, ctx, RejectedResult(result), start, kind=kind)
+        return True
+
+    def _classify_exc(self, exc: BaseException) -> ErrorKind:
+        kind = self._classify(exc)
+        return kind if isinstance(kind, ErrorKind) else ErrorKind(kind)
+
+    def _failed(
+        self,
+        entry: _Entry,
+        ctx: JobContext,
+        exc: BaseException,
+        start: float,
+        *,
+        kind: ErrorKind | None = None,
+    ) -> tuple[ErrorKind, float | None]:
+        """Record a failed attempt and decide: retry (park), dead-letter or abort.
+
+        Returns the kind and the retry delay (None when not retried).
+        """
+        now = time.time()
+        if kind is None:
+            kind = ErrorKind.TRANSIENT if isinstance(exc, DeadlineExceeded) else self._classify_exc(exc)
+        entry.kind = kind
+        entry.history.append(
+            AttemptRecord(
+                number=entry.attempt,
+                started_at=now - (time.perf_counter() - start),
+                duration=time.perf_counter() - start,
+                kind=kind,
+                error_type=qualname(type(exc)),
+                message=str(exc),
+            )
+        )
+        decision: Decision | None = None
+        if self.opts.on_error is not None:
+            decision = self.opts.on_error(exc, ctx)
+        delay = self._retry_delay(entry, kind, exc, decision)
+        self.report.attempt_failed(entry.key, kind, exc, now, delay is not None)
+        if self._budget is not None:
+            verdict = self._budget.record_attempt(kind, delay is not None)
+            if verdict is not None:
+                self._budget_exhausted(verdict)
+        if (decision is not None and decision.action == "abort") or (
+            decision is None and kind is ErrorKind.FATAL
+        ):
+            self._fail_batch(entry, exc, kind)
+            return kind, None
+        if delay is not None:
+            self._emit(
+                RetryScheduled(
+                    run_id=self.run_id,
+                    key=entry.key,
+                    attempt=entry.attempt,
+                    delay=delay,
+                    kind=kind.value,
+                    error_type=qualname(type(exc)),
+                    message=str(exc),
+                )
+            )
+            self._park(entry, delay)
+            return kind, delay
+        self._dead_letter(entry, exc, kind)
+        return kind, None
+
+    def _retry_delay(
+        self, entry: _Entry, kind: ErrorKind, exc: BaseException, decision: Decision | None
+    ) -> float | None:
+        """Seconds until the next attempt, or None when the job must not retry."""
+        if isinstance(exc, DeadlineExceeded):
+            return None
+        testing, cap = self._testing
+        if decision is not None:
+            if decision.action != "retry":
+                return None
+            delay = decision.after
+        else:
+            if kind is ErrorKind.FATAL:
+                return None
+            retry = self.opts.retry[kind]
+            attempts = retry.attempts if cap is None else min(retry.attempts, cap)
+            if entry.attempt >= attempts:
+                return None
+            delay = retry.backoff.delay(entry.attempt, entry.prev_delay, self._rng)
+            entry.prev_delay = delay
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+            delay = max(delay, float(retry_after))
+        if testing:
+            delay = 0.0
+        if entry.deadline_at is not None:
+            assert self._loop is not None
+            if self._loop.time() + delay >= entry.deadline_at:
+                return None
+        return delay
+
+    async def _circuit_open(
+        self, entry: _Entry, ctx: JobContext, exc: CircuitOpen, start: float
+    ) -> None:
+        """A guard rejected the call: park, fail or fall back, per the breaker's policy."""
+        entry.attempt -= 1  # a rejected call is not an attempt
+        breaker = self._deps.breaker(exc.dependency) if self._deps is not None else None
+        policy = getattr(breaker, "on_open", "park")
+        if policy == "park":
+            self._park(entry, max(exc.retry_in, 0.0))
+            return
+        if policy == "fallback" and breaker is not None and breaker.fallback is not None:
+            entry.attempt += 1
+            result = await breaker.fallback(entry.item, exc)
+            outcome: JobOutcome[Any] = JobOutcome(
+                key=entry.key,
+                status=JobStatus.SUCCEEDED,
+                result=result,
+                attempts=entry.attempt,
+                duration=time.perf_counter() - (entry.started or start),
+                index=entry.index,
+                history=tuple(entry.history),
+                fell_back=True,
+            )
+            self._finish_outcome(entry, outcome, result)
+            return
+        entry.attempt += 1
+        self._failed(entry, ctx, exc, start, kind=ErrorKind.RECOVERABLE)
+
+    def _finish_outcome(self, entry: _Entry, outcome: JobOutcome[Any], result: Any) -> None:
+        cp = self._checkpointer
+        self._done(entry)
+        if cp is None:
+            self._ack(outcome)
+            return
+        cp.add(
+            JobRecord(
+                run_id=self.run_id,
+                key=entry.key,
+                status=outcome.status,
+                index=entry.index,
+                attempts=outcome.attempts,
+                duration=outcome.duration,
+                result=result,
+                has_result=True,
+                redrive_of=entry.redrive_of,
+            ),
+            outcome,
+        )
+
+    def _park(self, entry: _Entry, delay: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        entry.timer = loop.call_later(delay, self._unpark, entry)
+
+    def _unpark(self, entry: _Entry) -> None:
+        entry.timer = None
+        if self._abort_cause is not None or entry not in self._active:
+            return
+        self._ready.append(entry)
+        self._wake_one()
+
+    def _dead_letter(self, entry: _Entry, exc: BaseException, kind: ErrorKind) -> None:
+        history = tuple(entry.history)
+        outcome: JobOutcome[Any] = JobOutcome(
+            key=entry.key,
+            status=JobStatus.DEAD_LETTERED,
+            error=exc,
+            attempts=entry.attempt,
+            duration=time.perf_counter() - entry.started,
+            index=entry.index,
+            kind=kind,
+            history=history,
+        )
+        self._emit(
+            JobDeadLettered(
+                run_id=self.run_id,
+                key=entry.key,
+                attempts=entry.attempt,
+                kind=kind.value,
+                error_type=qualname(type(exc)),
+                message=str(exc),
+            )
+        )
+        self._done(entry)
+        cp = self._checkpointer
+        if cp is None:
+            self._ack(outcome)
+            return
+        payload, is_repr = _json_payload(entry.item, entry.key)
+        cp.add(
+            JobRecord(
+                run_id=self.run_id,
+                key=entry.key,
+                status=JobStatus.DEAD_LETTERED,
+                index=entry.index,
+                attempts=entry.attempt,
+                duration=outcome.duration,
+                payload=payload,
+                payload_is_repr=is_repr,
+                kind=kind,
+                error_type=qualname(type(exc)),
+                message=str(exc),
+                traceback="".join(traceback.format_exception(exc)),
+                history=history,
+                redrive_of=entry.redrive_of,
+            ),
+            outcome,
+        )
+
+    def _done(self, entry: _Entry) -> None:
+        self._active.discard(entry)
+        self._live -= 1
+        if self._live == 0 and self._source_done:
+            self._wake_all()
+
+    def _ack(self, outcome: JobOutcome[Any]) -> None:
+        """An outcome is final (committed, when there is a store): count and deliver it."""
+        self.counts[outcome.status] += 1
+        self.report.job_finished(outcome)
+        if self._inst is not None:
+            self._inst.job_finished(outcome.status)
+        if self._budget is not None:
+            verdict = self._budget.record_job(outcome)
+            if verdict is not None:
+                self._budget_exhausted(verdict)
+        if self._sink is not None:
+            self._sink(outcome)
+        self.relieve()
+
+    def relieve(self) -> None:
+        """The backlog shrank: wake workers (and the feeder) held back by it."""
+        if self._blocked and self._backlog() < self._max_backlog // 2:
+            self._blocked = False
+            self._wake_all()
+        if self._feeder_wait is not None and self._backlog() < self._max_backlog:
+            self._release_feeder()
+
+    # --------------------------------------------------------------- abort
+
+    def _budget_exhausted(self, verdict: BudgetExceeded) -> None:
+        budget = self.opts.budget
+        action = getattr(budget, "action", "abort")
+        self._emit(
+            BudgetExhausted(
+                run_id=self.run_id,
+                action=action,
+                reason=str(verdict),
+                failures=getattr(verdict, "failures", 0),
+                jobs=getattr(verdict, "jobs", 0),
+            )
+        )
+        if action == "abort":
+            self._abort(verdict)
+
+    def _fail_batch(self, entry: _Entry, exc: BaseException, kind: ErrorKind) -> None:
+        outcome: JobOutcome[Any] = JobOutcome(
+            key=entry.key,
+            status=JobStatus.FAILED,
+            error=exc,
+            attempts=entry.attempt,
+            duration=time.perf_counter() - entry.started,
+            index=entry.index,
+            kind=kind,
+            history=tuple(entry.history),
+        )
+        self._done(entry)
+        self._ack(outcome)
+        self._abort(exc)
+
+    def _abort(self, cause: BaseException) -> None:
+        if self._abort_cause is not None:
+            return
+        self._abort_cause = cause
+        self._emit(RunAborted(run_id=self.run_id, error_type=qualname(type(cause)), message=str(cause)))
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    def _cancel_leftovers(self) -> None:
+        """Jobs still admitted when the work stopped end CANCELLED (they re-run on resume)."""
+        for entry in list(self._active):
+            if entry.timer is not None:
+                entry.timer.cancel()
+            self._active.discard(entry)
+            self._live -= 1
+            self._ack(
+                JobOutcome(
+                    key=entry.key,
+                    status=JobStatus.CANCELLED,
+                    attempts=entry.attempt,
+                    index=entry.index,
+                    kind=entry.kind,
+                    history=tuple(entry.history),
+                )
+            )
+        self._ready.clear()
+
+
+def entry_error(entry: _Entry) -> BaseException:
+    """A stand-in exception for a rejected result (for span recording)."""
+    last = entry.history[-1] if entry.history else None
+    return RejectedResult(last.message if last else None)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one meaningful exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

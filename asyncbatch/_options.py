@@ -1,0 +1,141 @@
+"""Batch options: the keywords of `run_batch`/`Batch`, validated once."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._classify import ClassifierLike, as_classifier
+from ._errors import ConfigError
+from ._retry import Decision, Retry, RetryPolicy, as_policy, seconds
+
+if TYPE_CHECKING:
+    from ._breaker import Breaker
+    from ._budget import ErrorBudget
+    from ._context import JobContext
+    from ._events import Event
+    from ._guard import Rate
+    from ._store import Store
+
+__all__ = ["Options", "build_options"]
+
+Durability = Literal["normal", "full"]
+ErrorHandler = Callable[[BaseException, "JobContext"], "Decision | None"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """Every batch option, normalised (durations in float seconds)."""
+
+    concurrency: int
+    key: Callable[[Any], str] | None
+    run_id: str | None
+    store: Store | str | None
+    retry_dead: bool
+    durability: Durability
+    classify: Callable[[BaseException], Any]
+    retry: RetryPolicy
+    on_error: ErrorHandler | None
+    timeout: float | None
+    deadline: float | None
+    limits: Mapping[str, int] | None
+    rates: Mapping[str, Rate] | None
+    breakers: Mapping[str, Breaker] | None
+    uses: tuple[str, ...]
+    budget: ErrorBudget | None
+    compensate: Callable[[Any, Any], Awaitable[Any]] | None
+    compensate_retry: Retry
+    on_event: tuple[Callable[[Event], Any], ...]
+    tracer_provider: Any
+    meter_provider: Any
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _hooks(on_event: object) -> tuple[Callable[[Event], Any], ...]:
+    if on_event is None:
+        return ()
+    hooks = (on_event,) if callable(on_event) else tuple(on_event)  # type: ignore[call-overload]
+    for h in hooks:
+        if not callable(h):
+            raise ConfigError(f"on_event must be a callable or a list of callables, got {h!r}")
+    return hooks
+
+
+def build_options(
+    *,
+    concurrency: int = 100,
+    key: Callable[[Any], str] | None = None,
+    run_id: str | None = None,
+    store: Store | str | None = None,
+    retry_dead: bool = False,
+    durability: Durability = "normal",
+    classify: ClassifierLike | None = None,
+    retry: RetryPolicy | Retry | None = None,
+    on_error: ErrorHandler | None = None,
+    timeout: float | timedelta | None = None,
+    deadline: float | timedelta | None = None,
+    limits: Mapping[str, int] | None = None,
+    rates: Mapping[str, Rate] | None = None,
+    breakers: Mapping[str, Breaker] | None = None,
+    uses: Sequence[str] | str | None = None,
+    budget: ErrorBudget | None = None,
+    compensate: Callable[[Any, Any], Awaitable[Any]] | None = None,
+    compensate_retry: Retry | None = None,
+    on_event: Callable[[Event], Any] | Iterable[Callable[[Event], Any]] | None = None,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+) -> Options:
+    """Validate the keywords; raises `ConfigError` with a one-line fix."""
+    if durability not in ("normal", "full"):
+        raise ConfigError(f'durability must be "normal" or "full", got {durability!r}')
+    if key is not None and not callable(key):
+        raise ConfigError(f"key must be a callable item -> str, got {key!r}")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise ConfigError(f"run_id must be a non-empty str, got {run_id!r}")
+    if on_error is not None and not callable(on_error):
+        raise ConfigError(f"on_error must be a callable(exc, job) -> ab.Decision | None, got {on_error!r}")
+    if compensate is not None and not inspect.iscoroutinefunction(compensate):
+        if not callable(compensate):
+            raise ConfigError(f"compensate must be an async def undo(item, result), got {compensate!r}")
+    if isinstance(uses, str):
+        uses = (uses,)
+    uses_t = tuple(uses or ())
+    for name in uses_t:
+        if not isinstance(name, str):
+            raise ConfigError(f"uses must name dependencies (str), got {name!r}")
+    if budget is not None:
+        from ._budget import ErrorBudget
+
+        if not isinstance(budget, ErrorBudget):
+            raise ConfigError(f"budget must be an ab.ErrorBudget, got {budget!r}")
+    return Options(
+        concurrency=_positive_int(concurrency, "concurrency"),
+        key=key,
+        run_id=run_id,
+        store=store,
+        retry_dead=bool(retry_dead),
+        durability=durability,
+        classify=as_classifier(classify),
+        retry=as_policy(retry),
+        on_error=on_error,
+        timeout=seconds(timeout, "timeout"),
+        deadline=seconds(deadline, "deadline"),
+        limits=limits,
+        rates=rates,
+        breakers=breakers,
+        uses=uses_t,
+        budget=budget,
+        compensate=compensate,
+        compensate_retry=compensate_retry or Retry(attempts=3),
+        on_event=_hooks(on_event),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
