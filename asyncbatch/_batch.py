@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from ._errors import BatchAborted, ConfigError
-from ._executor import Engine
+from ._executor import Engine, unwrap_group
 from ._options import Options, build_options
 from ._result import BatchResult, JobOutcome, JobStatus
 from ._store import Store
@@ -128,13 +128,19 @@ class Batch(Generic[T, R]):
             stream: OutcomeStream[R] = OutcomeStream()
             engine = self._engine(store, stream._push, backlog=stream.__len__)
             stream._engine = engine
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(stream._drive, engine, items)
-                try:
-                    yield stream
-                finally:
-                    if not stream.finished:
-                        tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream._drive, engine, items)
+                    try:
+                        yield stream
+                    finally:
+                        if not stream.finished:
+                            tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                inner = unwrap_group(group)
+                if inner is group:
+                    raise
+                raise inner from inner.__cause__
 
 
 class OutcomeStream(Generic[R]):

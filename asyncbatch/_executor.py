@@ -55,7 +55,7 @@ from ._result import AttemptRecord, BatchResult, JobOutcome, JobStatus, count_st
 from ._retry import Decision
 from ._store import FinishedJob, JobRecord, RunInfo, Store
 
-__all__ = ["Engine", "qualname"]
+__all__ = ["Engine", "qualname", "unwrap_group"]
 
 R = TypeVar("R")
 Sink = Callable[[JobOutcome[Any]], None]
@@ -219,7 +219,7 @@ class Engine(Generic[R]):
                         await self._close(status, loop.time() - t0)
         except BaseExceptionGroup as group:
             # A failed commit or a crashing hook surfaces as a group; raise the error itself.
-            inner = _unwrap(group)
+            inner = unwrap_group(group)
             if inner is group:
                 raise
             raise inner from None
@@ -890,7 +890,7 @@ def entry_error(entry: _Entry) -> BaseException:
     return RejectedResult(last.message if last else None)
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def unwrap_group(exc: BaseException) -> BaseException:
     """The one meaningful exception inside (nested) exception groups."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]

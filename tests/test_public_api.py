@@ -1,0 +1,31 @@
+"""The public surface: __all__ matches what the package exports, with docstrings."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import asyncbatch as ab
+
+
+def test_all_matches_the_public_names() -> None:
+    public = {n for n in dir(ab) if not n.startswith("_") and not inspect.ismodule(getattr(ab, n))}
+    assert public == set(ab.__all__) - {"__version__"}
+
+
+@pytest.mark.parametrize("name", sorted(set(ab.__all__) - {"__version__"}))
+def test_every_public_name_has_a_docstring(name: str) -> None:
+    assert inspect.getdoc(getattr(ab, name)), f"ab.{name} has no docstring"
+
+
+def test_contract_names_exist() -> None:
+    for name in [
+        "run_batch", "Batch", "current_job", "guard", "TransientError", "RecoverableError",
+        "PermanentError", "FatalError", "ErrorKind", "Classifier", "Rule", "Retry", "Backoff",
+        "RetryPolicy", "ErrorBudget", "Breaker", "CircuitOpen", "BatchResult", "JobOutcome",
+        "JobStatus", "ErrorReport", "BatchAborted", "open_store", "DeadLetter", "redrive",
+        "Event", "RetryScheduled", "JobDeadLettered", "BreakerOpened", "BreakerHalfOpen",
+        "BreakerClosed", "BudgetExhausted", "RunAborted", "RunFinished", "Rate",
+    ]:
+        assert hasattr(ab, name), name
