@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import secrets
 import time
 import warnings
@@ -58,9 +59,13 @@ async def _open(opts: Options) -> AsyncIterator[Store | None]:
         yield store
 
 
+_by_index = operator.attrgetter("index")
+
+
 def _in_order(outcomes: list[JobOutcome[R]]) -> list[JobOutcome[R]]:
-    big = 1 << 62
-    outcomes.sort(key=lambda o: big if o.index is None else o.index)
+    # Every outcome of run()/redrive() has an input position; they arrive
+    # nearly sorted, which Timsort handles in close to linear time.
+    outcomes.sort(key=_by_index)
     return outcomes
 
 

@@ -51,7 +51,14 @@ from ._events import (
 from ._options import Options
 from ._otel import Instrumentation
 from ._report import ReportBuilder
-from ._result import AttemptRecord, BatchResult, JobOutcome, JobStatus, count_statuses
+from ._result import (
+    AttemptRecord,
+    BatchResult,
+    JobOutcome,
+    JobStatus,
+    count_statuses,
+    fast_outcome,
+)
 from ._retry import Decision
 from ._store import FinishedJob, JobRecord, RunInfo, Store
 
@@ -83,16 +90,17 @@ def _json_payload(item: Any, key: str) -> tuple[Any, bool]:
         return repr(item), True
 
 
-class _Entry:
-    """A job admitted to the run and not yet finished."""
+class _Entry(JobContext):
+    """A job admitted to the run and not yet finished.
+
+    It is also the job's `JobContext` (what `current_job()` returns): one
+    object per job instead of two keeps the hot path short.
+    """
 
     __slots__ = (
-        "attempt",
         "deadline_at",
         "history",
         "index",
-        "item",
-        "key",
         "kind",
         "prev_delay",
         "redrive_of",
@@ -100,11 +108,13 @@ class _Entry:
         "timer",
     )
 
-    def __init__(self, index: int | None, key: str, item: Any) -> None:
-        self.index = index
+    def __init__(self, run_id: str, index: int | None, key: str, item: Any) -> None:
+        self.run_id = run_id
         self.key = key
-        self.item = item
         self.attempt = 0
+        self.item = item
+        self.dependency = None
+        self.index = index
         self.started = 0.0
         self.deadline_at: float | None = None
         self.history: list[AttemptRecord] = []
@@ -147,7 +157,8 @@ class Engine(Generic[R]):
         self._rng = opts.retry.rng()
         self._ready: deque[_Entry] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._active: set[_Entry] = set()
+        self._parked: set[_Entry] = set()
+        self._interrupted: list[_Entry] = []
         self._live = 0
         self._source: Iterator[tuple[int | None, Any]] | None = None
         self._source_done = False
@@ -405,11 +416,10 @@ class Engine(Generic[R]):
                     )
                 )
                 return None
-        entry = _Entry(index, key, item)
+        entry = _Entry(self.run_id, index, key, item)
         if redrive is not None and index is not None:
             entry.redrive_of = dlq_id
         self._live += 1
-        self._active.add(entry)
         return entry
 
     def _backlog(self) -> int:
@@ -446,8 +456,8 @@ class Engine(Generic[R]):
     async def _worker_plain(self) -> None:
         """The hot loop: no timeouts, guards or spans to wrap the call in."""
         job = self.job
-        run_id = self.run_id
         perf = time.perf_counter
+        set_job, reset_job = _current.set, _current.reset
         while True:
             entry = self._next()
             if entry is None:
@@ -455,21 +465,23 @@ class Engine(Generic[R]):
                     continue
                 return
             entry.attempt += 1
-            ctx = JobContext(run_id, entry.key, entry.attempt, entry.item)
-            token = _current.set(ctx)
+            token = set_job(entry)
             start = perf()
             if entry.attempt == 1:
                 entry.started = start
             try:
                 result = await job(entry.item)
             except Exception as exc:
-                self._failed(entry, ctx, exc, start)
+                self._failed(entry, exc, start)
+            except BaseException:
+                self._interrupted.append(entry)
+                raise
             else:
-                if self._result_rules and self._rejected(entry, ctx, result, start):
+                if self._result_rules and self._rejected(entry, result, start):
                     continue
-                self._succeeded(entry, result, start)
+                self._succeeded(entry, result)
             finally:
-                _current.reset(token)
+                reset_job(token)
 
     async def _worker_full(self) -> None:
         """The general loop: deadline, timeout, ``uses=`` guards, attempt spans."""
@@ -486,8 +498,7 @@ class Engine(Generic[R]):
         assert loop is not None
         o = self.opts
         entry.attempt += 1
-        ctx = JobContext(self.run_id, entry.key, entry.attempt, entry.item)
-        token = _current.set(ctx)
+        token = _current.set(entry)
         start = time.perf_counter()
         if entry.attempt == 1:
             entry.started = start
@@ -506,17 +517,20 @@ class Engine(Generic[R]):
                     if isinstance(exc, CircuitOpen):
                         if scope is not None:
                             scope.rejected(exc.dependency)
-                        await self._circuit_open(entry, ctx, exc, start)
+                        await self._circuit_open(entry, exc, start)
                         return
-                    kind, delay = self._failed(entry, ctx, exc, start)
+                    kind, delay = self._failed(entry, exc, start)
                     if scope is not None:
                         scope.failed(kind, exc, retry_in=delay)
+                except BaseException:
+                    self._interrupted.append(entry)
+                    raise
                 else:
-                    if self._result_rules and self._rejected(entry, ctx, result, start):
+                    if self._result_rules and self._rejected(entry, result, start):
                         if scope is not None and entry.kind is not None:
                             scope.failed(entry.kind, entry_error(entry), retry_in=None)
                         return
-                    self._succeeded(entry, result, start)
+                    self._succeeded(entry, result)
                 finally:
                     if self._inst is not None:
                         self._inst.in_flight(-1)
@@ -551,20 +565,32 @@ class Engine(Generic[R]):
 
     # ------------------------------------------------------------ outcomes
 
-    def _succeeded(self, entry: _Entry, result: Any, start: float) -> None:
-        outcome: JobOutcome[Any] = JobOutcome(
-            key=entry.key,
-            status=JobStatus.SUCCEEDED,
-            result=result,
-            attempts=entry.attempt,
-            duration=time.perf_counter() - entry.started,
-            index=entry.index,
-            kind=entry.kind,
-            history=tuple(entry.history) if entry.history else (),
-        )
+    def _succeeded(self, entry: _Entry, result: Any) -> None:
+        if entry.history:
+            outcome: JobOutcome[Any] = JobOutcome(
+                key=entry.key,
+                status=JobStatus.SUCCEEDED,
+                result=result,
+                attempts=entry.attempt,
+                duration=time.perf_counter() - entry.started,
+                index=entry.index,
+                kind=entry.kind,
+                history=tuple(entry.history),
+            )
+        else:
+            outcome = fast_outcome(
+                entry.key,
+                JobStatus.SUCCEEDED,
+                result,
+                entry.attempt,
+                time.perf_counter() - entry.started,
+                entry.index,
+            )
+        self._live -= 1
+        if self._live == 0 and self._source_done:
+            self._wake_all()
         cp = self._checkpointer
         if cp is None:
-            self._done(entry)
             self._ack(outcome)
             return
         payload, is_repr = (
@@ -584,14 +610,13 @@ class Engine(Generic[R]):
             history=outcome.history,
             redrive_of=entry.redrive_of,
         )
-        self._done(entry)
         cp.add(record, outcome)
 
-    def _rejected(self, entry: _Entry, ctx: JobContext, result: Any, start: float) -> bool:
+    def _rejected(self, entry: _Entry, result: Any, start: float) -> bool:
         kind = self._classify.classify_result(result)  # type: ignore[attr-defined]
         if kind is None:
             return False
-        self._failed(entry, ctx, RejectedResult(result), start, kind=kind)
+        self._failed(entry, RejectedResult(result), start, kind=kind)
         return True
 
     def _classify_exc(self, exc: BaseException) -> ErrorKind:
@@ -601,7 +626,6 @@ class Engine(Generic[R]):
     def _failed(
         self,
         entry: _Entry,
-        ctx: JobContext,
         exc: BaseException,
         start: float,
         *,
@@ -627,7 +651,7 @@ class Engine(Generic[R]):
         )
         decision: Decision | None = None
         if self.opts.on_error is not None:
-            decision = self.opts.on_error(exc, ctx)
+            decision = self.opts.on_error(exc, entry)
         delay = self._retry_delay(entry, kind, exc, decision)
         self.report.attempt_failed(entry.key, kind, exc, now, delay is not None)
         if self._budget is not None:
@@ -687,9 +711,7 @@ class Engine(Generic[R]):
                 return None
         return delay
 
-    async def _circuit_open(
-        self, entry: _Entry, ctx: JobContext, exc: CircuitOpen, start: float
-    ) -> None:
+    async def _circuit_open(self, entry: _Entry, exc: CircuitOpen, start: float) -> None:
         """A guard rejected the call: park, fail or fall back, per the breaker's policy."""
         entry.attempt -= 1  # a rejected call is not an attempt
         breaker = self._deps.breaker(exc.dependency) if self._deps is not None else None
@@ -713,7 +735,7 @@ class Engine(Generic[R]):
             self._finish_outcome(entry, outcome, result)
             return
         entry.attempt += 1
-        self._failed(entry, ctx, exc, start, kind=ErrorKind.RECOVERABLE)
+        self._failed(entry, exc, start, kind=ErrorKind.RECOVERABLE)
 
     def _finish_outcome(self, entry: _Entry, outcome: JobOutcome[Any], result: Any) -> None:
         cp = self._checkpointer
@@ -739,11 +761,14 @@ class Engine(Generic[R]):
     def _park(self, entry: _Entry, delay: float) -> None:
         loop = self._loop
         assert loop is not None
+        self._parked.add(entry)
         entry.timer = loop.call_later(delay, self._unpark, entry)
 
     def _unpark(self, entry: _Entry) -> None:
         entry.timer = None
-        if self._abort_cause is not None or entry not in self._active:
+        self._parked.discard(entry)
+        if self._abort_cause is not None:
+            self._interrupted.append(entry)
             return
         self._ready.append(entry)
         self._wake_one()
@@ -797,7 +822,6 @@ class Engine(Generic[R]):
         )
 
     def _done(self, entry: _Entry) -> None:
-        self._active.discard(entry)
         self._live -= 1
         if self._live == 0 and self._source_done:
             self._wake_all()
@@ -814,7 +838,8 @@ class Engine(Generic[R]):
                 self._budget_exhausted(verdict)
         if self._sink is not None:
             self._sink(outcome)
-        self.relieve()
+        if self._blocked or self._feeder_wait is not None:
+            self.relieve()
 
     def relieve(self) -> None:
         """The backlog shrank: wake workers (and the feeder) held back by it."""
@@ -866,10 +891,12 @@ class Engine(Generic[R]):
 
     def _cancel_leftovers(self) -> None:
         """Jobs still admitted when the work stopped end CANCELLED (they re-run on resume)."""
-        for entry in list(self._active):
+        leftovers = [*self._interrupted, *self._ready, *self._parked]
+        self._interrupted, self._ready, self._parked = [], deque(), set()
+        leftovers.sort(key=lambda e: -1 if e.index is None else e.index)
+        for entry in leftovers:
             if entry.timer is not None:
                 entry.timer.cancel()
-            self._active.discard(entry)
             self._live -= 1
             self._ack(
                 JobOutcome(
@@ -881,7 +908,6 @@ class Engine(Generic[R]):
                     history=tuple(entry.history),
                 )
             )
-        self._ready.clear()
 
 
 def entry_error(entry: _Entry) -> BaseException:
