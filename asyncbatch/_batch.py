@@ -85,7 +85,8 @@ class Batch(Generic[T, R]):
 
     def __repr__(self) -> str:
         o = self.options
-        return f"Batch({getattr(self.job, '__qualname__', self.job)!r}, concurrency={o.concurrency}, store={o.store!r})"
+        name = getattr(self.job, "__qualname__", self.job)
+        return f"Batch({name!r}, concurrency={o.concurrency}, store={o.store!r})"
 
     def _engine(
         self,
@@ -285,4 +286,6 @@ async def _recount(store: Store, run_id: str) -> None:
     counts = {s.value: 0 for s in JobStatus}
     for job in await store.jobs(run_id):
         counts[job.status.value] += 1
-    await store.end_run(run_id, "finished" if run.status != "aborted" else run.status, counts, run.report)
+    await store.end_run(
+        run_id, "finished" if run.status != "aborted" else run.status, counts, run.report
+    )

@@ -1,25 +1,388 @@
-"""PLACEHOLDER — being replaced by the breaker helper. Interface only."""
+"""Circuit breakers: `Breaker` (the policy) and `Circuit` (its state in one run).
+
+The state machine is aiobreaker's ``CircuitBreaker`` (closed → open → half-open
+→ closed, consecutive-failure counter, listeners). asyncbatch wraps its flaws:
+
+- aiobreaker raises ``CircuitBreakerError`` from the call that trips it; here
+  outcomes are *recorded* after the call, so the caller always sees the
+  original exception (and the classifier classifies that one).
+- aiobreaker's half-open state admits any number of concurrent calls; here
+  at most ``half_open_probes`` run at once, the others are rejected.
+- aiobreaker times the open period with the wall clock (``datetime.utcnow()``
+  against ``datetime.now()``: wrong by hours under a non-UTC ``TZ``). Here the
+  open period is timed on the event loop's monotonic clock, so virtual time
+  (looptime) drives it, and `Circuit` moves aiobreaker to half-open itself;
+  aiobreaker's own timing is never consulted.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
-__all__ = ["Breaker"]
+import aiobreaker
+
+from ._errors import CircuitOpen, ConfigError
+from ._events import BreakerClosed, BreakerHalfOpen, BreakerOpened, Event
+from ._retry import seconds
+
+__all__ = ["PROBE_RECHECK", "Breaker", "Circuit", "OnOpen"]
+
+OnOpen = Literal["park", "fail", "fallback"]
+_ON_OPEN = ("park", "fail", "fallback")
+
+PROBE_RECHECK = 0.1
+"""Seconds a call rejected while the half-open probes are busy waits before asking again
+(capped at the breaker's ``reset_timeout``)."""
+
+# Loop timers may fire up to one clock tick early (asyncio compares against
+# ``time() + clock_resolution``); a call woken at the end of the open period
+# must not be rejected for that tick.
+_SLACK = max(time.get_clock_info("monotonic").resolution, 1e-6)
+
+_CLOSED = aiobreaker.CircuitBreakerState.CLOSED
+_OPEN = aiobreaker.CircuitBreakerState.OPEN
+_HALF_OPEN = aiobreaker.CircuitBreakerState.HALF_OPEN
 
 
+@dataclass(frozen=True, slots=True, init=False, repr=False)
 class Breaker:
+    """A circuit breaker policy for one dependency: ``breakers={"api": ab.Breaker()}``.
+
+    After ``fail_max`` consecutive counted failures the circuit opens: calls
+    guarded by it are rejected with `CircuitOpen` for ``reset_timeout``
+    seconds. Then it is half-open: up to ``half_open_probes`` calls run at
+    once as probes (others are still rejected); the first probe to finish
+    decides: success closes the circuit, failure opens it again. The call
+    that trips the circuit raises its own, original exception.
+
+    Which failures count: an exception leaving the guarded block counts when
+    the run's classifier calls it TRANSIENT, RECOVERABLE or FATAL (the
+    dependency is in trouble). PERMANENT errors (a bad item, e.g. HTTP 400)
+    neither count nor reset the counter, and a PERMANENT probe leaves the
+    circuit half-open. ``CancelledError`` and other ``BaseException`` never
+    count; neither do rejections (`CircuitOpen`) nor errors that came out of
+    a guard of another dependency nested inside. A success resets the count.
+    Results of calls admitted before the circuit last changed state (e.g. the
+    stragglers still running when it opened) are counted in the statistics
+    but do not move the circuit.
+
+    A `Breaker` is only the policy: each run keeps its own circuit per
+    dependency, so state never leaks between runs or between dependencies
+    sharing one `Breaker` value.
+
+    Args:
+        fail_max: consecutive counted failures that open the circuit.
+        reset_timeout: seconds (or ``timedelta``) the circuit stays open
+            before probes are let through.
+        half_open_probes: how many probes may run at once while half-open.
+        on_open: what a job does when the circuit rejects it: ``"park"``
+            (wait until a probe may go, without spending an attempt or
+            holding a concurrency slot), ``"fail"`` (dead-letter it with
+            `CircuitOpen`) or ``"fallback"`` (its result is
+            ``await fallback(item, error)``).
+        fallback: ``async def fallback(item, error) -> result``; required
+            with ``on_open="fallback"`` and only allowed with it.
+        name: a label for reprs and logs (default: the dependency's name).
+
+    Raises:
+        ConfigError: an option has a value that cannot work.
+    """
+
+    fail_max: int
+    reset_timeout: float
+    half_open_probes: int
+    on_open: OnOpen
+    fallback: Callable[[Any, CircuitOpen], Awaitable[Any]] | None
+    name: str | None
+
     def __init__(
         self,
         *,
         fail_max: int = 5,
-        reset_timeout: float = 30,
+        reset_timeout: float | timedelta = 30.0,
         half_open_probes: int = 1,
-        on_open: Literal["park", "fail", "fallback"] = "park",
-        fallback: Callable[[Any, BaseException], Awaitable[Any]] | None = None,
+        on_open: OnOpen = "park",
+        fallback: Callable[[Any, CircuitOpen], Awaitable[Any]] | None = None,
+        name: str | None = None,
     ) -> None:
-        self.fail_max = fail_max
-        self.reset_timeout = reset_timeout
-        self.half_open_probes = half_open_probes
-        self.on_open = on_open
-        self.fallback = fallback
+        _positive_int(fail_max, "fail_max")
+        _positive_int(half_open_probes, "half_open_probes")
+        timeout = seconds(reset_timeout, "Breaker reset_timeout")
+        if not timeout:
+            raise ConfigError(f"Breaker reset_timeout must be > 0 seconds, got {reset_timeout!r}")
+        if on_open not in _ON_OPEN:
+            raise ConfigError(f"Breaker on_open must be one of {_ON_OPEN}, got {on_open!r}")
+        if on_open == "fallback" and fallback is None:
+            raise ConfigError(
+                'Breaker(on_open="fallback") needs fallback=; '
+                'HINT: Breaker(on_open="fallback", fallback=async_fn(item, error))'
+            )
+        if fallback is not None and on_open != "fallback":
+            raise ConfigError(
+                f'Breaker fallback= is only used with on_open="fallback" (got on_open={on_open!r})'
+            )
+        if fallback is not None and not callable(fallback):
+            raise ConfigError(f"Breaker fallback must be an async callable, got {fallback!r}")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"Breaker name must be a str, got {name!r}")
+        object.__setattr__(self, "fail_max", fail_max)
+        object.__setattr__(self, "reset_timeout", timeout)
+        object.__setattr__(self, "half_open_probes", half_open_probes)
+        object.__setattr__(self, "on_open", on_open)
+        object.__setattr__(self, "fallback", fallback)
+        object.__setattr__(self, "name", name)
+
+    def __repr__(self) -> str:
+        parts = [
+            f"fail_max={self.fail_max}",
+            f"reset_timeout={self.reset_timeout:g}",
+            f"half_open_probes={self.half_open_probes}",
+            f"on_open={self.on_open!r}",
+        ]
+        if self.fallback is not None:
+            parts.append(f"fallback={getattr(self.fallback, '__qualname__', self.fallback)}")
+        if self.name is not None:
+            parts.append(f"name={self.name!r}")
+        return f"Breaker({', '.join(parts)})"
+
+
+def _positive_int(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"Breaker {name} must be a positive int, got {value!r}")
+
+
+def _ok() -> None:
+    return None
+
+
+def _replay(exc: BaseException) -> None:
+    raise exc
+
+
+class _Listener:
+    """aiobreaker listener (duck-typed): notes state changes for `Circuit`."""
+
+    __slots__ = ("_circuit",)
+
+    def __init__(self, circuit: Circuit) -> None:
+        self._circuit = circuit
+
+    def before_call(self, breaker: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def success(self, breaker: Any) -> None:
+        pass
+
+    def failure(self, breaker: Any, exception: BaseException) -> None:
+        pass
+
+    def state_change(self, breaker: Any, old: Any, new: Any) -> None:
+        self._circuit._changed(old.state if old is not None else None, new.state)
+
+
+class Circuit:
+    """The live state of one `Breaker` guarding one dependency in one run.
+
+    The guard asks `admit` before a call (it raises `CircuitOpen` or returns
+    a ticket) and hands the ticket back to `record` after it. Transitions
+    become `BreakerOpened` / `BreakerHalfOpen` / `BreakerClosed` events via
+    ``emit``.
+
+    Args:
+        policy: the `Breaker`.
+        dependency: the dependency's name (events and `CircuitOpen` carry it).
+        run_id: the run's id, for events.
+        emit: called with each event; must not block.
+    """
+
+    __slots__ = (
+        "_cb",
+        "_changed_since",
+        "_emit",
+        "_error",
+        "_generation",
+        "_opened_at",
+        "_pending",
+        "_probes",
+        "_time_open",
+        "dependency",
+        "policy",
+        "run_id",
+        "trips",
+    )
+
+    def __init__(
+        self, policy: Breaker, dependency: str, *, run_id: str, emit: Callable[[Event], None]
+    ) -> None:
+        self.policy = policy
+        self.dependency = dependency
+        self.run_id = run_id
+        self.trips = 0
+        self._emit = emit
+        self._cb = aiobreaker.CircuitBreaker(
+            fail_max=policy.fail_max,
+            # Not used for timing (see the module docstring), kept for aiobreaker's repr/API.
+            timeout_duration=timedelta(seconds=policy.reset_timeout),
+            listeners=[_Listener(self)],
+            name=policy.name or dependency,
+        )
+        # Bumped on every transition: outcomes of calls admitted under an older
+        # generation no longer speak for the current state.
+        self._generation = 0
+        self._opened_at = 0.0  # loop time the circuit last opened
+        self._changed_since = 0.0  # loop time it last left the closed state
+        self._time_open = 0.0  # finished open/half-open periods, seconds
+        self._probes = 0  # probes in flight while half-open
+        self._error: BaseException | None = None  # the failure being recorded
+        self._pending: list[Event] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<Circuit {self.dependency!r} {self.state} "
+            f"failures={self._cb.fail_counter}/{self.policy.fail_max} trips={self.trips}>"
+        )
+
+    @property
+    def state(self) -> Literal["closed", "open", "half_open"]:
+        """``"closed"``, ``"open"`` or ``"half_open"``."""
+        current = self._cb.current_state
+        if current is _CLOSED:
+            return "closed"
+        return "open" if current is _OPEN else "half_open"
+
+    def time_open(self) -> float:
+        """Seconds (loop clock) the circuit spent open or half-open in this run so far."""
+        if self._cb.current_state is _CLOSED:
+            return self._time_open
+        return self._time_open + (_now() - self._changed_since)
+
+    def retry_in(self) -> float | None:
+        """Seconds until a call may be admitted, or None when one would be now.
+
+        Raises nothing and changes nothing: a cheap check before waiting on a
+        bulkhead or rate limit.
+        """
+        current = self._cb.current_state
+        if current is _CLOSED:
+            return None
+        if current is _OPEN:
+            remaining = self._opened_at + self.policy.reset_timeout - _now()
+            if remaining > _SLACK:
+                return remaining
+            return None  # the open period is over: the next call may probe
+        if self._probes >= self.policy.half_open_probes:
+            return min(self.policy.reset_timeout, PROBE_RECHECK)
+        return None
+
+    def admit(self) -> tuple[int, bool]:
+        """Let a call through or reject it.
+
+        Returns:
+            The ticket to hand to `record`: (generation, is_probe).
+
+        Raises:
+            CircuitOpen: the circuit is open, or half-open with every probe
+                busy; ``retry_in`` says when to ask again.
+        """
+        current = self._cb.current_state
+        if current is _CLOSED:
+            return self._generation, False
+        if current is _OPEN:
+            remaining = self._opened_at + self.policy.reset_timeout - _now()
+            if remaining > _SLACK:
+                raise CircuitOpen(self.dependency, remaining)
+            self._cb.half_open()
+            self._flush()
+        if self._probes >= self.policy.half_open_probes:
+            raise CircuitOpen(self.dependency, min(self.policy.reset_timeout, PROBE_RECHECK))
+        self._probes += 1
+        return self._generation, True
+
+    def record(
+        self, ticket: tuple[int, bool], error: BaseException | None, *, counts: bool
+    ) -> None:
+        """Feed the outcome of an admitted call to the state machine.
+
+        Args:
+            ticket: what `admit` returned for this call.
+            error: the exception the call raised, or None on success.
+            counts: whether ``error`` counts as a failure of the dependency
+                (False: neutral, e.g. PERMANENT or cancelled).
+        """
+        generation, probe = ticket
+        if probe:
+            self._probes -= 1
+        if generation != self._generation:
+            return
+        if error is None:
+            self._cb.call(_ok)
+        elif counts:
+            self._error = error
+            try:
+                # aiobreaker stamps the opening with datetime.utcnow(), deprecated on
+                # 3.12+; silence exactly that warning from that module, here only.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings(
+                        "ignore",
+                        message=r"datetime\.datetime\.utcnow",
+                        category=DeprecationWarning,
+                        module=r"aiobreaker\b",
+                    )
+                    self._cb.call(_replay, error)
+            except aiobreaker.CircuitBreakerError:
+                pass  # this call tripped the circuit; the caller raises the original error
+            except Exception as replayed:
+                if replayed is not error:  # a bug here must not pass as the call's failure
+                    raise
+            finally:
+                self._error = None
+        else:
+            return
+        self._flush()
+
+    def _changed(self, old: Any, new: Any) -> None:
+        """aiobreaker switched state (called from inside its call/open/half_open/close)."""
+        self._generation += 1
+        now = _now()
+        if new is _OPEN:
+            self.trips += 1
+            self._opened_at = now
+            if old is _CLOSED:
+                self._changed_since = now
+            error = self._error
+            self._pending.append(
+                BreakerOpened(
+                    run_id=self.run_id,
+                    dependency=self.dependency,
+                    failures=self._cb.fail_counter,
+                    error_type=_type_name(error) if error is not None else "",
+                )
+            )
+        elif new is _HALF_OPEN:
+            self._pending.append(BreakerHalfOpen(run_id=self.run_id, dependency=self.dependency))
+        elif new is _CLOSED:
+            self._time_open += now - self._changed_since
+            self._pending.append(BreakerClosed(run_id=self.run_id, dependency=self.dependency))
+
+    def _flush(self) -> None:
+        # Events are emitted after aiobreaker returns, so a raising emit can
+        # never be mistaken for (or swallowed with) the call's own error.
+        pending, self._pending = self._pending, []
+        for event in pending:
+            self._emit(event)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _type_name(exc: BaseException) -> str:
+    from ._executor import qualname  # lazily: the executor imports this module's users
+
+    return qualname(type(exc))

@@ -24,7 +24,16 @@ Ack = Callable[[JobOutcome[Any]], None]
 class Checkpointer:
     """Group-commits `JobRecord`s to a store and acknowledges after commit."""
 
-    __slots__ = ("_ack", "_closed", "_durability", "_idle", "_in_commit", "_pending", "_store", "_wake")
+    __slots__ = (
+        "_ack",
+        "_closed",
+        "_durability",
+        "_idle",
+        "_in_commit",
+        "_pending",
+        "_store",
+        "_wake",
+    )
 
     def __init__(self, store: Store, durability: Any, ack: Ack) -> None:
         self._store = store

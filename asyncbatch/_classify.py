@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-class ErrorKind(str, enum.Enum):
+class ErrorKind(enum.StrEnum):
     """What a failure means for the job, and so how it is handled."""
 
     TRANSIENT = "transient"

@@ -259,7 +259,9 @@ class Engine(Generic[R]):
         self._report = self.report.build(
             started_at=self.started_at,
             finished_at=self.finished_at,
-            breakers={k: v.to_dict() for k, v in self._deps.stats().items()} if self._deps else None,
+            breakers={k: v.to_dict() for k, v in self._deps.stats().items()}
+            if self._deps
+            else None,
             budget=self._budget.state() if self._budget else None,
             aborted=f"{type(self._abort_cause).__name__}: {self._abort_cause}"
             if self._abort_cause is not None
@@ -269,7 +271,9 @@ class Engine(Generic[R]):
         if self.store is not None:
             await self.store.end_run(self.run_id, status, counts, self._report.to_dict())  # type: ignore[arg-type]
         ok = status == "finished" and all(
-            n == 0 for s, n in self.counts.items() if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+            n == 0
+            for s, n in self.counts.items()
+            if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
         )
         self._emit(RunFinished(run_id=self.run_id, counts=counts, duration=duration, ok=ok))
         self._dispatcher.close()
@@ -376,9 +380,9 @@ class Engine(Generic[R]):
             self._blocked = True
             return None
         for index, item in source:
-            entry = self._admit(index, item)
-            if entry is not None:
-                return entry
+            admitted = self._admit(index, item)
+            if admitted is not None:
+                return admitted
         self._source = None
         self._source_done = True
         return None
@@ -505,7 +509,9 @@ class Engine(Generic[R]):
             if o.deadline is not None:
                 entry.deadline_at = loop.time() + o.deadline
         scope_cm: Any = (
-            self._inst.attempt(entry.key, entry.attempt) if self._inst is not None else nullcontext()
+            self._inst.attempt(entry.key, entry.attempt)
+            if self._inst is not None
+            else nullcontext()
         )
         try:
             with scope_cm as scope:
@@ -594,7 +600,9 @@ class Engine(Generic[R]):
             self._ack(outcome)
             return
         payload, is_repr = (
-            _json_payload(entry.item, entry.key) if self.opts.compensate is not None else (None, False)
+            _json_payload(entry.item, entry.key)
+            if self.opts.compensate is not None
+            else (None, False)
         )
         record = JobRecord(
             run_id=self.run_id,
@@ -637,7 +645,11 @@ class Engine(Generic[R]):
         """
         now = time.time()
         if kind is None:
-            kind = ErrorKind.TRANSIENT if isinstance(exc, DeadlineExceeded) else self._classify_exc(exc)
+            kind = (
+                ErrorKind.TRANSIENT
+                if isinstance(exc, DeadlineExceeded)
+                else self._classify_exc(exc)
+            )
         entry.kind = kind
         entry.history.append(
             AttemptRecord(
@@ -885,7 +897,9 @@ class Engine(Generic[R]):
         if self._abort_cause is not None:
             return
         self._abort_cause = cause
-        self._emit(RunAborted(run_id=self.run_id, error_type=qualname(type(cause)), message=str(cause)))
+        self._emit(
+            RunAborted(run_id=self.run_id, error_type=qualname(type(cause)), message=str(cause))
+        )
         if self._work_scope is not None:
             self._work_scope.cancel()
 

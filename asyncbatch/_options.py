@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -62,7 +61,11 @@ def _positive_int(value: object, name: str) -> int:
 def _hooks(on_event: object) -> tuple[Callable[[Event], Any], ...]:
     if on_event is None:
         return ()
-    hooks = (on_event,) if callable(on_event) else tuple(on_event)  # type: ignore[call-overload]
+    if callable(on_event):
+        return (on_event,)
+    if not isinstance(on_event, Iterable):
+        raise ConfigError(f"on_event must be a callable or a list of callables, got {on_event!r}")
+    hooks = tuple(on_event)
     for h in hooks:
         if not callable(h):
             raise ConfigError(f"on_event must be a callable or a list of callables, got {h!r}")
@@ -101,10 +104,11 @@ def build_options(
     if run_id is not None and (not isinstance(run_id, str) or not run_id):
         raise ConfigError(f"run_id must be a non-empty str, got {run_id!r}")
     if on_error is not None and not callable(on_error):
-        raise ConfigError(f"on_error must be a callable(exc, job) -> ab.Decision | None, got {on_error!r}")
-    if compensate is not None and not inspect.iscoroutinefunction(compensate):
-        if not callable(compensate):
-            raise ConfigError(f"compensate must be an async def undo(item, result), got {compensate!r}")
+        raise ConfigError(
+            f"on_error must be a callable(exc, job) -> ab.Decision | None, got {on_error!r}"
+        )
+    if compensate is not None and not callable(compensate):
+        raise ConfigError(f"compensate must be an async def undo(item, result), got {compensate!r}")
     if isinstance(uses, str):
         uses = (uses,)
     uses_t = tuple(uses or ())

@@ -25,7 +25,7 @@ __all__ = [
 R = TypeVar("R")
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """How a job ended."""
 
     SUCCEEDED = "succeeded"
@@ -233,7 +233,9 @@ class BatchResult(Generic[R]):
     def ok(self) -> bool:
         """True when every job succeeded or was skipped."""
         return all(
-            n == 0 for s, n in self.counts.items() if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+            n == 0
+            for s, n in self.counts.items()
+            if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
         )
 
     @property

@@ -28,7 +28,16 @@ from typing import Literal
 from ._classify import ErrorKind, _as_kind
 from ._errors import ConfigError
 
-__all__ = ["NO_RETRY", "Backoff", "Decision", "Jitter", "Retry", "RetryPolicy", "as_policy", "seconds"]
+__all__ = [
+    "NO_RETRY",
+    "Backoff",
+    "Decision",
+    "Jitter",
+    "Retry",
+    "RetryPolicy",
+    "as_policy",
+    "seconds",
+]
 
 Jitter = Literal["none", "full", "equal", "decorrelated"]
 _JITTERS = ("none", "full", "equal", "decorrelated")
@@ -78,7 +87,7 @@ class Backoff:
         initial: float | timedelta = 0.1,
         increment: float | timedelta = 0.1,
         *,
-        max: float | timedelta = 30.0,  # noqa: A002 - mirrors the documented keyword
+        max: float | timedelta = 30.0,
         jitter: Jitter = "full",
     ) -> Backoff:
         """``initial + increment * (n - 1)``, capped at ``max``."""
@@ -96,7 +105,7 @@ class Backoff:
         initial: float | timedelta = 0.1,
         multiplier: float = 2.0,
         *,
-        max: float | timedelta = 30.0,  # noqa: A002 - mirrors the documented keyword
+        max: float | timedelta = 30.0,
         jitter: Jitter = "full",
     ) -> Backoff:
         """``initial * multiplier ** (n - 1)``, capped at ``max``."""
@@ -236,5 +245,3 @@ def as_policy(retry: RetryPolicy | Retry | None) -> RetryPolicy:
     if isinstance(retry, RetryPolicy):
         return retry
     raise ConfigError(f"retry= must be an ab.RetryPolicy or ab.Retry, got {retry!r}")
-
-

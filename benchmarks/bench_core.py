@@ -67,7 +67,9 @@ def scenario_noop(n: int) -> list[list[str]]:
             ">= 1.0x",
             t_bare / t_ab >= 1.0,
         ),
-        row("no-op jobs, asyncbatch vs aiometer", f"{t_aio / t_ab:.1f}x", ">= 5x", t_aio / t_ab >= 5),
+        row(
+            "no-op jobs, asyncbatch vs aiometer", f"{t_aio / t_ab:.1f}x", ">= 5x", t_aio / t_ab >= 5
+        ),
     ]
 
 
@@ -82,7 +84,11 @@ def scenario_io(n: int) -> list[list[str]]:
     t_ab = best_of(lambda: ab.run_batch(io, range(n), concurrency=c), repeat=2)
     t_bare = best_of(lambda: bare_taskgroup(io, range(n), c), repeat=1)
     return [
-        row(f"{n:,} x 10 ms at concurrency {c:,}, bare loop", f"{t_bare:.2f} s ({t_bare / ideal:.2f}x ideal)", "baseline"),
+        row(
+            f"{n:,} x 10 ms at concurrency {c:,}, bare loop",
+            f"{t_bare:.2f} s ({t_bare / ideal:.2f}x ideal)",
+            "baseline",
+        ),
         row(
             f"{n:,} x 10 ms at concurrency {c:,}, asyncbatch",
             f"{t_ab:.2f} s ({t_ab / ideal:.2f}x ideal {ideal:.1f} s)",
@@ -126,7 +132,11 @@ def scenario_failures(n: int) -> list[list[str]]:
     t_ab = best_of(run_ab, repeat=2)
     t_ten = best_of(run_tenacity, repeat=2)
     return [
-        row(f"{n:,} x 5 ms, 20% fail once (50 ms backoff), tenacity in semaphore", f"{t_ten:.2f} s", "baseline"),
+        row(
+            f"{n:,} x 5 ms, 20% fail once (50 ms backoff), tenacity in semaphore",
+            f"{t_ten:.2f} s",
+            "baseline",
+        ),
         row(
             "same, asyncbatch (backoff parked off-slot)",
             f"{t_ab:.2f} s ({t_ten / t_ab:.2f}x faster)",

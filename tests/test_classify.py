@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import pytest
@@ -20,7 +19,6 @@ K = ab.ErrorKind
         (ab.PermanentError("x"), K.PERMANENT),
         (ab.FatalError("x"), K.FATAL),
         (TimeoutError(), K.TRANSIENT),
-        (asyncio.TimeoutError(), K.TRANSIENT),
         (ConnectionResetError(), K.TRANSIENT),
         (ConnectionRefusedError(), K.TRANSIENT),
         (ValueError(), K.PERMANENT),
@@ -75,7 +73,10 @@ def test_classifier_without_builtins_uses_only_its_rules() -> None:
     [
         (lambda: ab.Rule(int, kind=K.PERMANENT), "exception classes"),  # type: ignore[arg-type]
         (lambda: ab.Rule(ValueError, kind="bad"), "unknown error kind"),
-        (lambda: ab.Rule(ValueError, kind=K.PERMANENT, result=bool), "either exceptions or results"),
+        (
+            lambda: ab.Rule(ValueError, kind=K.PERMANENT, result=bool),
+            "either exceptions or results",
+        ),
         (lambda: ab.Classifier(["nope"]), "must be ab.Rule"),  # type: ignore[list-item]
     ],
 )

@@ -174,7 +174,9 @@ async def test_backoff_releases_concurrency_slot() -> None:
     """With 2 slots, a job backing off for 10 s must not stop the other slots' quick jobs."""
     loop = asyncio.get_running_loop()
     done_at: dict[int, float] = {}
-    slow = ab.RetryPolicy({ab.ErrorKind.RECOVERABLE: ab.Retry(attempts=2, backoff=ab.Backoff.constant(10))})
+    slow = ab.RetryPolicy(
+        {ab.ErrorKind.RECOVERABLE: ab.Retry(attempts=2, backoff=ab.Backoff.constant(10))}
+    )
 
     async def job(x: int) -> int:
         await asyncio.sleep(0.1)
@@ -204,7 +206,9 @@ async def test_retry_after_is_honoured_as_minimum_delay() -> None:
         if len(starts) == 1:
             raise RateLimited("429")
 
-    policy = ab.RetryPolicy({ab.ErrorKind.RECOVERABLE: ab.Retry(attempts=2, backoff=ab.Backoff.constant(0.1))})
+    policy = ab.RetryPolicy(
+        {ab.ErrorKind.RECOVERABLE: ab.Retry(attempts=2, backoff=ab.Backoff.constant(0.1))}
+    )
     result = await ab.run_batch(job, [1], retry=policy)
     assert result.ok
     assert starts[1] - starts[0] == pytest.approx(7.5, abs=0.01)
@@ -237,7 +241,9 @@ async def test_deadline_stops_retries() -> None:
         await asyncio.sleep(1)
         raise ab.TransientError("still down")
 
-    policy = ab.RetryPolicy({ab.ErrorKind.TRANSIENT: ab.Retry(attempts=100, backoff=ab.Backoff.constant(1))})
+    policy = ab.RetryPolicy(
+        {ab.ErrorKind.TRANSIENT: ab.Retry(attempts=100, backoff=ab.Backoff.constant(1))}
+    )
     start = loop.time()
     result = await ab.run_batch(job, [1], deadline=5.5, retry=policy)
     outcome = result.outcomes[0]
@@ -354,10 +360,15 @@ async def test_stream_raises_batch_aborted_to_the_reader() -> None:
             raise ab.FatalError("stop")
         return x
 
-    with pytest.raises(ab.BatchAborted):
+    seen: list[str] = []
+
+    async def read_all() -> None:
         async with ab.Batch(job, concurrency=1).stream(range(10)) as outcomes:
-            async for _ in outcomes:
-                pass
+            seen.extend([o.key async for o in outcomes])
+
+    with pytest.raises(ab.BatchAborted):
+        await read_all()
+    assert seen == ["0", "1", "2"]
 
 
 async def test_leaving_a_stream_early_cancels_the_rest() -> None:
@@ -388,13 +399,17 @@ async def test_batch_is_reusable() -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     pattern=st.lists(
-        st.lists(st.sampled_from(["ok", "transient", "recoverable", "permanent"]), min_size=1, max_size=4),
+        st.lists(
+            st.sampled_from(["ok", "transient", "recoverable", "permanent"]), min_size=1, max_size=4
+        ),
         min_size=0,
         max_size=40,
     ),
     concurrency=st.integers(1, 8),
 )
-def test_no_job_is_lost_or_run_again_after_success(pattern: list[list[str]], concurrency: int) -> None:
+def test_no_job_is_lost_or_run_again_after_success(
+    pattern: list[list[str]], concurrency: int
+) -> None:
     """Whatever each attempt does, every item ends exactly once and never re-runs after success."""
     runs = Counter[int]()
     succeeded_at: dict[int, int] = {}

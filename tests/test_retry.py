@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from datetime import timedelta
 
@@ -25,7 +26,13 @@ JITTERS = ["none", "full", "equal", "decorrelated"]
     seed=st.integers(0, 2**32),
 )
 def test_exponential_backoff_never_exceeds_its_cap(
-    jitter: str, initial: float, multiplier: float, cap: float, retry: int, previous: float, seed: int
+    jitter: str,
+    initial: float,
+    multiplier: float,
+    cap: float,
+    retry: int,
+    previous: float,
+    seed: int,
 ) -> None:
     backoff = ab.Backoff.exponential(initial, multiplier, max=cap, jitter=jitter)  # type: ignore[arg-type]
     delay = backoff.delay(retry, previous, random.Random(seed))
@@ -105,11 +112,15 @@ async def test_jittered_retry_schedule_is_reproducible_with_a_seed() -> None:
             raise ab.RecoverableError("nope")
 
         policy = ab.RetryPolicy(
-            {ab.ErrorKind.RECOVERABLE: ab.Retry(attempts=4, backoff=ab.Backoff.exponential(1, 2, max=60))},
+            {
+                ab.ErrorKind.RECOVERABLE: ab.Retry(
+                    attempts=4, backoff=ab.Backoff.exponential(1, 2, max=60)
+                )
+            },
             seed=123,
         )
         await ab.run_batch(job, [1], retry=policy)
-        return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        return [b - a for a, b in itertools.pairwise(starts)]
 
     first, second = await run_once(), await run_once()
     assert first == pytest.approx(second)
