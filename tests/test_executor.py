@@ -364,7 +364,8 @@ async def test_stream_raises_batch_aborted_to_the_reader() -> None:
 
     async def read_all() -> None:
         async with ab.Batch(job, concurrency=1).stream(range(10)) as outcomes:
-            seen.extend([o.key async for o in outcomes])
+            async for o in outcomes:
+                seen.append(o.key)
 
     with pytest.raises(ab.BatchAborted):
         await read_all()
