@@ -360,16 +360,17 @@ async def test_stream_raises_batch_aborted_to_the_reader() -> None:
             raise ab.FatalError("stop")
         return x
 
-    seen: list[str] = []
+    seen: list[tuple[str, ab.JobStatus]] = []
 
     async def read_all() -> None:
         async with ab.Batch(job, concurrency=1).stream(range(10)) as outcomes:
             async for o in outcomes:
-                seen.append(o.key)
+                seen.append((o.key, o.status))
 
     with pytest.raises(ab.BatchAborted):
         await read_all()
-    assert seen == ["0", "1", "2"]
+    ok = ab.JobStatus.SUCCEEDED
+    assert seen == [("0", ok), ("1", ok), ("2", ok), ("3", ab.JobStatus.FAILED)]
 
 
 async def test_leaving_a_stream_early_cancels_the_rest() -> None:
