@@ -65,7 +65,15 @@ _by_index = operator.attrgetter("index")
 def _in_order(outcomes: list[JobOutcome[R]]) -> list[JobOutcome[R]]:
     # Every outcome of run()/redrive() has an input position; they arrive
     # nearly sorted, which Timsort handles in close to linear time.
-    outcomes.sort(key=_by_index)
+    try:
+        outcomes.sort(key=_by_index)
+    except TypeError:  # a rolled-back job of an earlier run has no position here
+        outcomes.sort(key=lambda o: (o.index is None, o.index or 0))
+    if any(o.status is JobStatus.COMPENSATED for o in outcomes):
+        # A rollback re-reports undone jobs; the sort is stable, so the later
+        # (COMPENSATED) outcome of an index replaces the earlier one.
+        last = {o.index: o for o in outcomes}
+        outcomes = [o for o in outcomes if last[o.index] is o]
     return outcomes
 
 

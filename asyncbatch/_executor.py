@@ -36,8 +36,9 @@ import anyio
 from ._budget import BudgetExceeded, BudgetTracker
 from ._checkpoint import Checkpointer
 from ._classify import ErrorKind, RejectedResult
+from ._compensate import Compensation, Done, compensate_all
 from ._context import JobContext, _current
-from ._errors import BatchAborted, CircuitOpen, DeadlineExceeded
+from ._errors import AsyncBatchError, BatchAborted, CircuitOpen, DeadlineExceeded
 from ._events import (
     BudgetExhausted,
     Event,
@@ -167,6 +168,10 @@ class Engine(Generic[R]):
         self._max_backlog = max(4096, 4 * opts.concurrency)
         self._finished: dict[str, FinishedJob] = {}
         self._redrive: dict[int, tuple[int, str]] | None = None
+        self._rollback_only = False
+        self._done_log: list[Done] = []
+        self._skipped_at: dict[str, int | None] = {}
+        self.compensation: Compensation | None = None
         self._report: Any = None
         self._abort_cause: BaseException | None = None
         self._work_scope: anyio.CancelScope | None = None
@@ -206,6 +211,11 @@ class Engine(Generic[R]):
             self.resumed = prev is not None
             if prev is not None and redrive is None:
                 self._finished = await store.finished_jobs(self.run_id)
+                if prev.status == "compensating" and self.opts.compensate is not None:
+                    # The process died while rolling back: finish the rollback, not the batch.
+                    self._rollback_only = True
+                    reason = (prev.report or {}).get("aborted") or "an earlier abort"
+                    self._abort_cause = AsyncBatchError(f"rollback resumed after {reason}")
             self._checkpointer = Checkpointer(store, self.opts.durability, self._ack)
         self._setup_dependencies()
         self._inst = Instrumentation.create(
@@ -222,8 +232,13 @@ class Engine(Generic[R]):
                 try:
                     span = self._inst.run_span(self._span_attrs()) if self._inst else nullcontext()
                     with span:
-                        await self._work(items)
+                        if not self._rollback_only:
+                            await self._work(items)
                     self._cancel_leftovers()
+                    if self._abort_cause is not None and self.opts.compensate is not None:
+                        if self._checkpointer is not None:
+                            await self._checkpointer.flush()
+                        await self._rollback()
                     status = "aborted" if self._abort_cause is not None else "finished"
                 finally:
                     with anyio.CancelScope(shield=True):
@@ -263,6 +278,7 @@ class Engine(Generic[R]):
             if self._deps
             else None,
             budget=self._budget.state() if self._budget else None,
+            compensation=self.compensation.to_dict() if self.compensation else None,
             aborted=f"{type(self._abort_cause).__name__}: {self._abort_cause}"
             if self._abort_cause is not None
             else None,
@@ -410,6 +426,8 @@ class Engine(Generic[R]):
             if done is not None and not (
                 self.opts.retry_dead and done.status is JobStatus.DEAD_LETTERED
             ):
+                if self.opts.compensate is not None:
+                    self._skipped_at[key] = index
                 self._ack(
                     JobOutcome(
                         key=key,
@@ -595,6 +613,10 @@ class Engine(Generic[R]):
         self._live -= 1
         if self._live == 0 and self._source_done:
             self._wake_all()
+        if self.opts.compensate is not None:
+            self._done_log.append(
+                Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED)
+            )
         cp = self._checkpointer
         if cp is None:
             self._ack(outcome)
@@ -860,6 +882,46 @@ class Engine(Generic[R]):
             self._wake_all()
         if self._feeder_wait is not None and self._backlog() < self._max_backlog:
             self._release_feeder()
+
+    # ------------------------------------------------------------ rollback
+
+    async def _rollback(self) -> None:
+        """Undo every succeeded job (earlier runs first in completion order)."""
+        assert self.opts.compensate is not None
+        earlier = sorted(
+            (f for f in self._finished.values() if f.status is JobStatus.SUCCEEDED),
+            key=lambda f: f.seq,
+        )
+        done = [
+            Done(f.key, f.payload, f.result, self._skipped_at.get(f.key), JobStatus.SKIPPED)
+            for f in earlier
+        ]
+        done += self._done_log
+        self.compensation = Compensation(resumed=self._rollback_only)
+        store = self.store
+        if store is not None:
+            counts = {s.value: n for s, n in self.counts.items()}
+            await store.end_run(self.run_id, "compensating", counts, self._abort_report())
+        await compensate_all(
+            done,
+            self.opts.compensate,
+            run_id=self.run_id,
+            store=store,
+            durability=self.opts.durability,
+            retry=self.opts.compensate_retry,
+            rng=self._rng,
+            ack=self._compensated,
+            summary=self.compensation,
+        )
+
+    def _compensated(self, outcome: JobOutcome[Any], replaces: JobStatus) -> None:
+        if outcome.index is not None or replaces is JobStatus.SUCCEEDED:
+            self.counts[replaces] -= 1
+        self._ack(outcome)
+
+    def _abort_report(self) -> dict[str, Any]:
+        cause = self._abort_cause
+        return {"aborted": None if cause is None else f"{type(cause).__name__}: {cause}"}
 
     # --------------------------------------------------------------- abort
 
