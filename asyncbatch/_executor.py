@@ -62,6 +62,7 @@ from ._result import (
 )
 from ._retry import Decision
 from ._store import FinishedJob, JobRecord, RunInfo, Store
+from .testing import testing_overrides
 
 __all__ = ["Engine", "qualname", "unwrap_group"]
 
@@ -195,12 +196,7 @@ class Engine(Generic[R]):
             items: the input (sync or async iterable).
             redrive: for `ab.redrive`: input position → (DLQ entry id, job key).
         """
-        try:
-            from .testing import testing_overrides
-        except ImportError:  # TODO(integration): testing.py is being written
-            self._testing = (False, None)
-        else:
-            self._testing = testing_overrides()
+        self._testing = testing_overrides()
         self._redrive = redrive
         loop = self._loop = asyncio.get_running_loop()
         self.started_at = time.time()
