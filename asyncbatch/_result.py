@@ -229,6 +229,16 @@ class BatchResult(Generic[R]):
     duration: float = 0.0
     _by_key: dict[str, JobOutcome[R]] | None = field(default=None, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        # A summary, not a dump: a result may hold a million outcomes, and
+        # asyncio formats the main task's result into reprs (e.g. on exit of
+        # asyncio.run), which cost seconds with the generated repr.
+        counts = {s.value: n for s, n in self.counts.items() if n}
+        return (
+            f"BatchResult(run_id={self.run_id!r}, outcomes=<{len(self.outcomes)}>, "
+            f"counts={counts}, ok={self.ok}, duration={self.duration:.3f})"
+        )
+
     @property
     def ok(self) -> bool:
         """True when every job succeeded or was skipped."""

@@ -444,3 +444,11 @@ def test_no_job_is_lost_or_run_again_after_success(
         else:
             assert outcome.status is ab.JobStatus.DEAD_LETTERED
             assert i not in succeeded_at
+
+
+async def test_result_repr_is_a_summary_not_a_dump() -> None:
+    result = await ab.run_batch(double, range(1000))
+    text = repr(result)
+    assert "outcomes=<1000>" in text
+    assert "'succeeded': 1000" in text
+    assert len(text) < 300
