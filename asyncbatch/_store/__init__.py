@@ -1,11 +1,170 @@
-"""PLACEHOLDER — being replaced by the store helper. Interface only."""
+"""Checkpoint stores: where runs, finished jobs and dead letters are kept.
+
+``open_store(url)`` picks the store from a URL; ``as_store`` turns a batch's
+``store=`` option into a store for the length of a run.
+"""
 
 from __future__ import annotations
 
-from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, Store
+import contextlib
+import os
+from collections.abc import AsyncIterator, Generator
+from typing import Any, Literal
+from urllib.parse import parse_qsl
 
-__all__ = ["DeadLetterQueue", "FinishedJob", "JobRecord", "RunInfo", "Store", "open_store"]
+from asyncbatch._errors import ConfigError, StoreError
+
+from ._common import check_durability
+from ._memory import MemoryDeadLetterQueue, MemoryStore
+from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus, Store
+from ._sqlite import SQLiteDeadLetterQueue, SQLiteStore
+
+__all__ = [
+    "DeadLetterQueue",
+    "FinishedJob",
+    "JobRecord",
+    "MemoryDeadLetterQueue",
+    "MemoryStore",
+    "RunInfo",
+    "RunStatus",
+    "SQLiteDeadLetterQueue",
+    "SQLiteStore",
+    "Store",
+    "as_store",
+    "open_store",
+]
+
+_FORMS = (
+    "use 'memory://', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db' "
+    "or a file path such as ./asyncbatch.db"
+)
+_POSTGRES = ("postgresql:", "postgres:", "postgresql+")
 
 
-def open_store(url: str, *, durability: str = "normal") -> Any:  # type: ignore[name-defined]  # noqa: F821
-    raise NotImplementedError
+def _sqlite_target(url: str) -> tuple[str, dict[str, str]]:
+    """``(path, query options)`` of a SQLite URL or path, SQLAlchemy's way.
+
+    ``sqlite:///runs.db`` is relative, ``sqlite:////var/runs.db`` absolute,
+    ``sqlite://`` an in-memory database.
+    """
+    if not url.startswith("sqlite:"):
+        return os.path.expanduser(url), {}
+    if not url.startswith("sqlite://"):
+        raise ConfigError(f"malformed SQLite URL {url!r}: {_FORMS}")
+    rest, _, query = url[len("sqlite://") :].partition("?")
+    if rest and not rest.startswith("/"):
+        raise ConfigError(
+            f"SQLite URL {url!r} names a host; {_FORMS} (three slashes before a relative path)"
+        )
+    try:
+        options = dict(parse_qsl(query, strict_parsing=True)) if query else {}
+    except ValueError:
+        raise ConfigError(f"malformed query in store URL {url!r}") from None
+    return rest[1:] or ":memory:", options
+
+
+class _OpenStore(contextlib.AbstractAsyncContextManager[Store]):
+    """What `open_store` returns: ``async with`` it, or ``await`` it and close the store."""
+
+    def __init__(self, url: str, durability: Literal["normal", "full"], busy_timeout: float | None):
+        self.url = url
+        self._durability = durability
+        if url == "memory://":
+            self._sqlite: tuple[str, float] | None = None
+            return
+        if url.startswith(_POSTGRES):
+            raise StoreError("PostgreSQL store is not available yet; use sqlite:///path.db")
+        if not url or ("://" in url and not url.startswith("sqlite:")):
+            raise ConfigError(f"unsupported store URL {url!r}: {_FORMS}")
+        path, options = _sqlite_target(url)
+        unknown = sorted(set(options) - {"busy_timeout"})
+        if unknown:
+            raise ConfigError(
+                f"unknown store URL option(s) {unknown} in {url!r}; known: busy_timeout"
+            )
+        if busy_timeout is None:
+            try:
+                busy_timeout = float(options.get("busy_timeout", 5.0))
+            except ValueError:
+                raise ConfigError(f"busy_timeout in {url!r} must be seconds") from None
+        self._sqlite = (path, busy_timeout)
+        self._store: Store | None = None
+
+    async def _open(self) -> Store:
+        if self._sqlite is None:
+            return MemoryStore()
+        path, busy_timeout = self._sqlite
+        return await SQLiteStore.open(path, durability=self._durability, busy_timeout=busy_timeout)
+
+    def __await__(self) -> Generator[Any, None, Store]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Store:
+        self._store = await self._open()
+        return self._store
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.aclose()
+
+
+def open_store(
+    url: str | os.PathLike[str],
+    *,
+    durability: Literal["normal", "full"] = "normal",
+    busy_timeout: float | None = None,
+) -> _OpenStore:
+    """Open the store at ``url``: ``async with ab.open_store(url) as store: ...``.
+
+    Args:
+        url: ``"memory://"``; ``"sqlite:///relative.db"`` or
+            ``"sqlite:////absolute/path.db"`` (optionally ``?busy_timeout=SECONDS``);
+            or a plain file path, which is a SQLite database.
+            ``"postgresql://..."`` is reserved for the coming PostgreSQL store.
+        durability: the store's default ``"normal"`` (survives a process
+            crash) or ``"full"`` (fsync per commit, survives power loss).
+        busy_timeout: seconds to wait for another writer (default 5, or the URL's).
+
+    Returns:
+        An async context manager yielding the `Store` and closing it at exit.
+        ``store = await ab.open_store(url)`` also works; then call ``await store.aclose()``.
+
+    Raises:
+        ConfigError: the URL is not one of the accepted forms.
+        StoreError: the store cannot be opened (on entering), or is PostgreSQL.
+    """
+    return _OpenStore(os.fspath(url), check_durability(durability), busy_timeout)
+
+
+def as_store(
+    store: Store | str | os.PathLike[str] | None,
+    *,
+    durability: Literal["normal", "full"] = "normal",
+) -> contextlib.AbstractAsyncContextManager[Store]:
+    """The store a batch's ``store=`` option names, for the length of a run.
+
+    ``None`` gives a fresh `MemoryStore`; a URL or path is opened with
+    `open_store`; both are closed at exit. A `Store` instance is used as is
+    and left open: whoever created it closes it.
+
+    Raises:
+        ConfigError: ``store`` is none of these.
+    """
+    if store is None:
+        return _closing(MemoryStore())
+    if isinstance(store, str | os.PathLike):
+        return open_store(store, durability=durability)
+    if isinstance(store, Store):
+        return contextlib.nullcontext(store)
+    raise ConfigError(
+        f"store= must be None (in memory), a URL or path ({_FORMS}), or a Store; got {store!r}"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _closing(store: Store) -> AsyncIterator[Store]:
+    try:
+        yield store
+    finally:
+        await store.aclose()

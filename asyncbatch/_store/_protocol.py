@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .._classify import ErrorKind
-from .._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
+from asyncbatch._classify import ErrorKind
+from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
 
 __all__ = ["DeadLetterQueue", "FinishedJob", "JobRecord", "RunInfo", "Store"]
 
@@ -135,7 +135,7 @@ class DeadLetterQueue(Protocol):
         """Entries matching every given filter, oldest first."""
         ...
 
-    async def get(self, id: int) -> DeadLetter:  # noqa: A002 - the contract's name
+    async def get(self, id: int) -> DeadLetter:
         """One entry; raises `KeyError` for an unknown id."""
         ...
 

@@ -1,0 +1,345 @@
+"""What every store shares: JSON encoding, DLQ filters, row → value conversion.
+
+Both stores keep results and payloads as JSON *text* and decode on every read,
+so a caller can never mutate stored state through a value it got back, and the
+in-memory store behaves exactly like SQLite (a tuple comes back as a list).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import anyio
+
+from asyncbatch._classify import ErrorKind
+from asyncbatch._errors import ConfigError
+from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
+
+from ._protocol import JobRecord
+
+__all__ = [
+    "DLQ_STATUSES",
+    "FINISHED",
+    "JOB_COLUMNS",
+    "Clock",
+    "DeadLetterFilter",
+    "DeadLetterQueueBase",
+    "Durability",
+    "JobRow",
+    "check_durability",
+    "dead_letter",
+    "decode",
+    "encode",
+    "encode_history",
+    "encode_payload",
+    "export_jsonl",
+    "is_compensation",
+    "job_row",
+    "merge_history",
+    "wall_clock",
+    "zero_counts",
+]
+
+Clock = Callable[[], float]
+Durability = Literal["normal", "full"]
+
+DLQ_STATUSES: tuple[DeadLetterStatus, ...] = ("dead", "redriven", "resolved")
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.COMPENSATED})
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.loads
+
+
+def encode(value: Any) -> str | None:
+    """``value`` as JSON text, or None when it cannot be (never raises).
+
+    The executor already passes JSON-safe values; this only keeps a store
+    from crashing on one that slipped through (a set, an object, a cycle).
+    """
+    if type(value) is int:  # the commonest result; str() is its exact JSON form
+        return str(value)
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def encode_payload(payload: Any, is_repr: bool) -> tuple[str | None, bool]:
+    """A job's payload as JSON text; its repr when it is not JSON-serialisable."""
+    if payload is None:
+        return None, is_repr
+    text = encode(payload)
+    if text is None:
+        return _dumps(repr(payload)), True
+    return text, is_repr
+
+
+def decode(text: str | None) -> Any:
+    """Inverse of `encode` (None for a missing value)."""
+    return None if text is None else _loads(text)
+
+
+def encode_history(history: tuple[AttemptRecord, ...] | list[dict[str, Any]]) -> str:
+    """Attempt history as a JSON array."""
+    return _dumps([a if isinstance(a, dict) else a.to_dict() for a in history])
+
+
+def merge_history(old: str | None, new: tuple[AttemptRecord, ...]) -> str:
+    """A redriven job failed again: keep the old attempts and add the new ones."""
+    return encode_history([*(decode(old) or ()), *(a.to_dict() for a in new)])
+
+
+JobRow = tuple[Any, ...]
+"""A job as stored: the columns of `JOB_COLUMNS`, in order."""
+
+JOB_COLUMNS = (
+    "run_id", "key", "idx", "status", "attempts", "duration", "result", "has_result",
+    "payload", "payload_is_repr", "seq", "kind", "error_type", "message",
+    "compensation_error", "updated_at",
+)  # fmt: skip
+
+
+def job_row(r: JobRecord, seq: int, now: float) -> JobRow:
+    """The stored form of a job record (``seq``: its completion order)."""
+    # The hot path of every commit: `_value_` skips Enum's `value` property.
+    result = encode(r.result) if r.has_result else None
+    payload, is_repr = (
+        (None, False) if r.payload is None else encode_payload(r.payload, r.payload_is_repr)
+    )
+    kind = r.kind
+    return (
+        r.run_id,
+        r.key,
+        r.index,
+        r.status._value_,
+        r.attempts,
+        r.duration,
+        result,
+        result is not None,
+        payload,
+        is_repr,
+        seq,
+        None if kind is None else kind._value_,
+        r.error_type,
+        r.message,
+        r.compensation_error,
+        now,
+    )
+
+
+def is_compensation(r: JobRecord) -> bool:
+    """Whether the record only reports how a compensation went.
+
+    Such a record changes the job's status (COMPENSATED) or notes that its
+    compensation failed for good (SUCCEEDED + ``compensation_error``); the
+    job keeps its completion order, result and payload.
+    """
+    return r.status is JobStatus.COMPENSATED or r.compensation_error is not None
+
+
+def zero_counts() -> dict[str, int]:
+    """A counts dict with every status present."""
+    return {s.value: 0 for s in JobStatus}
+
+
+def check_durability(durability: str) -> Durability:
+    """Validate a ``durability=`` option."""
+    if durability == "normal":
+        return "normal"
+    if durability == "full":
+        return "full"
+    raise ConfigError(
+        f"durability must be 'normal' (survives a crash) or 'full' (fsync, survives "
+        f"power loss), got {durability!r}"
+    )
+
+
+def _timestamp(value: float | datetime | None, name: str) -> float | None:
+    if value is None or isinstance(value, float | int):
+        return value
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raise ConfigError(f"{name}= must be epoch seconds or a datetime, got {value!r}")
+
+
+def _kind(value: ErrorKind | str | None) -> str | None:
+    if value is None or isinstance(value, ErrorKind):
+        return None if value is None else value.value
+    if isinstance(value, str):
+        for kind in ErrorKind:
+            if value.lower() in (kind.value, kind.name.lower()):
+                return kind.value
+    choices = ", ".join(k.value for k in ErrorKind)
+    raise ConfigError(f"unknown error kind {value!r}; use one of {choices}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetterFilter:
+    """The filters of `DeadLetterQueue.list` / ``export`` / ``purge``, validated.
+
+    ``error_type`` matches the qualified name exactly or by its last dotted
+    parts (``"ConnectError"`` finds ``"httpx.ConnectError"``). ``since`` is
+    inclusive, ``until`` exclusive, both against ``created_at``.
+    """
+
+    run_id: str | None = None
+    kind: str | None = None
+    error_type: str | None = None
+    status: DeadLetterStatus | None = "dead"
+    since: float | None = None
+    until: float | None = None
+    limit: int | None = None
+
+    @classmethod
+    def of(cls, where: str, filters: Mapping[str, Any]) -> DeadLetterFilter:
+        """Build from keyword arguments, rejecting unknown names and bad values."""
+        unknown = sorted(set(filters) - set(cls.__slots__))
+        if unknown:
+            accepted = ", ".join(cls.__slots__)
+            raise TypeError(f"{where}() got unknown filter(s) {unknown}; accepted: {accepted}")
+        status = filters.get("status", "dead")
+        if status is not None and status not in DLQ_STATUSES:
+            raise ConfigError(
+                f"unknown dead-letter status {status!r}; use 'dead', 'redriven', "
+                "'resolved' or None (any)"
+            )
+        limit = filters.get("limit")
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ConfigError(f"limit= must be a non-negative int or None, got {limit!r}")
+        return cls(
+            run_id=filters.get("run_id"),
+            kind=_kind(filters.get("kind")),
+            error_type=filters.get("error_type"),
+            status=status,
+            since=_timestamp(filters.get("since"), "since"),
+            until=_timestamp(filters.get("until"), "until"),
+            limit=limit,
+        )
+
+    def matches(self, entry: DeadLetter) -> bool:
+        """Whether ``entry`` passes every filter but ``limit``."""
+        et = self.error_type
+        return (
+            (self.run_id is None or entry.run_id == self.run_id)
+            and (self.kind is None or entry.kind.value == self.kind)
+            and (et is None or entry.error_type == et or entry.error_type.endswith("." + et))
+            and (self.status is None or entry.status == self.status)
+            and (self.since is None or entry.created_at >= self.since)
+            and (self.until is None or entry.created_at < self.until)
+        )
+
+
+async def export_jsonl(entries: list[DeadLetter], path: str | os.PathLike[str]) -> int:
+    """Write entries to ``path``, one `DeadLetter.to_dict` JSON object a line."""
+    lines = [json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in entries]
+    await anyio.Path(path).write_text("".join(lines), encoding="utf-8")
+    return len(lines)
+
+
+class DeadLetterQueueBase:
+    """The validated public DLQ API; a store implements the four queries below it."""
+
+    async def list(
+        self,
+        *,
+        run_id: str | None = None,
+        kind: ErrorKind | str | None = None,
+        error_type: str | None = None,
+        status: DeadLetterStatus | None = "dead",
+        since: float | datetime | None = None,
+        until: float | datetime | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """Entries matching every given filter, oldest first.
+
+        Args:
+            run_id: only this run's entries.
+            kind: only this `ErrorKind` (or its name).
+            error_type: only this exception type, by qualified name or its
+                last dotted parts (``"ConnectError"`` finds ``"httpx.ConnectError"``).
+            status: ``"dead"`` (default), ``"redriven"``, ``"resolved"``, or None for any.
+            since: only entries created at or after this time (epoch seconds or datetime).
+            until: only entries created before this time.
+            limit: at most this many (the oldest).
+        """
+        f = DeadLetterFilter.of(
+            "list",
+            {"run_id": run_id, "kind": kind, "error_type": error_type, "status": status,
+             "since": since, "until": until, "limit": limit},
+        )  # fmt: skip
+        return await self._select(f)
+
+    async def export(self, path: str | os.PathLike[str], **filters: Any) -> int:
+        """Write matching entries (filters as for `list`) to ``path`` as JSONL.
+
+        One `DeadLetter.to_dict` object a line. Returns how many were written.
+        """
+        return await export_jsonl(await self._select(DeadLetterFilter.of("export", filters)), path)
+
+    async def purge(self, *, run_id: str | None = None, **filters: Any) -> int:
+        """Delete the entries `list` would return for these filters; returns how many.
+
+        Like `list`, only ``"dead"`` entries unless ``status=`` says otherwise
+        (``status=None`` purges every status).
+        """
+        return await self._delete(DeadLetterFilter.of("purge", {"run_id": run_id, **filters}))
+
+    async def get(self, id: int) -> DeadLetter:
+        """One entry; raises `KeyError` for an unknown id."""
+        raise NotImplementedError
+
+    async def mark_redriven(self, ids: Sequence[int]) -> None:
+        """Set status ``"redriven"`` and bump ``redrive_count`` (unknown ids are ignored)."""
+        raise NotImplementedError
+
+    async def _select(self, f: DeadLetterFilter) -> builtins.list[DeadLetter]:
+        raise NotImplementedError
+
+    async def _delete(self, f: DeadLetterFilter) -> int:
+        raise NotImplementedError
+
+
+def dead_letter(
+    *,
+    id: int,
+    run_id: str,
+    key: str,
+    payload: str | None,
+    payload_is_repr: bool,
+    kind: str | None,
+    error_type: str | None,
+    message: str | None,
+    traceback: str | None,
+    attempts: str | None,
+    redrive_count: int,
+    status: str,
+    created_at: float,
+) -> DeadLetter:
+    """A `DeadLetter` from stored columns (JSON decoded afresh)."""
+    return DeadLetter(
+        id=id,
+        run_id=run_id,
+        key=key,
+        payload=decode(payload),
+        payload_is_repr=bool(payload_is_repr),
+        kind=ErrorKind(kind) if kind else ErrorKind.PERMANENT,
+        error_type=error_type or "",
+        message=message or "",
+        traceback=traceback or "",
+        attempts=tuple(AttemptRecord.from_dict(a) for a in decode(attempts) or ()),
+        redrive_count=redrive_count,
+        status=status,  # type: ignore[arg-type]  # only DLQ_STATUSES are ever written
+        created_at=created_at,
+    )
+
+
+def wall_clock() -> float:
+    """The default clock: epoch seconds."""
+    return time.time()

@@ -1,0 +1,618 @@
+"""`SQLiteStore`: the embedded default store, on aiosqlite.
+
+One connection in WAL mode (readers never block the writer), written by one
+writer. `SQLiteStore.commit` is the hot path: every pending record of a run
+goes into ONE ``BEGIN IMMEDIATE … COMMIT`` with an ``executemany`` upsert per
+statement kind, so one commit (and, with ``durability="full"``, one fsync)
+pays for a whole group of jobs. ``synchronous=NORMAL`` in WAL mode survives a
+process crash; ``FULL`` also survives power loss.
+
+Every transaction runs shielded from cancellation: once begun it commits or
+rolls back, so a cancelled caller never leaves the connection mid-transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+import anyio
+
+from asyncbatch._errors import ConfigError, StoreError, UnknownRun
+from asyncbatch._result import DeadLetter, JobStatus
+
+from ._common import (
+    FINISHED,
+    Clock,
+    DeadLetterFilter,
+    DeadLetterQueueBase,
+    JobRow,
+    check_durability,
+    dead_letter,
+    decode,
+    encode,
+    encode_history,
+    encode_payload,
+    job_row,
+    merge_history,
+    wall_clock,
+    zero_counts,
+)
+from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus
+from ._schema import (
+    APPLICATION_ID,
+    DLQ_COLUMNS,
+    DLQ_INSERT,
+    DLQ_REDEAD,
+    DLQ_RESOLVE_BY_ID,
+    DLQ_RESOLVE_BY_KEY,
+    JOB_COMPENSATE,
+    JOB_UPSERT,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+)
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+_STATUS = {s.value: s for s in JobStatus}
+_FINISHED_SQL = ", ".join(f"'{s.value}'" for s in FINISHED)
+_RUN_COLUMNS = "id, job, status, config, counts, report, created_at, updated_at"
+_JOB_COLUMNS = "key, status, result, has_result, attempts, seq, payload"
+_CHUNK = 500  # bound variables per IN (...) query, far below SQLite's limit
+_SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
+_COMPENSATED = JobStatus.COMPENSATED
+
+
+@dataclass(slots=True)
+class _RunCache:
+    """What the writer remembers of a run between commits (it is the run's only writer)."""
+
+    seq: int
+    """The last completion order handed out."""
+    open_keys: set[str] = field(default_factory=set)
+    """Keys with a DLQ entry that is not resolved: their success resolves it."""
+    touched: float = 0.0
+    """When this store last set the run's ``updated_at``."""
+
+
+def _finished(row: sqlite3.Row | tuple[Any, ...]) -> FinishedJob:
+    return FinishedJob(
+        key=row[0],
+        status=_STATUS[row[1]],
+        result=decode(row[2]),
+        has_result=bool(row[3]),
+        attempts=row[4],
+        seq=row[5],
+        payload=decode(row[6]),
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class SQLiteStore:
+    """A checkpoint store in one SQLite file. Open it with `SQLiteStore.open` or `ab.open_store`.
+
+    Attributes:
+        url: ``sqlite:///`` + the path (SQLAlchemy's convention: four slashes
+            for an absolute path).
+        path: the database file.
+        dlq: the dead-letter queue (`SQLiteDeadLetterQueue`).
+    """
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: str,
+        *,
+        durability: Literal["normal", "full"],
+        busy_timeout: float,
+        clock: Clock,
+    ) -> None:
+        self._db = db
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._durability = durability
+        self._sync = ""
+        self._busy_timeout = busy_timeout
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._cache: dict[str, _RunCache] = {}
+        self._closed = False
+        self.dlq: DeadLetterQueue = SQLiteDeadLetterQueue(self)
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["normal", "full"] = "normal",
+        busy_timeout: float = 5.0,
+        clock: Clock = wall_clock,
+    ) -> SQLiteStore:
+        """Open (creating or migrating) the store at ``path``; close it with `aclose`.
+
+        Args:
+            path: the database file (``":memory:"`` for a throwaway one).
+            durability: default ``synchronous`` level: ``"normal"`` (survives a
+                process crash) or ``"full"`` (fsync per commit, survives power loss).
+            busy_timeout: seconds to wait for another writer's lock before
+                raising `StoreError`.
+            clock: epoch-seconds clock for timestamps.
+
+        Raises:
+            StoreError: the file cannot be opened, is not an asyncbatch
+                database, or was written by a newer asyncbatch.
+        """
+        durability = check_durability(durability)
+        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
+            raise ConfigError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        target = os.fspath(path)
+        try:
+            db = await aiosqlite.connect(target, isolation_level=None, timeout=busy_timeout)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot open SQLite store {target}: {_one_line(exc)} "
+                "(does its directory exist, and may this process write there?)"
+            ) from exc
+        store = cls(db, target, durability=durability, busy_timeout=busy_timeout, clock=clock)
+        try:
+            with store._errors():
+                await store._setup()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    async def __aenter__(self) -> SQLiteStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ----------------------------------------------------------- plumbing
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn sqlite3 errors into one-line `StoreError`s that say what to do."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            text = _one_line(exc)
+            if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+                raise StoreError(
+                    f"database is locked by another writer: {self.path} (waited "
+                    f"{self._busy_timeout:g}s; is another process writing to this store?)"
+                ) from exc
+            if "not a database" in text or "malformed" in text or "corrupt" in text:
+                raise StoreError(
+                    f"{self.path} is not an asyncbatch SQLite database: {text}"
+                ) from exc
+            raise StoreError(f"SQLite store {self.path}: {text}") from exc
+
+    async def _setup(self) -> None:
+        db = self._db
+        app_id = await self._scalar("PRAGMA application_id")
+        version = await self._scalar("PRAGMA user_version")
+        # Reading the schema also reads page 1: a garbled file fails here, at open.
+        tables = [r[0] for r in await db.execute_fetchall("SELECT name FROM sqlite_master")]
+        if app_id != APPLICATION_ID and (app_id or version or tables):
+            raise StoreError(
+                f"{self.path} is not an asyncbatch SQLite database: it holds other data "
+                f"(application_id {app_id}, tables {', '.join(tables) or 'none'})"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer asyncbatch (store schema {version}, "
+                f"this version knows up to {SCHEMA_VERSION}): upgrade asyncbatch "
+                "(pip install -U asyncbatch)"
+            )
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await self._synchronous(self._durability)
+        if version < SCHEMA_VERSION:
+            await self._transaction(self._migrate)
+
+    async def _migrate(self) -> None:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        version = await self._scalar("PRAGMA user_version")
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                await self._db.execute(statement)
+        await self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+
+    async def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        rows = list(await self._db.execute_fetchall(sql, params))
+        return rows[0][0] if rows else None
+
+    async def _synchronous(self, durability: str) -> None:
+        level = "FULL" if durability == "full" else "NORMAL"
+        if level != self._sync:
+            await self._db.execute(f"PRAGMA synchronous={level}")
+            self._sync = level
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the store {self.url} is closed")
+
+    async def _transaction(self, body: Callable[[], Awaitable[T]], durability: str = "") -> T:
+        """Run ``body`` in one write transaction that commits or rolls back as a whole."""
+        self._check_open()
+        db = self._db
+        async with self._lock:
+            with anyio.CancelScope(shield=True), self._errors():
+                if durability:
+                    await self._synchronous(durability)
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await body()
+                    await db.execute("COMMIT")
+                except BaseException:
+                    self._cache.clear()  # it may hold changes that were just rolled back
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the error that got us here is the one to report
+                    raise
+        return result
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        self._check_open()
+        async with self._lock:
+            with self._errors():
+                return list(await self._db.execute_fetchall(sql, params))
+
+    # ----------------------------------------------------------- runs
+
+    def _run_info(self, row: Any, live: dict[str, int] | None) -> RunInfo:
+        return RunInfo(
+            run_id=row[0],
+            job=row[1],
+            status=row[2],
+            config=decode(row[3]),
+            counts=live if live is not None else decode(row[4]),
+            report=decode(row[5]),
+            created_at=row[6],
+            updated_at=row[7],
+        )
+
+    async def _live_counts(self, where: str, params: Iterable[Any]) -> dict[str, dict[str, int]]:
+        """Counts of running (or crashed) runs, from the jobs they committed."""
+        live: dict[str, dict[str, int]] = {}
+        rows = await self._db.execute_fetchall(
+            f"SELECT run_id, status, count(*) FROM jobs WHERE {where} GROUP BY run_id, status",
+            params,
+        )
+        for run_id, status, n in rows:
+            live.setdefault(run_id, zero_counts())[status] = n
+        return live
+
+    async def _get_run(self, run_id: str) -> RunInfo | None:
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?"
+        rows = list(await self._db.execute_fetchall(sql, (run_id,)))
+        if not rows:
+            return None
+        live = None
+        if rows[0][2] == "running":
+            live = (await self._live_counts("run_id = ?", (run_id,))).get(run_id, zero_counts())
+        return self._run_info(rows[0], live)
+
+    async def begin_run(self, run: RunInfo) -> RunInfo | None:
+        """Create the run, or mark an existing one running again; returns the previous state."""
+
+        async def body() -> RunInfo | None:
+            now = self._clock()
+            old = await self._get_run(run.run_id)
+            if old is None:
+                await self._db.execute(
+                    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, 'running', ?, ?, NULL, ?, ?)",
+                    (run.run_id, run.job, encode(run.config) or "{}", encode(run.counts) or "{}",
+                     run.created_at or now, now),
+                )  # fmt: skip
+            else:
+                await self._db.execute(
+                    "UPDATE runs SET status = 'running', job = ?, config = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (run.job or old.job, encode(run.config or old.config) or "{}", now, run.run_id),
+                )
+            return old
+
+        return await self._transaction(body)
+
+    async def end_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        counts: dict[str, int],
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        """Record how the run ended (and its report)."""
+
+        async def body() -> None:
+            cursor = await self._db.execute(
+                "UPDATE runs SET status = ?, counts = ?, report = ?, updated_at = ? WHERE id = ?",
+                (status, encode(counts) or "{}", None if report is None else encode(report),
+                 self._clock(), run_id),
+            )  # fmt: skip
+            if cursor.rowcount == 0:
+                raise UnknownRun(run_id)
+
+        await self._transaction(body)
+
+    async def get_run(self, run_id: str) -> RunInfo:
+        """The run; raises `UnknownRun`."""
+        self._check_open()
+        async with self._lock:
+            with self._errors():
+                run = await self._get_run(run_id)
+        if run is None:
+            raise UnknownRun(run_id)
+        return run
+
+    async def list_runs(self) -> list[RunInfo]:
+        """Every run, newest first."""
+        self._check_open()
+        async with self._lock:
+            with self._errors():
+                rows = await self._db.execute_fetchall(
+                    f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC"
+                )
+                live = await self._live_counts(
+                    "run_id IN (SELECT id FROM runs WHERE status = 'running')", ()
+                )
+        return [
+            self._run_info(r, live.get(r[0], zero_counts()) if r[2] == "running" else None)
+            for r in rows
+        ]
+
+    # ----------------------------------------------------------- jobs
+
+    async def _jobs(self, run_id: str, sql: str) -> list[Any]:
+        self._check_open()
+        async with self._lock:
+            with self._errors():
+                if not await self._scalar("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
+                    raise UnknownRun(run_id)
+                return list(await self._db.execute_fetchall(sql, (run_id,)))
+
+    async def finished_jobs(self, run_id: str) -> dict[str, FinishedJob]:
+        """Jobs of the run that reached SUCCEEDED, DEAD_LETTERED or COMPENSATED."""
+        rows = await self._jobs(
+            run_id,
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id = ? AND status IN ({_FINISHED_SQL})",
+        )
+        return {row[0]: _finished(row) for row in rows}
+
+    async def jobs(self, run_id: str) -> list[FinishedJob]:
+        """Every job of the run, in completion order."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id = ? ORDER BY seq"
+        rows = await self._jobs(run_id, sql)
+        return [_finished(row) for row in rows]
+
+    async def commit(
+        self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
+    ) -> None:
+        """Apply every record in ONE transaction; durable to ``durability`` when it returns."""
+        check_durability(durability)
+        if records:
+            await self._transaction(lambda: self._apply(records), durability)
+
+    async def _run_cache(self, run_id: str) -> _RunCache:
+        cache = self._cache.get(run_id)
+        if cache is None:
+            (row,) = await self._db.execute_fetchall(
+                "SELECT (SELECT 1 FROM runs WHERE id = ?), "
+                "(SELECT max(seq) FROM jobs WHERE run_id = ?)",
+                (run_id, run_id),
+            )
+            if not row[0]:
+                raise UnknownRun(run_id)
+            keys = await self._db.execute_fetchall(
+                "SELECT key FROM dlq WHERE run_id = ? AND status != 'resolved'", (run_id,)
+            )
+            cache = self._cache[run_id] = _RunCache(row[1] or 0, {k for (k,) in keys})
+        return cache
+
+    async def _apply(self, records: Sequence[JobRecord]) -> None:
+        db = self._db
+        now = self._clock()
+        caches = {run_id: await self._run_cache(run_id) for run_id in {r.run_id for r in records}}
+        # Consecutive records with the same statement share one executemany;
+        # the order of records (and so of changes to one job) is kept.
+        job_ops: list[tuple[str, list[JobRow]]] = []
+        ops: list[JobRow] = []
+        last_sql = ""
+        dead: list[JobRecord] = []
+        by_id: list[tuple[float, int]] = []
+        by_key: list[tuple[float, str, str]] = []
+        for r in records:
+            cache = caches[r.run_id]
+            cache.seq += 1
+            status = r.status
+            compensation = status is _COMPENSATED or r.compensation_error is not None
+            sql = JOB_COMPENSATE if compensation else JOB_UPSERT
+            if sql is not last_sql:
+                ops = []
+                job_ops.append((sql, ops))
+                last_sql = sql
+            ops.append(job_row(r, cache.seq, now))
+            if compensation:
+                continue
+            if status is _DEAD:
+                dead.append(r)
+            elif status is _SUCCEEDED:
+                if r.redrive_of is not None:
+                    by_id.append((now, r.redrive_of))
+                    cache.open_keys.discard(r.key)
+                elif r.key in cache.open_keys:
+                    by_key.append((now, r.run_id, r.key))
+                    cache.open_keys.discard(r.key)
+        for sql, rows in job_ops:
+            await db.executemany(sql, rows)
+        if dead:
+            await self._dead_lettered(dead, caches, now)
+        if by_id:
+            await db.executemany(DLQ_RESOLVE_BY_ID, by_id)
+        if by_key:
+            await db.executemany(DLQ_RESOLVE_BY_KEY, by_key)
+        # A run's updated_at says "still making progress": once a second is enough.
+        stale = [(now, run_id) for run_id, c in caches.items() if now - c.touched >= 1.0]
+        if stale:
+            await db.executemany("UPDATE runs SET updated_at = ? WHERE id = ?", stale)
+            for _, run_id in stale:
+                caches[run_id].touched = now
+
+    async def _dead_lettered(
+        self, dead: list[JobRecord], caches: dict[str, _RunCache], now: float
+    ) -> None:
+        """Insert DLQ entries, or update the one a redriven (or retried) job came from."""
+        db = self._db
+        ids = [r.redrive_of for r in dead if r.redrive_of is not None]
+        old_by_id: dict[int, str] = {}
+        for some in _chunks(ids):
+            rows = await db.execute_fetchall(
+                f"SELECT id, attempts FROM dlq WHERE id IN ({', '.join('?' * len(some))})", some
+            )
+            old_by_id.update(rows)  # type: ignore[arg-type]
+        old_by_key: dict[tuple[str, str], tuple[int, str]] = {}
+        retried: dict[str, list[str]] = {}
+        for r in dead:
+            if r.redrive_of is None and r.key in caches[r.run_id].open_keys:
+                retried.setdefault(r.run_id, []).append(r.key)
+        for run_id, keys in retried.items():
+            for chunk in _chunks(keys):
+                rows = await db.execute_fetchall(
+                    f"SELECT id, key, attempts FROM dlq WHERE run_id = ? AND status != 'resolved' "
+                    f"AND key IN ({', '.join('?' * len(chunk))}) ORDER BY id",
+                    (run_id, *chunk),
+                )
+                for id_, key, attempts in rows:
+                    old_by_key[run_id, key] = (id_, attempts)
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        for r in dead:
+            payload, is_repr = encode_payload(r.payload, r.payload_is_repr)
+            kind = None if r.kind is None else r.kind.value
+            if r.redrive_of is not None and r.redrive_of in old_by_id:
+                target: tuple[int, str] | None = (r.redrive_of, old_by_id[r.redrive_of])
+            else:
+                target = old_by_key.get((r.run_id, r.key))
+            if target is None:
+                inserts.append(
+                    (r.run_id, r.key, payload, is_repr, kind, r.error_type, r.message,
+                     r.traceback, encode_history(r.history), now, now)
+                )  # fmt: skip
+            else:
+                updates.append(
+                    (merge_history(target[1], r.history), kind, r.error_type, r.message,
+                     r.traceback, is_repr, payload, now, target[0])
+                )  # fmt: skip
+            caches[r.run_id].open_keys.add(r.key)
+        if inserts:
+            await db.executemany(DLQ_INSERT, inserts)
+        if updates:
+            await db.executemany(DLQ_REDEAD, updates)
+
+    async def aclose(self) -> None:
+        """Close the connection (a checkpoint of the WAL happens then); closing twice is fine."""
+        if self._closed:
+            return
+        async with self._lock:
+            self._closed = True
+            with anyio.CancelScope(shield=True), self._errors():
+                await self._db.close()
+
+
+class SQLiteDeadLetterQueue(DeadLetterQueueBase):
+    """``SQLiteStore.dlq``: the dead-letter queue in the ``dlq`` table."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    @staticmethod
+    def _where(f: DeadLetterFilter) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("run_id", f.run_id), ("kind", f.kind), ("status", f.status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if f.error_type is not None:
+            clauses.append("(error_type = ? OR substr(error_type, -?) = ?)")
+            params += [f.error_type, len(f.error_type) + 1, "." + f.error_type]
+        if f.since is not None:
+            clauses.append("created_at >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            clauses.append("created_at < ?")
+            params.append(f.until)
+        sql = (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
+        if f.limit is not None:
+            sql += " LIMIT ?"
+            params.append(f.limit)
+        return sql, params
+
+    async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
+        where, params = self._where(f)
+        rows = await self._store._read(f"SELECT {DLQ_COLUMNS} FROM dlq{where}", params)
+        return [self._value(row) for row in rows]
+
+    @staticmethod
+    def _value(row: Any) -> DeadLetter:
+        return dead_letter(
+            id=row[0], run_id=row[1], key=row[2], payload=row[3], payload_is_repr=row[4],
+            kind=row[5], error_type=row[6], message=row[7], traceback=row[8],
+            attempts=row[9], redrive_count=row[10], status=row[11], created_at=row[12],
+        )  # fmt: skip
+
+    async def get(self, id: int) -> DeadLetter:
+        """One entry; raises `KeyError` for an unknown id."""
+        rows = await self._store._read(f"SELECT {DLQ_COLUMNS} FROM dlq WHERE id = ?", (id,))
+        if not rows:
+            raise KeyError(f"no dead letter with id {id} in {self._store.url}")
+        return self._value(rows[0])
+
+    async def _delete(self, f: DeadLetterFilter) -> int:
+        store = self._store
+        where, params = self._where(f)
+
+        async def body() -> int:
+            cursor = await store._db.execute(
+                f"DELETE FROM dlq WHERE id IN (SELECT id FROM dlq{where})", params
+            )
+            store._cache.clear()  # open DLQ keys are reloaded on the next commit
+            return int(cursor.rowcount)
+
+        return await store._transaction(body)
+
+    async def mark_redriven(self, ids: Sequence[int]) -> None:
+        """Set status ``"redriven"`` and bump ``redrive_count`` (unknown ids are ignored)."""
+        store = self._store
+        now = store._clock()
+
+        async def body() -> None:
+            await store._db.executemany(
+                "UPDATE dlq SET status = 'redriven', redrive_count = redrive_count + 1, "
+                "updated_at = ? WHERE id = ?",
+                [(now, id_) for id_ in ids],
+            )
+
+        await store._transaction(body)
