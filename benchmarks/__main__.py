@@ -1,0 +1,21 @@
+"""Run every benchmark suite: ``python -m benchmarks [--quick]``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    for name in ("bench_core", "bench_store", "bench_otel"):
+        module = importlib.import_module(f"benchmarks.{name}")
+        print(f"\n## {name}", flush=True)
+        try:
+            module.main(argv)
+        except TypeError:  # a suite whose main() takes no arguments
+            module.main()
+
+
+if __name__ == "__main__":
+    main()
