@@ -1,0 +1,942 @@
+"""The ``asyncbatch`` command line: run a job over a file, inspect runs and the DLQ, demo.
+
+Exit status: 0 when every job succeeded (or was skipped), 3 when the run
+finished but some jobs were dead-lettered, 4 when the batch aborted, 1 for
+an error (one ``error: ...`` line on stderr, never a traceback), 2 for a
+command-line mistake, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import datetime
+import importlib
+import inspect
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from ._batch import Batch, new_run_id, redrive
+from ._classify import ErrorKind
+from ._context import current_job
+from ._errors import AsyncBatchError, BatchAborted
+from ._events import BreakerClosed, BreakerHalfOpen, BreakerOpened, Event, RetryScheduled
+from ._result import BatchResult, JobOutcome, JobStatus
+from ._store import Store, open_store
+
+__all__ = ["CLIError", "LiveProgress", "cli", "main", "render_report", "run_async", "store_url"]
+
+T = TypeVar("T")
+
+EXIT_DEAD = 3
+EXIT_ABORTED = 4
+DEFAULT_DB = "./asyncbatch.db"
+
+_KINDS = [k.value for k in ErrorKind]
+_DLQ_STATUSES = ["dead", "redriven", "resolved", "all"]
+
+
+class CLIError(Exception):
+    """A mistake the user can fix: printed as one ``error: ...`` line, exit 1."""
+
+
+class InputError(CLIError):
+    """A line of the input file cannot be used (malformed, or no ``--key`` field)."""
+
+
+# ----------------------------------------------------------------- plumbing
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def store_url(db: str) -> str:
+    """``--db`` as a store URL: URLs pass through, paths become ``sqlite:///path``."""
+    return db if "://" in db else f"sqlite:///{db}"
+
+
+def _existing(db: str) -> str:
+    """Read commands refuse to create a database that is not there."""
+    if "://" not in db and not Path(db).is_file():
+        raise CLIError(f"no database at {db} (run a batch first, or pass --db PATH)")
+    return db
+
+
+@contextlib.asynccontextmanager
+async def _store(db: str) -> AsyncIterator[Store]:
+    async with open_store(store_url(db)) as store:
+        yield store
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _one_line(exc: BaseException) -> str | None:
+    """The message for an error the user can fix, or None for a bug (keep the traceback)."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [e for e in _leaves(exc) if not isinstance(e, asyncio.CancelledError)]
+        messages = [_one_line(e) for e in leaves]
+        return messages[0] if messages and all(messages) else None
+    if isinstance(exc, CLIError | AsyncBatchError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        if exc.strerror and exc.filename:
+            return f"{exc.strerror}: {exc.filename}"
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """A group whose every failure is ONE ``error: ...`` line on stderr."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            _fail("interrupted", 130)
+        except click.ClickException as exc:
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            _fail(exc.format_message() + hint, exc.exit_code)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            _fail("interrupted; run again with the same --run-id to resume", 130)
+        except BaseException as exc:
+            message = _one_line(exc)
+            if message is None:
+                raise
+            _fail(message)
+        code = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _console(*, stderr: bool = False) -> Console:
+    # soft_wrap: long lines (URLs, commands) stay whole when copied; tables still fit the width.
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped into a file or a CI log: 80 columns would fold every table cell.
+        console.width = 140
+    return console
+
+
+def _when(ts: float) -> str:
+    if not ts:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def render_report(console: Console, report: Any) -> None:
+    """Print an `ErrorReport` with its rich rendering."""
+    render = getattr(report, "render", None)
+    console.print(render() if callable(render) else str(report))
+
+
+def _report_from_dict(data: dict[str, Any]) -> Any:
+    from ._report import ErrorReport
+
+    return ErrorReport.from_dict(data)
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    order = [s.value for s in JobStatus]
+    parts = [f"{counts[s]} {s.replace('_', '-')}" for s in order if counts.get(s)]
+    return ", ".join(parts) or "no jobs"
+
+
+# ------------------------------------------------------------ live progress
+
+
+class LiveProgress:
+    """A rich progress bar with live counts, fed by outcomes and events.
+
+    Counts: ``done`` (succeeded or skipped), ``retrying`` (failed at least
+    once, not finished), ``parked`` (retrying and not running right now:
+    waiting out a backoff or an open circuit), ``dead`` (dead-lettered or
+    failed). Breaker state changes are printed as lines. The bar is off when
+    the output is not a terminal.
+    """
+
+    def __init__(
+        self, console: Console, *, total: int | None, label: str, enabled: bool, events: bool
+    ) -> None:
+        self.console = console
+        self.enabled = enabled and console.is_terminal
+        self.events = events
+        self.done = 0
+        self.dead = 0
+        self.retries = 0
+        self.breaker_trips = 0
+        self._retrying: set[str] = set()
+        self._running: set[str] = set()
+        self._breakers: dict[str, str] = {}
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=console,
+            disable=not self.enabled,
+        )
+        self._task = self._progress.add_task(label, total=total, stats="")
+
+    def __enter__(self) -> LiveProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._refresh()
+        self._progress.stop()
+
+    def wrap(self, job: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """The job, noting when each attempt runs (for the ``parked`` count)."""
+        import functools
+
+        @functools.wraps(job)
+        async def tracked(item: Any) -> Any:
+            key = current_job().key
+            self._running.add(key)
+            try:
+                return await job(item)
+            finally:
+                self._running.discard(key)
+
+        return tracked
+
+    def on_event(self, event: Event) -> None:
+        """An ``on_event`` hook."""
+        if isinstance(event, RetryScheduled):
+            self.retries += 1
+            self._retrying.add(event.key)
+        elif isinstance(event, BreakerOpened | BreakerHalfOpen | BreakerClosed):
+            state = {"BreakerOpened": "open", "BreakerHalfOpen": "half-open"}.get(
+                event.name, "closed"
+            )
+            self._breakers[event.dependency] = state
+            if isinstance(event, BreakerOpened):
+                self.breaker_trips += 1
+            if self.events:
+                colour = {"open": "red", "half-open": "yellow"}.get(state, "green")
+                detail = ""
+                if isinstance(event, BreakerOpened) and event.failures:
+                    error = (event.error_type or "error").rsplit(".", 1)[-1]
+                    detail = f" after {event.failures} failures ({error})"
+                self.console.print(
+                    f"  [{colour}]breaker {event.dependency!r} {state}[/]{escape(detail)}"
+                )
+        self._refresh()
+
+    def on_outcome(self, outcome: JobOutcome[Any]) -> None:
+        """Count one finished job."""
+        self._retrying.discard(outcome.key)
+        if outcome.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.COMPENSATED):
+            self.done += 1
+        elif outcome.status in (JobStatus.DEAD_LETTERED, JobStatus.FAILED):
+            self.dead += 1
+        self._progress.advance(self._task)
+        self._refresh()
+
+    @property
+    def parked(self) -> int:
+        """Jobs retrying that are not in an attempt right now."""
+        return len(self._retrying - self._running)
+
+    def stats(self) -> str:
+        """The live counts as one line of rich markup."""
+        parts = [
+            f"[green]✓ {self.done}[/]",
+            f"[yellow]↻ {len(self._retrying)} retrying[/] ({self.parked} parked)",
+            f"[red]✗ {self.dead} dead[/]",
+        ]
+        for name, state in sorted(self._breakers.items()):
+            colour = {"open": "red", "half-open": "yellow"}.get(state, "green")
+            parts.append(f"{escape(name)}: [{colour}]{state}[/]")
+        return "  ".join(parts)
+
+    def _refresh(self) -> None:
+        if self.enabled:
+            self._progress.update(self._task, stats=self.stats())
+
+
+# ------------------------------------------------------------ input/output
+
+
+class JobInput:
+    """Items read lazily from a JSONL (or, by extension, CSV) file or stdin.
+
+    Tracks the line being read so a malformed line or a missing ``--key``
+    field is reported by file and line number.
+    """
+
+    def __init__(self, path: str, key_field: str | None) -> None:
+        self.path = path
+        self.key_field = key_field
+        self.line = 0
+        self.csv = path.lower().endswith(".csv")
+
+    def count(self) -> int | None:
+        """How many items the file holds (for the progress bar), or None for stdin."""
+        if self.path == "-":
+            return None
+        with open(self.path, "rb") as f:
+            if self.csv:
+                return max(sum(1 for _ in csv.reader(line.decode() for line in f)) - 1, 0)
+            return sum(1 for line in f if line.strip())
+
+    def __iter__(self) -> Iterator[Any]:
+        with contextlib.ExitStack() as stack:
+            if self.path == "-":
+                f = sys.stdin
+            else:
+                f = stack.enter_context(open(self.path, encoding="utf-8", newline=""))
+            if self.csv:
+                reader = csv.DictReader(f)
+                for row in reader:
+                    self.line = reader.line_num
+                    yield row
+                return
+            for self.line, text in enumerate(f, 1):
+                text = text.rstrip("\r\n")
+                if not text.strip():
+                    continue
+                try:
+                    yield json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise InputError(
+                        f"{self.path}:{self.line}: malformed JSON ({exc.msg} at column {exc.colno})"
+                    ) from None
+
+    def key(self, item: Any) -> str:
+        """The job key: the ``--key`` field of the item."""
+        field = self.key_field
+        if not isinstance(item, dict) or field not in item:
+            what = "is not an object" if not isinstance(item, dict) else f"has no field {field!r}"
+            raise InputError(f"{self.path}:{self.line}: the item {what} (--key {field})")
+        return str(item[field])
+
+
+def load_job(spec: str) -> Callable[[Any], Any]:
+    """Import ``MODULE:FUNC`` (the current directory first on ``sys.path``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"expected the job as MODULE:FUNC (e.g. jobs:fetch), got {spec!r}")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise CLIError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise CLIError(f"{spec} is not callable (it is {type(obj).__name__})")
+    call = getattr(obj, "__call__", None)  # noqa: B004 - an async __call__ counts too
+    if not (inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(call)):
+        raise CLIError(f"{spec} must be an async def job(item) -> result")
+    return obj  # type: ignore[no-any-return]
+
+
+def _outcome_json(outcome: JobOutcome[Any]) -> str:
+    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+    record = {
+        "key": outcome.key,
+        "status": outcome.status.value,
+        "result": outcome.result,
+        "error": error,
+        "attempts": outcome.attempts,
+    }
+    return json.dumps(record, default=repr)
+
+
+# ----------------------------------------------------------------- commands
+
+
+def _db_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--db",
+        default=DEFAULT_DB,
+        show_default=True,
+        metavar="PATH",
+        help="The SQLite checkpoint database (or a store URL).",
+    )(f)
+
+
+@click.group(
+    cls=_Group,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.version_option(package_name="asyncbatch", prog_name="asyncbatch")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Run batches of async jobs reliably; inspect runs and the dead-letter queue.
+
+    Start with `asyncbatch demo`.
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@cli.command()
+@click.option("--jobs", default=300, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 10_000))
+@_db_option
+@click.option("--run-id", default=None, help="Name the run; an existing id resumes it.")
+@click.option(
+    "--redrive",
+    "redrive_run",
+    default=None,
+    metavar="RUN_ID",
+    help="Redrive this run's dead letters against the (now fixed) service.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the service's faults.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no live event lines.")
+@click.option(
+    "--otel",
+    type=click.Choice(["none", "console"]),
+    default="none",
+    show_default=True,
+    help="Export OpenTelemetry spans and metrics (console: to stderr).",
+)
+def demo(
+    jobs: int,
+    concurrency: int,
+    db: str,
+    run_id: str | None,
+    redrive_run: str | None,
+    seed: int,
+    quiet: bool,
+    otel: str,
+) -> int:
+    """Run a batch against a real, flaky local HTTP service and show what happened."""
+    from ._demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        jobs=jobs,
+        concurrency=concurrency,
+        db=db,
+        run_id=run_id,
+        redrive=redrive_run,
+        seed=seed,
+        quiet=quiet,
+        otel=otel,
+    )
+    code: int = run_async(run_demo(options, _console()))
+    return code
+
+
+@cli.command()
+@click.argument("job_spec", metavar="MODULE:FUNC")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    metavar="PATH",
+    type=click.Path(dir_okay=False, allow_dash=True, exists=True),
+    help="Items, one JSON value per line (.jsonl) or CSV rows (.csv); - for stdin.",
+)
+@click.option(
+    "--key",
+    "key_field",
+    default=None,
+    metavar="FIELD",
+    help="Item field that names each job (default: its position).",
+)
+@click.option("--concurrency", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--run-id", default=None, help="Name the run; the same id resumes it.")
+@_db_option
+@click.option(
+    "--output",
+    default=None,
+    metavar="PATH",
+    help="Write one JSON line per job: key, status, result, error.",
+)
+@click.option("--retry-dead", is_flag=True, help="On resume, run dead-lettered jobs again too.")
+@click.option(
+    "--timeout",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds per attempt.",
+)
+@click.option("--quiet", is_flag=True, help="Only the summary line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def run(
+    job_spec: str,
+    input_path: str,
+    key_field: str | None,
+    concurrency: int,
+    run_id: str | None,
+    db: str,
+    output: str | None,
+    retry_dead: bool,
+    timeout: float | None,
+    quiet: bool,
+    as_json: bool,
+) -> int:
+    """Run MODULE:FUNC over every item of --input, checkpointed to --db.
+
+    Run it again with the same --run-id to resume: jobs that finished are
+    skipped. Exit status 0 when no job of the run is dead-lettered, 3 when
+    some are, 4 when the batch aborted.
+    """
+    job = load_job(job_spec)
+    source = JobInput(input_path, key_field)
+    run_id = run_id or new_run_id()
+    console = _console()
+    quiet = quiet or as_json
+    progress = LiveProgress(
+        console, total=source.count(), label=job_spec, enabled=not quiet, events=not quiet
+    )
+    batch: Batch[Any, Any] = Batch(
+        progress.wrap(job),
+        concurrency=concurrency,
+        key=source.key if key_field else None,
+        run_id=run_id,
+        store=store_url(db),
+        retry_dead=retry_dead,
+        timeout=timeout,
+        on_event=progress.on_event,
+    )
+
+    async def go(out: TextIO | None) -> BatchResult[Any]:
+        with progress:
+            async with batch.stream(source) as outcomes:
+                async for outcome in outcomes:
+                    progress.on_outcome(outcome)
+                    if out is not None:
+                        # Small buffered writes to a local file: not worth a thread.
+                        out.write(_outcome_json(outcome) + "\n")
+        assert outcomes.result is not None
+        return outcomes.result
+
+    aborted: BatchAborted | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else None
+            result = run_async(go(out))
+    except BatchAborted as exc:
+        aborted, result = exc, exc.result
+    except BaseException as exc:
+        bad_input = [e for e in _leaves(exc) if isinstance(e, InputError)]
+        if bad_input:
+            raise InputError(
+                f"{bad_input[0]}; the jobs before it are checkpointed: fix the input and "
+                f"resume with --run-id {run_id}"
+            ) from None
+        raise
+    overall = run_async(_overall_counts(db, run_id)) if result.counts[JobStatus.SKIPPED] else None
+    _summarise(console, result, db, overall, quiet=quiet, as_json=as_json, aborted=aborted)
+    if output and not quiet:
+        console.print(f"results: {escape(output)}")
+    if aborted is not None:
+        return EXIT_ABORTED
+    counts = overall or {s.value: n for s, n in result.counts.items()}
+    bad = (JobStatus.DEAD_LETTERED, JobStatus.FAILED, JobStatus.CANCELLED)
+    return EXIT_DEAD if any(counts.get(s.value) for s in bad) else 0
+
+
+async def _overall_counts(db: str, run_id: str) -> dict[str, int]:
+    """Jobs per status over every invocation of the run (a resume skips most of them)."""
+    counts = {s.value: 0 for s in JobStatus}
+    async with _store(db) as store:
+        for job in await store.jobs(run_id):
+            counts[job.status.value] += 1
+    return counts
+
+
+def _summarise(
+    console: Console,
+    result: BatchResult[Any],
+    db: str,
+    overall: dict[str, int] | None,
+    *,
+    quiet: bool,
+    as_json: bool,
+    aborted: BatchAborted | None = None,
+) -> None:
+    counts = {s.value: n for s, n in result.counts.items()}
+    if as_json:
+        doc = {
+            "run_id": result.run_id,
+            "ok": result.ok and aborted is None,
+            "aborted": None if aborted is None else str(aborted),
+            "duration": round(result.duration, 3),
+            "counts": counts,
+            "overall": overall,
+            "report": result.report.to_dict() if result.report is not None else None,
+        }
+        click.echo(json.dumps(doc, indent=2, default=repr))
+        return
+    verb = "aborted" if aborted is not None else "finished"
+    line = (
+        f"run [bold]{escape(result.run_id)}[/] {verb} in {result.duration:.1f} s: "
+        f"{_counts_line(counts)}"
+    )
+    if overall is not None:
+        line += f" (the whole run: {_counts_line(overall)})"
+    console.print(line)
+    if aborted is not None:
+        console.print(f"[red]aborted:[/] {escape(str(aborted.cause))}")
+    if quiet:
+        return
+    if not result.ok and result.report is not None:
+        render_report(console, result.report)
+    dead = (overall or counts).get(JobStatus.DEAD_LETTERED.value, 0)
+    if dead:
+        console.print(
+            f"{dead} dead letter(s): asyncbatch dlq list --run-id {escape(result.run_id)} "
+            f"--db {escape(db)}"
+        )
+
+
+@cli.command()
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def runs(db: str, as_json: bool) -> None:
+    """List the runs in the database, newest first."""
+
+    async def go() -> list[Any]:
+        async with _store(db) as store:
+            return await store.list_runs()
+
+    _existing(db)
+    found = run_async(go())
+    if as_json:
+        click.echo(json.dumps([_run_dict(r) for r in found], indent=2, default=repr))
+        return
+    console = _console()
+    if not found:
+        console.print(f"no runs in {escape(db)}")
+        return
+    table = Table(title=f"runs in {escape(db)}")
+    for name in ("run", "status", "job", "started", "updated", "succeeded", "dead", "other"):
+        numeric = name in ("succeeded", "dead", "other")
+        table.add_column(
+            name, justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis"
+        )
+    for r in found:
+        c = r.counts
+        ok = c.get("succeeded", 0) + c.get("skipped", 0)
+        dead = c.get("dead_lettered", 0)
+        other = sum(c.values()) - ok - dead
+        colour = {"finished": "green", "aborted": "red", "running": "yellow"}.get(r.status, "")
+        table.add_row(
+            escape(r.run_id),
+            f"[{colour}]{r.status}[/]" if colour else r.status,
+            escape(r.job or "-"),
+            _when(r.created_at),
+            _when(r.updated_at),
+            str(ok),
+            str(dead),
+            str(other),
+        )
+    console.print(table)
+
+
+def _run_dict(r: Any) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id,
+        "job": r.job,
+        "status": r.status,
+        "counts": r.counts,
+        "config": r.config,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    }
+
+
+@cli.command()
+@click.argument("run_id")
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def report(run_id: str, db: str, as_json: bool) -> None:
+    """Show the error report of RUN_ID."""
+
+    async def go() -> Any:
+        async with _store(db) as store:
+            return await store.get_run(run_id)
+
+    _existing(db)
+    info = run_async(go())
+    if as_json:
+        click.echo(json.dumps({**_run_dict(info), "report": info.report}, indent=2, default=repr))
+        return
+    console = _console()
+    console.print(
+        f"run [bold]{escape(info.run_id)}[/] ({info.status}, job {escape(info.job or '-')}): "
+        f"{_counts_line(info.counts)}"
+    )
+    if info.report:
+        render_report(console, _report_from_dict(info.report))
+    else:
+        console.print("no report stored yet (the run has not ended)")
+
+
+# --------------------------------------------------------------------- dlq
+
+
+@cli.group(cls=click.Group)
+def dlq() -> None:
+    """Inspect, export, redrive and purge dead-lettered jobs."""
+
+
+def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--run-id", default=None, help="Only this run.")(f)
+    f = click.option("--kind", type=click.Choice(_KINDS), default=None, help="Only this kind.")(f)
+    f = click.option("--error-type", default=None, help="Only this exception type.")(f)
+    f = click.option(
+        "--status",
+        type=click.Choice(_DLQ_STATUSES),
+        default="dead",
+        show_default=True,
+        help="Entry status (all: any).",
+    )(f)
+    return f
+
+
+def _filter_kwargs(
+    run_id: str | None, kind: str | None, error_type: str | None, status: str
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "kind": kind,
+        "error_type": error_type,
+        "status": None if status == "all" else status,
+    }
+
+
+@dlq.command("list")
+@_filters
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dlq_list(
+    run_id: str | None,
+    kind: str | None,
+    error_type: str | None,
+    status: str,
+    limit: int | None,
+    db: str,
+    as_json: bool,
+) -> None:
+    """List dead letters (default: status dead)."""
+
+    async def go() -> list[Any]:
+        async with _store(db) as store:
+            return await store.dlq.list(
+                **_filter_kwargs(run_id, kind, error_type, status), limit=limit
+            )
+
+    _existing(db)
+    entries = run_async(go())
+    if as_json:
+        for e in entries:
+            click.echo(json.dumps(e.to_dict(), default=repr))
+        return
+    console = _console()
+    if not entries:
+        console.print("no dead letters match")
+        return
+    several_runs = len({e.run_id for e in entries}) > 1
+    columns = ["id", "run", "key", "kind", "error", "message", "attempts", "redrives", "status"]
+    rows = [
+        [
+            str(e.id),
+            e.run_id,
+            e.key,
+            e.kind.value,
+            e.error_type.rsplit(".", 1)[-1],
+            _short(e.message, 60),
+            str(len(e.attempts)),
+            str(e.redrive_count),
+            e.status,
+        ]
+        for e in entries
+    ]
+    title = f"{len(entries)} dead letter(s)"
+    if not several_runs:
+        columns.remove("run")
+        for row in rows:
+            del row[1]
+        title += f" of run {entries[0].run_id}"
+    table = Table(title=escape(title))
+    for i, name in enumerate(columns):
+        # Only the message may shrink: ids and keys are what you copy into the next command.
+        shrink = name == "message"
+        table.add_column(
+            name,
+            no_wrap=not shrink,
+            min_width=16 if shrink else max(len(name), *(len(row[i]) for row in rows)),
+            justify="right" if name in ("id", "attempts", "redrives") else "left",
+        )
+    for row in rows:
+        table.add_row(*map(escape, row))
+    console.print(table)
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@dlq.command("show")
+@click.argument("entry_id", metavar="ID", type=int)
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_show(entry_id: int, db: str, as_json: bool) -> None:
+    """Show one dead letter: payload, error, every attempt, traceback."""
+
+    async def go() -> Any:
+        async with _store(db) as store:
+            try:
+                return await store.dlq.get(entry_id)
+            except KeyError:
+                raise CLIError(f"no dead letter with id {entry_id} in {db}") from None
+
+    _existing(db)
+    e = run_async(go())
+    if as_json:
+        click.echo(json.dumps(e.to_dict(), indent=2, default=repr))
+        return
+    console = _console()
+    console.print(f"[bold]dead letter {e.id}[/]  run {escape(e.run_id)}  key {escape(e.key)}")
+    console.print(f"status {e.status}, redriven {e.redrive_count}x, kind {e.kind.value}")
+    console.print(f"error  {escape(e.error_type)}: {escape(e.message)}")
+    payload = json.dumps(e.payload, default=repr)
+    note = " (repr only: cannot be redriven)" if e.payload_is_repr else ""
+    console.print(f"payload {escape(_short(payload, 500))}{note}")
+    table = Table(title="attempts")
+    for name in ("#", "started", "took", "kind", "error", "message"):
+        table.add_column(name, overflow="fold", no_wrap=name != "message")
+    for a in e.attempts:
+        table.add_row(
+            str(a.number),
+            _when(a.started_at),
+            f"{a.duration * 1000:.1f} ms",
+            a.kind.value,
+            escape(a.error_type.rsplit(".", 1)[-1]),
+            escape(_short(a.message, 80)),
+        )
+    console.print(table)
+    if e.traceback:
+        console.print("[dim]" + escape(e.traceback.rstrip()) + "[/]")
+
+
+@dlq.command("export")
+@click.argument("path")
+@_filters
+@_db_option
+def dlq_export(
+    path: str, run_id: str | None, kind: str | None, error_type: str | None, status: str, db: str
+) -> None:
+    """Write matching dead letters to PATH as JSONL."""
+
+    async def go() -> int:
+        async with _store(db) as store:
+            return await store.dlq.export(path, **_filter_kwargs(run_id, kind, error_type, status))
+
+    _existing(db)
+    n = run_async(go())
+    click.echo(f"exported {n} dead letter(s) to {path}")
+
+
+@dlq.command("redrive")
+@click.argument("job_spec", metavar="MODULE:FUNC")
+@click.option("--run-id", required=True, help="The run whose dead letters to run again.")
+@click.option("--id", "ids", type=int, multiple=True, help="Only this entry (repeatable).")
+@click.option("--concurrency", default=100, show_default=True, type=click.IntRange(min=1))
+@_db_option
+def dlq_redrive(job_spec: str, run_id: str, ids: tuple[int, ...], concurrency: int, db: str) -> int:
+    """Run the dead letters of --run-id again with MODULE:FUNC."""
+    _existing(db)
+    job = load_job(job_spec)
+
+    async def go() -> BatchResult[Any]:
+        async with _store(db) as store:
+            return await redrive(
+                job, store=store, run_id=run_id, ids=list(ids) or None, concurrency=concurrency
+            )
+
+    result = run_async(go())
+    counts = result.counts
+    resolved = counts[JobStatus.SUCCEEDED]
+    dead = counts[JobStatus.DEAD_LETTERED]
+    click.echo(
+        f"redrove {len(result.outcomes)} dead letter(s) of run {run_id}: "
+        f"{resolved} resolved, {dead} dead again"
+    )
+    return 0 if dead == 0 else EXIT_DEAD
+
+
+@dlq.command("purge")
+@_filters
+@_db_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(
+    run_id: str | None, kind: str | None, error_type: str | None, status: str, db: str, yes: bool
+) -> None:
+    """Delete matching dead letters for good."""
+    _existing(db)
+    filters = _filter_kwargs(run_id, kind, error_type, status)
+    if not yes:
+        what = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None) or "everything"
+        click.confirm(f"delete dead letters matching {what}?", abort=True, err=True)
+
+    async def go() -> int:
+        async with _store(db) as store:
+            return await store.dlq.purge(**filters)
+
+    n = run_async(go())
+    click.echo(f"purged {n} dead letter(s)")
+
+
+def main() -> None:
+    """The console script."""
+    cli(prog_name="asyncbatch")

@@ -1,0 +1,266 @@
+"""``asyncbatch demo``: a real batch against a real flaky HTTP service, end to end.
+
+The service (`FlakyService`, on 127.0.0.1) is slow at times, answers some
+requests 503/429 with ``Retry-After``, is down for two seconds (so the
+breaker opens, probes, and closes again), rejects a few poison items with
+422 and never serves a few "stuck" ones. The batch runs with a rate limit,
+a circuit breaker and SQLite checkpoints, shows live progress, then prints
+the error report and the commands to look at the DLQ, resume and redrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from ._batch import Batch, new_run_id, redrive
+from ._breaker import Breaker
+from ._classify import ErrorKind
+from ._cli import LiveProgress, render_report, store_url
+from ._demo_server import FlakyService, get_json
+from ._events import Event, RunStarted
+from ._guard import Rate
+from ._result import BatchResult, JobStatus
+from ._retry import RetryPolicy
+from ._store import open_store
+from .testing import FaultInjector
+
+__all__ = ["DemoJob", "DemoOptions", "demo_service", "run_demo"]
+
+# The service's misbehaviour (seconds are relative to its first request).
+TRANSIENT_RATE = 0.08  # 503 + Retry-After
+RECOVERABLE_RATE = 0.04  # 429 + Retry-After
+RETRY_AFTER = 1  # whole seconds, as HTTP's Retry-After is
+LATENCY = (0.005, 0.04)
+OUTAGE = (2.0, 4.0)
+RATE = Rate(75, per=1.0)  # what the service's owners asked us to stay under
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoOptions:
+    """The ``asyncbatch demo`` options."""
+
+    jobs: int = 300
+    concurrency: int = 32
+    db: str = "./asyncbatch.db"
+    run_id: str | None = None
+    redrive: str | None = None
+    seed: int = 0
+    quiet: bool = False
+    otel: str = "none"
+
+
+class DemoJob:
+    """The job: fetch one item from the service (``GET /items/<id>``)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    async def __call__(self, item: dict[str, Any]) -> Any:
+        return await get_json(f"{self.base_url}/items/{item['id']}")
+
+
+def _key(item: dict[str, Any]) -> str:
+    return f"item-{item['id']:04d}"
+
+
+def demo_service(jobs: int, seed: int, *, healed: bool = False) -> FlakyService:
+    """The flaky service for ``jobs`` items (``healed``: every bug fixed)."""
+    if healed:
+        return FlakyService(FaultInjector(seed))
+    rng = random.Random(seed)
+    ids = [str(i) for i in range(jobs)]
+    bad = rng.sample(ids, k=min(len(ids), max(1, jobs // 60) + max(1, jobs // 150)))
+    poison, stuck = bad[: max(1, jobs // 60)], bad[max(1, jobs // 60) :]
+    faults = FaultInjector(
+        seed,
+        rates={ErrorKind.TRANSIENT: TRANSIENT_RATE, ErrorKind.RECOVERABLE: RECOVERABLE_RATE},
+        retry_after=RETRY_AFTER,
+        latency=LATENCY,
+        outages=[OUTAGE],
+        poison=set(poison),
+    )
+    return FlakyService(faults, stuck=stuck)
+
+
+@contextlib.contextmanager
+def _otel(kind: str) -> Iterator[dict[str, Any]]:
+    """Tracer and meter providers exporting to stderr, or nothing."""
+    if kind != "console":
+        yield {}
+        return
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    resource = Resource.create({"service.name": "asyncbatch-demo"})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    reader = PeriodicExportingMetricReader(
+        ConsoleMetricExporter(out=sys.stderr), export_interval_millis=60_000
+    )
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    try:
+        yield {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+def _batch_options(
+    opts: DemoOptions, progress: LiveProgress, otel: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "concurrency": opts.concurrency,
+        "store": store_url(opts.db),
+        "timeout": 2.0,
+        "rates": {"api": RATE},
+        "breakers": {"api": Breaker(fail_max=5, reset_timeout=1.0)},
+        "uses": ["api"],
+        "retry": RetryPolicy(seed=opts.seed),
+        "on_event": progress.on_event,
+        **otel,
+    }
+
+
+async def run_demo(opts: DemoOptions, console: Console) -> int:
+    """Run the demo; returns the exit status (0: dead letters are the point)."""
+    if opts.redrive is not None:
+        return await _redrive(opts, console)
+    run_id = opts.run_id or new_run_id().replace("run-", "demo-", 1)
+    items = [{"id": i} for i in range(opts.jobs)]
+    async with demo_service(opts.jobs, opts.seed) as service:
+        say = console.print
+        say(
+            f"[bold]asyncbatch demo[/]: {opts.jobs} jobs against a flaky HTTP service at "
+            f"{service.url} (concurrency {opts.concurrency}, run [bold]{escape(run_id)}[/])"
+        )
+        say(
+            f"  the service: {TRANSIENT_RATE:.0%} 503s and {RECOVERABLE_RATE:.0%} 429s with "
+            f"Retry-After, {LATENCY[0] * 1000:.0f}-{LATENCY[1] * 1000:.0f} ms latency, down from "
+            f"{OUTAGE[0]:g} s to {OUTAGE[1]:g} s, {len(service.stuck)} items it never serves, "
+            f"poison items it rejects with 422"
+        )
+        say(
+            f"  the batch: rate limit {RATE.n:g}/s, breaker 'api' (opens after 5 failures, "
+            f"probes after 1 s), retries by kind, checkpoints in {escape(opts.db)}"
+        )
+        resumed: list[bool] = []
+
+        def note(event: Event) -> None:
+            if isinstance(event, RunStarted) and event.resumed:
+                resumed.append(True)
+                say("  [yellow]resuming:[/] jobs finished in the earlier run are skipped")
+
+        progress = LiveProgress(
+            console,
+            total=opts.jobs,
+            label="fetching",
+            enabled=not opts.quiet,
+            events=not opts.quiet,
+        )
+        with _otel(opts.otel) as otel:
+            options = _batch_options(opts, progress, otel)
+            options["on_event"] = [note, progress.on_event]
+            batch: Batch[dict[str, Any], Any] = Batch(
+                progress.wrap(DemoJob(service.url)), key=_key, run_id=run_id, **options
+            )
+            with progress:
+                async with batch.stream(items) as outcomes:
+                    async for outcome in outcomes:
+                        progress.on_outcome(outcome)
+            result = outcomes.result
+            assert result is not None
+    await _epilogue(opts, console, result, service, progress)
+    return 0
+
+
+async def _epilogue(
+    opts: DemoOptions,
+    console: Console,
+    result: BatchResult[Any],
+    service: FlakyService,
+    progress: LiveProgress,
+) -> None:
+    say = console.print
+    counts = result.counts
+    async with open_store(store_url(opts.db)) as store:
+        dead = await store.dlq.list(run_id=result.run_id)
+    say()
+    render_report(console, result.report)
+    say()
+    skipped = counts[JobStatus.SKIPPED]
+    say(
+        f"run [bold]{escape(result.run_id)}[/] finished in {result.duration:.1f} s: "
+        f"[green]{counts[JobStatus.SUCCEEDED]} succeeded[/]"
+        + (f", {skipped} skipped (finished before)" if skipped else "")
+        + f", [red]{counts[JobStatus.DEAD_LETTERED]} dead-lettered[/], "
+        f"{progress.retries} retries, breaker opened {progress.breaker_trips}x; "
+        f"the service saw {service.requests} requests"
+    )
+    say(f"DLQ: {len(dead)} dead letter(s) for this run in {escape(opts.db)}")
+    for entry in dead[:5]:
+        say(
+            f"  #{entry.id} {escape(entry.key)}: {entry.kind.value}, "
+            f"{escape(entry.error_type.rsplit('.', 1)[-1])} after {len(entry.attempts)} attempt(s)"
+        )
+    if len(dead) > 5:
+        say(f"  ... and {len(dead) - 5} more")
+    db, run = escape(opts.db), escape(result.run_id)
+    first = dead[0].id if dead else 1
+    say()
+    say("[bold]Next[/] (every outcome above was checkpointed before it was counted):")
+    commands = [
+        (f"asyncbatch report {run} --db {db}", "the report again"),
+        (f"asyncbatch dlq list --run-id {run} --db {db}", "the dead letters"),
+        (f"asyncbatch dlq show {first} --db {db}", "one of them, attempt by attempt"),
+        (f"asyncbatch demo --run-id {run} --db {db}", "resume: finished jobs are skipped"),
+        (f"asyncbatch demo --redrive {run} --db {db}", "redrive the DLQ once the service is fixed"),
+        (f"asyncbatch dlq redrive --run-id ID MODULE:FUNC --db {db}", "the same for your own job"),
+    ]
+    width = max(len(c) for c, _ in commands)
+    for command, what in commands:
+        say(f"  {command.ljust(width)}  [dim]# {what}[/]")
+
+
+async def _redrive(opts: DemoOptions, console: Console) -> int:
+    assert opts.redrive is not None
+    run_id = opts.redrive
+    async with demo_service(opts.jobs, opts.seed, healed=True) as service:
+        console.print(
+            "[bold]asyncbatch demo[/]: redriving the dead letters of run "
+            f"[bold]{escape(run_id)}[/] "
+            f"against the service at {service.url}, its bugs now fixed"
+        )
+        progress = LiveProgress(console, total=None, label="redriving", enabled=False, events=True)
+        with _otel(opts.otel) as otel:
+            started = time.perf_counter()
+            result = await redrive(
+                DemoJob(service.url),
+                run_id=run_id,
+                **{k: v for k, v in _batch_options(opts, progress, otel).items() if k != "store"},
+                store=store_url(opts.db),
+            )
+    counts = result.counts
+    console.print(
+        f"redrove {len(result.outcomes)} dead letter(s) in {time.perf_counter() - started:.1f} s: "
+        f"[green]{counts[JobStatus.SUCCEEDED]} resolved[/], "
+        f"[red]{counts[JobStatus.DEAD_LETTERED]} dead again[/]"
+    )
+    console.print(
+        f"  asyncbatch dlq list --run-id {escape(run_id)} --status resolved --db {escape(opts.db)}"
+    )
+    return 0
