@@ -6,7 +6,7 @@ so a crashed run resumes, cut failing dependencies off with circuit breakers,
 and see what happened: reports, OpenTelemetry spans and metrics, events.
 """
 
-from ._batch import Batch, redrive, run_batch
+from ._batch import Batch, redrive, rollback, run_batch
 from ._breaker import Breaker
 from ._budget import BudgetExceeded, ErrorBudget
 from ._classify import Classifier, ErrorKind, RejectedResult, Rule
@@ -96,5 +96,6 @@ __all__ = [
     "guard",
     "open_store",
     "redrive",
+    "rollback",
     "run_batch",
 ]

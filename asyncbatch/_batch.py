@@ -19,9 +19,10 @@ from ._errors import BatchAborted, ConfigError
 from ._executor import Engine, unwrap_group
 from ._options import Options, build_options
 from ._result import BatchResult, JobOutcome, JobStatus
+from ._retry import Retry
 from ._store import Store
 
-__all__ = ["Batch", "OutcomeStream", "redrive", "run_batch"]
+__all__ = ["Batch", "OutcomeStream", "redrive", "rollback", "run_batch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -297,3 +298,47 @@ async def _recount(store: Store, run_id: str) -> None:
     await store.end_run(
         run_id, "finished" if run.status != "aborted" else run.status, counts, run.report
     )
+
+
+async def rollback(
+    compensate: Callable[[Any, Any], Awaitable[Any]],
+    *,
+    store: Store | str,
+    run_id: str,
+    retry: Retry | None = None,
+) -> BatchResult[Any]:
+    """Undo a finished run on request: compensate its succeeded jobs, newest first.
+
+    The run must have been made with ``compensate=`` set (so the store kept
+    each succeeded job's item). Progress is checkpointed like an abort's
+    rollback: if this is interrupted, running it again continues it.
+
+    Args:
+        compensate: ``async def undo(item, result)``.
+        store: the store (URL, path or `Store`) holding the run.
+        run_id: the run to roll back.
+        retry: attempts and backoff of each compensation (default 3 attempts).
+
+    Returns:
+        A `BatchResult` whose outcomes are the COMPENSATED jobs (jobs whose
+        undo failed for good are listed in ``report.compensation``).
+    """
+    if not callable(compensate):
+        raise ConfigError(f"compensate must be an async def undo(item, result), got {compensate!r}")
+    opts = build_options(store=store, run_id=run_id, compensate=compensate, compensate_retry=retry)
+    outcomes: list[JobOutcome[Any]] = []
+    async with _open(opts) as st:
+        assert st is not None
+        await st.get_run(run_id)
+        engine: Engine[Any] = Engine(
+            _never, opts, run_id=run_id, store=st, sink=outcomes.append, rollback_only=True
+        )
+        try:
+            await engine.execute(())
+        except BatchAborted as exc:
+            return replace(exc.result, outcomes=_in_order(outcomes))
+    raise AssertionError("a rollback always ends the run as aborted")  # pragma: no cover
+
+
+async def _never(item: Any) -> Any:  # pragma: no cover - rollback runs no jobs
+    raise AssertionError("rollback() does not run jobs")

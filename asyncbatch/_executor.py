@@ -139,6 +139,7 @@ class Engine(Generic[R]):
         sink: Sink | None,
         job_ref: str = "",
         backlog: Callable[[], int] | None = None,
+        rollback_only: bool = False,
     ) -> None:
         self.job = job
         self.opts = opts
@@ -169,7 +170,7 @@ class Engine(Generic[R]):
         self._max_backlog = max(4096, 4 * opts.concurrency)
         self._finished: dict[str, FinishedJob] = {}
         self._redrive: dict[int, tuple[int, str]] | None = None
-        self._rollback_only = False
+        self._rollback_only = rollback_only
         self._done_log: list[Done] = []
         self._skipped_at: dict[str, int | None] = {}
         self.compensation: Compensation | None = None
@@ -212,6 +213,8 @@ class Engine(Generic[R]):
                     self._rollback_only = True
                     reason = (prev.report or {}).get("aborted") or "an earlier abort"
                     self._abort_cause = AsyncBatchError(f"rollback resumed after {reason}")
+                elif self._rollback_only:
+                    self._abort_cause = AsyncBatchError("rollback requested")
             self._checkpointer = Checkpointer(store, self.opts.durability, self._ack)
         self._setup_dependencies()
         self._inst = Instrumentation.create(

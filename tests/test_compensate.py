@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +83,77 @@ async def test_no_compensation_when_the_batch_succeeds() -> None:
     result = await ab.run_batch(job, range(3), compensate=undo)
     assert result.ok
     assert undone == []
+
+
+def _lines(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_crash_during_rollback_resumes_the_rollback_not_the_batch(tmp_path: Path) -> None:
+    db = str(tmp_path / "rb.db")
+    script = Path(__file__).with_name("rollback_job.py")
+    proc = subprocess.Popen([sys.executable, str(script), db, str(tmp_path)])
+    deadline = time.monotonic() + 30
+    while len(_lines(tmp_path / "undone.log")) < 30:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "rollback never started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ran_before = _lines(tmp_path / "ran.log")
+    undone_before = _lines(tmp_path / "undone.log")
+    assert 30 <= len(undone_before) < 120
+
+    again = subprocess.run(
+        [sys.executable, str(script), db, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert "rollback resumed" in again.stdout
+    assert _lines(tmp_path / "ran.log") == ran_before, "the batch itself must not run again"
+    undone = _lines(tmp_path / "undone.log")
+    # Every succeeded job (0..119) undone, newest first; at most the one in
+    # flight at the kill runs twice (undo must be idempotent).
+    assert set(undone) == set(range(120))
+    assert len(undone) - 120 <= 1
+    deduped = list(dict.fromkeys(undone))
+    assert deduped == sorted(deduped, reverse=True)
+
+    async def check() -> None:
+        async with ab.open_store(db) as store:
+            jobs = await store.finished_jobs("rb")
+            run = await store.get_run("rb")
+        assert {k for k, j in jobs.items() if j.status is ab.JobStatus.COMPENSATED} == {
+            str(i) for i in range(120)
+        }
+        assert run.status == "aborted"
+
+    asyncio.run(check())
+
+
+async def test_rollback_on_request_undoes_a_finished_run(tmp_path: Path) -> None:
+    db = str(tmp_path / "r.db")
+    undone: list[int] = []
+
+    async def job(x: int) -> int:
+        return x + 100
+
+    async def undo(item: int, result: int) -> None:
+        assert result == item + 100
+        undone.append(item)
+
+    result = await ab.run_batch(job, range(5), concurrency=1, store=db, run_id="r", compensate=undo)
+    assert result.ok
+    rolled = await ab.rollback(undo, store=db, run_id="r")
+    assert undone == [4, 3, 2, 1, 0]
+    assert rolled.counts[ab.JobStatus.COMPENSATED] == 5
+    async with ab.open_store(db) as store:
+        assert (await store.get_run("r")).status == "aborted"
+
+
+async def test_rollback_of_an_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
+    async def undo(item: int, result: int) -> None:
+        pass
+
+    with pytest.raises(ab.UnknownRun, match="nope"):
+        await ab.rollback(undo, store=str(tmp_path / "x.db"), run_id="nope")
