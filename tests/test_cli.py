@@ -1,0 +1,383 @@
+"""The asyncbatch command line, through click's CliRunner (in process)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from asyncbatch._cli import cli
+
+JOBS = """
+import asyncbatch as ab
+
+CALLS = []
+
+async def square(item):
+    CALLS.append(item["id"])
+    if item.get("bad"):
+        raise ab.PermanentError(f"bad item {item['id']}")
+    return item["n"] ** 2
+
+async def fixed(item):
+    CALLS.append(item["id"])
+    return "fixed"
+
+def not_async(item):
+    return item
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A current directory holding a job module (unique name) and items.jsonl."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return tmp_path
+
+
+@pytest.fixture
+def jobs(workdir: Path) -> Iterator[str]:
+    name = f"jobs_{uuid.uuid4().hex[:8]}"
+    (workdir / f"{name}.py").write_text(textwrap.dedent(JOBS))
+    items = [{"id": f"k{i}", "n": i, "bad": i % 7 == 3} for i in range(20)]
+    (workdir / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def calls(module: str) -> list[str]:
+    return sys.modules[module].CALLS  # type: ignore[no-any-return]
+
+
+def invoke(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def run_square(jobs: str, *extra: str) -> Result:
+    return invoke(
+        "run", f"{jobs}:square", "--input", "items.jsonl", "--key", "id", "--db", "t.db", *extra
+    )
+
+
+def assert_one_error_line(result: Result) -> str:
+    assert result.exit_code not in (0, None), result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# -------------------------------------------------------------------- run
+
+
+def test_run_writes_results_jsonl_and_exits_3_when_jobs_are_dead_lettered(jobs: str) -> None:
+    result = run_square(jobs, "--run-id", "r1", "--output", "out.jsonl")
+    assert result.exit_code == 3, result.output
+    assert "17 succeeded, 3 dead-lettered" in result.stdout
+    assert "asyncbatch dlq list --run-id r1 --db t.db" in result.stdout
+    rows = [json.loads(line) for line in Path("out.jsonl").read_text().splitlines()]
+    assert len(rows) == 20
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["k4"] == {
+        "key": "k4",
+        "status": "succeeded",
+        "result": 16,
+        "error": None,
+        "attempts": 1,
+    }
+    assert by_key["k3"]["status"] == "dead_lettered"
+    assert by_key["k3"]["error"] == "PermanentError: bad item k3"
+
+
+def test_run_exits_0_when_every_job_succeeds(jobs: str) -> None:
+    Path("good.jsonl").write_text('{"id": "a", "n": 2}\n\n{"id": "b", "n": 3}\n')
+    result = invoke("run", f"{jobs}:square", "--input", "good.jsonl", "--db", "t.db", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "2 succeeded" in result.stdout
+
+
+def test_run_with_the_same_run_id_resumes_and_skips_finished_jobs(jobs: str) -> None:
+    first = run_square(jobs, "--run-id", "r1")
+    assert first.exit_code == 3
+    assert len(calls(jobs)) == 20
+    again = run_square(jobs, "--run-id", "r1", "--output", "again.jsonl")
+    assert len(calls(jobs)) == 20, "finished jobs must not run again"
+    assert "20 skipped" in again.stdout
+    assert "the whole run: 17 succeeded, 3 dead-lettered" in again.stdout
+    assert again.exit_code == 3, "the run still has dead letters"
+    rows = [json.loads(line) for line in Path("again.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in rows} == {"skipped"}
+    assert {r["key"]: r["result"] for r in rows}["k5"] == 25, "stored results come back"
+
+
+def test_run_retry_dead_runs_dead_lettered_jobs_again(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    result = run_square(jobs, "--run-id", "r1", "--retry-dead", "--quiet")
+    assert sorted(calls(jobs)[20:]) == ["k10", "k17", "k3"]
+    assert "3 dead-lettered, 17 skipped" in result.stdout
+
+
+def test_run_reads_csv_by_extension(jobs: str) -> None:
+    Path("items.csv").write_text("id,n\na,1\nb,2\n")
+    (Path(f"{jobs}_csv.py")).write_text(
+        "async def length(row):\n    return len(row['id']) + int(row['n'])\n"
+    )
+    result = invoke(
+        "run", f"{jobs}_csv:length", "--input", "items.csv", "--key", "id",
+        "--db", "t.db", "--output", "o.jsonl", "--quiet",
+    )  # fmt: skip
+    sys.modules.pop(f"{jobs}_csv", None)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in Path("o.jsonl").read_text().splitlines()]
+    assert {r["key"]: r["result"] for r in rows} == {"a": 2, "b": 3}
+
+
+def test_run_json_prints_a_machine_readable_summary(jobs: str) -> None:
+    result = run_square(jobs, "--run-id", "r1", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["run_id"] == "r1"
+    assert doc["ok"] is False
+    assert doc["counts"]["succeeded"] == 17
+    assert doc["counts"]["dead_lettered"] == 3
+    assert isinstance(doc["report"], dict)
+
+
+def test_run_reads_stdin(jobs: str) -> None:
+    result = invoke(
+        "run", f"{jobs}:square", "--input", "-", "--db", "t.db", "--quiet",
+        input='{"id": "x", "n": 4}\n',
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1 succeeded" in result.stdout
+
+
+# ----------------------------------------------------------- runs, report
+
+
+def test_runs_lists_runs_newest_first(jobs: str) -> None:
+    run_square(jobs, "--run-id", "first")
+    run_square(jobs, "--run-id", "second")
+    table = invoke("runs", "--db", "t.db")
+    assert table.exit_code == 0
+    assert "first" in table.stdout
+    assert "second" in table.stdout
+    assert f"{jobs}:square" in table.stdout
+    listed = json.loads(invoke("runs", "--db", "t.db", "--json").stdout)
+    assert [r["run_id"] for r in listed] == ["second", "first"]
+    assert listed[0]["status"] == "finished"
+
+
+def test_report_shows_the_stored_report(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    text = invoke("report", "r1", "--db", "t.db")
+    assert text.exit_code == 0, text.output
+    assert "r1" in text.stdout
+    assert "PermanentError" in text.stdout
+    doc = json.loads(invoke("report", "r1", "--db", "t.db", "--json").stdout)
+    assert doc["run_id"] == "r1"
+    assert doc["counts"]["dead_lettered"] == 3
+    assert doc["report"] is not None
+
+
+# --------------------------------------------------------------------- dlq
+
+
+def test_dlq_list_shows_dead_letters_with_filters(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    table = invoke("dlq", "list", "--db", "t.db")
+    assert table.exit_code == 0
+    assert "3 dead letter(s)" in table.stdout
+    for key in ("k3", "k10", "k17"):
+        assert key in table.stdout
+    lines = invoke("dlq", "list", "--db", "t.db", "--json", "--run-id", "r1").stdout.splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert sorted(e["key"] for e in entries) == ["k10", "k17", "k3"]
+    assert {e["kind"] for e in entries} == {"permanent"}
+    none = invoke("dlq", "list", "--db", "t.db", "--kind", "transient")
+    assert "no dead letters match" in none.stdout
+    other_run = invoke("dlq", "list", "--db", "t.db", "--run-id", "nope")
+    assert "no dead letters match" in other_run.stdout
+
+
+def test_dlq_show_prints_the_entry_and_its_attempts(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    entry = json.loads(invoke("dlq", "list", "--db", "t.db", "--json").stdout.splitlines()[0])
+    shown = invoke("dlq", "show", str(entry["id"]), "--db", "t.db")
+    assert shown.exit_code == 0
+    assert f"key {entry['key']}" in shown.stdout
+    assert "PermanentError" in shown.stdout
+    assert "attempts" in shown.stdout
+    as_json = json.loads(invoke("dlq", "show", str(entry["id"]), "--db", "t.db", "--json").stdout)
+    assert as_json["payload"]["id"] == entry["key"]
+    assert len(as_json["attempts"]) == 1
+
+
+def test_dlq_export_writes_jsonl(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    result = invoke("dlq", "export", "dead.jsonl", "--db", "t.db", "--run-id", "r1")
+    assert result.exit_code == 0
+    assert "exported 3 dead letter(s)" in result.stdout
+    exported = [json.loads(line) for line in Path("dead.jsonl").read_text().splitlines()]
+    assert sorted(e["key"] for e in exported) == ["k10", "k17", "k3"]
+
+
+def test_dlq_redrive_resolves_entries_that_now_succeed(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    result = invoke("dlq", "redrive", f"{jobs}:fixed", "--run-id", "r1", "--db", "t.db")
+    assert result.exit_code == 0, result.output
+    assert "3 resolved, 0 dead again" in result.stdout
+    assert sorted(calls(jobs)[20:]) == ["k10", "k17", "k3"]
+    left = invoke("dlq", "list", "--db", "t.db")
+    assert "no dead letters match" in left.stdout
+    resolved = invoke("dlq", "list", "--db", "t.db", "--status", "resolved", "--json")
+    assert len(resolved.stdout.splitlines()) == 3
+
+
+def test_dlq_redrive_of_failing_job_exits_3(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    result = invoke("dlq", "redrive", f"{jobs}:square", "--run-id", "r1", "--db", "t.db")
+    assert result.exit_code == 3
+    assert "0 resolved, 3 dead again" in result.stdout
+
+
+def test_dlq_purge_asks_unless_yes(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    declined = invoke("dlq", "purge", "--db", "t.db", input="n\n")
+    assert declined.exit_code != 0
+    assert len(invoke("dlq", "list", "--db", "t.db", "--json").stdout.splitlines()) == 3
+    purged = invoke("dlq", "purge", "--db", "t.db", "--run-id", "r1", "--yes")
+    assert purged.exit_code == 0
+    assert "purged 3 dead letter(s)" in purged.stdout
+    assert "no dead letters match" in invoke("dlq", "list", "--db", "t.db").stdout
+
+
+# -------------------------------------------------------------- bad input
+
+
+def test_unknown_run_is_one_line(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    line = assert_one_error_line(invoke("report", "nope", "--db", "t.db"))
+    assert "nope" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["runs"],
+        ["report", "r1"],
+        ["dlq", "list"],
+        ["dlq", "show", "1"],
+        ["dlq", "export", "x.jsonl"],
+        ["dlq", "purge", "--yes"],
+    ],
+)
+def test_missing_database_is_one_line_and_not_created(workdir: Path, args: list[str]) -> None:
+    line = assert_one_error_line(invoke(*args, "--db", "missing.db"))
+    assert "no database at missing.db" in line
+    assert not Path("missing.db").exists()
+
+
+def test_unknown_dlq_entry_is_one_line(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    assert "no dead letter with id 999" in assert_one_error_line(
+        invoke("dlq", "show", "999", "--db", "t.db")
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
+        ("{jobs}:missing", "has no attribute 'missing'"),
+        ("{jobs}", "expected the job as MODULE:FUNC"),
+        ("{jobs}:not_async", "must be an async def"),
+        ("{jobs}:CALLS", "is not callable"),
+    ],
+)
+def test_unimportable_job_is_one_line(jobs: str, spec: str, expected: str) -> None:
+    result = invoke("run", spec.format(jobs=jobs), "--input", "items.jsonl", "--db", "t.db")
+    assert expected in assert_one_error_line(result)
+
+
+def test_job_module_that_raises_on_import_is_one_line(workdir: Path) -> None:
+    Path("broken_mod_abc.py").write_text("raise RuntimeError('no config')\n")
+    Path("items.jsonl").write_text("{}\n")
+    result = invoke("run", "broken_mod_abc:f", "--input", "items.jsonl", "--db", "t.db")
+    sys.modules.pop("broken_mod_abc", None)
+    assert "RuntimeError: no config" in assert_one_error_line(result)
+
+
+def test_malformed_jsonl_line_names_the_line_and_how_to_resume(jobs: str) -> None:
+    Path("bad.jsonl").write_text('{"id": "a", "n": 1}\n{"id": "b", "n": 2\n{"id": "c", "n": 3}\n')
+    result = invoke(
+        "run", f"{jobs}:square", "--input", "bad.jsonl", "--key", "id",
+        "--db", "t.db", "--run-id", "r9",
+    )  # fmt: skip
+    line = assert_one_error_line(result)
+    assert "bad.jsonl:2: malformed JSON" in line
+    assert "--run-id r9" in line
+
+
+def test_item_without_the_key_field_is_one_line(jobs: str) -> None:
+    result = invoke(
+        "run", f"{jobs}:square", "--input", "items.jsonl", "--key", "nope", "--db", "t.db"
+    )
+    assert "items.jsonl:1: the item has no field 'nope'" in assert_one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "{jobs}:square", "--input", "items.jsonl", "--concurrency", "0"],
+        ["run", "{jobs}:square", "--input", "items.jsonl", "--concurrency", "many"],
+        ["run", "{jobs}:square", "--input", "no-such-file.jsonl"],
+        ["run", "{jobs}:square"],
+        ["run", "{jobs}:square", "--input", "items.jsonl", "--timeout", "-1"],
+        ["dlq", "list", "--kind", "sometimes"],
+        ["dlq", "list", "--status", "zombie"],
+        ["dlq", "show", "not-a-number"],
+        ["demo", "--jobs", "0"],
+        ["no-such-command"],
+    ],
+)
+def test_bad_options_are_one_line(jobs: str, args: list[str]) -> None:
+    result = invoke(*(a.format(jobs=jobs) for a in args))
+    assert result.exit_code == 2
+    assert_one_error_line(result)
+
+
+def test_unusable_store_url_is_one_line(jobs: str) -> None:
+    line = assert_one_error_line(invoke("report", "r1", "--db", "bogus://where"))
+    assert "bogus://where" in line
+
+
+def test_unwritable_database_or_output_is_one_line(jobs: str) -> None:
+    result = invoke("run", f"{jobs}:square", "--input", "items.jsonl", "--db", "no/such/dir/t.db")
+    assert "no/such/dir/t.db" in assert_one_error_line(result)
+    line = assert_one_error_line(run_square(jobs, "--output", "no/such/dir/out.jsonl"))
+    assert "no/such/dir/out.jsonl" in line
+
+
+# ------------------------------------------------------------------- misc
+
+
+def test_no_arguments_shows_help() -> None:
+    result = invoke()
+    assert result.exit_code == 0
+    assert "demo" in result.stdout
+    assert "dlq" in result.stdout
+
+
+def test_help_of_every_command_works() -> None:
+    for args in (["run"], ["runs"], ["report"], ["demo"], ["dlq"], ["dlq", "redrive"]):
+        result = invoke(*args, "--help")
+        assert result.exit_code == 0, args
+        assert "--db" in result.stdout or args == ["dlq"]
