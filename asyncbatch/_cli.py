@@ -793,7 +793,7 @@ def dlq_list(
             e.key,
             e.kind.value,
             e.error_type.rsplit(".", 1)[-1],
-            _short(e.message, 60),
+            " ".join(e.message.split()),
             str(len(e.attempts)),
             str(e.redrive_count),
             e.status,
@@ -806,17 +806,22 @@ def dlq_list(
         for row in rows:
             del row[1]
         title += f" of run {entries[0].run_id}"
+    # Only the message shrinks: ids and keys are what you copy into the next command.
+    m = columns.index("message")
+    widths = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(columns)]
+    room = console.width - (sum(widths) - widths[m]) - (3 * len(columns) + 1)
+    widths[m] = max(16, min(widths[m], room, 72))
     table = Table(title=escape(title))
-    for i, name in enumerate(columns):
-        # Only the message may shrink: ids and keys are what you copy into the next command.
-        shrink = name == "message"
+    for name, width in zip(columns, widths, strict=True):
         table.add_column(
             name,
-            no_wrap=not shrink,
-            min_width=16 if shrink else max(len(name), *(len(row[i]) for row in rows)),
+            no_wrap=True,
+            min_width=width,
+            max_width=width,
             justify="right" if name in ("id", "attempts", "redrives") else "left",
         )
     for row in rows:
+        row[m] = _short(row[m], widths[m])
         table.add_row(*map(escape, row))
     console.print(table)
 

@@ -40,8 +40,8 @@ TRANSIENT_RATE = 0.08  # 503 + Retry-After
 RECOVERABLE_RATE = 0.04  # 429 + Retry-After
 RETRY_AFTER = 1  # whole seconds, as HTTP's Retry-After is
 LATENCY = (0.005, 0.04)
-OUTAGE = (2.0, 4.0)
-RATE = Rate(75, per=1.0)  # what the service's owners asked us to stay under
+OUTAGE = 2.0  # seconds down, starting halfway through the batch (at most 2 s in)
+RATE = Rate(60, per=1.0)  # what the service's owners asked us to stay under
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +72,13 @@ def _key(item: dict[str, Any]) -> str:
     return f"item-{item['id']:04d}"
 
 
+def outage_window(jobs: int) -> tuple[float, float]:
+    """When the service is down: halfway through the batch, so every size sees it."""
+    expected = max(jobs - RATE.n, 0) / RATE.n * RATE.per
+    start = min(2.0, expected / 2)
+    return (start, start + OUTAGE)
+
+
 def demo_service(jobs: int, seed: int, *, healed: bool = False) -> FlakyService:
     """The flaky service for ``jobs`` items (``healed``: every bug fixed)."""
     if healed:
@@ -85,7 +92,7 @@ def demo_service(jobs: int, seed: int, *, healed: bool = False) -> FlakyService:
         rates={ErrorKind.TRANSIENT: TRANSIENT_RATE, ErrorKind.RECOVERABLE: RECOVERABLE_RATE},
         retry_after=RETRY_AFTER,
         latency=LATENCY,
-        outages=[OUTAGE],
+        outages=[outage_window(jobs)],
         poison=set(poison),
     )
     return FlakyService(faults, stuck=stuck)
@@ -148,10 +155,11 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             f"[bold]asyncbatch demo[/]: {opts.jobs} jobs against a flaky HTTP service at "
             f"{service.url} (concurrency {opts.concurrency}, run [bold]{escape(run_id)}[/])"
         )
+        down_from, down_to = outage_window(opts.jobs)
         say(
             f"  the service: {TRANSIENT_RATE:.0%} 503s and {RECOVERABLE_RATE:.0%} 429s with "
             f"Retry-After, {LATENCY[0] * 1000:.0f}-{LATENCY[1] * 1000:.0f} ms latency, down from "
-            f"{OUTAGE[0]:g} s to {OUTAGE[1]:g} s, {len(service.stuck)} items it never serves, "
+            f"{down_from:.1f} s to {down_to:.1f} s, {len(service.stuck)} item(s) it never serves, "
             f"poison items it rejects with 422"
         )
         say(
