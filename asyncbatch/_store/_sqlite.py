@@ -7,8 +7,9 @@ statement kind, so one commit (and, with ``durability="full"``, one fsync)
 pays for a whole group of jobs. ``synchronous=NORMAL`` in WAL mode survives a
 process crash; ``FULL`` also survives power loss.
 
-Every transaction runs shielded from cancellation: once begun it commits or
-rolls back, so a cancelled caller never leaves the connection mid-transaction.
+Every transaction is shielded from its caller's cancellation: once begun it
+commits or rolls back, so a cancelled caller never leaves the connection
+mid-transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import aiosqlite
-import anyio
+import anyio.to_thread
 
 from asyncbatch._errors import ConfigError, StoreError, UnknownRun
 from asyncbatch._result import DeadLetter, JobStatus
@@ -99,6 +100,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _probe(path: str) -> None:
+    sqlite3.connect(path).close()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a shielded transaction's error as seen: its caller was cancelled and left."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
@@ -163,6 +174,9 @@ class SQLiteStore:
             raise ConfigError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
         target = os.fspath(path)
         try:
+            # Probe first: when aiosqlite's connect fails, its worker thread
+            # outlives the call and may report to an event loop that is gone.
+            await anyio.to_thread.run_sync(_probe, target)
             db = await aiosqlite.connect(target, isolation_level=None, timeout=busy_timeout)
         except sqlite3.Error as exc:
             raise StoreError(
@@ -254,11 +268,27 @@ class SQLiteStore:
             raise StoreError(f"the store {self.url} is closed")
 
     async def _transaction(self, body: Callable[[], Awaitable[T]], durability: str = "") -> T:
-        """Run ``body`` in one write transaction that commits or rolls back as a whole."""
+        """Run ``body`` in one write transaction that commits or rolls back as a whole.
+
+        The transaction runs in its own task and the caller awaits it through
+        `asyncio.shield`: a cancelled caller (whether by anyio or by plain
+        asyncio) stops waiting, but the transaction still ends, and whoever
+        comes next waits for the lock until it has.
+        """
         self._check_open()
+        task = asyncio.ensure_future(self._locked_transaction(body, durability))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                task.add_done_callback(_retrieve)
+            raise
+
+    async def _locked_transaction(self, body: Callable[[], Awaitable[T]], durability: str) -> T:
         db = self._db
         async with self._lock:
-            with anyio.CancelScope(shield=True), self._errors():
+            self._check_open()
+            with self._errors():
                 if durability:
                     await self._synchronous(durability)
                 await db.execute("BEGIN IMMEDIATE")
@@ -537,7 +567,7 @@ class SQLiteStore:
             return
         async with self._lock:
             self._closed = True
-            with anyio.CancelScope(shield=True), self._errors():
+            with self._errors():
                 await self._db.close()
 
 

@@ -1,0 +1,875 @@
+"""The checkpoint stores: one behaviour suite run against MemoryStore and SQLiteStore.
+
+SQLite-only behaviour (files, schema versions, locks, corruption) and the
+``open_store`` / ``as_store`` URL handling follow the shared suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncbatch as ab
+from asyncbatch import AttemptRecord, ConfigError, ErrorKind, JobStatus, StoreError, UnknownRun
+from asyncbatch._store import (
+    DeadLetterQueue,
+    FinishedJob,
+    JobRecord,
+    MemoryStore,
+    RunInfo,
+    SQLiteStore,
+    Store,
+    _schema,
+    _sqlite,
+    as_store,
+    open_store,
+)
+
+S, D, C = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.COMPENSATED
+
+
+class Clock:
+    """A wall clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        st: Store = MemoryStore(clock=clock)
+    else:
+        st = await SQLiteStore.open(tmp_path / "store.db", clock=clock)
+    try:
+        yield st
+    finally:
+        await st.aclose()
+
+
+def ok(key: str, result: Any = None, run_id: str = "r1", **kw: Any) -> JobRecord:
+    return JobRecord(
+        run_id=run_id, key=key, status=S, attempts=1, result=result, has_result=True, **kw
+    )
+
+
+def attempt(n: int, message: str = "boom", kind: ErrorKind = ErrorKind.TRANSIENT) -> AttemptRecord:
+    return AttemptRecord(
+        number=n,
+        started_at=1.5 * n,
+        duration=0.25,
+        kind=kind,
+        error_type="ValueError",
+        message=message,
+    )
+
+
+def dead(
+    key: str,
+    run_id: str = "r1",
+    *,
+    kind: ErrorKind = ErrorKind.PERMANENT,
+    error_type: str = "ValueError",
+    message: str = "bad item",
+    history: tuple[AttemptRecord, ...] = (),
+    **kw: Any,
+) -> JobRecord:
+    kw.setdefault("payload", {"item": key})
+    return JobRecord(
+        run_id=run_id,
+        key=key,
+        status=D,
+        attempts=len(history) or 1,
+        kind=kind,
+        error_type=error_type,
+        message=message,
+        traceback=f"Traceback ...\n{error_type}: {message}\n",
+        history=history,
+        **kw,
+    )
+
+
+async def begin(store: Store, *run_ids: str) -> None:
+    for run_id in run_ids or ("r1",):
+        await store.begin_run(
+            RunInfo(run_id=run_id, job="tests.jobs:work", config={"concurrency": 4})
+        )
+
+
+# --------------------------------------------------------------- run lifecycle
+
+
+async def test_begin_run_creates_a_running_run_and_returns_none(store: Store, clock: Clock) -> None:
+    assert await store.begin_run(RunInfo(run_id="r1", job="m:f", config={"c": 1})) is None
+
+    run = await store.get_run("r1")
+    assert (run.run_id, run.job, run.status, run.config) == ("r1", "m:f", "running", {"c": 1})
+    assert run.created_at == clock.now
+
+
+async def test_begin_run_again_returns_the_previous_state_and_runs_again(
+    store: Store, clock: Clock
+) -> None:
+    await begin(store)
+    created = clock.now
+    await store.end_run("r1", "interrupted", {"succeeded": 3}, {"groups": []})
+    clock.now += 60
+
+    previous = await store.begin_run(RunInfo(run_id="r1", job="m:f"))
+
+    assert previous is not None
+    assert (previous.status, previous.counts, previous.report) == (
+        "interrupted",
+        {"succeeded": 3},
+        {"groups": []},
+    )
+    run = await store.get_run("r1")
+    assert run.status == "running"
+    assert (run.created_at, run.updated_at) == (created, clock.now)
+    assert run.config == {"concurrency": 4}  # an empty config keeps the stored one
+
+
+async def test_end_run_records_status_counts_and_report(store: Store) -> None:
+    await begin(store)
+    await store.end_run("r1", "finished", {"succeeded": 2, "dead_lettered": 1}, {"total": 3})
+
+    run = await store.get_run("r1")
+    assert (run.status, run.counts, run.report) == (
+        "finished",
+        {"succeeded": 2, "dead_lettered": 1},
+        {"total": 3},
+    )
+
+
+async def test_a_running_run_counts_the_jobs_it_committed(store: Store) -> None:
+    await begin(store)
+    await store.commit([ok("a"), ok("b"), dead("c")])
+
+    counts = (await store.get_run("r1")).counts
+    assert counts["succeeded"] == 2
+    assert counts["dead_lettered"] == 1
+    assert counts["failed"] == 0
+
+
+async def test_list_runs_is_newest_first(store: Store, clock: Clock) -> None:
+    for run_id in ("old", "mid", "new"):
+        await begin(store, run_id)
+        clock.now += 1
+    await begin(store, "tie")  # same created_at as nothing else, but later than "new"
+
+    assert [r.run_id for r in await store.list_runs()] == ["tie", "new", "mid", "old"]
+
+
+async def test_unknown_run_raises_unknown_run_everywhere(store: Store) -> None:
+    with pytest.raises(UnknownRun, match="no run 'nope'"):
+        await store.get_run("nope")
+    with pytest.raises(UnknownRun):
+        await store.end_run("nope", "finished", {})
+    with pytest.raises(UnknownRun):
+        await store.finished_jobs("nope")
+    with pytest.raises(UnknownRun):
+        await store.jobs("nope")
+
+
+async def test_commit_for_an_unknown_run_writes_nothing(store: Store) -> None:
+    await begin(store)
+    with pytest.raises(UnknownRun):
+        await store.commit([ok("a"), ok("b", run_id="nope")])
+
+    assert await store.jobs("r1") == []
+
+
+# --------------------------------------------------------------- commits, results, resume
+
+
+async def test_a_commit_group_lands_whole_and_feeds_resume(store: Store) -> None:
+    await begin(store)
+    await store.commit(
+        [
+            ok("a", {"score": 1.5, "tags": ["x"]}),
+            ok("b", "text"),
+            dead("c"),
+            JobRecord(run_id="r1", key="d", status=JobStatus.CANCELLED),
+        ]
+    )
+
+    finished = await store.finished_jobs("r1")
+    assert set(finished) == {"a", "b", "c"}  # a cancelled job must run again
+    assert finished["a"] == FinishedJob(
+        key="a", status=S, result={"score": 1.5, "tags": ["x"]}, has_result=True, attempts=1,
+        seq=finished["a"].seq,
+    )  # fmt: skip
+    assert finished["b"].result == "text"
+    assert finished["c"].status is D
+    assert finished["c"].payload == {"item": "c"}
+    assert [j.key for j in await store.jobs("r1")] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, 0, -7, 2**70, 1.25, "héllo\n", True, [], {}, {"a": [1, {"b": None}]}],
+    ids=repr,
+)
+async def test_json_results_round_trip(store: Store, value: Any) -> None:
+    await begin(store)
+    await store.commit([ok("k", value)])
+
+    job = (await store.finished_jobs("r1"))["k"]
+    assert job.has_result is True
+    assert job.result == value
+    assert type(job.result) is type(value)
+
+
+async def test_results_come_back_as_json_does(store: Store) -> None:
+    await begin(store)
+    await store.commit([ok("k", {"t": (1, 2), 3: "int key"})])
+
+    assert (await store.finished_jobs("r1"))["k"].result == {"t": [1, 2], "3": "int key"}
+
+
+async def test_a_result_that_is_not_json_is_not_stored_and_does_not_fail(store: Store) -> None:
+    await begin(store)
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    await store.commit([ok("set", {1, 2}), ok("obj", object()), ok("cycle", cyclic)])
+
+    finished = await store.finished_jobs("r1")
+    assert {k: (j.status, j.has_result, j.result) for k, j in finished.items()} == {
+        "set": (S, False, None),
+        "obj": (S, False, None),
+        "cycle": (S, False, None),
+    }
+
+
+async def test_no_result_is_stored_without_has_result(store: Store) -> None:
+    await begin(store)
+    await store.commit([JobRecord(run_id="r1", key="k", status=S, result="ignored")])
+
+    job = (await store.finished_jobs("r1"))["k"]
+    assert (job.has_result, job.result) == (False, None)
+
+
+async def test_callers_cannot_mutate_stored_state(store: Store) -> None:
+    await begin(store)
+    result = {"items": [1, 2]}
+    payload = {"x": [1]}
+    await store.commit([ok("a", result), dead("b", payload=payload)])
+    result["items"].append(3)
+    payload["x"].append(2)
+
+    first = (await store.finished_jobs("r1"))["a"].result
+    first["items"].append(4)
+    (await store.dlq.list())[0].payload["x"].append(3)
+
+    assert (await store.finished_jobs("r1"))["a"].result == {"items": [1, 2]}
+    assert (await store.dlq.list())[0].payload == {"x": [1]}
+
+
+async def test_seq_follows_commit_order_across_groups(store: Store) -> None:
+    await begin(store)
+    await store.commit([ok("z"), ok("a")])
+    await store.commit([ok("m")])
+    await store.commit([ok("b"), ok("y")])
+
+    jobs = await store.jobs("r1")
+    assert [j.key for j in jobs] == ["z", "a", "m", "b", "y"]
+    seqs = [j.seq for j in jobs]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 5
+
+
+async def test_seqs_are_per_run_and_independent(store: Store) -> None:
+    await begin(store, "r1", "r2")
+    await store.commit([ok("a", run_id="r1"), ok("a", run_id="r2"), ok("b", run_id="r1")])
+
+    assert [j.key for j in await store.jobs("r1")] == ["a", "b"]
+    assert [j.key for j in await store.jobs("r2")] == ["a"]
+    assert (await store.finished_jobs("r2"))["a"].status is S
+
+
+async def test_a_job_finishing_again_replaces_its_row_and_moves_to_the_end(store: Store) -> None:
+    await begin(store)
+    await store.commit([dead("a"), ok("b")])
+    await store.commit([ok("a", "second life")])
+
+    jobs = await store.jobs("r1")
+    assert [(j.key, j.status, j.result) for j in jobs] == [("b", S, None), ("a", S, "second life")]
+
+
+async def test_empty_commit_is_a_no_op(store: Store) -> None:
+    await begin(store)
+    await store.commit([])
+    assert await store.jobs("r1") == []
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+async def test_commit_at_either_durability_persists(store: Store, durability: Any) -> None:
+    await begin(store)
+    await store.commit([ok("a", 1)], durability=durability)
+    await store.commit([ok("b", 2)])
+
+    assert {k: j.result for k, j in (await store.finished_jobs("r1")).items()} == {"a": 1, "b": 2}
+
+
+async def test_an_unknown_durability_is_a_config_error(store: Store) -> None:
+    await begin(store)
+    with pytest.raises(ConfigError, match=r"'normal'.*'full'"):
+        await store.commit([ok("a")], durability="fsync")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------- compensation
+
+
+async def test_compensated_job_keeps_its_order_result_and_payload(store: Store) -> None:
+    await begin(store)
+    await store.commit([ok("a", 1, payload={"p": "a"}), ok("b", 2, payload={"p": "b"})])
+    before = {j.key: j.seq for j in await store.jobs("r1")}
+
+    await store.commit([JobRecord(run_id="r1", key="b", status=C, result=2, has_result=True)])
+
+    b = (await store.finished_jobs("r1"))["b"]
+    assert (b.status, b.result, b.payload, b.seq) == (C, 2, {"p": "b"}, before["b"])
+    assert [j.key for j in await store.jobs("r1")] == ["a", "b"]
+
+
+async def test_a_failed_compensation_leaves_the_job_succeeded_in_place(store: Store) -> None:
+    await begin(store)
+    await store.commit([ok("a", 1, payload={"p": "a"}), ok("b", 2)])
+    failed = JobRecord(run_id="r1", key="a", status=S, compensation_error="OSError: refund failed")
+    await store.commit([failed])
+
+    a = (await store.finished_jobs("r1"))["a"]
+    assert (a.status, a.result, a.payload) == (S, 1, {"p": "a"})
+    assert [j.key for j in await store.jobs("r1")] == ["a", "b"]
+
+
+async def test_success_then_compensation_in_one_group_applies_in_order(store: Store) -> None:
+    await begin(store)
+    await store.commit([ok("a", 1), JobRecord(run_id="r1", key="a", status=C)])
+
+    assert (await store.finished_jobs("r1"))["a"].status is C
+
+
+# --------------------------------------------------------------- dead-letter queue
+
+
+async def test_dead_lettered_job_becomes_a_dlq_entry(store: Store, clock: Clock) -> None:
+    await begin(store)
+    history = (attempt(1, "blip"), attempt(2, "bad item", ErrorKind.PERMANENT))
+    await store.commit([dead("k", history=history, payload={"id": 7})])
+
+    (entry,) = await store.dlq.list()
+    assert entry == ab.DeadLetter(
+        id=entry.id,
+        run_id="r1",
+        key="k",
+        payload={"id": 7},
+        kind=ErrorKind.PERMANENT,
+        error_type="ValueError",
+        message="bad item",
+        traceback="Traceback ...\nValueError: bad item\n",
+        attempts=history,
+        redrive_count=0,
+        status="dead",
+        created_at=clock.now,
+        payload_is_repr=False,
+    )
+    assert await store.dlq.get(entry.id) == entry
+
+
+async def test_a_payload_that_is_not_json_is_kept_as_its_repr(store: Store) -> None:
+    await begin(store)
+    await store.commit(
+        [dead("k", payload={1, 2}), dead("r", payload="<Item 3>", payload_is_repr=True)]
+    )
+
+    entries = {e.key: e for e in await store.dlq.list()}
+    assert (entries["k"].payload, entries["k"].payload_is_repr) == ("{1, 2}", True)
+    assert (entries["r"].payload, entries["r"].payload_is_repr) == ("<Item 3>", True)
+
+
+async def test_unknown_dlq_id_is_a_clear_key_error(store: Store) -> None:
+    with pytest.raises(KeyError, match="no dead letter with id 999"):
+        await store.dlq.get(999)
+
+
+async def _three_runs_of_dead_letters(store: Store, clock: Clock) -> None:
+    await begin(store, "r1", "r2")
+    await store.commit([dead("a", kind=ErrorKind.PERMANENT, error_type="ValueError")])
+    clock.now += 10
+    await store.commit(
+        [dead("b", kind=ErrorKind.TRANSIENT, error_type="httpx.ConnectError", message="refused")]
+    )
+    clock.now += 10
+    await store.commit(
+        [dead("c", "r2", kind=ErrorKind.RECOVERABLE, error_type="mylib.RateLimited")]
+    )
+
+
+async def test_dlq_list_filters(store: Store, clock: Clock) -> None:
+    await _three_runs_of_dead_letters(store, clock)
+    t0 = clock.now - 20
+
+    async def keys(**filters: Any) -> list[str]:
+        return [e.key for e in await store.dlq.list(**filters)]
+
+    assert await keys() == ["a", "b", "c"]  # oldest first
+    assert await keys(run_id="r1") == ["a", "b"]
+    assert await keys(kind=ErrorKind.TRANSIENT) == ["b"]
+    assert await keys(kind="recoverable") == ["c"]
+    assert await keys(kind="PERMANENT") == ["a"]
+    assert await keys(error_type="httpx.ConnectError") == ["b"]
+    assert await keys(error_type="ConnectError") == ["b"]  # by its last dotted part
+    assert await keys(error_type="Error") == []  # ...but not by any suffix
+    assert await keys(since=t0 + 10) == ["b", "c"]
+    assert await keys(until=t0 + 10) == ["a"]  # until is exclusive
+    assert await keys(since=t0 + 5, until=t0 + 15) == ["b"]
+    assert await keys(limit=2) == ["a", "b"]
+    assert await keys(run_id="r1", kind="transient", limit=5) == ["b"]
+
+
+async def test_dlq_list_accepts_datetimes(store: Store, clock: Clock) -> None:
+    from datetime import UTC, datetime
+
+    await _three_runs_of_dead_letters(store, clock)
+    since = datetime.fromtimestamp(clock.now - 10, tz=UTC)
+    assert [e.key for e in await store.dlq.list(since=since)] == ["b", "c"]
+
+
+async def test_dlq_list_rejects_bad_filters(store: Store) -> None:
+    with pytest.raises(ConfigError, match="unknown error kind 'weird'"):
+        await store.dlq.list(kind="weird")
+    with pytest.raises(ConfigError, match="unknown dead-letter status 'gone'"):
+        await store.dlq.list(status="gone")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="limit"):
+        await store.dlq.list(limit=-1)
+    with pytest.raises(TypeError, match=r"unknown filter.*'colour'"):
+        await store.dlq.export("x.jsonl", colour="red")
+
+
+async def test_dlq_export_writes_one_json_object_per_line(
+    store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    await _three_runs_of_dead_letters(store, clock)
+    out = tmp_path / "dlq.jsonl"
+
+    assert await store.dlq.export(str(out), run_id="r1") == 2
+
+    lines = out.read_text(encoding="utf-8").splitlines()
+    expected = [e.to_dict() for e in await store.dlq.list(run_id="r1")]
+    assert [json.loads(line) for line in lines] == expected
+    assert await store.dlq.export(out, kind="fatal") == 0
+    assert out.read_text() == ""
+
+
+async def test_dlq_purge_deletes_what_list_would_show(store: Store, clock: Clock) -> None:
+    await _three_runs_of_dead_letters(store, clock)
+
+    assert await store.dlq.purge(run_id="r1") == 2
+    assert [e.key for e in await store.dlq.list()] == ["c"]
+    assert await store.dlq.purge(run_id="r1") == 0
+    assert await store.dlq.purge(kind="recoverable") == 1
+    assert await store.dlq.list(status=None) == []
+
+
+async def test_dlq_purge_keeps_resolved_entries_unless_asked(store: Store) -> None:
+    await begin(store)
+    await store.commit([dead("a"), dead("b")])
+    resolved = (await store.dlq.list())[0]
+    await store.commit([ok("a", redrive_of=resolved.id)])
+
+    assert await store.dlq.purge() == 1
+    assert [e.status for e in await store.dlq.list(status=None)] == ["resolved"]
+    assert await store.dlq.purge(status=None) == 1
+    assert await store.dlq.list(status=None) == []
+
+
+async def test_a_purged_entry_is_not_resurrected_by_a_later_failure(store: Store) -> None:
+    await begin(store)
+    await store.commit([dead("a", message="first")])
+    await store.dlq.purge()
+    await store.commit([dead("a", message="second")])
+
+    (entry,) = await store.dlq.list()
+    assert (entry.message, len(entry.attempts), entry.redrive_count) == ("second", 0, 0)
+
+
+# --------------------------------------------------------------- redrive
+
+
+async def test_redrive_that_fails_again_updates_the_same_entry(store: Store, clock: Clock) -> None:
+    await begin(store)
+    await store.commit([dead("k", history=(attempt(1), attempt(2)), message="old")])
+    (entry,) = await store.dlq.list()
+    created = entry.created_at
+
+    await store.dlq.mark_redriven([entry.id])
+    marked = await store.dlq.get(entry.id)
+    assert (marked.status, marked.redrive_count) == ("redriven", 1)
+    assert await store.dlq.list() == []  # not "dead" while it is being redriven
+
+    clock.now += 100
+    again = dead(
+        "k",
+        history=(attempt(1, "new"),),
+        kind=ErrorKind.RECOVERABLE,
+        error_type="TimeoutError",
+        message="new",
+        redrive_of=entry.id,
+    )
+    await store.commit([again])
+
+    (after,) = await store.dlq.list()
+    assert after.id == entry.id
+    assert (after.status, after.redrive_count, after.created_at) == ("dead", 1, created)
+    assert (after.kind, after.error_type, after.message) == (
+        ErrorKind.RECOVERABLE,
+        "TimeoutError",
+        "new",
+    )
+    assert [a.message for a in after.attempts] == ["boom", "boom", "new"]  # history kept
+    assert after.payload == {"item": "k"}
+
+
+async def test_redrive_that_succeeds_resolves_the_entry(store: Store) -> None:
+    await begin(store)
+    await store.commit([dead("k"), dead("other")])
+    entry = (await store.dlq.list())[0]
+    await store.dlq.mark_redriven([entry.id, 12345])  # unknown ids are ignored
+
+    await store.commit([ok("k", "fixed", redrive_of=entry.id)])
+
+    resolved = await store.dlq.get(entry.id)
+    assert (resolved.status, resolved.redrive_count) == ("resolved", 1)
+    assert [e.key for e in await store.dlq.list()] == ["other"]
+    assert (await store.finished_jobs("r1"))["k"].result == "fixed"
+
+
+async def test_retrying_a_dead_job_in_a_resumed_run_reuses_its_entry(store: Store) -> None:
+    # retry_dead=True runs a dead job again without redrive(): still one entry per job.
+    await begin(store)
+    await store.commit([dead("k", history=(attempt(1),))])
+    await store.commit([dead("k", history=(attempt(1, "again"),), message="again")])
+
+    (entry,) = await store.dlq.list(status=None)
+    assert (entry.message, entry.redrive_count) == ("again", 1)
+    assert [a.message for a in entry.attempts] == ["boom", "again"]
+
+    await store.commit([ok("k", 1)])
+    assert (await store.dlq.get(entry.id)).status == "resolved"
+    assert await store.dlq.list() == []
+
+
+async def test_redrive_of_a_purged_entry_still_records_the_failure(store: Store) -> None:
+    await begin(store)
+    await store.commit([dead("k")])
+    (entry,) = await store.dlq.list()
+    await store.dlq.purge()
+
+    await store.commit([dead("k", message="again", redrive_of=entry.id)])
+
+    (fresh,) = await store.dlq.list()
+    assert (fresh.key, fresh.message) == ("k", "again")
+
+
+# --------------------------------------------------------------- lifecycle of the store
+
+
+async def test_stores_satisfy_the_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+    assert isinstance(store.dlq, DeadLetterQueue)
+
+
+async def test_a_closed_store_says_so(store: Store) -> None:
+    await begin(store)
+    await store.aclose()
+    await store.aclose()  # twice is fine
+    with pytest.raises(StoreError, match="closed"):
+        await store.get_run("r1")
+    with pytest.raises(StoreError, match="closed"):
+        await store.commit([ok("a")])
+
+
+# =============================================================== SQLite only
+
+
+def _pragma(path: Path, name: str) -> Any:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+async def test_sqlite_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with await open_store(str(path)) as store:
+        assert await store.list_runs() == []
+    assert _pragma(path, "user_version") == _schema.SCHEMA_VERSION
+    assert _pragma(path, "application_id") == _schema.APPLICATION_ID
+    assert _pragma(path, "journal_mode") == "wal"
+
+
+async def test_sqlite_connection_pragmas(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "s.db")
+    try:
+        db = store._db
+
+        async def pragma(name: str) -> Any:
+            return next(iter(await db.execute_fetchall(f"PRAGMA {name}")))[0]
+
+        assert await pragma("foreign_keys") == 1
+        assert await pragma("synchronous") == 1  # NORMAL
+        await store.begin_run(RunInfo(run_id="r1"))
+        await store.commit([ok("a")], durability="full")
+        assert await pragma("synchronous") == 2  # FULL: fsync at commit
+        await store.commit([ok("b")])
+        assert await pragma("synchronous") == 1
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_reopen_keeps_everything_and_seq_keeps_growing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    async with open_store(url) as store:
+        await begin(store)
+        await store.commit([ok("a", [1]), dead("b", history=(attempt(1),))])
+        await store.end_run("r1", "interrupted", {"succeeded": 1}, {"x": 1})
+
+    async with open_store(url) as store:
+        previous = await store.begin_run(RunInfo(run_id="r1"))
+        assert previous is not None
+        assert (previous.status, previous.report) == ("interrupted", {"x": 1})
+        await store.commit([ok("c", 3)])
+        finished = await store.finished_jobs("r1")
+        assert finished["a"].result == [1]
+        assert [j.key for j in await store.jobs("r1")] == ["a", "b", "c"]
+        (entry,) = await store.dlq.list()
+        assert entry.attempts == (attempt(1),)
+        # the dead entry is still known as open: a later success resolves it
+        await store.commit([ok("b", 2)])
+        assert (await store.dlq.get(entry.id)).status == "resolved"
+
+
+async def test_sqlite_migrates_an_older_schema_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    async with open_store(str(path)) as store:
+        await begin(store)
+        await store.commit([ok("a", 1)])
+
+    step = ("CREATE TABLE notes (run_id TEXT REFERENCES runs(id), text TEXT)",)
+    monkeypatch.setattr(_sqlite, "MIGRATIONS", (*_schema.MIGRATIONS, step))
+    monkeypatch.setattr(_sqlite, "SCHEMA_VERSION", _schema.SCHEMA_VERSION + 1)
+    async with open_store(str(path)) as store:
+        assert (await store.finished_jobs("r1"))["a"].result == 1
+
+    assert _pragma(path, "user_version") == _schema.SCHEMA_VERSION + 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+
+
+async def test_sqlite_from_a_newer_asyncbatch_asks_to_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with open_store(str(path)):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version={_schema.SCHEMA_VERSION + 1}")
+
+    with pytest.raises(StoreError, match=r"newer asyncbatch.*upgrade asyncbatch"):
+        async with open_store(str(path)):
+            pass
+
+
+async def _not_ours(path: Path) -> str:
+    with pytest.raises(StoreError) as info:
+        async with open_store(str(path)):
+            pass
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+async def test_a_non_sqlite_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+
+    message = await _not_ours(path)
+    assert message.startswith(f"{path} is not an asyncbatch SQLite database: ")
+    assert path.read_text().startswith("these are my notes")  # untouched
+
+
+async def test_a_corrupt_store_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with open_store(str(path)) as store:
+        await begin(store)
+    with path.open("r+b") as f:  # garble the schema page after the file header
+        f.seek(100)
+        f.write(b"\xa5" * 3000)
+
+    assert "is not an asyncbatch SQLite database" in await _not_ours(path)
+
+
+async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (id INTEGER)")
+
+    assert "holds other data" in await _not_ours(path)
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"users"}
+
+
+async def test_a_locked_database_is_a_clear_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with open_store(f"sqlite:///{path}?busy_timeout=0.05") as store:
+        await begin(store)
+        other = sqlite3.connect(path, isolation_level=None, timeout=0.05)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+            with pytest.raises(StoreError, match="database is locked by another writer") as info:
+                await store.commit([ok("a")])
+            assert "\n" not in str(info.value)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await store.commit([ok("a")])  # the store is usable once the lock is gone
+        assert [j.key for j in await store.jobs("r1")] == ["a"]
+
+
+async def test_a_missing_directory_is_a_clear_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"cannot open SQLite store .*directory"):
+        async with open_store(str(tmp_path / "nope" / "s.db")):
+            pass
+
+
+async def test_a_cancelled_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    async with open_store(str(tmp_path / "s.db")) as store:
+        await begin(store)
+        task = asyncio.create_task(store.commit([ok(str(i)) for i in range(2000)]))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # the shielded transaction finished: all of it is there, and the next commit works
+        await store.commit([ok("last")])
+        assert len(await store.jobs("r1")) == 2001
+
+
+# =============================================================== open_store / as_store
+
+
+async def test_memory_url_opens_a_memory_store() -> None:
+    async with open_store("memory://") as store:
+        assert isinstance(store, MemoryStore)
+        assert store.url == "memory://"
+
+
+@pytest.mark.parametrize(
+    ("url", "relative"),
+    [
+        ("sqlite:///runs.db", "runs.db"),
+        ("sqlite:///sub/../runs.sqlite3", "runs.sqlite3"),
+        ("runs.db", "runs.db"),
+        ("plain-file", "plain-file"),
+    ],
+)
+async def test_sqlite_urls_and_paths_are_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, relative: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    async with open_store(url) as store:
+        assert isinstance(store, SQLiteStore)
+        await begin(store)
+    assert (tmp_path / relative).exists()
+
+
+async def test_four_slashes_is_an_absolute_path(tmp_path: Path) -> None:
+    path = tmp_path / "abs.db"
+    url = "sqlite:///" + str(path)
+    assert url.startswith("sqlite:////")
+    async with open_store(url) as store:
+        assert store.url == url
+    assert path.exists()
+
+
+async def test_open_store_can_be_awaited(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "s.db")
+    try:
+        assert isinstance(store, SQLiteStore)
+    finally:
+        await store.aclose()
+
+
+async def test_postgres_is_not_available_yet() -> None:
+    with pytest.raises(StoreError, match="PostgreSQL store is not available yet; use sqlite:///"):
+        open_store("postgresql://user@db/asyncbatch")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://db/x", "", "http://example.com/x.db", "sqlite:x.db", "sqlite://host/x.db"],
+)
+def test_unsupported_urls_are_a_one_line_config_error(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        open_store(url)
+    message = str(info.value)
+    assert "'memory://'" in message
+    assert "sqlite:///" in message
+    assert "\n" not in message
+
+
+def test_unknown_url_options_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"unknown store URL option.*'timeout'"):
+        open_store("sqlite:///x.db?timeout=3")
+    with pytest.raises(ConfigError, match="busy_timeout"):
+        open_store("sqlite:///x.db?busy_timeout=soon")
+
+
+def test_bad_durability_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="durability"):
+        open_store("memory://", durability="paranoid")  # type: ignore[arg-type]
+
+
+async def test_as_store_none_is_a_fresh_memory_store_closed_at_exit() -> None:
+    async with as_store(None) as store:
+        assert isinstance(store, MemoryStore)
+        await begin(store)
+    with pytest.raises(StoreError, match="closed"):
+        await store.list_runs()
+
+
+async def test_as_store_opens_urls_and_paths_and_closes_them(tmp_path: Path) -> None:
+    for target in (tmp_path / "a.db", f"sqlite:///{tmp_path}/b.db"):
+        async with as_store(target, durability="full") as store:
+            assert isinstance(store, SQLiteStore)
+        with pytest.raises(StoreError, match="closed"):
+            await store.list_runs()
+
+
+async def test_as_store_leaves_a_given_store_open(store: Store) -> None:
+    async with as_store(store) as same:
+        assert same is store
+    await begin(store)
+    assert [r.run_id for r in await store.list_runs()] == ["r1"]
+
+
+def test_as_store_rejects_other_values() -> None:
+    with pytest.raises(ConfigError, match="store= must be"):
+        as_store(42)  # type: ignore[arg-type]
