@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -52,12 +53,25 @@ __all__ = [
     "use_dependencies",
 ]
 
+_CLOCK_TICK = time.get_clock_info("monotonic").resolution  # what asyncio uses
+
 # Failures of these kinds say the dependency is in trouble; PERMANENT says the item is.
 _COUNTED = frozenset({ErrorKind.TRANSIENT, ErrorKind.RECOVERABLE, ErrorKind.FATAL})
 
 # Set on an exception by the innermost guard it leaves, so that outer guards
-# neither re-attribute it nor count it against their own dependency.
-_ORIGIN = "_asyncbatch_dependency"
+# neither re-attribute nor re-classify it, and count it only when they are
+# peers of that guard (the dependencies of one ``uses=``).
+_ORIGIN = "_asyncbatch_origin"
+
+
+class _Origin:
+    """Where a failure came from: the guard(s) it left first, and whether it counts."""
+
+    __slots__ = ("counts", "names")
+
+    def __init__(self, names: frozenset[str], counts: bool) -> None:
+        self.names = names
+        self.counts = counts
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -159,6 +173,7 @@ class _Dependency:
         "max_in_flight",
         "name",
         "rate",
+        "rate_cost",
         "rate_limiter",
         "rejections",
         "successes",
@@ -173,6 +188,7 @@ class _Dependency:
         self.circuit = circuit
         self.limiter = anyio.CapacityLimiter(limit) if limit is not None else None
         self.rate_limiter = aiolimiter.AsyncLimiter(rate.n, rate.per) if rate is not None else None
+        self.rate_cost = _rate_cost(rate) if rate is not None else 1.0
         self.calls = 0
         self.successes = 0
         self.failures = 0
@@ -195,6 +211,18 @@ class _Dependency:
             limit=self.limit,
             rate=self.rate,
         )
+
+
+def _rate_cost(rate: Rate) -> float:
+    """Bucket capacity one call takes: 1 token minus what the loop clock cannot resolve.
+
+    asyncio runs a timer up to one clock tick early. aiolimiter then finds a
+    float-sized shortfall, re-arms a timer for "now" and, on a virtual clock
+    (looptime) that never ticks by itself, spins forever. Charging a call
+    ``rate x tick`` less absorbs that; the rate moves by at most 0.1 %.
+    """
+    per_second = rate.n / rate.per
+    return 1.0 - min(1e-3, 1e-9 + 2 * _CLOCK_TICK * per_second)
 
 
 def _check_names(option: str, mapping: object) -> Mapping[str, Any]:
@@ -310,9 +338,11 @@ class Dependencies:
                 retry_in = circuit.retry_in()
                 if retry_in is not None:
                     raise _rejected(dep, CircuitOpen(dep.name, retry_in))
+        peers = frozenset(dep.name for dep in deps)
+        label = key[0] if key else None
         async with contextlib.AsyncExitStack() as stack:
             for dep in deps:
-                await stack.enter_async_context(_Guard(self, dep))
+                await stack.enter_async_context(_Guard(self, dep, peers, label))
             yield
 
     def _dependency(self, name: str) -> _Dependency:
@@ -337,18 +367,22 @@ class Dependencies:
 def _rejected(dep: _Dependency, exc: CircuitOpen) -> CircuitOpen:
     dep.rejections += 1
     _attribute(exc, dep.name)
+    _tag(exc, _Origin(frozenset((dep.name,)), counts=False))
     return exc
 
 
 def _attribute(exc: BaseException, name: str) -> None:
-    """Tag ``exc`` as coming from ``name`` and tell the running job (if any)."""
-    try:
-        setattr(exc, _ORIGIN, name)
-    except Exception:  # exceptions that forbid attributes: only the job context learns it
-        pass
+    """Tell the running job (if any) which dependency ``exc`` came from."""
     ctx = _current.get(None)
     if ctx is not None:
         ctx.dependency = name
+
+
+def _tag(exc: BaseException, origin: _Origin) -> None:
+    try:
+        setattr(exc, _ORIGIN, origin)
+    except Exception:  # an exception class that forbids attributes: outer guards count it too
+        pass
 
 
 # Dependencies whose guard the current task is inside: a guard of one of them
@@ -360,11 +394,19 @@ _held: ContextVar[frozenset[str]] = ContextVar("asyncbatch_guards_held", default
 class _Guard:
     """``async with`` one dependency's breaker, bulkhead and rate limit."""
 
-    __slots__ = ("_borrower", "_dep", "_deps", "_held", "_ticket")
+    __slots__ = ("_borrower", "_dep", "_deps", "_held", "_label", "_peers", "_ticket")
 
-    def __init__(self, deps: Dependencies, dep: _Dependency) -> None:
+    def __init__(
+        self,
+        deps: Dependencies,
+        dep: _Dependency,
+        peers: frozenset[str] | None = None,
+        label: str | None = None,
+    ) -> None:
         self._deps = deps
         self._dep = dep
+        self._peers = peers if peers is not None else frozenset((dep.name,))
+        self._label = label if label is not None else dep.name
         self._borrower: object | None = None
         self._ticket: tuple[int, bool] | None = None
         self._held: Token[frozenset[str]] | None = None
@@ -388,7 +430,7 @@ class _Guard:
             self._borrower = borrower
         try:
             if dep.rate_limiter is not None:
-                await dep.rate_limiter.acquire()
+                await dep.rate_limiter.acquire(dep.rate_cost)
             if circuit is not None:
                 try:
                     self._ticket = circuit.admit()
@@ -423,9 +465,14 @@ class _Guard:
                 dep.circuit.record(ticket, None, counts=False)
             return False
         counts = False
-        if isinstance(exc, Exception) and getattr(exc, _ORIGIN, None) is None:
-            _attribute(exc, dep.name)  # before classifying: rules may read job.dependency
-            counts = self._deps._counts(exc)
+        if isinstance(exc, Exception):
+            origin = getattr(exc, _ORIGIN, None)
+            if origin is None:
+                _attribute(exc, self._label)  # before classifying: rules may read it
+                counts = self._deps._counts(exc)
+                _tag(exc, _Origin(self._peers, counts))
+            elif dep.name in origin.names:
+                counts = origin.counts  # a peer in the same uses= classified it
         if counts:
             dep.failures += 1
         if ticket is not None and dep.circuit is not None:
@@ -457,6 +504,7 @@ class _Unguarded:
     ) -> bool:
         if isinstance(exc, Exception) and getattr(exc, _ORIGIN, None) is None:
             _attribute(exc, self._name)
+            _tag(exc, _Origin(frozenset((self._name,)), counts=False))
         return False
 
 
