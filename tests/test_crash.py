@@ -63,7 +63,8 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_only_the_unacknowledged(
     deadline = time.monotonic() + 30
     try:
         while len(_committed(db)) < kill_after:
-            assert proc.poll() is None, f"the run ended before the kill {note}: {proc.stderr!r}"
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before the kill {note}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
             assert time.monotonic() < deadline, f"the run made no progress {note}"
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
