@@ -42,7 +42,7 @@ from ._guard import Rate, guard
 from ._report import ErrorReport
 from ._result import AttemptRecord, BatchResult, DeadLetter, JobOutcome, JobStatus
 from ._retry import Backoff, Decision, Retry, RetryPolicy
-from ._store import Store, open_store
+from ._store import MemoryStore, SQLiteStore, Store, open_store
 
 __version__ = "0.1.0"
 
@@ -76,6 +76,7 @@ __all__ = [
     "JobOutcome",
     "JobStatus",
     "LoggingHook",
+    "MemoryStore",
     "PermanentError",
     "Rate",
     "RecoverableError",
@@ -87,6 +88,7 @@ __all__ = [
     "RunAborted",
     "RunFinished",
     "RunStarted",
+    "SQLiteStore",
     "Store",
     "StoreError",
     "TransientError",
