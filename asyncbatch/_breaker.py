@@ -321,7 +321,10 @@ class Circuit:
         if generation != self._generation:
             return
         if error is None:
-            self._cb.call(_ok)
+            cb = self._cb
+            # Closed with no failures counted: aiobreaker would change nothing. Skip it.
+            if cb.current_state is not _CLOSED or cb.fail_counter:
+                cb.call(_ok)
         elif counts:
             self._error = error
             try:

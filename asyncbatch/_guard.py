@@ -426,7 +426,10 @@ class _Guard:
             # A fresh borrower per entry: anyio ties tokens to a task otherwise, and a
             # task may guard the same dependency from two places at once.
             borrower = object()
-            await limiter.acquire_on_behalf_of(borrower)
+            try:
+                limiter.acquire_on_behalf_of_nowait(borrower)  # no loop round trip when free
+            except anyio.WouldBlock:
+                await limiter.acquire_on_behalf_of(borrower)
             self._borrower = borrower
         try:
             if dep.rate_limiter is not None:
@@ -534,6 +537,9 @@ def guard(name: str) -> contextlib.AbstractAsyncContextManager[None]:
     is not limited, but its calls still appear in the run's statistics. An
     exception leaving the block sets ``current_job().dependency`` to
     ``name`` (the innermost guard wins), so classifier rules can use it.
+    A guard of a dependency the task is already inside (the job's
+    ``uses=``, an enclosing guard, or child tasks started within one) passes
+    straight through: the outer guard holds the slot and records the call.
 
     Args:
         name: the dependency's name, as used in ``limits=``/``rates=``/``breakers=``.
