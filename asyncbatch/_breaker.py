@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import aiobreaker
 
-from ._errors import CircuitOpen, ConfigError
+from ._errors import CircuitOpen, ConfigError, qualname
 from ._events import BreakerClosed, BreakerHalfOpen, BreakerOpened, Event
 from ._retry import seconds
 
@@ -386,6 +386,4 @@ def _now() -> float:
 
 
 def _type_name(exc: BaseException) -> str:
-    from ._executor import qualname  # lazily: the executor imports this module's users
-
     return qualname(type(exc))

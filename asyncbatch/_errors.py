@@ -40,7 +40,14 @@ __all__ = [
     "StoreError",
     "TransientError",
     "UnknownRun",
+    "qualname",
 ]
+
+
+def qualname(exc_type: type[BaseException]) -> str:
+    """``module.QualName`` of an exception type (builtins without module)."""
+    mod = exc_type.__module__
+    return exc_type.__qualname__ if mod == "builtins" else f"{mod}.{exc_type.__qualname__}"
 
 
 class AsyncBatchError(Exception):

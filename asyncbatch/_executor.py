@@ -38,7 +38,7 @@ from ._checkpoint import Checkpointer
 from ._classify import ErrorKind, RejectedResult
 from ._compensate import Compensation, Done, compensate_all
 from ._context import JobContext, _current
-from ._errors import AsyncBatchError, BatchAborted, CircuitOpen, DeadlineExceeded
+from ._errors import AsyncBatchError, BatchAborted, CircuitOpen, DeadlineExceeded, qualname
 from ._events import (
     BudgetExhausted,
     Event,
@@ -64,18 +64,12 @@ from ._retry import Decision
 from ._store import FinishedJob, JobRecord, RunInfo, Store
 from .testing import testing_overrides
 
-__all__ = ["Engine", "qualname", "unwrap_group"]
+__all__ = ["Engine", "unwrap_group"]
 
 R = TypeVar("R")
 Sink = Callable[[JobOutcome[Any]], None]
 
 _KEEP = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.COMPENSATED)
-
-
-def qualname(exc_type: type[BaseException]) -> str:
-    """``module.QualName`` of an exception type (builtins without module)."""
-    mod = exc_type.__module__
-    return exc_type.__qualname__ if mod == "builtins" else f"{mod}.{exc_type.__qualname__}"
 
 
 def _json_payload(item: Any, key: str) -> tuple[Any, bool]:
@@ -717,7 +711,7 @@ class Engine(Generic[R]):
         self, entry: _Entry, kind: ErrorKind, exc: BaseException, decision: Decision | None
     ) -> float | None:
         """Seconds until the next attempt, or None when the job must not retry."""
-        if isinstance(exc, DeadlineExceeded):
+        if isinstance(exc, DeadlineExceeded | CircuitOpen):
             return None
         testing, cap = self._testing
         if decision is not None:
@@ -752,9 +746,14 @@ class Engine(Generic[R]):
         if policy == "park":
             self._park(entry, max(exc.retry_in, 0.0))
             return
+        entry.attempt += 1
         if policy == "fallback" and breaker is not None and breaker.fallback is not None:
-            entry.attempt += 1
-            result = await breaker.fallback(entry.item, exc)
+            try:
+                result = await breaker.fallback(entry.item, exc)
+            except Exception as fallback_error:
+                # A failing fallback is this attempt's failure, handled by its kind.
+                self._failed(entry, fallback_error, start)
+                return
             outcome: JobOutcome[Any] = JobOutcome(
                 key=entry.key,
                 status=JobStatus.SUCCEEDED,
@@ -767,7 +766,7 @@ class Engine(Generic[R]):
             )
             self._finish_outcome(entry, outcome, result)
             return
-        entry.attempt += 1
+        # on_open="fail": dead-letter at once, naming the dependency.
         self._failed(entry, exc, start, kind=ErrorKind.RECOVERABLE)
 
     def _finish_outcome(self, entry: _Entry, outcome: JobOutcome[Any], result: Any) -> None:
