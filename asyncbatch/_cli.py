@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -33,6 +34,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ._batch import Batch, new_run_id, redrive
 from ._classify import ErrorKind
@@ -56,6 +58,17 @@ _DLQ_STATUSES = ["dead", "redriven", "resolved", "all"]
 
 class CLIError(Exception):
     """A mistake the user can fix: printed as one ``error: ...`` line, exit 1."""
+
+    exit_code = 1
+
+
+class Interrupted(CLIError):
+    """Ctrl-C during a run: it is checkpointed and resumable."""
+
+    exit_code = 130
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"interrupted; resume with --run-id {run_id}")
 
 
 class InputError(CLIError):
@@ -132,8 +145,8 @@ class _Group(click.Group):
     ) -> Any:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
-            _fail("interrupted", 130)
+        except click.exceptions.Abort as exc:
+            _fail("interrupted" if exc.__cause__ is not None else "aborted", 130)
         except click.ClickException as exc:
             hint = ""
             if isinstance(exc, click.UsageError) and exc.ctx is not None:
@@ -145,7 +158,7 @@ class _Group(click.Group):
             message = _one_line(exc)
             if message is None:
                 raise
-            _fail(message)
+            _fail(message, getattr(exc, "exit_code", 1))
         code = rv if isinstance(rv, int) else 0
         if standalone_mode:
             sys.exit(code)
@@ -214,22 +227,26 @@ class LiveProgress:
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[stats]}"),
             console=console,
             disable=not self.enabled,
         )
-        self._task = self._progress.add_task(label, total=total, stats="")
+        self._task = self._progress.add_task(label, total=total)
+        # The counts go on a line of their own under the bar, so both fit 80 columns.
+        self._live = Live(
+            Group(self._progress, _Counts(self)), console=console, refresh_per_second=8
+        )
 
     def __enter__(self) -> LiveProgress:
-        self._progress.start()
+        if self.enabled:
+            self._live.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._refresh()
-        self._progress.stop()
+        if self.enabled:
+            self._live.stop()
 
     def wrap(self, job: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """The job, noting when each attempt runs (for the ``parked`` count)."""
@@ -267,7 +284,6 @@ class LiveProgress:
                 self.console.print(
                     f"  [{colour}]breaker {event.dependency!r} {state}[/]{escape(detail)}"
                 )
-        self._refresh()
 
     def on_outcome(self, outcome: JobOutcome[Any]) -> None:
         """Count one finished job."""
@@ -277,7 +293,6 @@ class LiveProgress:
         elif outcome.status in (JobStatus.DEAD_LETTERED, JobStatus.FAILED):
             self.dead += 1
         self._progress.advance(self._task)
-        self._refresh()
 
     @property
     def parked(self) -> int:
@@ -287,7 +302,7 @@ class LiveProgress:
     def stats(self) -> str:
         """The live counts as one line of rich markup."""
         parts = [
-            f"[green]✓ {self.done}[/]",
+            f"  [green]✓ {self.done} done[/]",
             f"[yellow]↻ {len(self._retrying)} retrying[/] ({self.parked} parked)",
             f"[red]✗ {self.dead} dead[/]",
         ]
@@ -296,9 +311,15 @@ class LiveProgress:
             parts.append(f"{escape(name)}: [{colour}]{state}[/]")
         return "  ".join(parts)
 
-    def _refresh(self) -> None:
-        if self.enabled:
-            self._progress.update(self._task, stats=self.stats())
+
+class _Counts:
+    """The live counts line, rendered afresh at every refresh of the display."""
+
+    def __init__(self, progress: LiveProgress) -> None:
+        self._progress = progress
+
+    def __rich__(self) -> Text:
+        return Text.from_markup(self._progress.stats())
 
 
 # ------------------------------------------------------------ input/output
@@ -458,6 +479,7 @@ def demo(
     """Run a batch against a real, flaky local HTTP service and show what happened."""
     from ._demo import DemoOptions, run_demo
 
+    run_id = run_id or new_run_id().replace("run-", "demo-", 1)
     options = DemoOptions(
         jobs=jobs,
         concurrency=concurrency,
@@ -468,7 +490,10 @@ def demo(
         quiet=quiet,
         otel=otel,
     )
-    code: int = run_async(run_demo(options, _console()))
+    try:
+        code: int = run_async(run_demo(options, _console()))
+    except KeyboardInterrupt:
+        raise Interrupted(redrive_run or run_id) from None
     return code
 
 
@@ -561,6 +586,8 @@ def run(
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else None
             result = run_async(go(out))
+    except KeyboardInterrupt:
+        raise Interrupted(run_id) from None
     except BatchAborted as exc:
         aborted, result = exc, exc.result
     except BaseException as exc:

@@ -147,7 +147,7 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
     """Run the demo; returns the exit status (0: dead letters are the point)."""
     if opts.redrive is not None:
         return await _redrive(opts, console)
-    run_id = opts.run_id or new_run_id().replace("run-", "demo-", 1)
+    run_id = opts.run_id or new_run_id().replace("run-", "demo-", 1)  # the CLI names it
     items = [{"id": i} for i in range(opts.jobs)]
     async with demo_service(opts.jobs, opts.seed) as service:
         say = console.print

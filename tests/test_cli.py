@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from rich.console import Console
 
-from asyncbatch._cli import cli
+import asyncbatch as ab
+from asyncbatch._cli import LiveProgress, cli
 
 JOBS = """
 import asyncbatch as ab
@@ -381,3 +388,60 @@ def test_help_of_every_command_works() -> None:
         result = invoke(*args, "--help")
         assert result.exit_code == 0, args
         assert "--db" in result.stdout or args == ["dlq"]
+
+
+def test_live_progress_counts_retrying_parked_dead_and_breaker_state() -> None:
+    console = Console(file=io.StringIO(), width=120)
+    progress = LiveProgress(console, total=3, label="x", enabled=False, events=True)
+    progress.on_event(
+        ab.RetryScheduled(
+            run_id="r", key="a", attempt=1, delay=0.1, kind="transient", error_type="E", message=""
+        )
+    )
+    progress.on_event(
+        ab.BreakerOpened(run_id="r", dependency="api", failures=5, error_type="m.Unavailable")
+    )
+    stats = progress.stats()
+    assert "1 retrying[/] (1 parked)" in stats
+    assert "api: [red]open" in stats
+    progress.on_outcome(ab.JobOutcome(key="a", status=ab.JobStatus.SUCCEEDED))
+    progress.on_outcome(ab.JobOutcome(key="b", status=ab.JobStatus.DEAD_LETTERED))
+    progress.on_event(ab.BreakerClosed(run_id="r", dependency="api"))
+    stats = progress.stats()
+    assert "✓ 1 done" in stats
+    assert "0 retrying[/] (0 parked)" in stats
+    assert "✗ 1 dead" in stats
+    assert "api: [green]closed" in stats
+    assert (progress.retries, progress.breaker_trips) == (1, 1)
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "breaker 'api' open after 5 failures (Unavailable)" in printed
+    assert "breaker 'api' closed" in printed
+
+
+SLOW_JOB = """
+import asyncio
+
+async def slow(item):
+    await asyncio.sleep(0.05)
+    return item["n"]
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_run_that_resumes(workdir: Path) -> None:
+    Path("slowjobs.py").write_text(SLOW_JOB)
+    Path("many.jsonl").write_text("".join(f'{{"n": {i}}}\n' for i in range(200)))
+    args = [sys.executable, "-m", "asyncbatch", "run", "slowjobs:slow", "--input", "many.jsonl"]
+    args += ["--concurrency", "4", "--run-id", "r1", "--db", "t.db"]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 130, out + err
+    assert err.strip() == "error: interrupted; resume with --run-id r1"
+    resumed = subprocess.run([*args, "--quiet"], capture_output=True, text=True, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    found = re.search(r"(\d+) succeeded, (\d+) skipped", resumed.stdout)
+    assert found, resumed.stdout
+    assert int(found[2]) > 0, "work done before Ctrl-C is not redone"
+    assert int(found[1]) + int(found[2]) == 200
