@@ -10,43 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import datetime
-import importlib
-import inspect
 import json
-import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 import click
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from ._batch import Batch, new_run_id, redrive
 from ._classify import ErrorKind
-from ._context import current_job
+from ._cli_input import (
+    CLIError,
+    InputError,
+    Interrupted,
+    JobInput,
+    load_job,
+    outcome_json,
+    run_async,
+    store_url,
+)
+from ._cli_live import LiveProgress, counts_line, make_console, render_report, short, when
 from ._errors import AsyncBatchError, BatchAborted
-from ._events import BreakerClosed, BreakerHalfOpen, BreakerOpened, Event, RetryScheduled
-from ._result import BatchResult, JobOutcome, JobStatus
+from ._result import BatchResult, JobStatus
 from ._store import Store, open_store
 
-__all__ = ["CLIError", "LiveProgress", "cli", "main", "render_report", "run_async", "store_url"]
-
-T = TypeVar("T")
+__all__ = ["cli", "main"]
 
 EXIT_DEAD = 3
 EXIT_ABORTED = 4
@@ -54,43 +46,6 @@ DEFAULT_DB = "./asyncbatch.db"
 
 _KINDS = [k.value for k in ErrorKind]
 _DLQ_STATUSES = ["dead", "redriven", "resolved", "all"]
-
-
-class CLIError(Exception):
-    """A mistake the user can fix: printed as one ``error: ...`` line, exit 1."""
-
-    exit_code = 1
-
-
-class Interrupted(CLIError):
-    """Ctrl-C during a run: it is checkpointed and resumable."""
-
-    exit_code = 130
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"interrupted; resume with --run-id {run_id}")
-
-
-class InputError(CLIError):
-    """A line of the input file cannot be used (malformed, or no ``--key`` field)."""
-
-
-# ----------------------------------------------------------------- plumbing
-
-
-def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on uvloop when it is installed, else on the default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
-
-def store_url(db: str) -> str:
-    """``--db`` as a store URL: URLs pass through, paths become ``sqlite:///path``."""
-    return db if "://" in db else f"sqlite:///{db}"
 
 
 def _existing(db: str) -> str:
@@ -165,255 +120,10 @@ class _Group(click.Group):
         return code
 
 
-def _console(*, stderr: bool = False) -> Console:
-    # soft_wrap: long lines (URLs, commands) stay whole when copied; tables still fit the width.
-    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Piped into a file or a CI log: 80 columns would fold every table cell.
-        console.width = 140
-    return console
-
-
-def _when(ts: float) -> str:
-    if not ts:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def render_report(console: Console, report: Any) -> None:
-    """Print an `ErrorReport` with its rich rendering."""
-    render = getattr(report, "render", None)
-    console.print(render() if callable(render) else str(report))
-
-
 def _report_from_dict(data: dict[str, Any]) -> Any:
     from ._report import ErrorReport
 
     return ErrorReport.from_dict(data)
-
-
-def _counts_line(counts: dict[str, int]) -> str:
-    order = [s.value for s in JobStatus]
-    parts = [f"{counts[s]} {s.replace('_', '-')}" for s in order if counts.get(s)]
-    return ", ".join(parts) or "no jobs"
-
-
-# ------------------------------------------------------------ live progress
-
-
-class LiveProgress:
-    """A rich progress bar with live counts, fed by outcomes and events.
-
-    Counts: ``done`` (succeeded or skipped), ``retrying`` (failed at least
-    once, not finished), ``parked`` (retrying and not running right now:
-    waiting out a backoff or an open circuit), ``dead`` (dead-lettered or
-    failed). Breaker state changes are printed as lines. The bar is off when
-    the output is not a terminal.
-    """
-
-    def __init__(
-        self, console: Console, *, total: int | None, label: str, enabled: bool, events: bool
-    ) -> None:
-        self.console = console
-        self.enabled = enabled and console.is_terminal
-        self.events = events
-        self.done = 0
-        self.dead = 0
-        self.retries = 0
-        self.breaker_trips = 0
-        self._retrying: set[str] = set()
-        self._running: set[str] = set()
-        self._breakers: dict[str, str] = {}
-        self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=30),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not self.enabled,
-        )
-        self._task = self._progress.add_task(label, total=total)
-        # The counts go on a line of their own under the bar, so both fit 80 columns.
-        self._live = Live(
-            Group(self._progress, _Counts(self)), console=console, refresh_per_second=8
-        )
-
-    def __enter__(self) -> LiveProgress:
-        if self.enabled:
-            self._live.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.enabled:
-            self._live.stop()
-
-    def wrap(self, job: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """The job, noting when each attempt runs (for the ``parked`` count)."""
-        import functools
-
-        @functools.wraps(job)
-        async def tracked(item: Any) -> Any:
-            key = current_job().key
-            self._running.add(key)
-            try:
-                return await job(item)
-            finally:
-                self._running.discard(key)
-
-        return tracked
-
-    def on_event(self, event: Event) -> None:
-        """An ``on_event`` hook."""
-        if isinstance(event, RetryScheduled):
-            self.retries += 1
-            self._retrying.add(event.key)
-        elif isinstance(event, BreakerOpened | BreakerHalfOpen | BreakerClosed):
-            state = {"BreakerOpened": "open", "BreakerHalfOpen": "half-open"}.get(
-                event.name, "closed"
-            )
-            self._breakers[event.dependency] = state
-            if isinstance(event, BreakerOpened):
-                self.breaker_trips += 1
-            if self.events:
-                colour = {"open": "red", "half-open": "yellow"}.get(state, "green")
-                detail = ""
-                if isinstance(event, BreakerOpened) and event.failures:
-                    error = (event.error_type or "error").rsplit(".", 1)[-1]
-                    detail = f" after {event.failures} failures ({error})"
-                self.console.print(
-                    f"  [{colour}]breaker {event.dependency!r} {state}[/]{escape(detail)}"
-                )
-
-    def on_outcome(self, outcome: JobOutcome[Any]) -> None:
-        """Count one finished job."""
-        self._retrying.discard(outcome.key)
-        if outcome.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.COMPENSATED):
-            self.done += 1
-        elif outcome.status in (JobStatus.DEAD_LETTERED, JobStatus.FAILED):
-            self.dead += 1
-        self._progress.advance(self._task)
-
-    @property
-    def parked(self) -> int:
-        """Jobs retrying that are not in an attempt right now."""
-        return len(self._retrying - self._running)
-
-    def stats(self) -> str:
-        """The live counts as one line of rich markup."""
-        parts = [
-            f"  [green]✓ {self.done} done[/]",
-            f"[yellow]↻ {len(self._retrying)} retrying[/] ({self.parked} parked)",
-            f"[red]✗ {self.dead} dead[/]",
-        ]
-        for name, state in sorted(self._breakers.items()):
-            colour = {"open": "red", "half-open": "yellow"}.get(state, "green")
-            parts.append(f"{escape(name)}: [{colour}]{state}[/]")
-        return "  ".join(parts)
-
-
-class _Counts:
-    """The live counts line, rendered afresh at every refresh of the display."""
-
-    def __init__(self, progress: LiveProgress) -> None:
-        self._progress = progress
-
-    def __rich__(self) -> Text:
-        return Text.from_markup(self._progress.stats())
-
-
-# ------------------------------------------------------------ input/output
-
-
-class JobInput:
-    """Items read lazily from a JSONL (or, by extension, CSV) file or stdin.
-
-    Tracks the line being read so a malformed line or a missing ``--key``
-    field is reported by file and line number.
-    """
-
-    def __init__(self, path: str, key_field: str | None) -> None:
-        self.path = path
-        self.key_field = key_field
-        self.line = 0
-        self.csv = path.lower().endswith(".csv")
-
-    def count(self) -> int | None:
-        """How many items the file holds (for the progress bar), or None for stdin."""
-        if self.path == "-":
-            return None
-        with open(self.path, "rb") as f:
-            if self.csv:
-                return max(sum(1 for _ in csv.reader(line.decode() for line in f)) - 1, 0)
-            return sum(1 for line in f if line.strip())
-
-    def __iter__(self) -> Iterator[Any]:
-        with contextlib.ExitStack() as stack:
-            if self.path == "-":
-                f = sys.stdin
-            else:
-                f = stack.enter_context(open(self.path, encoding="utf-8", newline=""))
-            if self.csv:
-                reader = csv.DictReader(f)
-                for row in reader:
-                    self.line = reader.line_num
-                    yield row
-                return
-            for self.line, text in enumerate(f, 1):
-                text = text.rstrip("\r\n")
-                if not text.strip():
-                    continue
-                try:
-                    yield json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise InputError(
-                        f"{self.path}:{self.line}: malformed JSON ({exc.msg} at column {exc.colno})"
-                    ) from None
-
-    def key(self, item: Any) -> str:
-        """The job key: the ``--key`` field of the item."""
-        field = self.key_field
-        if not isinstance(item, dict) or field not in item:
-            what = "is not an object" if not isinstance(item, dict) else f"has no field {field!r}"
-            raise InputError(f"{self.path}:{self.line}: the item {what} (--key {field})")
-        return str(item[field])
-
-
-def load_job(spec: str) -> Callable[[Any], Any]:
-    """Import ``MODULE:FUNC`` (the current directory first on ``sys.path``)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CLIError(f"expected the job as MODULE:FUNC (e.g. jobs:fetch), got {spec!r}")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise CLIError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise CLIError(f"{spec} is not callable (it is {type(obj).__name__})")
-    call = getattr(obj, "__call__", None)  # noqa: B004 - an async __call__ counts too
-    if not (inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(call)):
-        raise CLIError(f"{spec} must be an async def job(item) -> result")
-    return obj  # type: ignore[no-any-return]
-
-
-def _outcome_json(outcome: JobOutcome[Any]) -> str:
-    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
-    record = {
-        "key": outcome.key,
-        "status": outcome.status.value,
-        "result": outcome.result,
-        "error": error,
-        "attempts": outcome.attempts,
-    }
-    return json.dumps(record, default=repr)
 
 
 # ----------------------------------------------------------------- commands
@@ -491,7 +201,7 @@ def demo(
         otel=otel,
     )
     try:
-        code: int = run_async(run_demo(options, _console()))
+        code: int = run_async(run_demo(options, make_console()))
     except KeyboardInterrupt:
         raise Interrupted(redrive_run or run_id) from None
     return code
@@ -554,7 +264,7 @@ def run(
     job = load_job(job_spec)
     source = JobInput(input_path, key_field)
     run_id = run_id or new_run_id()
-    console = _console()
+    console = make_console()
     quiet = quiet or as_json
     progress = LiveProgress(
         console, total=source.count(), label=job_spec, enabled=not quiet, events=not quiet
@@ -577,7 +287,7 @@ def run(
                     progress.on_outcome(outcome)
                     if out is not None:
                         # Small buffered writes to a local file: not worth a thread.
-                        out.write(_outcome_json(outcome) + "\n")
+                        out.write(outcome_json(outcome) + "\n")
         assert outcomes.result is not None
         return outcomes.result
 
@@ -644,10 +354,10 @@ def _summarise(
     verb = "aborted" if aborted is not None else "finished"
     line = (
         f"run [bold]{escape(result.run_id)}[/] {verb} in {result.duration:.1f} s: "
-        f"{_counts_line(counts)}"
+        f"{counts_line(counts)}"
     )
     if overall is not None:
-        line += f" (the whole run: {_counts_line(overall)})"
+        line += f" (the whole run: {counts_line(overall)})"
     console.print(line)
     if aborted is not None:
         console.print(f"[red]aborted:[/] {escape(str(aborted.cause))}")
@@ -678,7 +388,7 @@ def runs(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_run_dict(r) for r in found], indent=2, default=repr))
         return
-    console = _console()
+    console = make_console()
     if not found:
         console.print(f"no runs in {escape(db)}")
         return
@@ -698,8 +408,8 @@ def runs(db: str, as_json: bool) -> None:
             escape(r.run_id),
             f"[{colour}]{r.status}[/]" if colour else r.status,
             escape(r.job or "-"),
-            _when(r.created_at),
-            _when(r.updated_at),
+            when(r.created_at),
+            when(r.updated_at),
             str(ok),
             str(dead),
             str(other),
@@ -735,10 +445,10 @@ def report(run_id: str, db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({**_run_dict(info), "report": info.report}, indent=2, default=repr))
         return
-    console = _console()
+    console = make_console()
     console.print(
         f"run [bold]{escape(info.run_id)}[/] ({info.status}, job {escape(info.job or '-')}): "
-        f"{_counts_line(info.counts)}"
+        f"{counts_line(info.counts)}"
     )
     if info.report:
         render_report(console, _report_from_dict(info.report))
@@ -807,7 +517,7 @@ def dlq_list(
         for e in entries:
             click.echo(json.dumps(e.to_dict(), default=repr))
         return
-    console = _console()
+    console = make_console()
     if not entries:
         console.print("no dead letters match")
         return
@@ -848,14 +558,9 @@ def dlq_list(
             justify="right" if name in ("id", "attempts", "redrives") else "left",
         )
     for row in rows:
-        row[m] = _short(row[m], widths[m])
+        row[m] = short(row[m], widths[m])
         table.add_row(*map(escape, row))
     console.print(table)
-
-
-def _short(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 @dlq.command("show")
@@ -877,24 +582,24 @@ def dlq_show(entry_id: int, db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(e.to_dict(), indent=2, default=repr))
         return
-    console = _console()
+    console = make_console()
     console.print(f"[bold]dead letter {e.id}[/]  run {escape(e.run_id)}  key {escape(e.key)}")
     console.print(f"status {e.status}, redriven {e.redrive_count}x, kind {e.kind.value}")
     console.print(f"error  {escape(e.error_type)}: {escape(e.message)}")
     payload = json.dumps(e.payload, default=repr)
     note = " (repr only: cannot be redriven)" if e.payload_is_repr else ""
-    console.print(f"payload {escape(_short(payload, 500))}{note}")
+    console.print(f"payload {escape(short(payload, 500))}{note}")
     table = Table(title="attempts")
     for name in ("#", "started", "took", "kind", "error", "message"):
         table.add_column(name, overflow="fold", no_wrap=name != "message")
     for a in e.attempts:
         table.add_row(
             str(a.number),
-            _when(a.started_at),
+            when(a.started_at),
             f"{a.duration * 1000:.1f} ms",
             a.kind.value,
             escape(a.error_type.rsplit(".", 1)[-1]),
-            escape(_short(a.message, 80)),
+            escape(short(a.message, 80)),
         )
     console.print(table)
     if e.traceback:

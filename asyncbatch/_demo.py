@@ -24,7 +24,8 @@ from rich.markup import escape
 from ._batch import Batch, new_run_id, redrive
 from ._breaker import Breaker
 from ._classify import ErrorKind
-from ._cli import LiveProgress, render_report, store_url
+from ._cli_input import store_url
+from ._cli_live import LiveProgress, render_report
 from ._demo_server import FlakyService, get_json
 from ._events import Event, RunStarted
 from ._guard import Rate

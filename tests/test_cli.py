@@ -19,7 +19,8 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 import asyncbatch as ab
-from asyncbatch._cli import LiveProgress, cli
+from asyncbatch._cli import cli
+from asyncbatch._cli_live import LiveProgress
 
 JOBS = """
 import asyncbatch as ab

@@ -1,0 +1,154 @@
+"""The CLI's inputs: job references, item files, store paths; and its user errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import importlib
+import inspect
+import json
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._result import JobOutcome
+
+__all__ = [
+    "CLIError",
+    "InputError",
+    "Interrupted",
+    "JobInput",
+    "load_job",
+    "outcome_json",
+    "run_async",
+    "store_url",
+]
+
+T = TypeVar("T")
+
+
+class CLIError(Exception):
+    """A mistake the user can fix: printed as one ``error: ...`` line, exit 1."""
+
+    exit_code = 1
+
+
+class Interrupted(CLIError):
+    """Ctrl-C during a run: it is checkpointed and resumable."""
+
+    exit_code = 130
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"interrupted; resume with --run-id {run_id}")
+
+
+class InputError(CLIError):
+    """A line of the input file cannot be used (malformed, or no ``--key`` field)."""
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def store_url(db: str) -> str:
+    """``--db`` as a store URL: URLs pass through, paths become ``sqlite:///path``."""
+    return db if "://" in db else f"sqlite:///{db}"
+
+
+class JobInput:
+    """Items read lazily from a JSONL (or, by extension, CSV) file or stdin.
+
+    Tracks the line being read so a malformed line or a missing ``--key``
+    field is reported by file and line number.
+    """
+
+    def __init__(self, path: str, key_field: str | None) -> None:
+        self.path = path
+        self.key_field = key_field
+        self.line = 0
+        self.csv = path.lower().endswith(".csv")
+
+    def count(self) -> int | None:
+        """How many items the file holds (for the progress bar), or None for stdin."""
+        if self.path == "-":
+            return None
+        with open(self.path, "rb") as f:
+            if self.csv:
+                return max(sum(1 for _ in csv.reader(line.decode() for line in f)) - 1, 0)
+            return sum(1 for line in f if line.strip())
+
+    def __iter__(self) -> Iterator[Any]:
+        with contextlib.ExitStack() as stack:
+            if self.path == "-":
+                f = sys.stdin
+            else:
+                f = stack.enter_context(open(self.path, encoding="utf-8", newline=""))
+            if self.csv:
+                reader = csv.DictReader(f)
+                for row in reader:
+                    self.line = reader.line_num
+                    yield row
+                return
+            for self.line, text in enumerate(f, 1):
+                text = text.rstrip("\r\n")
+                if not text.strip():
+                    continue
+                try:
+                    yield json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise InputError(
+                        f"{self.path}:{self.line}: malformed JSON ({exc.msg} at column {exc.colno})"
+                    ) from None
+
+    def key(self, item: Any) -> str:
+        """The job key: the ``--key`` field of the item."""
+        field = self.key_field
+        if not isinstance(item, dict) or field not in item:
+            what = "is not an object" if not isinstance(item, dict) else f"has no field {field!r}"
+            raise InputError(f"{self.path}:{self.line}: the item {what} (--key {field})")
+        return str(item[field])
+
+
+def load_job(spec: str) -> Callable[[Any], Any]:
+    """Import ``MODULE:FUNC`` (the current directory first on ``sys.path``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"expected the job as MODULE:FUNC (e.g. jobs:fetch), got {spec!r}")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise CLIError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise CLIError(f"{spec} is not callable (it is {type(obj).__name__})")
+    call = getattr(obj, "__call__", None)  # noqa: B004 - an async __call__ counts too
+    if not (inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(call)):
+        raise CLIError(f"{spec} must be an async def job(item) -> result")
+    return obj  # type: ignore[no-any-return]
+
+
+def outcome_json(outcome: JobOutcome[Any]) -> str:
+    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+    record = {
+        "key": outcome.key,
+        "status": outcome.status.value,
+        "result": outcome.result,
+        "error": error,
+        "attempts": outcome.attempts,
+    }
+    return json.dumps(record, default=repr)
