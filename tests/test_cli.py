@@ -293,6 +293,12 @@ def test_missing_database_is_one_line_and_not_created(workdir: Path, args: list[
     assert not Path("missing.db").exists()
 
 
+def test_redrive_of_an_unknown_run_is_one_line(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    result = invoke("dlq", "redrive", f"{jobs}:fixed", "--run-id", "nope", "--db", "t.db")
+    assert "no run 'nope'" in assert_one_error_line(result)
+
+
 def test_unknown_dlq_entry_is_one_line(jobs: str) -> None:
     run_square(jobs, "--run-id", "r1")
     assert "no dead letter with id 999" in assert_one_error_line(
