@@ -128,18 +128,15 @@ def _otel(kind: str) -> Iterator[dict[str, Any]]:
         meter_provider.shutdown()
 
 
-def _batch_options(
-    opts: DemoOptions, progress: LiveProgress, otel: dict[str, Any]
-) -> dict[str, Any]:
+def _batch_options(opts: DemoOptions, otel: dict[str, Any]) -> dict[str, Any]:
+    """How the demo's batch protects the service and itself (run and redrive alike)."""
     return {
         "concurrency": opts.concurrency,
-        "store": store_url(opts.db),
         "timeout": 2.0,
         "rates": {"api": RATE},
         "breakers": {"api": Breaker(fail_max=5, reset_timeout=1.0)},
         "uses": ["api"],
         "retry": RetryPolicy(seed=opts.seed),
-        "on_event": progress.on_event,
         **otel,
     }
 
@@ -167,11 +164,9 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             f"  the batch: rate limit {RATE.n:g}/s, breaker 'api' (opens after 5 failures, "
             f"probes after 1 s), retries by kind, checkpoints in {escape(opts.db)}"
         )
-        resumed: list[bool] = []
 
         def note(event: Event) -> None:
             if isinstance(event, RunStarted) and event.resumed:
-                resumed.append(True)
                 say("  [yellow]resuming:[/] jobs finished in the earlier run are skipped")
 
         progress = LiveProgress(
@@ -182,10 +177,13 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             events=not opts.quiet,
         )
         with _otel(opts.otel) as otel:
-            options = _batch_options(opts, progress, otel)
-            options["on_event"] = [note, progress.on_event]
             batch: Batch[dict[str, Any], Any] = Batch(
-                progress.wrap(DemoJob(service.url)), key=_key, run_id=run_id, **options
+                progress.wrap(DemoJob(service.url)),
+                key=_key,
+                run_id=run_id,
+                store=store_url(opts.db),
+                on_event=[note, progress.on_event],
+                **_batch_options(opts, otel),
             )
             with progress:
                 async with batch.stream(items) as outcomes:
@@ -259,9 +257,10 @@ async def _redrive(opts: DemoOptions, console: Console) -> int:
             started = time.perf_counter()
             result = await redrive(
                 DemoJob(service.url),
-                run_id=run_id,
-                **{k: v for k, v in _batch_options(opts, progress, otel).items() if k != "store"},
                 store=store_url(opts.db),
+                run_id=run_id,
+                on_event=progress.on_event,
+                **_batch_options(opts, otel),
             )
     counts = result.counts
     console.print(
