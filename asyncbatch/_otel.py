@@ -1,13 +1,457 @@
-"""PLACEHOLDER — being replaced by the OpenTelemetry helper. Interface only."""
+"""OpenTelemetry spans and metrics for a run.
+
+One `Instrumentation` per run, made by `Instrumentation.create`, which returns
+None when nothing would be recorded (no SDK configured and no provider passed):
+the executor then skips every call here, so an uninstrumented app pays nothing.
+When only tracing or only metrics is configured, only that half does work.
+
+Spans: ``asyncbatch.run`` around the run (a child of the caller's current
+span) and ``asyncbatch.attempt`` around every attempt, a child of the run span
+and current while the job runs, so spans the job makes nest under it.
+Success leaves the status UNSET, as the OpenTelemetry spec asks of
+instrumentation libraries; a failure sets ERROR with the error kind, type and
+an exception event.
+
+Metrics (no run id attribute: one series per run would grow without bound in
+a long-lived app):
+
+=================================  ===============  ==========================================
+instrument                         kind, unit       attributes
+=================================  ===============  ==========================================
+``asyncbatch.jobs``                counter, {job}   ``asyncbatch.job.status``
+``asyncbatch.attempts``            counter          ``asyncbatch.attempt.outcome``,
+                                   {attempt}        ``asyncbatch.error.kind`` (failures)
+``asyncbatch.attempt.duration``    histogram, s     as ``asyncbatch.attempts``
+``asyncbatch.dlq.entries``         counter, {entry} ``asyncbatch.error.kind``
+``asyncbatch.breaker.state_changes`` counter        ``asyncbatch.dependency``,
+                                   {change}         ``asyncbatch.breaker.state``
+``asyncbatch.jobs.in_flight``      up-down, {job}   (none)
+=================================  ===============  ==========================================
+
+Attempt outcomes: ``success``, ``failure``, ``rejected`` (a circuit breaker
+refused the call) and ``cancelled`` (the attempt was interrupted, e.g. by an
+abort).
+
+The OpenTelemetry API is imported on first use, not with asyncbatch: a run
+with no provider in a process that never imported OpenTelemetry cannot have an
+SDK configured, so it costs neither the import nor a lookup.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Instrumentation"]
+from ._classify import ErrorKind
+from ._errors import qualname
+from ._events import (
+    BreakerClosed,
+    BreakerHalfOpen,
+    BreakerOpened,
+    BudgetExhausted,
+    Event,
+    JobDeadLettered,
+    RunAborted,
+)
+from ._result import JobStatus
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider, UpDownCounter
+    from opentelemetry.trace import Span, Tracer, TracerProvider
+
+__all__ = ["AttemptScope", "Instrumentation"]
+
+SCOPE = "asyncbatch"
+RUN_SPAN = "asyncbatch.run"
+ATTEMPT_SPAN = "asyncbatch.attempt"
+
+RUN_ID = "asyncbatch.run.id"
+JOB_KEY = "asyncbatch.job.key"
+JOB_STATUS = "asyncbatch.job.status"
+ATTEMPT_NUMBER = "asyncbatch.attempt.number"
+ATTEMPT_OUTCOME = "asyncbatch.attempt.outcome"
+ERROR_KIND = "asyncbatch.error.kind"
+ERROR_TYPE = "error.type"
+RETRY_DELAY = "asyncbatch.retry.delay"
+DEPENDENCY = "asyncbatch.dependency"
+BREAKER_STATE = "asyncbatch.breaker.state"
+
+SUCCESS, FAILURE, REJECTED, CANCELLED = "success", "failure", "rejected", "cancelled"
+
+# Seconds, from 5 ms to a minute: the semantic conventions' boundaries for
+# durations in seconds, stretched for slow jobs (the SDK default assumes ms).
+DURATION_BUCKETS = (
+    *(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75),
+    *(1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0),
+)
+
+# Attribute sets are built once: the SDK takes any mapping, and sharing them
+# keeps the per-attempt path free of allocations.
+_OUTCOME: dict[str, Mapping[str, str]] = {
+    o: {ATTEMPT_OUTCOME: o} for o in (SUCCESS, FAILURE, REJECTED, CANCELLED)
+}
+_FAILED: dict[ErrorKind, Mapping[str, str]] = {
+    k: {ATTEMPT_OUTCOME: FAILURE, ERROR_KIND: k.value} for k in ErrorKind
+}
+_STATUS: dict[JobStatus, Mapping[str, str]] = {s: {JOB_STATUS: s.value} for s in JobStatus}
+_BREAKER_STATE: dict[type[Event], str] = {
+    BreakerOpened: "open",
+    BreakerHalfOpen: "half_open",
+    BreakerClosed: "closed",
+}
 
 
 class Instrumentation:
+    """Spans and metrics of one run. Every method is cheap; none raises."""
+
+    __slots__ = (
+        "_attempts",
+        "_breaker_changes",
+        "_dlq",
+        "_duration",
+        "_in_flight",
+        "_jobs",
+        "_run_ctx",
+        "_run_span",
+        "_tracer",
+        "metered",
+        "run_id",
+    )
+
+    def __init__(self, run_id: str, tracer: Tracer | None, meter: Meter | None) -> None:
+        self.run_id = run_id
+        self._tracer = tracer
+        self._run_ctx: Context | None = None
+        self._run_span: Span | None = None
+        self.metered = meter is not None
+        if meter is None:
+            return
+        self._jobs: Counter = meter.create_counter(
+            "asyncbatch.jobs", unit="{job}", description="Jobs finished, by final status."
+        )
+        self._attempts: Counter = meter.create_counter(
+            "asyncbatch.attempts",
+            unit="{attempt}",
+            description="Attempts made, by outcome and, for failures, error kind.",
+        )
+        self._duration: Histogram = meter.create_histogram(
+            "asyncbatch.attempt.duration",
+            unit="s",
+            description="Duration of an attempt, by outcome.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._dlq: Counter = meter.create_counter(
+            "asyncbatch.dlq.entries",
+            unit="{entry}",
+            description="Jobs dead-lettered, by error kind.",
+        )
+        self._breaker_changes: Counter = meter.create_counter(
+            "asyncbatch.breaker.state_changes",
+            unit="{change}",
+            description="Circuit breaker state changes, by dependency and new state.",
+        )
+        self._in_flight: UpDownCounter = meter.create_up_down_counter(
+            "asyncbatch.jobs.in_flight",
+            unit="{job}",
+            description="Attempts running now.",
+        )
+
     @staticmethod
-    def create(tracer_provider: Any, meter_provider: Any, run_id: str) -> Instrumentation | None:
+    def create(
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        run_id: str,
+    ) -> Instrumentation | None:
+        """Instrumentation for a run, or None when nothing would be recorded.
+
+        Args:
+            tracer_provider: where spans go; None means the global provider.
+            meter_provider: where metrics go; None means the global provider.
+            run_id: the run's id, an attribute of every span.
+
+        Returns:
+            None when neither provider records anything (both None and no SDK
+            configured globally, or explicit no-op providers).
+        """
+        if tracer_provider is None and meter_provider is None and not _otel_in_use():
+            return None
+        tracer = _tracer(tracer_provider)
+        meter = _meter(meter_provider)
+        if tracer is None and meter is None:
+            return None
+        return Instrumentation(run_id, tracer, meter)
+
+    @property
+    def traced(self) -> bool:
+        """Whether spans are recorded."""
+        return self._tracer is not None
+
+    # ------------------------------------------------------------ spans
+
+    @contextmanager
+    def run_span(self, attrs: Mapping[str, Any]) -> Iterator[None]:
+        """Span ``asyncbatch.run``, current inside; attempts become its children.
+
+        Args:
+            attrs: attributes beside ``asyncbatch.run.id`` (e.g. concurrency).
+        """
+        tracer = self._tracer
+        if tracer is None:
+            yield
+            return
+        from opentelemetry import context, trace
+
+        span = tracer.start_span(RUN_SPAN, attributes={RUN_ID: self.run_id, **attrs})
+        ctx = trace.set_span_in_context(span)
+        self._run_span, self._run_ctx = span, ctx
+        token = context.attach(ctx)
+        try:
+            yield
+        except Exception as exc:
+            span.record_exception(exc, escaped=True)
+            _set_error(span, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            context.detach(token)
+            span.end()
+
+    def attempt(self, key: str, attempt: int) -> AttemptScope:
+        """Span ``asyncbatch.attempt`` (current while the job runs) and attempt metrics.
+
+        Args:
+            key: the job's key.
+            attempt: the attempt number, 1-based.
+
+        Returns:
+            A context manager yielding the `AttemptScope` to report failures on.
+        """
+        return AttemptScope(self, key, attempt)
+
+    # ------------------------------------------------------------ metrics
+
+    def job_finished(self, status: JobStatus) -> None:
+        """Count a job that reached its final status."""
+        if self.metered:
+            self._jobs.add(1, _STATUS[status])
+
+    def in_flight(self, delta: int) -> None:
+        """An attempt started (+1) or ended (-1)."""
+        if self.metered:
+            self._in_flight.add(delta)
+
+    def on_event(self, event: Event) -> None:
+        """Count DLQ entries and breaker changes; note run-level events on the run span."""
+        if isinstance(event, JobDeadLettered):
+            if self.metered:
+                self._dlq.add(1, {ERROR_KIND: event.kind})
+            return
+        span = self._run_span
+        if isinstance(event, BreakerOpened | BreakerHalfOpen | BreakerClosed):
+            attrs = {DEPENDENCY: event.dependency, BREAKER_STATE: _BREAKER_STATE[type(event)]}
+            if self.metered:
+                self._breaker_changes.add(1, attrs)
+            if span is not None and span.is_recording():
+                span.add_event("asyncbatch.breaker_state_change", attrs)
+        elif span is not None and span.is_recording():
+            if isinstance(event, RunAborted):
+                span.add_event(
+                    "asyncbatch.run_aborted",
+                    {ERROR_TYPE: event.error_type, "message": event.message},
+                )
+                span.set_attribute(ERROR_TYPE, event.error_type)
+                _set_error(span, f"aborted: {event.error_type}: {event.message}")
+            elif isinstance(event, BudgetExhausted):
+                span.add_event(
+                    "asyncbatch.budget_exhausted",
+                    {"asyncbatch.budget.action": event.action, "message": event.reason},
+                )
+
+
+class AttemptScope:
+    """One attempt's span and measurements; report how it went with `failed`/`rejected`.
+
+    Used as a context manager (``with inst.attempt(key, n) as scope:``). On
+    exit the span ends and the attempt is counted and timed, with outcome
+    ``success`` unless `failed` or `rejected` was called, or ``cancelled``
+    when a cancellation (any non-`Exception`) escapes.
+    """
+
+    __slots__ = ("_inst", "_key", "_number", "_outcome", "_span", "_start", "_token")
+
+    def __init__(self, inst: Instrumentation, key: str, number: int) -> None:
+        self._inst = inst
+        self._key = key
+        self._number = number
+        self._outcome: Mapping[str, str] = _OUTCOME[SUCCESS]
+        self._span: Span | None = None
+        self._token: object = None
+        self._start = 0.0
+
+    def __enter__(self) -> AttemptScope:
+        inst = self._inst
+        tracer = inst._tracer
+        if tracer is not None:
+            span = tracer.start_span(
+                ATTEMPT_SPAN,
+                inst._run_ctx,
+                attributes={
+                    RUN_ID: inst.run_id,
+                    JOB_KEY: self._key,
+                    ATTEMPT_NUMBER: self._number,
+                },
+            )
+            self._span = span
+            self._token = _attach(_set_span_in_context(span, inst._run_ctx))
+        if inst.metered:
+            self._start = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and self._outcome is _OUTCOME[SUCCESS]:
+            self._escaped(exc)
+        span = self._span
+        if span is not None:
+            _detach(self._token)
+            span.end()
+        inst = self._inst
+        if inst.metered:
+            attrs = self._outcome
+            inst._duration.record(time.perf_counter() - self._start, attrs)
+            inst._attempts.add(1, attrs)
+
+    def failed(self, kind: ErrorKind, exc: BaseException, *, retry_in: float | None) -> None:
+        """The attempt failed with ``exc``, classified ``kind``.
+
+        Args:
+            kind: how the failure was classified.
+            exc: the error (recorded as the span's exception event).
+            retry_in: seconds until the retry, or None when there is none.
+        """
+        self._outcome = _FAILED[kind]
+        span = self._span
+        if span is None:
+            return
+        error_type = qualname(type(exc))
+        span.set_attributes(
+            {ATTEMPT_OUTCOME: FAILURE, ERROR_KIND: kind.value, ERROR_TYPE: error_type}
+        )
+        span.record_exception(exc)
+        _set_error(span, f"{error_type}: {exc}")
+        if retry_in is not None:
+            span.set_attribute(RETRY_DELAY, retry_in)
+            span.add_event("asyncbatch.retry_scheduled", {RETRY_DELAY: retry_in})
+
+    def rejected(self, dependency: str) -> None:
+        """A circuit breaker refused the call: the job never ran in this attempt.
+
+        Args:
+            dependency: the dependency whose circuit is open.
+        """
+        self._outcome = _OUTCOME[REJECTED]
+        span = self._span
+        if span is None:
+            return
+        span.set_attributes({ATTEMPT_OUTCOME: REJECTED, DEPENDENCY: dependency})
+        span.add_event("asyncbatch.circuit_open", {DEPENDENCY: dependency})
+
+    def _escaped(self, exc: BaseException) -> None:
+        span = self._span
+        if not isinstance(exc, Exception):
+            # Cancellation is not an error of the job: say so, leave the status.
+            self._outcome = _OUTCOME[CANCELLED]
+            if span is not None:
+                span.set_attribute(ATTEMPT_OUTCOME, CANCELLED)
+            return
+        self._outcome = _OUTCOME[FAILURE]
+        if span is not None:
+            error_type = qualname(type(exc))
+            span.set_attributes({ATTEMPT_OUTCOME: FAILURE, ERROR_TYPE: error_type})
+            span.record_exception(exc, escaped=True)
+            _set_error(span, f"{error_type}: {exc}")
+
+
+# ------------------------------------------------------------ the API, lazily
+
+_attach: Any = None
+_detach: Any = None
+_set_span_in_context: Any = None
+
+
+def _load_api() -> None:
+    """Bind the context functions the hot path calls (once per process)."""
+    global _attach, _detach, _set_span_in_context
+    from opentelemetry import context, trace
+
+    _attach, _detach = context.attach, context.detach
+    _set_span_in_context = trace.set_span_in_context
+
+
+def _set_error(span: Span, description: str) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_status(Status(StatusCode.ERROR, description))
+
+
+def _otel_in_use() -> bool:
+    """Whether a global provider may be configured at all.
+
+    Setting one means importing the API, and the environment variables name
+    providers the API loads on first lookup: with neither, there is none.
+    """
+    return (
+        "opentelemetry.trace" in sys.modules
+        or "opentelemetry.metrics" in sys.modules
+        or "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+        or "OTEL_PYTHON_METER_PROVIDER" in os.environ
+    )
+
+
+def _tracer(provider: TracerProvider | None) -> Tracer | None:
+    """A recording tracer from ``provider`` (or the global one), else None."""
+    from opentelemetry import trace
+
+    if provider is None or isinstance(provider, trace.ProxyTracerProvider):
+        # An old reference to the proxy: what it forwards to now is what counts.
+        provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
+    from . import __version__
+
+    tracer = provider.get_tracer(SCOPE, __version__)
+    if isinstance(tracer, trace.NoOpTracer | trace.ProxyTracer):
+        return None  # e.g. an SDK provider disabled by OTEL_SDK_DISABLED
+    if _attach is None:
+        _load_api()
+    return tracer
+
+
+def _meter(provider: MeterProvider | None) -> Meter | None:
+    """A recording meter from ``provider`` (or the global one), else None."""
+    from opentelemetry import metrics
+
+    if provider is None or _is_proxy(provider):
+        provider = metrics.get_meter_provider()
+    if _is_proxy(provider) or isinstance(provider, metrics.NoOpMeterProvider):
+        return None
+    from . import __version__
+
+    meter = provider.get_meter(SCOPE, __version__)
+    if isinstance(meter, metrics.NoOpMeter):
+        return None  # e.g. an SDK provider disabled by OTEL_SDK_DISABLED
+    return meter
+
+
+def _is_proxy(provider: object) -> bool:
+    # The API's placeholder until a global is set; its class is private, so by name.
+    return type(provider).__name__ == "_ProxyMeterProvider"
