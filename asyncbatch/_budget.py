@@ -78,7 +78,7 @@ class ErrorBudget:
     max_failure_rate: float | None = None
     max_failures: int | None = None
     min_jobs: int = 100
-    per_kind: Mapping[ErrorKind, float] | None = None
+    per_kind: Mapping[ErrorKind, float] | Mapping[str, float] | None = None
     max_retry_ratio: float | None = None
     action: BudgetAction = "abort"
 
@@ -135,7 +135,7 @@ class ErrorBudget:
             "min_jobs": self.min_jobs,
             "per_kind": None
             if self.per_kind is None
-            else {k.value: v for k, v in self.per_kind.items()},
+            else {ErrorKind(k).value: v for k, v in self.per_kind.items()},
             "max_retry_ratio": self.max_retry_ratio,
         }
 
@@ -242,6 +242,7 @@ class BudgetTracker:
     __slots__ = (
         "_exhausted",
         "_judge_at",
+        "_per_kind",
         "attempts",
         "budget",
         "by_kind",
@@ -262,6 +263,7 @@ class BudgetTracker:
         self._exhausted = False
         # Rates are judged from this many finished jobs on (never on zero jobs).
         self._judge_at = max(budget.min_jobs, 1)
+        self._per_kind = tuple((ErrorKind(k), v) for k, v in (budget.per_kind or {}).items())
 
     @property
     def exhausted(self) -> bool:
@@ -312,11 +314,10 @@ class BudgetTracker:
             return None
         if b.max_failure_rate is not None and failures / jobs > b.max_failure_rate:
             return self._exceeded("max_failure_rate", b.max_failure_rate, failures / jobs)
-        if b.per_kind is not None:
-            for kind, limit in b.per_kind.items():
-                rate = self.by_kind[kind] / jobs
-                if rate > limit:
-                    return self._exceeded("per_kind", limit, rate, kind)
+        for kind, limit in self._per_kind:
+            rate = self.by_kind[kind] / jobs
+            if rate > limit:
+                return self._exceeded("per_kind", limit, rate, kind)
         ratio = b.max_retry_ratio
         if ratio is not None and self.retries / jobs > ratio:
             return self._exceeded("max_retry_ratio", ratio, self.retries / jobs)
