@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ._context import current_job
 from ._events import BreakerClosed, BreakerHalfOpen, BreakerOpened, Event, RetryScheduled
+from ._report import ErrorReport
 from ._result import JobOutcome, JobStatus
 
 __all__ = ["LiveProgress", "counts_line", "make_console", "render_report", "short", "when"]
@@ -45,10 +46,9 @@ def when(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def render_report(console: Console, report: Any) -> None:
+def render_report(console: Console, report: ErrorReport) -> None:
     """Print an `ErrorReport` with its rich rendering."""
-    render = getattr(report, "render", None)
-    console.print(render() if callable(render) else str(report))
+    console.print(report.render())
 
 
 def counts_line(counts: dict[str, int]) -> str:

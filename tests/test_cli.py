@@ -188,6 +188,7 @@ def test_report_shows_the_stored_report(jobs: str) -> None:
     text = invoke("report", "r1", "--db", "t.db")
     assert text.exit_code == 0, text.output
     assert "r1" in text.stdout
+    assert "Error report" in text.stdout
     assert "PermanentError" in text.stdout
     doc = json.loads(invoke("report", "r1", "--db", "t.db", "--json").stdout)
     assert doc["run_id"] == "r1"

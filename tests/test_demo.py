@@ -108,6 +108,7 @@ def test_demo_runs_end_to_end_and_its_dead_letters_can_be_redriven(tmp_path: Pat
     assert f"{dead} dead-lettered" in out
     run_id = re.search(r"asyncbatch report (\S+) --db", out)
     assert run_id, out
+    assert "Error report" in out
     assert "ClientError" in out, "the report names the failures"
 
     listed = _asyncbatch("dlq", "list", "--json", "--db", db, cwd=tmp_path)
@@ -117,3 +118,19 @@ def test_demo_runs_end_to_end_and_its_dead_letters_can_be_redriven(tmp_path: Pat
     redriven = _asyncbatch("demo", "--redrive", run_id[1], "--db", db, cwd=tmp_path)
     assert redriven.returncode == 0, redriven.stderr
     assert f"{dead} resolved, 0 dead again" in redriven.stdout
+
+
+@pytest.mark.slow
+def test_demo_exports_spans_and_metrics_to_stderr_with_otel_console(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from asyncbatch._cli import cli
+
+    args = ["demo", "--jobs", "10", "--quiet", "--otel", "console", "--db", str(tmp_path / "o.db")]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Error report" in result.stdout
+    assert '"name": "asyncbatch.run"' in result.stderr
+    assert '"name": "asyncbatch.attempt"' in result.stderr
+    assert '"name": "asyncbatch.attempts"' in result.stderr, "metrics are flushed at the end"
+    assert "breaker 'api' open" not in result.stdout, "--quiet prints no live event lines"
