@@ -71,4 +71,5 @@ def test_alert_webhook_posts_alerts(tmp_path: Path) -> None:
     out = run_example("alert_webhook.py", cwd=tmp_path)
     assert "[BreakerOpened] api is failing (ServiceUnavailable)" in out
     assert "[BreakerClosed] api recovered" in out
+    assert "[BudgetExhausted] error budget spent: failure rate" in out
     assert "[RunFinished] run finished: 135 ok, 15 dead-lettered" in out
