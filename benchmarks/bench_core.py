@@ -176,7 +176,7 @@ def scenario_checkpoints(n: int) -> list[list[str]]:
             "",
         ),
         row(
-            "same with durability=\"full\" (fsync per group commit) vs bare loop",
+            'same with durability="full" (fsync per group commit) vs bare loop',
             f"{t_bare / t_full:.2f}x ({n / t_full:,.0f} jobs/s)",
             "",
         ),
