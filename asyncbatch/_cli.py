@@ -308,7 +308,8 @@ def run(
                 f"resume with --run-id {run_id}"
             ) from None
         raise
-    overall = run_async(_overall_counts(db, run_id)) if result.counts[JobStatus.SKIPPED] else None
+    skipped = result.counts[JobStatus.SKIPPED]
+    overall = run_async(_overall_counts_in(db, run_id)) if skipped else None
     _summarise(console, result, db, overall, quiet=quiet, as_json=as_json, aborted=aborted)
     if output and not quiet:
         console.print(f"results: {escape(output)}")
@@ -319,13 +320,17 @@ def run(
     return EXIT_DEAD if any(counts.get(s.value) for s in bad) else 0
 
 
-async def _overall_counts(db: str, run_id: str) -> dict[str, int]:
+async def _overall_counts(store: Store, run_id: str) -> dict[str, int]:
     """Jobs per status over every invocation of the run (a resume skips most of them)."""
     counts = {s.value: 0 for s in JobStatus}
-    async with _store(db) as store:
-        for job in await store.jobs(run_id):
-            counts[job.status.value] += 1
+    for job in await store.jobs(run_id):
+        counts[job.status.value] += 1
     return counts
+
+
+async def _overall_counts_in(db: str, run_id: str) -> dict[str, int]:
+    async with _store(db) as store:
+        return await _overall_counts(store, run_id)
 
 
 def _summarise(
@@ -393,16 +398,18 @@ def runs(db: str, as_json: bool) -> None:
         console.print(f"no runs in {escape(db)}")
         return
     table = Table(title=f"runs in {escape(db)}")
-    for name in ("run", "status", "job", "started", "updated", "succeeded", "dead", "other"):
-        numeric = name in ("succeeded", "dead", "other")
+    # The counts are those of the run's last invocation (a resume mostly skips).
+    numbers = ["succeeded", "skipped", "dead", "other"]
+    for name in ["run", "status", "job", "started", "updated", *numbers]:
+        numeric = name in numbers
         table.add_column(
             name, justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis"
         )
     for r in found:
         c = r.counts
-        ok = c.get("succeeded", 0) + c.get("skipped", 0)
+        ok, skipped = c.get("succeeded", 0), c.get("skipped", 0)
         dead = c.get("dead_lettered", 0)
-        other = sum(c.values()) - ok - dead
+        other = sum(c.values()) - ok - skipped - dead
         colour = {"finished": "green", "aborted": "red", "running": "yellow"}.get(r.status, "")
         table.add_row(
             escape(r.run_id),
@@ -411,6 +418,7 @@ def runs(db: str, as_json: bool) -> None:
             when(r.created_at),
             when(r.updated_at),
             str(ok),
+            str(skipped),
             str(dead),
             str(other),
         )
@@ -436,20 +444,25 @@ def _run_dict(r: Any) -> dict[str, Any]:
 def report(run_id: str, db: str, as_json: bool) -> None:
     """Show the error report of RUN_ID."""
 
-    async def go() -> Any:
+    async def go() -> tuple[Any, dict[str, int]]:
         async with _store(db) as store:
-            return await store.get_run(run_id)
+            return await store.get_run(run_id), await _overall_counts(store, run_id)
 
     _existing(db)
-    info = run_async(go())
+    info, overall = run_async(go())
     if as_json:
-        click.echo(json.dumps({**_run_dict(info), "report": info.report}, indent=2, default=repr))
+        doc = {**_run_dict(info), "overall": overall, "report": info.report}
+        click.echo(json.dumps(doc, indent=2, default=repr))
         return
     console = make_console()
-    console.print(
+    line = (
         f"run [bold]{escape(info.run_id)}[/] ({info.status}, job {escape(info.job or '-')}): "
-        f"{counts_line(info.counts)}"
+        f"{counts_line(overall)}"
     )
+    if info.counts.get("skipped"):
+        # The stored report and counts are the last invocation's; say so when it resumed.
+        line += f"; its last invocation: {counts_line(info.counts)}"
+    console.print(line)
     if info.report:
         render_report(console, _report_from_dict(info.report))
     else:

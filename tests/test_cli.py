@@ -196,6 +196,15 @@ def test_report_shows_the_stored_report(jobs: str) -> None:
     assert doc["report"] is not None
 
 
+def test_report_after_a_resume_counts_the_whole_run(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    run_square(jobs, "--run-id", "r1")
+    text = invoke("report", "r1", "--db", "t.db").stdout
+    assert "17 succeeded, 3 dead-lettered; its last invocation: 20 skipped" in text
+    doc = json.loads(invoke("report", "r1", "--db", "t.db", "--json").stdout)
+    assert doc["overall"]["dead_lettered"] == 3
+
+
 # --------------------------------------------------------------------- dlq
 
 
