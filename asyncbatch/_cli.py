@@ -365,7 +365,10 @@ def _summarise(
         line += f" (the whole run: {counts_line(overall)})"
     console.print(line)
     if aborted is not None:
-        console.print(f"[red]aborted:[/] {escape(str(aborted.cause))}")
+        console.print(
+            f"[red]aborted:[/] {escape(str(aborted.cause))}; fix the cause and resume with "
+            f"--run-id {escape(result.run_id)}"
+        )
     if quiet:
         return
     if not result.ok and result.report is not None:

@@ -39,6 +39,11 @@ async def fixed(item):
 
 def not_async(item):
     return item
+
+async def fatal(item):
+    if item["id"] == "k5":
+        raise ab.FatalError("credentials revoked")
+    return item["n"]
 """
 
 
@@ -156,6 +161,17 @@ def test_run_json_prints_a_machine_readable_summary(jobs: str) -> None:
     assert doc["counts"]["succeeded"] == 17
     assert doc["counts"]["dead_lettered"] == 3
     assert isinstance(doc["report"], dict)
+
+
+def test_run_that_aborts_exits_4_and_says_why(jobs: str) -> None:
+    result = invoke(
+        "run", f"{jobs}:fatal", "--input", "items.jsonl", "--key", "id",
+        "--db", "t.db", "--concurrency", "1",
+    )  # fmt: skip
+    assert result.exit_code == 4, result.output
+    assert "aborted" in result.stdout
+    assert "credentials revoked" in result.stdout
+    assert "Traceback" not in result.output
 
 
 def test_run_reads_stdin(jobs: str) -> None:
