@@ -22,10 +22,7 @@ cancel scopes.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import traceback
-import warnings
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from contextlib import nullcontext
@@ -37,7 +34,8 @@ from ._budget import BudgetExceeded, BudgetTracker
 from ._checkpoint import Checkpointer
 from ._classify import ErrorKind, RejectedResult
 from ._compensate import Compensation, Done, compensate_all
-from ._context import JobContext, _current
+from ._context import _current
+from ._entry import Entry
 from ._errors import AsyncBatchError, BatchAborted, CircuitOpen, DeadlineExceeded, qualname
 from ._events import (
     BudgetExhausted,
@@ -60,8 +58,8 @@ from ._result import (
     count_statuses,
     fast_outcome,
 )
-from ._retry import Decision
-from ._store import FinishedJob, JobRecord, RunInfo, Store
+from ._retry import Decision, next_delay
+from ._store import FinishedJob, RunInfo, Store
 from .testing import testing_overrides
 
 __all__ = ["Engine", "unwrap_group"]
@@ -70,54 +68,6 @@ R = TypeVar("R")
 Sink = Callable[[JobOutcome[Any]], None]
 
 _KEEP = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.COMPENSATED)
-
-
-def _json_payload(item: Any, key: str) -> tuple[Any, bool]:
-    """The item as JSON-safe payload, or its repr (with a warning) when it is not."""
-    try:
-        return json.loads(json.dumps(item)), False
-    except (TypeError, ValueError):
-        warnings.warn(
-            f"asyncbatch: payload of job {key!r} is not JSON-serialisable; "
-            "the dead letter keeps its repr and cannot be redriven as is",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return repr(item), True
-
-
-class _Entry(JobContext):
-    """A job admitted to the run and not yet finished.
-
-    It is also the job's `JobContext` (what `current_job()` returns): one
-    object per job instead of two keeps the hot path short.
-    """
-
-    __slots__ = (
-        "deadline_at",
-        "history",
-        "index",
-        "kind",
-        "prev_delay",
-        "redrive_of",
-        "started",
-        "timer",
-    )
-
-    def __init__(self, run_id: str, index: int | None, key: str, item: Any) -> None:
-        self.run_id = run_id
-        self.key = key
-        self.attempt = 0
-        self.item = item
-        self.dependency = None
-        self.index = index
-        self.started = 0.0
-        self.deadline_at: float | None = None
-        self.history: list[AttemptRecord] = []
-        self.prev_delay = 0.0
-        self.kind: ErrorKind | None = None
-        self.redrive_of: int | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
 
 class Engine(Generic[R]):
@@ -152,10 +102,10 @@ class Engine(Generic[R]):
         self._classify = opts.classify
         self._result_rules = getattr(opts.classify, "checks_results", False)
         self._rng = opts.retry.rng()
-        self._ready: deque[_Entry] = deque()
+        self._ready: deque[Entry] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._parked: set[_Entry] = set()
-        self._interrupted: list[_Entry] = []
+        self._parked: set[Entry] = set()
+        self._interrupted: list[Entry] = []
         self._live = 0
         self._source: Iterator[tuple[int | None, Any]] | None = None
         self._source_done = False
@@ -373,7 +323,7 @@ class Engine(Generic[R]):
         if self._live == 0:
             self._wake_all()
 
-    def _next(self) -> _Entry | None:
+    def _next(self) -> Entry | None:
         """The next entry to run: a due retry first, then a new item from a sync source."""
         if self._abort_cause is not None:
             return None
@@ -403,7 +353,7 @@ class Engine(Generic[R]):
             if not fut.done():
                 fut.set_result(None)
 
-    def _admit(self, index: int | None, item: Any) -> _Entry | None:
+    def _admit(self, index: int | None, item: Any) -> Entry | None:
         """Make an entry for a new item, or acknowledge it as SKIPPED."""
         keyfn = self.opts.key
         redrive = self._redrive
@@ -431,7 +381,7 @@ class Engine(Generic[R]):
                     )
                 )
                 return None
-        entry = _Entry(self.run_id, index, key, item)
+        entry = Entry(self.run_id, index, key, item)
         if redrive is not None and index is not None:
             entry.redrive_of = dlq_id
         self._live += 1
@@ -508,7 +458,7 @@ class Engine(Generic[R]):
                 return
             await self._attempt(entry)
 
-    async def _attempt(self, entry: _Entry) -> None:
+    async def _attempt(self, entry: Entry) -> None:
         loop = self._loop
         assert loop is not None
         o = self.opts
@@ -554,7 +504,7 @@ class Engine(Generic[R]):
         finally:
             _current.reset(token)
 
-    async def _call(self, entry: _Entry, loop: asyncio.AbstractEventLoop) -> Any:
+    async def _call(self, entry: Entry, loop: asyncio.AbstractEventLoop) -> Any:
         o = self.opts
         limit = o.timeout
         deadline_at = entry.deadline_at
@@ -574,7 +524,7 @@ class Engine(Generic[R]):
                 raise DeadlineExceeded(entry.key, o.deadline or 0.0) from exc
             raise
 
-    async def _timed(self, entry: _Entry, limit: float | None) -> Any:
+    async def _timed(self, entry: Entry, limit: float | None) -> Any:
         if limit is None:
             return await self.job(entry.item)
         with anyio.fail_after(limit):
@@ -582,7 +532,7 @@ class Engine(Generic[R]):
 
     # ------------------------------------------------------------ outcomes
 
-    def _succeeded(self, entry: _Entry, result: Any) -> None:
+    def _succeeded(self, entry: Entry, result: Any) -> None:
         if entry.history:
             outcome: JobOutcome[Any] = JobOutcome(
                 key=entry.key,
@@ -603,39 +553,29 @@ class Engine(Generic[R]):
                 time.perf_counter() - entry.started,
                 entry.index,
             )
-        self._live -= 1
-        if self._live == 0 and self._source_done:
-            self._wake_all()
         if self.opts.compensate is not None:
             self._done_log.append(
                 Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED)
             )
+        self._finish(entry, outcome)
+
+    def _finish(
+        self, entry: Entry, outcome: JobOutcome[Any], exc: BaseException | None = None
+    ) -> None:
+        """The job is over: checkpoint it (acknowledged after commit) or acknowledge now."""
+        self._live -= 1
+        if self._live == 0 and self._source_done:
+            self._wake_all()
         cp = self._checkpointer
         if cp is None:
             self._ack(outcome)
-            return
-        payload, is_repr = (
-            _json_payload(entry.item, entry.key)
-            if self.opts.compensate is not None
-            else (None, False)
-        )
-        record = JobRecord(
-            run_id=self.run_id,
-            key=entry.key,
-            status=JobStatus.SUCCEEDED,
-            index=entry.index,
-            attempts=entry.attempt,
-            duration=outcome.duration,
-            result=result,
-            has_result=True,
-            payload=payload,
-            payload_is_repr=is_repr,
-            history=outcome.history,
-            redrive_of=entry.redrive_of,
-        )
-        cp.add(record, outcome)
+        else:
+            cp.add(
+                entry.record(outcome, keep_payload=self.opts.compensate is not None, exc=exc),
+                outcome,
+            )
 
-    def _rejected(self, entry: _Entry, result: Any, start: float) -> bool:
+    def _rejected(self, entry: Entry, result: Any, start: float) -> bool:
         kind = self._classify.classify_result(result)  # type: ignore[attr-defined]
         if kind is None:
             return False
@@ -648,7 +588,7 @@ class Engine(Generic[R]):
 
     def _failed(
         self,
-        entry: _Entry,
+        entry: Entry,
         exc: BaseException,
         start: float,
         *,
@@ -708,37 +648,31 @@ class Engine(Generic[R]):
         return kind, None
 
     def _retry_delay(
-        self, entry: _Entry, kind: ErrorKind, exc: BaseException, decision: Decision | None
+        self, entry: Entry, kind: ErrorKind, exc: BaseException, decision: Decision | None
     ) -> float | None:
         """Seconds until the next attempt, or None when the job must not retry."""
         if isinstance(exc, DeadlineExceeded | CircuitOpen):
             return None
-        testing, cap = self._testing
-        if decision is not None:
-            if decision.action != "retry":
-                return None
-            delay = decision.after
-        else:
-            if kind is ErrorKind.FATAL:
-                return None
-            retry = self.opts.retry[kind]
-            attempts = retry.attempts if cap is None else min(retry.attempts, cap)
-            if entry.attempt >= attempts:
-                return None
-            delay = retry.backoff.delay(entry.attempt, entry.prev_delay, self._rng)
-            entry.prev_delay = delay
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
-            delay = max(delay, float(retry_after))
-        if testing:
-            delay = 0.0
+        delay = next_delay(
+            self.opts.retry,
+            kind,
+            entry.attempt,
+            entry.prev_delay,
+            exc,
+            decision,
+            self._rng,
+            self._testing,
+        )
+        if delay is None:
+            return None
+        entry.prev_delay = delay
         if entry.deadline_at is not None:
             assert self._loop is not None
             if self._loop.time() + delay >= entry.deadline_at:
                 return None
         return delay
 
-    async def _circuit_open(self, entry: _Entry, exc: CircuitOpen, start: float) -> None:
+    async def _circuit_open(self, entry: Entry, exc: CircuitOpen, start: float) -> None:
         """A guard rejected the call: park, fail or fall back, per the breaker's policy."""
         entry.attempt -= 1  # a rejected call is not an attempt
         breaker = self._deps.breaker(exc.dependency) if self._deps is not None else None
@@ -764,39 +698,18 @@ class Engine(Generic[R]):
                 history=tuple(entry.history),
                 fell_back=True,
             )
-            self._finish_outcome(entry, outcome, result)
+            self._finish(entry, outcome)
             return
         # on_open="fail": dead-letter at once, naming the dependency.
         self._failed(entry, exc, start, kind=ErrorKind.RECOVERABLE)
 
-    def _finish_outcome(self, entry: _Entry, outcome: JobOutcome[Any], result: Any) -> None:
-        cp = self._checkpointer
-        self._done(entry)
-        if cp is None:
-            self._ack(outcome)
-            return
-        cp.add(
-            JobRecord(
-                run_id=self.run_id,
-                key=entry.key,
-                status=outcome.status,
-                index=entry.index,
-                attempts=outcome.attempts,
-                duration=outcome.duration,
-                result=result,
-                has_result=True,
-                redrive_of=entry.redrive_of,
-            ),
-            outcome,
-        )
-
-    def _park(self, entry: _Entry, delay: float) -> None:
+    def _park(self, entry: Entry, delay: float) -> None:
         loop = self._loop
         assert loop is not None
         self._parked.add(entry)
         entry.timer = loop.call_later(delay, self._unpark, entry)
 
-    def _unpark(self, entry: _Entry) -> None:
+    def _unpark(self, entry: Entry) -> None:
         entry.timer = None
         self._parked.discard(entry)
         if self._abort_cause is not None:
@@ -805,7 +718,7 @@ class Engine(Generic[R]):
         self._ready.append(entry)
         self._wake_one()
 
-    def _dead_letter(self, entry: _Entry, exc: BaseException, kind: ErrorKind) -> None:
+    def _dead_letter(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
         history = tuple(entry.history)
         outcome: JobOutcome[Any] = JobOutcome(
             key=entry.key,
@@ -827,33 +740,9 @@ class Engine(Generic[R]):
                 message=str(exc),
             )
         )
-        self._done(entry)
-        cp = self._checkpointer
-        if cp is None:
-            self._ack(outcome)
-            return
-        payload, is_repr = _json_payload(entry.item, entry.key)
-        cp.add(
-            JobRecord(
-                run_id=self.run_id,
-                key=entry.key,
-                status=JobStatus.DEAD_LETTERED,
-                index=entry.index,
-                attempts=entry.attempt,
-                duration=outcome.duration,
-                payload=payload,
-                payload_is_repr=is_repr,
-                kind=kind,
-                error_type=qualname(type(exc)),
-                message=str(exc),
-                traceback="".join(traceback.format_exception(exc)),
-                history=history,
-                redrive_of=entry.redrive_of,
-            ),
-            outcome,
-        )
+        self._finish(entry, outcome, exc)
 
-    def _done(self, entry: _Entry) -> None:
+    def _done(self, entry: Entry) -> None:
         self._live -= 1
         if self._live == 0 and self._source_done:
             self._wake_all()
@@ -938,7 +827,7 @@ class Engine(Generic[R]):
         if action == "abort":
             self._abort(verdict)
 
-    def _fail_batch(self, entry: _Entry, exc: BaseException, kind: ErrorKind) -> None:
+    def _fail_batch(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
         outcome: JobOutcome[Any] = JobOutcome(
             key=entry.key,
             status=JobStatus.FAILED,
@@ -984,7 +873,7 @@ class Engine(Generic[R]):
             )
 
 
-def entry_error(entry: _Entry) -> BaseException:
+def entry_error(entry: Entry) -> BaseException:
     """A stand-in exception for a rejected result (for span recording)."""
     last = entry.history[-1] if entry.history else None
     return RejectedResult(last.message if last else None)

@@ -36,6 +36,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "as_policy",
+    "next_delay",
     "seconds",
 ]
 
@@ -234,6 +235,41 @@ class Decision:
     def abort(cls) -> Decision:
         """Abort the whole batch as if the error were FATAL."""
         return cls(action="abort")
+
+
+def next_delay(
+    policy: RetryPolicy,
+    kind: ErrorKind,
+    attempt: int,
+    previous: float,
+    exc: BaseException,
+    decision: Decision | None,
+    rng: random.Random,
+    testing: tuple[bool, int | None] = (False, None),
+) -> float | None:
+    """Seconds before attempt ``attempt + 1``, or None when there is none.
+
+    An ``on_error`` decision overrides the policy; ``retry_after`` on the
+    exception is a floor; ``testing`` (from `asyncbatch.testing`) zeroes every
+    delay and may cap the attempts.
+    """
+    active, cap = testing
+    if decision is not None:
+        if decision.action != "retry":
+            return None
+        delay = decision.after
+    else:
+        if kind is ErrorKind.FATAL:
+            return None
+        retry = policy[kind]
+        attempts = retry.attempts if cap is None else min(retry.attempts, cap)
+        if attempt >= attempts:
+            return None
+        delay = retry.backoff.delay(attempt, previous, rng)
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+        delay = max(delay, float(retry_after))
+    return 0.0 if active else delay
 
 
 def as_policy(retry: RetryPolicy | Retry | None) -> RetryPolicy:

@@ -1,0 +1,100 @@
+"""A job admitted to a run, and how it is written to a checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+import warnings
+from typing import Any
+
+from ._classify import ErrorKind
+from ._context import JobContext
+from ._errors import qualname
+from ._result import AttemptRecord, JobOutcome, JobStatus
+from ._store import JobRecord
+
+__all__ = ["Entry", "json_payload"]
+
+
+def json_payload(item: Any, key: str) -> tuple[Any, bool]:
+    """The item as JSON-safe payload, or its repr (with a warning) when it is not."""
+    try:
+        return json.loads(json.dumps(item)), False
+    except (TypeError, ValueError):
+        warnings.warn(
+            f"asyncbatch: payload of job {key!r} is not JSON-serialisable; "
+            "the dead letter keeps its repr and cannot be redriven as is",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return repr(item), True
+
+
+class Entry(JobContext):
+    """A job admitted to the run and not yet finished.
+
+    It is also the job's `JobContext` (what `current_job()` returns): one
+    object per job instead of two keeps the hot path short.
+    """
+
+    __slots__ = (
+        "deadline_at",
+        "history",
+        "index",
+        "kind",
+        "prev_delay",
+        "redrive_of",
+        "started",
+        "timer",
+    )
+
+    def __init__(self, run_id: str, index: int | None, key: str, item: Any) -> None:
+        self.run_id = run_id
+        self.key = key
+        self.attempt = 0
+        self.item = item
+        self.dependency = None
+        self.index = index
+        self.started = 0.0
+        self.deadline_at: float | None = None
+        self.history: list[AttemptRecord] = []
+        self.prev_delay = 0.0
+        self.kind: ErrorKind | None = None
+        self.redrive_of: int | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def record(
+        self,
+        outcome: JobOutcome[Any],
+        *,
+        keep_payload: bool = False,
+        exc: BaseException | None = None,
+    ) -> JobRecord:
+        """The checkpoint of this job's final ``outcome``.
+
+        Dead letters always keep the payload (to be redriven); succeeded jobs
+        keep it only when ``keep_payload`` (a batch that may be rolled back).
+        """
+        dead = outcome.status is JobStatus.DEAD_LETTERED
+        payload, is_repr = (
+            json_payload(self.item, self.key) if dead or keep_payload else (None, False)
+        )
+        return JobRecord(
+            run_id=self.run_id,
+            key=self.key,
+            status=outcome.status,
+            index=self.index,
+            attempts=outcome.attempts,
+            duration=outcome.duration,
+            result=outcome.result,
+            has_result=not dead,
+            payload=payload,
+            payload_is_repr=is_repr,
+            kind=outcome.kind if dead else None,
+            error_type=None if exc is None else qualname(type(exc)),
+            message=None if exc is None else str(exc),
+            traceback=None if exc is None else "".join(traceback.format_exception(exc)),
+            history=outcome.history,
+            redrive_of=self.redrive_of,
+        )
