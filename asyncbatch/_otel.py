@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -62,7 +64,14 @@ from ._result import JobStatus
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider, UpDownCounter
+    from opentelemetry.metrics import (
+        CallbackOptions,
+        Counter,
+        Histogram,
+        Meter,
+        MeterProvider,
+        Observation,
+    )
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
 __all__ = ["AttemptScope", "Instrumentation"]
@@ -91,15 +100,20 @@ DURATION_BUCKETS = (
     *(1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0),
 )
 
-# Attribute sets are built once: the SDK takes any mapping, and sharing them
-# keeps the per-attempt path free of allocations.
-_OUTCOME: dict[str, Mapping[str, str]] = {
-    o: {ATTEMPT_OUTCOME: o} for o in (SUCCESS, FAILURE, REJECTED, CANCELLED)
-}
-_FAILED: dict[ErrorKind, Mapping[str, str]] = {
-    k: {ATTEMPT_OUTCOME: FAILURE, ERROR_KIND: k.value} for k in ErrorKind
-}
-_STATUS: dict[JobStatus, Mapping[str, str]] = {s: {JOB_STATUS: s.value} for s in JobStatus}
+# Attribute sets are built once and shared: the SDK takes any mapping, and
+# the per-attempt path then allocates nothing for them. Attempt outcomes are
+# indices into _ATTEMPT_ATTRS (and into the per-meter attempt counts).
+_ATTEMPT_ATTRS: tuple[Mapping[str, str], ...] = (
+    {ATTEMPT_OUTCOME: SUCCESS},
+    {ATTEMPT_OUTCOME: REJECTED},
+    {ATTEMPT_OUTCOME: CANCELLED},
+    {ATTEMPT_OUTCOME: FAILURE},  # an error escaped unclassified
+    *({ATTEMPT_OUTCOME: FAILURE, ERROR_KIND: k.value} for k in ErrorKind),
+)
+_SUCCESS, _REJECTED, _CANCELLED, _UNCLASSIFIED = range(4)
+_FAILED: dict[ErrorKind, int] = {k: 4 + i for i, k in enumerate(ErrorKind)}
+_STATUS_ATTRS: tuple[Mapping[str, str], ...] = tuple({JOB_STATUS: s.value} for s in JobStatus)
+_STATUS: dict[JobStatus, int] = {s: i for i, s in enumerate(JobStatus)}
 _BREAKER_STATE: dict[type[Event], str] = {
     BreakerOpened: "open",
     BreakerHalfOpen: "half_open",
@@ -110,57 +124,14 @@ _BREAKER_STATE: dict[type[Event], str] = {
 class Instrumentation:
     """Spans and metrics of one run. Every method is cheap; none raises."""
 
-    __slots__ = (
-        "_attempts",
-        "_breaker_changes",
-        "_dlq",
-        "_duration",
-        "_in_flight",
-        "_jobs",
-        "_run_ctx",
-        "_run_span",
-        "_tracer",
-        "metered",
-        "run_id",
-    )
+    __slots__ = ("_metrics", "_run_ctx", "_run_span", "_tracer", "run_id")
 
     def __init__(self, run_id: str, tracer: Tracer | None, meter: Meter | None) -> None:
         self.run_id = run_id
         self._tracer = tracer
         self._run_ctx: Context | None = None
         self._run_span: Span | None = None
-        self.metered = meter is not None
-        if meter is None:
-            return
-        self._jobs: Counter = meter.create_counter(
-            "asyncbatch.jobs", unit="{job}", description="Jobs finished, by final status."
-        )
-        self._attempts: Counter = meter.create_counter(
-            "asyncbatch.attempts",
-            unit="{attempt}",
-            description="Attempts made, by outcome and, for failures, error kind.",
-        )
-        self._duration: Histogram = meter.create_histogram(
-            "asyncbatch.attempt.duration",
-            unit="s",
-            description="Duration of an attempt, by outcome.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self._dlq: Counter = meter.create_counter(
-            "asyncbatch.dlq.entries",
-            unit="{entry}",
-            description="Jobs dead-lettered, by error kind.",
-        )
-        self._breaker_changes: Counter = meter.create_counter(
-            "asyncbatch.breaker.state_changes",
-            unit="{change}",
-            description="Circuit breaker state changes, by dependency and new state.",
-        )
-        self._in_flight: UpDownCounter = meter.create_up_down_counter(
-            "asyncbatch.jobs.in_flight",
-            unit="{job}",
-            description="Attempts running now.",
-        )
+        self._metrics = _metrics_for(meter) if meter is not None else None
 
     @staticmethod
     def create(
@@ -191,6 +162,11 @@ class Instrumentation:
     def traced(self) -> bool:
         """Whether spans are recorded."""
         return self._tracer is not None
+
+    @property
+    def metered(self) -> bool:
+        """Whether metrics are recorded."""
+        return self._metrics is not None
 
     # ------------------------------------------------------------ spans
 
@@ -237,25 +213,30 @@ class Instrumentation:
 
     def job_finished(self, status: JobStatus) -> None:
         """Count a job that reached its final status."""
-        if self.metered:
-            self._jobs.add(1, _STATUS[status])
+        m = self._metrics
+        if m is not None:
+            with m.lock:
+                m.jobs[_STATUS[status]] += 1
 
     def in_flight(self, delta: int) -> None:
         """An attempt started (+1) or ended (-1)."""
-        if self.metered:
-            self._in_flight.add(delta)
+        m = self._metrics
+        if m is not None:
+            with m.lock:
+                m.in_flight += delta
 
     def on_event(self, event: Event) -> None:
         """Count DLQ entries and breaker changes; note run-level events on the run span."""
+        m = self._metrics
         if isinstance(event, JobDeadLettered):
-            if self.metered:
-                self._dlq.add(1, {ERROR_KIND: event.kind})
+            if m is not None:
+                m.dlq.add(1, {ERROR_KIND: event.kind})
             return
         span = self._run_span
         if isinstance(event, BreakerOpened | BreakerHalfOpen | BreakerClosed):
             attrs = {DEPENDENCY: event.dependency, BREAKER_STATE: _BREAKER_STATE[type(event)]}
-            if self.metered:
-                self._breaker_changes.add(1, attrs)
+            if m is not None:
+                m.breaker_changes.add(1, attrs)
             if span is not None and span.is_recording():
                 span.add_event("asyncbatch.breaker_state_change", attrs)
         elif span is not None and span.is_recording():
@@ -288,7 +269,7 @@ class AttemptScope:
         self._inst = inst
         self._key = key
         self._number = number
-        self._outcome: Mapping[str, str] = _OUTCOME[SUCCESS]
+        self._outcome = _SUCCESS
         self._span: Span | None = None
         self._token: object = None
         self._start = 0.0
@@ -297,9 +278,10 @@ class AttemptScope:
         inst = self._inst
         tracer = inst._tracer
         if tracer is not None:
+            ctx = inst._run_ctx
             span = tracer.start_span(
                 ATTEMPT_SPAN,
-                inst._run_ctx,
+                ctx,
                 attributes={
                     RUN_ID: inst.run_id,
                     JOB_KEY: self._key,
@@ -307,8 +289,8 @@ class AttemptScope:
                 },
             )
             self._span = span
-            self._token = _attach(_set_span_in_context(span, inst._run_ctx))
-        if inst.metered:
+            self._token = _attach(_set_span_in_context(span, ctx))
+        if inst._metrics is not None:
             self._start = time.perf_counter()
         return self
 
@@ -318,17 +300,19 @@ class AttemptScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and self._outcome is _OUTCOME[SUCCESS]:
+        if exc is not None and self._outcome == _SUCCESS:
             self._escaped(exc)
+        m = self._inst._metrics
+        if m is not None:
+            outcome = self._outcome
+            # Recorded while the attempt span is current: an exemplar then links to it.
+            m.duration.record(time.perf_counter() - self._start, _ATTEMPT_ATTRS[outcome])
+            with m.lock:
+                m.attempts[outcome] += 1
         span = self._span
         if span is not None:
             _detach(self._token)
             span.end()
-        inst = self._inst
-        if inst.metered:
-            attrs = self._outcome
-            inst._duration.record(time.perf_counter() - self._start, attrs)
-            inst._attempts.add(1, attrs)
 
     def failed(self, kind: ErrorKind, exc: BaseException, *, retry_in: float | None) -> None:
         """The attempt failed with ``exc``, classified ``kind``.
@@ -358,7 +342,7 @@ class AttemptScope:
         Args:
             dependency: the dependency whose circuit is open.
         """
-        self._outcome = _OUTCOME[REJECTED]
+        self._outcome = _REJECTED
         span = self._span
         if span is None:
             return
@@ -369,16 +353,113 @@ class AttemptScope:
         span = self._span
         if not isinstance(exc, Exception):
             # Cancellation is not an error of the job: say so, leave the status.
-            self._outcome = _OUTCOME[CANCELLED]
+            self._outcome = _CANCELLED
             if span is not None:
                 span.set_attribute(ATTEMPT_OUTCOME, CANCELLED)
             return
-        self._outcome = _OUTCOME[FAILURE]
+        self._outcome = _UNCLASSIFIED
         if span is not None:
             error_type = qualname(type(exc))
             span.set_attributes({ATTEMPT_OUTCOME: FAILURE, ERROR_TYPE: error_type})
             span.record_exception(exc, escaped=True)
             _set_error(span, f"{error_type}: {exc}")
+
+
+class _Metrics:
+    """The instruments of one meter, shared by every run that records to it.
+
+    Counts that change on every attempt (attempts, jobs, in flight) are plain
+    integers behind a lock, read by asynchronous instruments when the SDK
+    collects: an SDK measurement costs ~5 µs, a locked increment ~0.2 µs, and
+    the exported data (cumulative monotonic sums, an up-down sum) is the same.
+    Only the duration histogram, which needs every value, records each attempt.
+    Shared per meter because the SDK keeps the first callbacks registered
+    under an instrument name and ignores later ones.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "attempts",
+        "breaker_changes",
+        "dlq",
+        "duration",
+        "in_flight",
+        "jobs",
+        "lock",
+    )
+
+    def __init__(self, meter: Meter) -> None:
+        self.lock = threading.Lock()
+        self.attempts = [0] * len(_ATTEMPT_ATTRS)
+        self.jobs = [0] * len(_STATUS_ATTRS)
+        self.in_flight = 0
+        meter.create_observable_counter(
+            "asyncbatch.jobs",
+            [self._observe_jobs],
+            unit="{job}",
+            description="Jobs finished, by final status.",
+        )
+        meter.create_observable_counter(
+            "asyncbatch.attempts",
+            [self._observe_attempts],
+            unit="{attempt}",
+            description="Attempts made, by outcome and, for failures, error kind.",
+        )
+        meter.create_observable_up_down_counter(
+            "asyncbatch.jobs.in_flight",
+            [self._observe_in_flight],
+            unit="{job}",
+            description="Attempts running now.",
+        )
+        self.duration: Histogram = meter.create_histogram(
+            "asyncbatch.attempt.duration",
+            unit="s",
+            description="Duration of an attempt, by outcome and, for failures, error kind.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.dlq: Counter = meter.create_counter(
+            "asyncbatch.dlq.entries",
+            unit="{entry}",
+            description="Jobs dead-lettered, by error kind.",
+        )
+        self.breaker_changes: Counter = meter.create_counter(
+            "asyncbatch.breaker.state_changes",
+            unit="{change}",
+            description="Circuit breaker state changes, by dependency and new state.",
+        )
+
+    def _observe_jobs(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self.lock:
+            counts = list(self.jobs)
+        return _observations(counts, _STATUS_ATTRS)
+
+    def _observe_attempts(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self.lock:
+            counts = list(self.attempts)
+        return _observations(counts, _ATTEMPT_ATTRS)
+
+    def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
+        return [Observation(self.in_flight)]
+
+
+def _observations(counts: list[int], attrs: tuple[Mapping[str, str], ...]) -> list[Observation]:
+    from opentelemetry.metrics import Observation
+
+    return [Observation(n, a) for n, a in zip(counts, attrs, strict=True) if n]
+
+
+_METRICS: weakref.WeakKeyDictionary[Meter, _Metrics] = weakref.WeakKeyDictionary()
+_METRICS_LOCK = threading.Lock()
+
+
+def _metrics_for(meter: Meter) -> _Metrics:
+    with _METRICS_LOCK:
+        made = _METRICS.get(meter)
+        if made is None:
+            made = _METRICS[meter] = _Metrics(meter)
+        return made
 
 
 # ------------------------------------------------------------ the API, lazily

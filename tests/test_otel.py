@@ -350,6 +350,15 @@ def test_attempts_are_counted_and_timed_by_outcome_and_kind(
     assert next(iter(durations.values())).explicit_bounds[0] == 0.005
 
 
+def test_duration_exemplars_point_at_the_attempt_span(
+    inst: Instrumentation, tracing: Tracing, metrics: Metrics
+) -> None:
+    with inst.run_span({}), inst.attempt("k", 1):
+        pass
+    (point,) = metrics.points("asyncbatch.attempt.duration").values()
+    assert [e.span_id for e in point.exemplars] == [span_id(tracing.one(ATTEMPT))]
+
+
 def test_jobs_are_counted_by_final_status(inst: Instrumentation, metrics: Metrics) -> None:
     for status in (ab.JobStatus.SUCCEEDED, ab.JobStatus.SUCCEEDED, ab.JobStatus.DEAD_LETTERED):
         inst.job_finished(status)
@@ -392,7 +401,27 @@ def test_dead_letters_and_breaker_changes_are_counted(
         metrics.value(changes, asyncbatch__dependency="db", asyncbatch__breaker__state="half_open")
         == 1
     )
-    assert set(metrics.metrics()) == {"asyncbatch.dlq.entries", changes}
+    # Nothing else counted anything (in flight is always observed, here 0).
+    assert set(metrics.metrics()) == {
+        "asyncbatch.dlq.entries",
+        changes,
+        "asyncbatch.jobs.in_flight",
+    }
+
+
+def test_runs_sharing_a_meter_provider_add_up(metrics: Metrics) -> None:
+    for run in ("a", "b"):
+        made = Instrumentation.create(None, metrics.provider, run)
+        assert made is not None
+        with made.attempt("k", 1):
+            made.job_finished(ab.JobStatus.SUCCEEDED)
+    assert metrics.value("asyncbatch.attempts", asyncbatch__attempt__outcome="success") == 2
+    assert metrics.value("asyncbatch.jobs", asyncbatch__job__status="succeeded") == 2
+    found = metrics.metrics()
+    # Exported as counters (monotonic sums) and an up-down counter.
+    assert found["asyncbatch.attempts"].data.is_monotonic
+    assert found["asyncbatch.jobs"].data.is_monotonic
+    assert not found["asyncbatch.jobs.in_flight"].data.is_monotonic
 
 
 # ------------------------------------------------------------ through run_batch
