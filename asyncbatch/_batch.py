@@ -282,22 +282,8 @@ async def redrive(
         outcomes: list[JobOutcome[R]] = []
         engine = batch._engine(st, outcomes.append, run_id=run_id)
         plan = {i: (e.id, e.key) for i, e in enumerate(entries)}
-        try:
-            result = await engine.execute([e.payload for e in entries], redrive=plan)
-        finally:
-            await _recount(st, run_id)
+        result = await engine.execute([e.payload for e in entries], redrive=plan)
     return replace(result, outcomes=_in_order(outcomes))
-
-
-async def _recount(store: Store, run_id: str) -> None:
-    """After a redrive, the run's counts are those of all its jobs, not the redrive's."""
-    run = await store.get_run(run_id)
-    counts = {s.value: 0 for s in JobStatus}
-    for job in await store.jobs(run_id):
-        counts[job.status.value] += 1
-    await store.end_run(
-        run_id, "finished" if run.status != "aborted" else run.status, counts, run.report
-    )
 
 
 async def rollback(

@@ -401,8 +401,8 @@ def runs(db: str, as_json: bool) -> None:
         console.print(f"no runs in {escape(db)}")
         return
     table = Table(title=f"runs in {escape(db)}")
-    # The counts are those of the run's last invocation (a resume mostly skips).
-    numbers = ["succeeded", "skipped", "dead", "other"]
+    # The store keeps the counts of the whole run, over every invocation.
+    numbers = ["succeeded", "dead", "other"]
     for name in ["run", "status", "job", "started", "updated", *numbers]:
         numeric = name in numbers
         table.add_column(
@@ -410,9 +410,8 @@ def runs(db: str, as_json: bool) -> None:
         )
     for r in found:
         c = r.counts
-        ok, skipped = c.get("succeeded", 0), c.get("skipped", 0)
-        dead = c.get("dead_lettered", 0)
-        other = sum(c.values()) - ok - skipped - dead
+        ok, dead = c.get("succeeded", 0), c.get("dead_lettered", 0)
+        other = sum(c.values()) - ok - dead
         colour = {"finished": "green", "aborted": "red", "running": "yellow"}.get(r.status, "")
         table.add_row(
             escape(r.run_id),
@@ -421,7 +420,6 @@ def runs(db: str, as_json: bool) -> None:
             when(r.created_at),
             when(r.updated_at),
             str(ok),
-            str(skipped),
             str(dead),
             str(other),
         )
@@ -462,9 +460,10 @@ def report(run_id: str, db: str, as_json: bool) -> None:
         f"run [bold]{escape(info.run_id)}[/] ({info.status}, job {escape(info.job or '-')}): "
         f"{counts_line(overall)}"
     )
-    if info.counts.get("skipped"):
-        # The stored report and counts are the last invocation's; say so when it resumed.
-        line += f"; its last invocation: {counts_line(info.counts)}"
+    last = (info.report or {}).get("counts") or {}
+    if last.get("skipped"):
+        # The stored report is the last invocation's; say so when it resumed.
+        line += f"; its last invocation: {counts_line(last)}"
     console.print(line)
     if info.report:
         render_report(console, _report_from_dict(info.report))

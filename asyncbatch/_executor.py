@@ -228,7 +228,8 @@ class Engine(Generic[R]):
         )
         counts = {s.value: n for s, n in self.counts.items()}
         if self.store is not None:
-            await self.store.end_run(self.run_id, status, counts, self._report.to_dict())  # type: ignore[arg-type]
+            stored = await self._whole_run_counts() if self.resumed else counts
+            await self.store.end_run(self.run_id, status, stored, self._report.to_dict())  # type: ignore[arg-type]
         ok = status == "finished" and all(
             n == 0
             for s, n in self.counts.items()
@@ -236,6 +237,20 @@ class Engine(Generic[R]):
         )
         self._emit(RunFinished(run_id=self.run_id, counts=counts, duration=duration, ok=ok))
         self._dispatcher.close()
+
+    async def _whole_run_counts(self) -> dict[str, int]:
+        """Counts of every job of a resumed (or redriven) run, not just this invocation's.
+
+        Finished jobs come from the store; FAILED and CANCELLED ones are not
+        stored (they run again on resume), so they come from this invocation.
+        """
+        assert self.store is not None
+        whole = dict.fromkeys((s.value for s in JobStatus), 0)
+        for job in await self.store.jobs(self.run_id):
+            whole[job.status.value] += 1
+        for status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            whole[status.value] += self.counts[status]
+        return whole
 
     def _run_info(self) -> RunInfo:
         o = self.opts

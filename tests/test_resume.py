@@ -172,3 +172,17 @@ async def test_full_durability_runs(tmp_path: Path) -> None:
         job, range(100), store=str(tmp_path / "full.db"), run_id="f", durability="full"
     )
     assert result.counts[ab.JobStatus.SUCCEEDED] == 100
+
+
+async def test_a_resumed_run_records_the_counts_of_the_whole_run(store: ab.Store) -> None:
+    async def job(x: int) -> int:
+        if x == 0:
+            raise ab.PermanentError("poison")
+        return x
+
+    await ab.run_batch(job, range(5), store=store, run_id="whole")
+    await ab.run_batch(job, range(8), store=store, run_id="whole")
+    run = await store.get_run("whole")
+    assert run.counts["succeeded"] == 7
+    assert run.counts["dead_lettered"] == 1
+    assert run.counts["skipped"] == 0
