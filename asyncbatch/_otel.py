@@ -12,21 +12,23 @@ Success leaves the status UNSET, as the OpenTelemetry spec asks of
 instrumentation libraries; a failure sets ERROR with the error kind, type and
 an exception event.
 
-Metrics (no run id attribute: one series per run would grow without bound in
-a long-lived app):
+Metrics, with no run id attribute (one series per run would grow without
+bound in a long-lived app):
 
-=================================  ===============  ==========================================
-instrument                         kind, unit       attributes
-=================================  ===============  ==========================================
-``asyncbatch.jobs``                counter, {job}   ``asyncbatch.job.status``
-``asyncbatch.attempts``            counter          ``asyncbatch.attempt.outcome``,
-                                   {attempt}        ``asyncbatch.error.kind`` (failures)
-``asyncbatch.attempt.duration``    histogram, s     as ``asyncbatch.attempts``
-``asyncbatch.dlq.entries``         counter, {entry} ``asyncbatch.error.kind``
-``asyncbatch.breaker.state_changes`` counter        ``asyncbatch.dependency``,
-                                   {change}         ``asyncbatch.breaker.state``
-``asyncbatch.jobs.in_flight``      up-down, {job}   (none)
-=================================  ===============  ==========================================
+- ``asyncbatch.jobs`` (counter, ``{job}``): jobs finished, by
+  ``asyncbatch.job.status``;
+- ``asyncbatch.attempts`` (counter, ``{attempt}``): by
+  ``asyncbatch.attempt.outcome`` and, for failures, ``asyncbatch.error.kind``;
+- ``asyncbatch.attempt.duration`` (histogram, ``s``): attributes as above;
+  its exemplars link to attempt spans;
+- ``asyncbatch.dlq.entries`` (counter, ``{entry}``): by ``asyncbatch.error.kind``;
+- ``asyncbatch.breaker.state_changes`` (counter, ``{change}``): by
+  ``asyncbatch.dependency`` and ``asyncbatch.breaker.state``
+  (``open``, ``half_open``, ``closed``);
+- ``asyncbatch.jobs.in_flight`` (up-down counter, ``{job}``): attempts running.
+
+The first two and the last are asynchronous instruments over counts kept
+here (see `_Metrics`): same exported data, a fraction of the cost per job.
 
 Attempt outcomes: ``success``, ``failure``, ``rejected`` (a circuit breaker
 refused the call) and ``cancelled`` (the attempt was interrupted, e.g. by an
@@ -122,7 +124,7 @@ _BREAKER_STATE: dict[type[Event], str] = {
 
 
 class Instrumentation:
-    """Spans and metrics of one run. Every method is cheap; none raises."""
+    """Spans and metrics of one run; every method is cheap (the executor calls them per attempt)."""
 
     __slots__ = ("_metrics", "_run_ctx", "_run_span", "_tracer", "run_id")
 
