@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import nullcontext
 from typing import Any, Generic, TypeVar
 
@@ -306,18 +306,19 @@ class Engine(Generic[R]):
                         tg.start_soon(self._feed, items)
                     else:
                         self._source = iter(enumerate(items))
-                    run = self._worker_plain if self._plain() else self._worker_full
+                    run = self._pick_worker()
                     for _ in range(self.opts.concurrency):
                         tg.start_soon(run)
         finally:
             if deps_token is not None:
                 reset_dependencies(deps_token)
 
-    def _plain(self) -> bool:
+    def _pick_worker(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The leanest worker loop that does everything this run needs."""
         o = self.opts
-        return not (
-            o.timeout or o.deadline or o.uses or self._inst is not None or self._deps is not None
-        )
+        if o.timeout or o.deadline or o.uses or self._deps is not None:
+            return self._worker_full
+        return self._worker_plain if self._inst is None else self._worker_traced
 
     async def _feed(self, items: AsyncIterable[Any]) -> None:
         loop = self._loop
@@ -463,6 +464,47 @@ class Engine(Generic[R]):
             finally:
                 reset_job(token)
 
+    async def _worker_traced(self) -> None:
+        """The hot loop with an attempt span around each call (no guards or timeouts)."""
+        inst = self._inst
+        assert inst is not None
+        job = self.job
+        perf = time.perf_counter
+        set_job, reset_job = _current.set, _current.reset
+        metered = inst.metered
+        while True:
+            entry = self._next()
+            if entry is None:
+                if await self._wait():
+                    continue
+                return
+            entry.attempt += 1
+            token = set_job(entry)
+            start = perf()
+            if entry.attempt == 1:
+                entry.started = start
+            try:
+                with inst.attempt(entry.key, entry.attempt) as scope:
+                    if metered:
+                        inst.in_flight(1)
+                    try:
+                        result = await job(entry.item)
+                    except Exception as exc:
+                        kind, delay = self._failed(entry, exc, start)
+                        scope.failed(kind, exc, retry_in=delay)
+                    except BaseException:
+                        self._interrupted.append(entry)
+                        raise
+                    else:
+                        if self._result_rules and self._rejected(entry, result, start, scope):
+                            continue
+                        self._succeeded(entry, result)
+                    finally:
+                        if metered:
+                            inst.in_flight(-1)
+            finally:
+                reset_job(token)
+
     async def _worker_full(self) -> None:
         """The general loop: deadline, timeout, ``uses=`` guards, attempt spans."""
         while True:
@@ -508,9 +550,7 @@ class Engine(Generic[R]):
                     self._interrupted.append(entry)
                     raise
                 else:
-                    if self._result_rules and self._rejected(entry, result, start):
-                        if scope is not None and entry.kind is not None:
-                            scope.failed(entry.kind, entry_error(entry), retry_in=None)
+                    if self._result_rules and self._rejected(entry, result, start, scope):
                         return
                     self._succeeded(entry, result)
                 finally:
@@ -590,11 +630,15 @@ class Engine(Generic[R]):
                 outcome,
             )
 
-    def _rejected(self, entry: Entry, result: Any, start: float) -> bool:
+    def _rejected(self, entry: Entry, result: Any, start: float, scope: Any = None) -> bool:
+        """Whether a classifier rule turns this returned value into a failure."""
         kind = self._classify.classify_result(result)  # type: ignore[attr-defined]
         if kind is None:
             return False
-        self._failed(entry, RejectedResult(result), start, kind=kind)
+        error = RejectedResult(result)
+        kind, delay = self._failed(entry, error, start, kind=kind)
+        if scope is not None:
+            scope.failed(kind, error, retry_in=delay)
         return True
 
     def _classify_exc(self, exc: BaseException) -> ErrorKind:
@@ -886,12 +930,6 @@ class Engine(Generic[R]):
                     history=tuple(entry.history),
                 )
             )
-
-
-def entry_error(entry: Entry) -> BaseException:
-    """A stand-in exception for a rejected result (for span recording)."""
-    last = entry.history[-1] if entry.history else None
-    return RejectedResult(last.message if last else None)
 
 
 def unwrap_group(exc: BaseException) -> BaseException:
