@@ -188,13 +188,13 @@ class ErrorReport:
         budget: the error budget's state (limits, observed values, verdict), or None.
         compensation: what a rollback did, or None.
         durations: succeeded jobs' durations in seconds: ``count``, ``mean``,
-            ``min``, ``p50``, ``p95``, ``p99``, ``max`` (only ``count`` when
-            none succeeded). ``count``, ``mean``, ``min`` and ``max`` are
+            ``p50``, ``p95``, ``p99``, ``max`` (only ``count`` when none
+            succeeded). ``count``, ``mean`` and ``max`` are
             exact. Percentiles are nearest-rank over a uniform random sample
-            of 10,000 durations (seeded, so reproducible): exact up to 10,000
+            of 4,096 durations (seeded, so reproducible): exact up to 4,096
             succeeded jobs; beyond, the value returned for quantile p has a
-            true rank within p ± 2·sqrt(p(1-p)/10,000) with ~95% probability
-            (±1 point at p50, ±0.44 at p95, ±0.2 at p99).
+            true rank within p ± 2·sqrt(p(1-p)/4,096) with ~95% probability
+            (±1.6 points at p50, ±0.7 at p95, ±0.3 at p99).
         aborted: why the run aborted (``"Type: message"``), or None.
     """
 
@@ -347,12 +347,12 @@ _DEAD = JobStatus.DEAD_LETTERED
 _FAILED = JobStatus.FAILED
 _COMPENSATED = JobStatus.COMPENSATED
 _PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
-_RESERVOIR = 10_000
+_RESERVOIR = 4096  # a larger sample costs more replacements on the hot path
 _CHUNK = 1024
 
 
 class _Sample:
-    """Succeeded jobs' durations: exact count, sum, min and max; a reservoir for percentiles.
+    """Succeeded jobs' durations: exact count, sum and max; a reservoir for percentiles.
 
     Durations arrive in chunks (the hot path only appends to a list). The
     reservoir is a uniform random sample of fixed size (Li's Algorithm L, with
@@ -360,7 +360,7 @@ class _Sample:
     cost that shrinks as the run grows.
     """
 
-    __slots__ = ("count", "high", "low", "next", "rng", "sample", "size", "total", "w")
+    __slots__ = ("count", "high", "next", "rng", "sample", "size", "total", "w")
 
     def __init__(self, size: int = _RESERVOIR, seed: int = 0) -> None:
         self.size = size
@@ -368,44 +368,41 @@ class _Sample:
         self.sample: list[float] = []
         self.count = 0
         self.total = 0.0
-        self.low = math.inf
         self.high = -math.inf
         self.w = 1.0
         self.next = 0
-
-    def _u(self) -> float:
-        u = self.rng.random()
-        while u == 0.0:
-            u = self.rng.random()
-        return u
-
-    def _skip(self) -> None:
-        """Draw the 1-based index of the next duration that enters the reservoir."""
-        self.w *= math.exp(math.log(self._u()) / self.size)
-        try:
-            self.next += math.floor(math.log(self._u()) / math.log1p(-self.w)) + 1
-        except (ZeroDivisionError, ValueError, OverflowError):
-            self.next = 1 << 62
 
     def fold(self, chunk: list[float]) -> None:
         """Take a chunk of durations in (and clear it)."""
         if not chunk:
             return
         self.total += sum(chunk)
-        self.low = min(self.low, min(chunk))
         self.high = max(self.high, max(chunk))
         sample, size, seen = self.sample, self.size, self.count
         end = seen + len(chunk)
+        rand, log, log1p, inv = self.rng.random, math.log, math.log1p, 1.0 / size
+        w, nxt = self.w, self.next
         if len(sample) < size:
             take = min(size - len(sample), len(chunk))
             sample.extend(chunk[:take])
-            if len(sample) == size:
-                self.next = seen + take
-                self._skip()
-        while len(sample) == size and self.next <= end:
-            sample[self.rng.randrange(size)] = chunk[self.next - seen - 1]
-            self._skip()
-        self.count = end
+            if len(sample) < size:
+                self.count = end
+                chunk.clear()
+                return
+            nxt = seen + take  # full now: draw the first skip below
+            w = (1.0 - rand()) ** inv
+            nxt += int(log(1.0 - rand()) / log1p(-w)) + 1
+        try:
+            # Algorithm L: skip ahead to the next duration that replaces a random one.
+            # (1.0 - rand() is in (0, 1], so log() never sees zero; both logs are <= 0,
+            # so int() is floor.)
+            while nxt <= end:
+                sample[int(rand() * size)] = chunk[nxt - seen - 1]
+                w *= (1.0 - rand()) ** inv
+                nxt += int(log(1.0 - rand()) / log1p(-w)) + 1
+        except (ZeroDivisionError, OverflowError):  # w underflowed: nothing enters any more
+            nxt = 1 << 62
+        self.w, self.next, self.count = w, nxt, end
         chunk.clear()
 
     def stats(self) -> dict[str, float]:
@@ -414,7 +411,6 @@ class _Sample:
         ordered = sorted(self.sample)
         m = len(ordered)
         stats: dict[str, float] = {"count": self.count, "mean": self.total / self.count}
-        stats["min"] = self.low
         for name, q in _PERCENTILES:
             # Nearest rank; the epsilon keeps 0.95 * 20 from rounding up to rank 20.
             stats[name] = ordered[max(1, math.ceil(q * m - 1e-9)) - 1]
@@ -438,6 +434,21 @@ class ReportBuilder:
             are counted in one ``<other>`` group per kind.
         max_example: example messages are cut to this many characters.
     """
+
+    __slots__ = (
+        "_counts",
+        "_groups",
+        "_other",
+        "_pending",
+        "_sample",
+        "_touched",
+        "_undone",
+        "dead_lettered",
+        "max_example",
+        "max_groups",
+        "retries",
+        "run_id",
+    )
 
     def __init__(self, run_id: str, *, max_groups: int = 1000, max_example: int = _MAX_EXAMPLE):
         self.run_id = run_id
