@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import traceback
 import warnings
 from typing import Any
@@ -63,6 +64,28 @@ class Entry(JobContext):
         self.kind: ErrorKind | None = None
         self.redrive_of: int | None = None
         self.timer: asyncio.TimerHandle | None = None
+
+    def outcome(
+        self,
+        status: JobStatus,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+        fell_back: bool = False,
+    ) -> JobOutcome[Any]:
+        """This job's `JobOutcome` as of now (duration from its first start)."""
+        return JobOutcome(
+            key=self.key,
+            status=status,
+            result=result,
+            error=error,
+            attempts=self.attempt,
+            duration=time.perf_counter() - self.started if self.started else 0.0,
+            index=self.index,
+            kind=self.kind,
+            history=tuple(self.history),
+            fell_back=fell_back,
+        )
 
     def record(
         self,

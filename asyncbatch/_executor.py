@@ -589,16 +589,7 @@ class Engine(Generic[R]):
 
     def _succeeded(self, entry: Entry, result: Any) -> None:
         if entry.history:
-            outcome: JobOutcome[Any] = JobOutcome(
-                key=entry.key,
-                status=JobStatus.SUCCEEDED,
-                result=result,
-                attempts=entry.attempt,
-                duration=time.perf_counter() - entry.started,
-                index=entry.index,
-                kind=entry.kind,
-                history=tuple(entry.history),
-            )
+            outcome = entry.outcome(JobStatus.SUCCEEDED, result=result)
         else:
             outcome = fast_outcome(
                 entry.key,
@@ -747,17 +738,7 @@ class Engine(Generic[R]):
                 # A failing fallback is this attempt's failure, handled by its kind.
                 self._failed(entry, fallback_error, start)
                 return
-            outcome: JobOutcome[Any] = JobOutcome(
-                key=entry.key,
-                status=JobStatus.SUCCEEDED,
-                result=result,
-                attempts=entry.attempt,
-                duration=time.perf_counter() - (entry.started or start),
-                index=entry.index,
-                history=tuple(entry.history),
-                fell_back=True,
-            )
-            self._finish(entry, outcome)
+            self._finish(entry, entry.outcome(JobStatus.SUCCEEDED, result=result, fell_back=True))
             return
         # on_open="fail": dead-letter at once, naming the dependency.
         self._failed(entry, exc, start, kind=ErrorKind.RECOVERABLE)
@@ -778,17 +759,8 @@ class Engine(Generic[R]):
         self._wake_one()
 
     def _dead_letter(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
-        history = tuple(entry.history)
-        outcome: JobOutcome[Any] = JobOutcome(
-            key=entry.key,
-            status=JobStatus.DEAD_LETTERED,
-            error=exc,
-            attempts=entry.attempt,
-            duration=time.perf_counter() - entry.started,
-            index=entry.index,
-            kind=kind,
-            history=history,
-        )
+        entry.kind = kind
+        outcome = entry.outcome(JobStatus.DEAD_LETTERED, error=exc)
         self._emit(
             JobDeadLettered(
                 run_id=self.run_id,
@@ -887,18 +859,9 @@ class Engine(Generic[R]):
             self._abort(verdict)
 
     def _fail_batch(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
-        outcome: JobOutcome[Any] = JobOutcome(
-            key=entry.key,
-            status=JobStatus.FAILED,
-            error=exc,
-            attempts=entry.attempt,
-            duration=time.perf_counter() - entry.started,
-            index=entry.index,
-            kind=kind,
-            history=tuple(entry.history),
-        )
+        entry.kind = kind
         self._done(entry)
-        self._ack(outcome)
+        self._ack(entry.outcome(JobStatus.FAILED, error=exc))
         self._abort(exc)
 
     def _abort(self, cause: BaseException) -> None:
@@ -920,16 +883,7 @@ class Engine(Generic[R]):
             if entry.timer is not None:
                 entry.timer.cancel()
             self._live -= 1
-            self._ack(
-                JobOutcome(
-                    key=entry.key,
-                    status=JobStatus.CANCELLED,
-                    attempts=entry.attempt,
-                    index=entry.index,
-                    kind=entry.kind,
-                    history=tuple(entry.history),
-                )
-            )
+            self._ack(entry.outcome(JobStatus.CANCELLED))
 
 
 def unwrap_group(exc: BaseException) -> BaseException:
