@@ -39,7 +39,7 @@ from ._events import (
     RunStarted,
 )
 from ._guard import Rate, guard
-from ._report import ErrorReport
+from ._report import ErrorReport, FailureGroup
 from ._result import AttemptRecord, BatchResult, DeadLetter, JobOutcome, JobStatus
 from ._retry import Backoff, Decision, Retry, RetryPolicy
 from ._store import MemoryStore, SQLiteStore, Store, open_store
@@ -69,6 +69,7 @@ __all__ = [
     "ErrorKind",
     "ErrorReport",
     "Event",
+    "FailureGroup",
     "FatalError",
     "Hook",
     "JobContext",

@@ -8,6 +8,7 @@ import csv
 import importlib
 import inspect
 import json
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -49,13 +50,30 @@ class InputError(CLIError):
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on uvloop when it is installed, else on the default loop."""
+    """Run ``main`` on uvloop when it is installed, else on the default loop.
+
+    SIGTERM is handled like Ctrl-C: the run stops feeding, cancels what is in
+    flight, commits what finished and stays resumable.
+    """
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main)
+        return asyncio.run(_terminable(main))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
+        return runner.run(_terminable(main))
+
+
+async def _terminable(main: Coroutine[Any, Any, T]) -> T:
+    loop = asyncio.get_running_loop()
+    try:
+        # Re-raise as SIGINT: asyncio's runner turns that into a clean cancellation.
+        loop.add_signal_handler(signal.SIGTERM, signal.raise_signal, signal.SIGINT)
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
+        return await main
+    try:
+        return await main
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def store_url(db: str) -> str:

@@ -222,6 +222,7 @@ class Engine(Generic[R]):
             else None,
             budget=self._budget.state() if self._budget else None,
             compensation=self.compensation.to_dict() if self.compensation else None,
+            counts=self.counts,
             aborted=f"{type(self._abort_cause).__name__}: {self._abort_cause}"
             if self._abort_cause is not None
             else None,
@@ -844,18 +845,16 @@ class Engine(Generic[R]):
     # --------------------------------------------------------------- abort
 
     def _budget_exhausted(self, verdict: BudgetExceeded) -> None:
-        budget = self.opts.budget
-        action = getattr(budget, "action", "abort")
         self._emit(
             BudgetExhausted(
                 run_id=self.run_id,
-                action=action,
+                action=verdict.action,
                 reason=str(verdict),
-                failures=getattr(verdict, "failures", 0),
-                jobs=getattr(verdict, "jobs", 0),
+                failures=verdict.failures,
+                jobs=verdict.jobs,
             )
         )
-        if action == "abort":
+        if verdict.action == "abort":
             self._abort(verdict)
 
     def _fail_batch(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:

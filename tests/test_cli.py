@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -461,14 +463,27 @@ async def slow(item):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_run_that_resumes(workdir: Path) -> None:
+def _committed_jobs(db: str) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=0.1)) as conn:
+            return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_leaves_a_run_that_resumes(workdir: Path, sig: signal.Signals) -> None:
     Path("slowjobs.py").write_text(SLOW_JOB)
     Path("many.jsonl").write_text("".join(f'{{"n": {i}}}\n' for i in range(200)))
     args = [sys.executable, "-m", "asyncbatch", "run", "slowjobs:slow", "--input", "many.jsonl"]
     args += ["--concurrency", "4", "--run-id", "r1", "--db", "t.db"]
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
-    child.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while _committed_jobs("t.db") < 8:  # wait for real progress, then interrupt
+        assert child.poll() is None
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    child.send_signal(sig)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 130, out + err
     assert err.strip() == "error: interrupted; resume with --run-id r1"
