@@ -111,11 +111,13 @@ class Engine(Generic[R]):
         self._source_done = False
         self._feeder_wait: asyncio.Future[None] | None = None
         self._blocked = False
+        self._bounded = False
         self._max_backlog = max(4096, 4 * opts.concurrency)
         self._finished: dict[str, FinishedJob] = {}
         self._redrive: dict[int, tuple[int, str]] | None = None
         self._rollback_only = rollback_only
         self._done_log: list[Done] = []
+        self._compensating_log = opts.compensate is not None
         self._skipped_at: dict[str, int | None] = {}
         self.compensation: Compensation | None = None
         self._report: Any = None
@@ -160,6 +162,8 @@ class Engine(Generic[R]):
                 elif self._rollback_only:
                     self._abort_cause = AsyncBatchError("rollback requested")
             self._checkpointer = Checkpointer(store, self.opts.durability, self._ack)
+        # Only a checkpoint writer or a stream reader can fall behind the workers.
+        self._bounded = self._checkpointer is not None or self._extra_backlog is not None
         self._setup_dependencies()
         self._inst = Instrumentation.create(
             self.opts.tracer_provider, self.opts.meter_provider, self.run_id
@@ -352,7 +356,7 @@ class Engine(Generic[R]):
         source = self._source
         if source is None:
             return None
-        if self._backlog() >= self._max_backlog:
+        if self._bounded and self._backlog() >= self._max_backlog:
             self._blocked = True
             return None
         for index, item in source:
@@ -600,11 +604,17 @@ class Engine(Generic[R]):
                 time.perf_counter() - entry.started,
                 entry.index,
             )
-        if self.opts.compensate is not None:
+        if self._compensating_log:
             self._done_log.append(
                 Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED)
             )
-        self._finish(entry, outcome)
+        if self._checkpointer is None:  # the hot path, inlined
+            self._live -= 1
+            if self._live == 0 and self._source_done:
+                self._wake_all()
+            self._ack(outcome)
+        else:
+            self._finish(entry, outcome)
 
     def _finish(
         self, entry: Entry, outcome: JobOutcome[Any], exc: BaseException | None = None
@@ -657,6 +667,8 @@ class Engine(Generic[R]):
                 else self._classify_exc(exc)
             )
         entry.kind = kind
+        if not entry.history:
+            entry.history = []
         entry.history.append(
             AttemptRecord(
                 number=entry.attempt,
