@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from contextlib import nullcontext
 from typing import Any, Generic, TypeVar
 
@@ -49,6 +48,7 @@ from ._events import (
 )
 from ._options import Options
 from ._otel import Instrumentation
+from ._ready import ReadyQueue
 from ._report import ReportBuilder
 from ._result import (
     AttemptRecord,
@@ -91,7 +91,6 @@ class Engine(Generic[R]):
         self.store = store
         self._sink = sink
         self._job_ref = job_ref
-        self._extra_backlog = backlog
         self.counts = count_statuses()
         self.report = ReportBuilder(run_id)
         self._budget = BudgetTracker(opts.budget) if opts.budget is not None else None
@@ -102,17 +101,14 @@ class Engine(Generic[R]):
         self._classify = opts.classify
         self._result_rules = getattr(opts.classify, "checks_results", False)
         self._rng = opts.retry.rng()
-        self._ready: deque[Entry] = deque()
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._queue = ReadyQueue(
+            self._admit,
+            concurrency=opts.concurrency,
+            backlog=backlog,
+            max_backlog=max(4096, 4 * opts.concurrency),
+        )
         self._parked: set[Entry] = set()
         self._interrupted: list[Entry] = []
-        self._live = 0
-        self._source: Iterator[tuple[int | None, Any]] | None = None
-        self._source_done = False
-        self._feeder_wait: asyncio.Future[None] | None = None
-        self._blocked = False
-        self._bounded = False
-        self._max_backlog = max(4096, 4 * opts.concurrency)
         self._finished: dict[str, FinishedJob] = {}
         self._redrive: dict[int, tuple[int, str]] | None = None
         self._rollback_only = rollback_only
@@ -162,8 +158,9 @@ class Engine(Generic[R]):
                 elif self._rollback_only:
                     self._abort_cause = AsyncBatchError("rollback requested")
             self._checkpointer = Checkpointer(store, self.opts.durability, self._ack)
-        # Only a checkpoint writer or a stream reader can fall behind the workers.
-        self._bounded = self._checkpointer is not None or self._extra_backlog is not None
+        if self._checkpointer is not None:
+            # Only a checkpoint writer or a stream reader can fall behind the workers.
+            self._queue.watch(self._checkpointer)
         self._setup_dependencies()
         self._inst = Instrumentation.create(
             self.opts.tracer_provider, self.opts.meter_provider, self.run_id
@@ -306,11 +303,9 @@ class Engine(Generic[R]):
         try:
             with anyio.CancelScope() as self._work_scope:
                 async with anyio.create_task_group() as tg:
-                    if isinstance(items, AsyncIterable):
-                        self._source_done = False
-                        tg.start_soon(self._feed, items)
-                    else:
-                        self._source = iter(enumerate(items))
+                    async_items = self._queue.start(items)
+                    if async_items is not None:
+                        tg.start_soon(self._queue.feed, async_items)
                     run = self._pick_worker()
                     for _ in range(self.opts.concurrency):
                         tg.start_soon(run)
@@ -324,55 +319,6 @@ class Engine(Generic[R]):
         if o.timeout or o.deadline or o.uses or self._deps is not None:
             return self._worker_full
         return self._worker_plain if self._inst is None else self._worker_traced
-
-    async def _feed(self, items: AsyncIterable[Any]) -> None:
-        loop = self._loop
-        assert loop is not None
-        limit = self.opts.concurrency
-        index = 0
-        async for item in items:
-            entry = self._admit(index, item)
-            index += 1
-            if entry is None:
-                continue
-            while len(self._ready) >= limit or self._backlog() >= self._max_backlog:
-                self._feeder_wait = loop.create_future()
-                await self._feeder_wait
-            self._ready.append(entry)
-            self._wake_one()
-        self._source_done = True
-        if self._live == 0:
-            self._wake_all()
-
-    def _next(self) -> Entry | None:
-        """The next entry to run: a due retry first, then a new item from a sync source."""
-        if self._abort_cause is not None:
-            return None
-        if self._ready:
-            entry = self._ready.popleft()
-            if self._feeder_wait is not None:
-                self._release_feeder()
-            return entry
-        source = self._source
-        if source is None:
-            return None
-        if self._bounded and self._backlog() >= self._max_backlog:
-            self._blocked = True
-            return None
-        for index, item in source:
-            admitted = self._admit(index, item)
-            if admitted is not None:
-                return admitted
-        self._source = None
-        self._source_done = True
-        return None
-
-    def _release_feeder(self) -> None:
-        fut = self._feeder_wait
-        if fut is not None and len(self._ready) < self.opts.concurrency:
-            self._feeder_wait = None
-            if not fut.done():
-                fut.set_result(None)
 
     def _admit(self, index: int | None, item: Any) -> Entry | None:
         """Make an entry for a new item, or acknowledge it as SKIPPED."""
@@ -405,49 +351,18 @@ class Engine(Generic[R]):
         entry = Entry(self.run_id, index, key, item)
         if redrive is not None and index is not None:
             entry.redrive_of = dlq_id
-        self._live += 1
         return entry
-
-    def _backlog(self) -> int:
-        n = self._checkpointer.backlog if self._checkpointer is not None else 0
-        if self._extra_backlog is not None:
-            n += self._extra_backlog()
-        return n
-
-    async def _wait(self) -> bool:
-        """Wait for work; False when the run is over for this worker."""
-        if self._source_done and self._live == 0 and not self._ready:
-            self._wake_all()
-            return False
-        assert self._loop is not None
-        fut = self._loop.create_future()
-        self._waiters.append(fut)
-        await fut
-        return True
-
-    def _wake_one(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-
-    def _wake_all(self) -> None:
-        waiters, self._waiters = self._waiters, deque()
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
 
     async def _worker_plain(self) -> None:
         """The hot loop: no timeouts, guards or spans to wrap the call in."""
         job = self.job
         perf = time.perf_counter
         set_job, reset_job = _current.set, _current.reset
+        next_entry, wait = self._queue.next, self._queue.wait
         while True:
-            entry = self._next()
+            entry = next_entry()
             if entry is None:
-                if await self._wait():
+                if await wait():
                     continue
                 return
             entry.attempt += 1
@@ -476,11 +391,12 @@ class Engine(Generic[R]):
         job = self.job
         perf = time.perf_counter
         set_job, reset_job = _current.set, _current.reset
+        next_entry, wait = self._queue.next, self._queue.wait
         metered = inst.metered
         while True:
-            entry = self._next()
+            entry = next_entry()
             if entry is None:
-                if await self._wait():
+                if await wait():
                     continue
                 return
             entry.attempt += 1
@@ -512,10 +428,11 @@ class Engine(Generic[R]):
 
     async def _worker_full(self) -> None:
         """The general loop: deadline, timeout, ``uses=`` guards, attempt spans."""
+        next_entry, wait = self._queue.next, self._queue.wait
         while True:
-            entry = self._next()
+            entry = next_entry()
             if entry is None:
-                if await self._wait():
+                if await wait():
                     continue
                 return
             await self._attempt(entry)
@@ -609,9 +526,7 @@ class Engine(Generic[R]):
                 Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED)
             )
         if self._checkpointer is None:  # the hot path, inlined
-            self._live -= 1
-            if self._live == 0 and self._source_done:
-                self._wake_all()
+            self._queue.finished()
             self._ack(outcome)
         else:
             self._finish(entry, outcome)
@@ -620,9 +535,7 @@ class Engine(Generic[R]):
         self, entry: Entry, outcome: JobOutcome[Any], exc: BaseException | None = None
     ) -> None:
         """The job is over: checkpoint it (acknowledged after commit) or acknowledge now."""
-        self._live -= 1
-        if self._live == 0 and self._source_done:
-            self._wake_all()
+        self._queue.finished()
         cp = self._checkpointer
         if cp is None:
             self._ack(outcome)
@@ -768,8 +681,7 @@ class Engine(Generic[R]):
         if self._abort_cause is not None:
             self._interrupted.append(entry)
             return
-        self._ready.append(entry)
-        self._wake_one()
+        self._queue.push(entry)
 
     def _dead_letter(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
         entry.kind = kind
@@ -786,11 +698,6 @@ class Engine(Generic[R]):
         )
         self._finish(entry, outcome, exc)
 
-    def _done(self, entry: Entry) -> None:
-        self._live -= 1
-        if self._live == 0 and self._source_done:
-            self._wake_all()
-
     def _ack(self, outcome: JobOutcome[Any]) -> None:
         """An outcome is final (committed, when there is a store): count and deliver it."""
         self.counts[outcome.status] += 1
@@ -803,16 +710,12 @@ class Engine(Generic[R]):
                 self._budget_exhausted(verdict)
         if self._sink is not None:
             self._sink(outcome)
-        if self._blocked or self._feeder_wait is not None:
-            self.relieve()
+        if self._queue.held_back:
+            self._queue.relieve()
 
     def relieve(self) -> None:
-        """The backlog shrank: wake workers (and the feeder) held back by it."""
-        if self._blocked and self._backlog() < self._max_backlog // 2:
-            self._blocked = False
-            self._wake_all()
-        if self._feeder_wait is not None and self._backlog() < self._max_backlog:
-            self._release_feeder()
+        """A stream reader took outcomes: the backlog shrank."""
+        self._queue.relieve()
 
     # ------------------------------------------------------------ rollback
 
@@ -871,7 +774,7 @@ class Engine(Generic[R]):
 
     def _fail_batch(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
         entry.kind = kind
-        self._done(entry)
+        self._queue.finished()
         self._ack(entry.outcome(JobStatus.FAILED, error=exc))
         self._abort(exc)
 
@@ -882,18 +785,18 @@ class Engine(Generic[R]):
         self._emit(
             RunAborted(run_id=self.run_id, error_type=qualname(type(cause)), message=str(cause))
         )
+        self._interrupted += self._queue.stop()
         if self._work_scope is not None:
             self._work_scope.cancel()
 
     def _cancel_leftovers(self) -> None:
         """Jobs still admitted when the work stopped end CANCELLED (they re-run on resume)."""
-        leftovers = [*self._interrupted, *self._ready, *self._parked]
-        self._interrupted, self._ready, self._parked = [], deque(), set()
+        leftovers = [*self._interrupted, *self._queue.stop(), *self._parked]
+        self._interrupted, self._parked = [], set()
         leftovers.sort(key=lambda e: -1 if e.index is None else e.index)
         for entry in leftovers:
             if entry.timer is not None:
                 entry.timer.cancel()
-            self._live -= 1
             self._ack(entry.outcome(JobStatus.CANCELLED))
 
 
