@@ -190,6 +190,8 @@ class EventDispatcher:
         self._queue: deque[Event] = deque()
         self._wake = anyio.Event()
         self._closed = False
+        self._drain_timeout = 10.0
+        self._scope: anyio.CancelScope | None = None
 
     def __bool__(self) -> bool:
         return bool(self.hooks)
@@ -202,18 +204,33 @@ class EventDispatcher:
 
     async def run(self) -> None:
         """Deliver events until `close` is called and the queue is drained."""
-        while True:
-            while self._queue:
-                await self._deliver(self._queue.popleft())
-            if self._closed:
-                return
-            await self._wake.wait()
-            self._wake = anyio.Event()
+        with anyio.CancelScope() as self._scope:
+            while True:
+                while self._queue:
+                    await self._deliver(self._queue.popleft())
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake = anyio.Event()
+        if self._scope.cancelled_caught:
+            log.warning(
+                "asyncbatch: on_event hooks did not finish within %ss after the run ended; "
+                "%d event(s) not delivered",
+                self._drain_timeout,
+                len(self._queue) + 1,
+            )
 
-    def close(self) -> None:
-        """Stop after delivering what is queued."""
+    def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop once what is queued is delivered, or ``drain_timeout`` s from now.
+
+        The bound keeps a hook that hangs (an alert endpoint that never
+        answers) from holding the batch forever.
+        """
+        self._drain_timeout = drain_timeout
         self._closed = True
         self._wake.set()
+        if self._scope is not None:
+            self._scope.deadline = anyio.current_time() + drain_timeout
 
     async def _deliver(self, event: Event) -> None:
         for hook in self.hooks:

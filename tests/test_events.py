@@ -124,3 +124,38 @@ async def test_logging_hook_writes_structured_records(caplog: pytest.LogCaptureF
 async def test_bad_hooks_are_config_errors() -> None:
     with pytest.raises(ab.ConfigError, match="on_event"):
         await ab.run_batch(flaky, [], on_event=[42])  # type: ignore[list-item]
+
+
+@pytest.mark.looptime
+async def test_a_hook_that_never_returns_cannot_hold_the_run_forever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def hung(event: ab.Event) -> None:
+        if event.name == "RunFinished":
+            await asyncio.Event().wait()
+
+    start = loop.time()
+    with caplog.at_level(logging.WARNING, logger="asyncbatch"):
+        result = await ab.run_batch(flaky, range(3), retry=FAST, on_event=hung)
+    assert result.counts[ab.JobStatus.SUCCEEDED] == 2
+    assert loop.time() - start == pytest.approx(10, abs=0.5)
+    assert "did not finish" in caplog.text
+
+
+@pytest.mark.looptime
+async def test_a_hook_hung_mid_run_delays_only_the_hooks_and_is_cut_off_at_the_end() -> None:
+    loop = asyncio.get_running_loop()
+    delivered: list[str] = []
+
+    async def hung(event: ab.Event) -> None:
+        delivered.append(event.name)
+        if event.name == "RetryScheduled":
+            await asyncio.Event().wait()
+
+    start = loop.time()
+    result = await ab.run_batch(flaky, range(3), retry=FAST, on_event=hung)
+    assert result.counts[ab.JobStatus.SUCCEEDED] == 2
+    assert loop.time() - start == pytest.approx(10, abs=0.5)
+    assert "RunFinished" not in delivered
