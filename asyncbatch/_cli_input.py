@@ -55,11 +55,14 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     SIGTERM is handled like Ctrl-C: the run stops feeding, cancels what is in
     flight, commits what finished and stays resumable.
     """
+    loop_factory = None
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_terminable(main))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        pass  # not inside this block: every error of the run would carry it as context
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(_terminable(main))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -493,3 +494,18 @@ def test_ctrl_c_leaves_a_run_that_resumes(workdir: Path, sig: signal.Signals) ->
     assert found, resumed.stdout
     assert int(found[2]) > 0, "work done before Ctrl-C is not redone"
     assert int(found[1]) + int(found[2]) == 200
+
+
+def test_stored_tracebacks_are_the_jobs_own_without_uvloop(
+    jobs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on a machine without the extra
+    run_square(jobs, "--run-id", "r1")
+
+    async def first_dead() -> ab.DeadLetter:
+        async with ab.open_store("t.db") as store:
+            return (await store.dlq.list(run_id="r1"))[0]
+
+    dead = asyncio.run(first_dead())
+    assert "uvloop" not in dead.traceback
+    assert "During handling" not in dead.traceback
