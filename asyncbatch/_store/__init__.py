@@ -17,7 +17,8 @@ from asyncbatch._errors import ConfigError, StoreError
 from ._common import check_durability
 from ._memory import MemoryDeadLetterQueue, MemoryStore
 from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus, Store
-from ._sqlite import SQLiteDeadLetterQueue, SQLiteStore
+from ._sqlite import SQLiteStore
+from ._sqlite_dlq import SQLiteDeadLetterQueue
 
 __all__ = [
     "DeadLetterQueue",

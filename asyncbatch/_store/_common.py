@@ -22,7 +22,7 @@ from asyncbatch._classify import ErrorKind
 from asyncbatch._errors import ConfigError
 from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
 
-from ._protocol import JobRecord
+from ._protocol import FinishedJob, JobRecord
 
 __all__ = [
     "DLQ_STATUSES",
@@ -40,6 +40,7 @@ __all__ = [
     "encode_history",
     "encode_payload",
     "export_jsonl",
+    "finished_job",
     "is_compensation",
     "job_row",
     "merge_history",
@@ -131,6 +132,30 @@ def job_row(r: JobRecord, seq: int, now: float) -> JobRow:
         r.message,
         r.compensation_error,
         now,
+    )
+
+
+_STATUS = {s.value: s for s in JobStatus}
+
+
+def finished_job(
+    key: str,
+    status: str,
+    result: str | None,
+    has_result: bool,
+    attempts: int,
+    seq: int,
+    payload: str | None,
+) -> FinishedJob:
+    """A `FinishedJob` from stored columns (JSON decoded afresh)."""
+    return FinishedJob(
+        key=key,
+        status=_STATUS[status],
+        result=decode(result),
+        has_result=bool(has_result),
+        attempts=attempts,
+        seq=seq,
+        payload=decode(payload),
     )
 
 

@@ -26,6 +26,7 @@ from ._common import (
     encode,
     encode_history,
     encode_payload,
+    finished_job,
     is_compensation,
     job_row,
     merge_history,
@@ -35,8 +36,6 @@ from ._common import (
 from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus
 
 __all__ = ["MemoryStore"]
-
-_STATUS = {s.value: s for s in JobStatus}
 
 # Indices into a `JobRow` (see `_common.JOB_COLUMNS`).
 _KEY, _IDX, _STAT, _ATT, _RES, _HAS, _PAY, _SEQ, _CERR, _NOW = 1, 2, 3, 4, 6, 7, 8, 10, 14, 15
@@ -110,14 +109,14 @@ class _Dead:
 
 
 def _finished(row: JobRow) -> FinishedJob:
-    return FinishedJob(
+    return finished_job(
         key=row[_KEY],
-        status=_STATUS[row[_STAT]],
-        result=decode(row[_RES]),
+        status=row[_STAT],
+        result=row[_RES],
         has_result=row[_HAS],
         attempts=row[_ATT],
         seq=row[_SEQ],
-        payload=decode(row[_PAY]),
+        payload=row[_PAY],
     )
 
 

@@ -10,6 +10,9 @@ process crash; ``FULL`` also survives power loss.
 Every transaction is shielded from its caller's cancellation: once begun it
 commits or rolls back, so a cancelled caller never leaves the connection
 mid-transaction.
+
+The commit writes dead-letter entries too (same transaction as the job);
+reading and changing them is `SQLiteDeadLetterQueue`'s job, in ``_sqlite_dlq``.
 """
 
 from __future__ import annotations
@@ -26,20 +29,19 @@ import aiosqlite
 import anyio.to_thread
 
 from asyncbatch._errors import ConfigError, StoreError, UnknownRun
-from asyncbatch._result import DeadLetter, JobStatus
+from asyncbatch._result import JobStatus
 
 from ._common import (
     FINISHED,
     Clock,
-    DeadLetterFilter,
-    DeadLetterQueueBase,
     JobRow,
     check_durability,
-    dead_letter,
     decode,
     encode,
     encode_history,
     encode_payload,
+    finished_job,
+    is_compensation,
     job_row,
     merge_history,
     wall_clock,
@@ -48,7 +50,6 @@ from ._common import (
 from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus
 from ._schema import (
     APPLICATION_ID,
-    DLQ_COLUMNS,
     DLQ_INSERT,
     DLQ_REDEAD,
     DLQ_RESOLVE_BY_ID,
@@ -58,18 +59,17 @@ from ._schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
 )
+from ._sqlite_dlq import SQLiteDeadLetterQueue
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-_STATUS = {s.value: s for s in JobStatus}
 _FINISHED_SQL = ", ".join(f"'{s.value}'" for s in FINISHED)
 _RUN_COLUMNS = "id, job, status, config, counts, report, created_at, updated_at"
-_JOB_COLUMNS = "key, status, result, has_result, attempts, seq, payload"
+_JOB_COLUMNS = "key, status, result, has_result, attempts, seq, payload"  # finished_job's order
 _CHUNK = 500  # bound variables per IN (...) query, far below SQLite's limit
 _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
-_COMPENSATED = JobStatus.COMPENSATED
 
 
 @dataclass(slots=True)
@@ -82,18 +82,6 @@ class _RunCache:
     """Keys with a DLQ entry that is not resolved: their success resolves it."""
     touched: float = 0.0
     """When this store last set the run's ``updated_at``."""
-
-
-def _finished(row: sqlite3.Row | tuple[Any, ...]) -> FinishedJob:
-    return FinishedJob(
-        key=row[0],
-        status=_STATUS[row[1]],
-        result=decode(row[2]),
-        has_result=bool(row[3]),
-        attempts=row[4],
-        seq=row[5],
-        payload=decode(row[6]),
-    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -429,13 +417,13 @@ class SQLiteStore:
             run_id,
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id = ? AND status IN ({_FINISHED_SQL})",
         )
-        return {row[0]: _finished(row) for row in rows}
+        return {row[0]: finished_job(*row) for row in rows}
 
     async def jobs(self, run_id: str) -> list[FinishedJob]:
         """Every job of the run, in completion order."""
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id = ? ORDER BY seq"
         rows = await self._jobs(run_id, sql)
-        return [_finished(row) for row in rows]
+        return [finished_job(*row) for row in rows]
 
     async def commit(
         self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
@@ -477,7 +465,7 @@ class SQLiteStore:
             cache = caches[r.run_id]
             cache.seq += 1
             status = r.status
-            compensation = status is _COMPENSATED or r.compensation_error is not None
+            compensation = is_compensation(r)
             sql = JOB_COMPENSATE if compensation else JOB_UPSERT
             if sql is not last_sql:
                 ops = []
@@ -569,80 +557,3 @@ class SQLiteStore:
             self._closed = True
             with self._errors():
                 await self._db.close()
-
-
-class SQLiteDeadLetterQueue(DeadLetterQueueBase):
-    """``SQLiteStore.dlq``: the dead-letter queue in the ``dlq`` table."""
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
-
-    @staticmethod
-    def _where(f: DeadLetterFilter) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("run_id", f.run_id), ("kind", f.kind), ("status", f.status)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if f.error_type is not None:
-            clauses.append("(error_type = ? OR substr(error_type, -?) = ?)")
-            params += [f.error_type, len(f.error_type) + 1, "." + f.error_type]
-        if f.since is not None:
-            clauses.append("created_at >= ?")
-            params.append(f.since)
-        if f.until is not None:
-            clauses.append("created_at < ?")
-            params.append(f.until)
-        sql = (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
-        if f.limit is not None:
-            sql += " LIMIT ?"
-            params.append(f.limit)
-        return sql, params
-
-    async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
-        where, params = self._where(f)
-        rows = await self._store._read(f"SELECT {DLQ_COLUMNS} FROM dlq{where}", params)
-        return [self._value(row) for row in rows]
-
-    @staticmethod
-    def _value(row: Any) -> DeadLetter:
-        return dead_letter(
-            id=row[0], run_id=row[1], key=row[2], payload=row[3], payload_is_repr=row[4],
-            kind=row[5], error_type=row[6], message=row[7], traceback=row[8],
-            attempts=row[9], redrive_count=row[10], status=row[11], created_at=row[12],
-        )  # fmt: skip
-
-    async def get(self, id: int) -> DeadLetter:
-        """One entry; raises `KeyError` for an unknown id."""
-        rows = await self._store._read(f"SELECT {DLQ_COLUMNS} FROM dlq WHERE id = ?", (id,))
-        if not rows:
-            raise KeyError(f"no dead letter with id {id} in {self._store.url}")
-        return self._value(rows[0])
-
-    async def _delete(self, f: DeadLetterFilter) -> int:
-        store = self._store
-        where, params = self._where(f)
-
-        async def body() -> int:
-            cursor = await store._db.execute(
-                f"DELETE FROM dlq WHERE id IN (SELECT id FROM dlq{where})", params
-            )
-            store._cache.clear()  # open DLQ keys are reloaded on the next commit
-            return int(cursor.rowcount)
-
-        return await store._transaction(body)
-
-    async def mark_redriven(self, ids: Sequence[int]) -> None:
-        """Set status ``"redriven"`` and bump ``redrive_count`` (unknown ids are ignored)."""
-        store = self._store
-        now = store._clock()
-
-        async def body() -> None:
-            await store._db.executemany(
-                "UPDATE dlq SET status = 'redriven', redrive_count = redrive_count + 1, "
-                "updated_at = ? WHERE id = ?",
-                [(now, id_) for id_ in ids],
-            )
-
-        await store._transaction(body)
