@@ -34,7 +34,6 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal
 
-import aiolimiter
 import anyio
 
 from ._breaker import Breaker, Circuit
@@ -187,7 +186,7 @@ class _Dependency:
         self.rate = rate
         self.circuit = circuit
         self.limiter = anyio.CapacityLimiter(limit) if limit is not None else None
-        self.rate_limiter = aiolimiter.AsyncLimiter(rate.n, rate.per) if rate is not None else None
+        self.rate_limiter = _limiter(rate) if rate is not None else None
         self.rate_cost = _rate_cost(rate) if rate is not None else 1.0
         self.calls = 0
         self.successes = 0
@@ -562,3 +561,11 @@ def guard(name: str) -> contextlib.AbstractAsyncContextManager[None]:
         f"ab.guard({name!r}) was used outside a batch run; HINT: use it inside a job "
         f"run by ab.run_batch(job, items, breakers={{{name!r}: ab.Breaker()}}, ...)"
     )
+
+
+def _limiter(rate: Rate) -> Any:
+    # Imported on first use: aiolimiter reads package metadata at import,
+    # which is a noticeable share of `import asyncbatch` for runs without rates.
+    import aiolimiter
+
+    return aiolimiter.AsyncLimiter(rate.n, rate.per)
