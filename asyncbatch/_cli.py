@@ -34,6 +34,7 @@ from ._cli_input import (
     store_url,
 )
 from ._cli_live import LiveProgress, counts_line, make_console, render_report, short, when
+from ._cli_telemetry import telemetry
 from ._errors import AsyncBatchError, BatchAborted
 from ._result import BatchResult, JobStatus
 from ._store import Store, open_store
@@ -171,10 +172,17 @@ def cli(ctx: click.Context) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar and no live event lines.")
 @click.option(
     "--otel",
-    type=click.Choice(["none", "console"]),
+    type=click.Choice(["none", "console", "otlp"]),
     default="none",
     show_default=True,
-    help="Export OpenTelemetry spans and metrics (console: to stderr).",
+    help="Export OpenTelemetry spans and metrics: console (stderr) or otlp (OTEL_EXPORTER_OTLP_*).",
+)
+@click.option(
+    "--prometheus-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="Serve metrics for Prometheus on 127.0.0.1:PORT during the run (extra: prometheus).",
 )
 def demo(
     jobs: int,
@@ -185,6 +193,7 @@ def demo(
     seed: int,
     quiet: bool,
     otel: str,
+    prometheus_port: int | None,
 ) -> int:
     """Run a batch against a real, flaky local HTTP service and show what happened."""
     from ._demo import DemoOptions, run_demo
@@ -199,6 +208,7 @@ def demo(
         seed=seed,
         quiet=quiet,
         otel=otel,
+        prometheus_port=prometheus_port,
     )
     try:
         code: int = run_async(run_demo(options, make_console()))
@@ -242,6 +252,20 @@ def demo(
 )
 @click.option("--quiet", is_flag=True, help="Only the summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--otel",
+    type=click.Choice(["none", "console", "otlp"]),
+    default="none",
+    show_default=True,
+    help="Export OpenTelemetry spans and metrics: console (stderr) or otlp (OTEL_EXPORTER_OTLP_*).",
+)
+@click.option(
+    "--prometheus-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="Serve metrics for Prometheus on 127.0.0.1:PORT during the run (extra: prometheus).",
+)
 def run(
     job_spec: str,
     input_path: str,
@@ -254,6 +278,8 @@ def run(
     timeout: float | None,
     quiet: bool,
     as_json: bool,
+    otel: str,
+    prometheus_port: int | None,
 ) -> int:
     """Run MODULE:FUNC over every item of --input, checkpointed to --db.
 
@@ -269,19 +295,23 @@ def run(
     progress = LiveProgress(
         console, total=source.count(), label=job_spec, enabled=not quiet, events=not quiet
     )
-    batch: Batch[Any, Any] = Batch(
-        progress.wrap(job),
-        concurrency=concurrency,
-        key=source.key if key_field else None,
-        run_id=run_id,
-        store=store_url(db),
-        retry_dead=retry_dead,
-        timeout=timeout,
-        on_event=progress.on_event,
-    )
+
+    def make_batch(telemetry_options: dict[str, Any]) -> Batch[Any, Any]:
+        return Batch(
+            progress.wrap(job),
+            concurrency=concurrency,
+            key=source.key if key_field else None,
+            run_id=run_id,
+            store=store_url(db),
+            retry_dead=retry_dead,
+            timeout=timeout,
+            on_event=progress.on_event,
+            **telemetry_options,
+        )
 
     async def go(out: TextIO | None) -> BatchResult[Any]:
-        with progress:
+        with progress, telemetry(otel, prometheus_port, service="asyncbatch") as options:
+            batch = make_batch(options)
             async with batch.stream(source) as outcomes:
                 async for outcome in outcomes:
                     progress.on_outcome(outcome)

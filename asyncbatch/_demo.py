@@ -10,11 +10,8 @@ the error report and the commands to look at the DLQ, resume and redrive.
 
 from __future__ import annotations
 
-import contextlib
 import random
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +23,7 @@ from ._breaker import Breaker
 from ._classify import ErrorKind
 from ._cli_input import store_url
 from ._cli_live import LiveProgress, render_report
+from ._cli_telemetry import telemetry
 from ._demo_server import FlakyService, get_json
 from ._events import Event, RunStarted
 from ._guard import Rate
@@ -57,6 +55,7 @@ class DemoOptions:
     seed: int = 0
     quiet: bool = False
     otel: str = "none"
+    prometheus_port: int | None = None
 
 
 class DemoJob:
@@ -97,35 +96,6 @@ def demo_service(jobs: int, seed: int, *, healed: bool = False) -> FlakyService:
         poison=set(poison),
     )
     return FlakyService(faults, stuck=stuck)
-
-
-@contextlib.contextmanager
-def _otel(kind: str) -> Iterator[dict[str, Any]]:
-    """Tracer and meter providers exporting to stderr, or nothing."""
-    if kind != "console":
-        yield {}
-        return
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import (
-        ConsoleMetricExporter,
-        PeriodicExportingMetricReader,
-    )
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-
-    resource = Resource.create({"service.name": "asyncbatch-demo"})
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
-    reader = PeriodicExportingMetricReader(
-        ConsoleMetricExporter(out=sys.stderr), export_interval_millis=60_000
-    )
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
-    try:
-        yield {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
-    finally:
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
 
 
 def _batch_options(opts: DemoOptions, otel: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +146,7 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             enabled=not opts.quiet,
             events=not opts.quiet,
         )
-        with _otel(opts.otel) as otel:
+        with telemetry(opts.otel, opts.prometheus_port, service="asyncbatch-demo") as otel:
             batch: Batch[dict[str, Any], Any] = Batch(
                 progress.wrap(DemoJob(service.url)),
                 key=_key,
@@ -253,7 +223,7 @@ async def _redrive(opts: DemoOptions, console: Console) -> int:
             f"against the service at {service.url}, its bugs now fixed"
         )
         progress = LiveProgress(console, total=None, label="redriving", enabled=False, events=True)
-        with _otel(opts.otel) as otel:
+        with telemetry(opts.otel, opts.prometheus_port, service="asyncbatch-demo") as otel:
             started = time.perf_counter()
             result = await redrive(
                 DemoJob(service.url),

@@ -509,3 +509,61 @@ def test_stored_tracebacks_are_the_jobs_own_without_uvloop(
     dead = asyncio.run(first_dead())
     assert "uvloop" not in dead.traceback
     assert "During handling" not in dead.traceback
+
+
+SCRAPE_JOB = """
+import asyncio
+import urllib.request
+
+PORT = {port}
+
+async def scrape(item):
+    if item["n"] == 10:  # ten jobs have finished by now (concurrency 1)
+        def get():
+            with urllib.request.urlopen(f"http://127.0.0.1:{{PORT}}/metrics", timeout=5) as r:
+                return r.read().decode()
+        text = await asyncio.to_thread(get)
+        return [line for line in text.splitlines() if line.startswith("asyncbatch")]
+    return item["n"]
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_prometheus_port_serves_the_run_metrics(workdir: Path) -> None:
+    port = _free_port()
+    name = f"scrape_{uuid.uuid4().hex[:8]}"
+    Path(f"{name}.py").write_text(SCRAPE_JOB.format(port=port))
+    Path("items.jsonl").write_text("".join(f'{{"n": {i}}}\n' for i in range(12)))
+    result = invoke(
+        "run", f"{name}:scrape", "--input", "items.jsonl", "--concurrency", "1",
+        "--db", "t.db", "--output", "out.jsonl", "--prometheus-port", str(port), "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in Path("out.jsonl").read_text().splitlines()]
+    scraped = next(r["result"] for r in rows if r["key"] == "10")
+    # Ten attempts had ended when job 10 scraped (jobs count once committed).
+    attempts = [line for line in scraped if line.startswith("asyncbatch_attempts_total")]
+    assert any('outcome="success"' in a and a.endswith(" 10.0") for a in attempts), scraped
+    assert any(line.startswith("asyncbatch_jobs_in_flight") for line in scraped)
+
+
+def test_prometheus_port_in_use_is_one_error_line(workdir: Path, jobs: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            cli, ["run", f"{jobs}:square", "--input", "items.jsonl", "--db", "t.db",
+                  "--prometheus-port", str(port)],
+        )  # fmt: skip
+    assert result.exit_code == 1
+    assert "cannot serve Prometheus metrics on 127.0.0.1" in result.output
