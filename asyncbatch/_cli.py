@@ -130,6 +130,24 @@ def _report_from_dict(data: dict[str, Any]) -> Any:
 # ----------------------------------------------------------------- commands
 
 
+def _telemetry_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--otel`` and ``--prometheus-port``, shared by the commands that run batches."""
+    f = click.option(
+        "--prometheus-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        metavar="PORT",
+        help="Serve metrics for Prometheus on 127.0.0.1:PORT during the run (extra: prometheus).",
+    )(f)
+    return click.option(
+        "--otel",
+        type=click.Choice(["none", "console", "otlp"]),
+        default="none",
+        show_default=True,
+        help="Export spans and metrics: console (stderr) or otlp (OTEL_EXPORTER_OTLP_*).",
+    )(f)
+
+
 def _db_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--db",
@@ -170,20 +188,7 @@ def cli(ctx: click.Context) -> None:
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the service's faults.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no live event lines.")
-@click.option(
-    "--otel",
-    type=click.Choice(["none", "console", "otlp"]),
-    default="none",
-    show_default=True,
-    help="Export OpenTelemetry spans and metrics: console (stderr) or otlp (OTEL_EXPORTER_OTLP_*).",
-)
-@click.option(
-    "--prometheus-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    metavar="PORT",
-    help="Serve metrics for Prometheus on 127.0.0.1:PORT during the run (extra: prometheus).",
-)
+@_telemetry_options
 def demo(
     jobs: int,
     concurrency: int,
@@ -252,20 +257,7 @@ def demo(
 )
 @click.option("--quiet", is_flag=True, help="Only the summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option(
-    "--otel",
-    type=click.Choice(["none", "console", "otlp"]),
-    default="none",
-    show_default=True,
-    help="Export OpenTelemetry spans and metrics: console (stderr) or otlp (OTEL_EXPORTER_OTLP_*).",
-)
-@click.option(
-    "--prometheus-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    metavar="PORT",
-    help="Serve metrics for Prometheus on 127.0.0.1:PORT during the run (extra: prometheus).",
-)
+@_telemetry_options
 def run(
     job_spec: str,
     input_path: str,
