@@ -67,14 +67,32 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 
 async def _terminable(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main``; SIGTERM cancels it and surfaces as KeyboardInterrupt (like Ctrl-C).
+
+    The handler cancels the task itself rather than re-raising SIGINT: a
+    process started in the background (``cmd &`` in a script) inherits an
+    ignored SIGINT, and SIGTERM must still stop it cleanly there.
+    """
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
     try:
-        # Re-raise as SIGINT: asyncio's runner turns that into a clean cancellation.
-        loop.add_signal_handler(signal.SIGTERM, signal.raise_signal, signal.SIGINT)
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
         return await main
     try:
         return await main
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 

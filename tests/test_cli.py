@@ -14,8 +14,9 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -472,13 +473,32 @@ def _committed_jobs(db: str) -> int:
         return 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_leaves_a_run_that_resumes(workdir: Path, sig: signal.Signals) -> None:
+def _sigint(action: Any) -> Callable[[], None]:
+    return lambda: signal.signal(signal.SIGINT, action)  # type: ignore[func-returns-value]
+
+
+@pytest.mark.parametrize(
+    ("sig", "sigint"),
+    [
+        (signal.SIGINT, signal.SIG_DFL),
+        # A run started in the background inherits an ignored SIGINT; SIGTERM
+        # must still stop it cleanly.
+        (signal.SIGTERM, signal.SIG_IGN),
+    ],
+    ids=["ctrl-c", "sigterm-in-background"],
+)
+def test_ctrl_c_leaves_a_run_that_resumes(workdir: Path, sig: signal.Signals, sigint: Any) -> None:
     Path("slowjobs.py").write_text(SLOW_JOB)
     Path("many.jsonl").write_text("".join(f'{{"n": {i}}}\n' for i in range(200)))
     args = [sys.executable, "-m", "asyncbatch", "run", "slowjobs:slow", "--input", "many.jsonl"]
     args += ["--concurrency", "4", "--run-id", "r1", "--db", "t.db"]
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint(sigint),  # the test runner's own SIGINT setting must not leak
+    )
     deadline = time.monotonic() + 30
     while _committed_jobs("t.db") < 8:  # wait for real progress, then interrupt
         assert child.poll() is None
