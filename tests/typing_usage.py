@@ -1,0 +1,33 @@
+"""Static typing of the public API, checked by mypy --strict in CI (not run by pytest).
+
+`assert_type` fails the type check if the inferred types drift.
+"""
+
+from __future__ import annotations
+
+from typing import assert_type
+
+import asyncbatch as ab
+
+
+async def fetch(url: str) -> bytes:
+    return url.encode()
+
+
+async def typed_usage() -> None:
+    result = await ab.run_batch(fetch, ["a", "b"], concurrency=2)
+    assert_type(result, ab.BatchResult[bytes])
+    assert_type(result.outcomes[0], ab.JobOutcome[bytes])
+    assert_type(result.outcomes[0].result, bytes | None)
+
+    batch = ab.Batch(fetch, concurrency=4)
+    assert_type(batch, ab.Batch[str, bytes])
+    assert_type(await batch.run(["c"]), ab.BatchResult[bytes])
+    async with batch.stream(["d"]) as outcomes:
+        async for outcome in outcomes:
+            assert_type(outcome, ab.JobOutcome[bytes])
+
+    job = ab.current_job()
+    assert_type(job.attempt, int)
+    policy = ab.RetryPolicy({ab.ErrorKind.TRANSIENT: ab.Retry(attempts=3)}, seed=1)
+    assert_type(policy[ab.ErrorKind.TRANSIENT], ab.Retry)
