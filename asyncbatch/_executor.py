@@ -2,7 +2,7 @@
 
 Data flows one way::
 
-    source ──(admit: key, skip finished)──► ready deque ──► worker (slot)
+    source ──(admit: key, skip finished)──► ready queue ──► worker (slot)
        ▲                                        ▲              │ attempt: guard, timeout,
        │ backpressure: bounded backlog          │              │ span, job(item)
        │                                        │ timer due    ▼
@@ -13,10 +13,9 @@ Data flows one way::
 There are exactly ``concurrency`` workers, so a worker IS a concurrency slot.
 A job waiting out its backoff (or an open circuit) is not in a worker: it sits
 on a loop timer (the event loop's own heap, one handle per parked job, no
-sleeping task) and re-enters the ready deque when due. The hand-off uses plain
-asyncio primitives (deque + futures): anyio memory streams cost ~10x more per
-item here, see ``benchmarks/``. anyio gives the structure: task groups and
-cancel scopes.
+sleeping task) and re-enters the ready queue (``_ready.py``) when due. anyio
+gives the structure (task groups, cancel scopes); the per-job hand-off uses
+plain asyncio primitives, which measured ~10x cheaper than anyio streams.
 """
 
 from __future__ import annotations
@@ -66,8 +65,6 @@ __all__ = ["Engine", "unwrap_group"]
 
 R = TypeVar("R")
 Sink = Callable[[JobOutcome[Any]], None]
-
-_KEEP = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.COMPENSATED)
 
 
 class Engine(Generic[R]):
@@ -158,8 +155,7 @@ class Engine(Generic[R]):
                 elif self._rollback_only:
                     self._abort_cause = AsyncBatchError("rollback requested")
             self._checkpointer = Checkpointer(store, self.opts.durability, self._ack)
-        if self._checkpointer is not None:
-            # Only a checkpoint writer or a stream reader can fall behind the workers.
+            # New items wait while the writer falls behind (memory stays bounded).
             self._queue.watch(self._checkpointer)
         self._setup_dependencies()
         self._inst = Instrumentation.create(
