@@ -1,4 +1,4 @@
-"""The CLI's inputs: job references, item files, store paths; and its user errors."""
+"""The CLI's inputs: job references, item files, the ``--db`` store; its errors and exit codes."""
 
 from __future__ import annotations
 
@@ -10,24 +10,37 @@ import inspect
 import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import click
+
 from ._result import JobOutcome
+from ._store import Store, open_store
 
 __all__ = [
+    "DEFAULT_DB",
+    "EXIT_ABORTED",
+    "EXIT_DEAD",
     "CLIError",
     "InputError",
     "Interrupted",
     "JobInput",
+    "db_option",
+    "existing_db",
     "load_job",
+    "open_db",
     "outcome_json",
     "run_async",
     "store_url",
 ]
 
 T = TypeVar("T")
+
+EXIT_DEAD = 3
+EXIT_ABORTED = 4
+DEFAULT_DB = "./asyncbatch.db"
 
 
 class CLIError(Exception):
@@ -100,6 +113,31 @@ async def _terminable(main: Coroutine[Any, Any, T]) -> T:
 def store_url(db: str) -> str:
     """``--db`` as a store URL: URLs pass through, paths become ``sqlite:///path``."""
     return db if "://" in db else f"sqlite:///{db}"
+
+
+def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--db``, shared by every command that reads or writes the checkpoint store."""
+    return click.option(
+        "--db",
+        default=DEFAULT_DB,
+        show_default=True,
+        metavar="PATH",
+        help="The SQLite checkpoint database (or a store URL).",
+    )(f)
+
+
+def existing_db(db: str) -> str:
+    """Read commands refuse to create a database that is not there."""
+    if "://" not in db and not Path(db).is_file():
+        raise CLIError(f"no database at {db} (run a batch first, or pass --db PATH)")
+    return db
+
+
+@contextlib.asynccontextmanager
+async def open_db(db: str) -> AsyncIterator[Store]:
+    """The store behind ``--db``, open for the duration of the block."""
+    async with open_store(store_url(db)) as store:
+        yield store
 
 
 class JobInput:
