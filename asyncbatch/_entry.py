@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import traceback
@@ -101,6 +102,8 @@ class Entry(JobContext):
         Dead letters always keep the payload (to be redriven); succeeded jobs
         keep it only when ``keep_payload`` (a batch that may be rolled back).
         """
+        if outcome.status is JobStatus.SUCCEEDED and exc is None and not keep_payload:
+            return _success_record(self, outcome)
         dead = outcome.status is JobStatus.DEAD_LETTERED
         payload, is_repr = (
             json_payload(self.item, self.key) if dead or keep_payload else (None, False)
@@ -123,3 +126,61 @@ class Entry(JobContext):
             history=outcome.history,
             redrive_of=self.redrive_of,
         )
+
+
+_new = object.__new__
+_SETTERS = {name: JobRecord.__dict__[name].__set__ for name in JobRecord.__slots__}
+_DEFAULTS = tuple(
+    (_SETTERS[f.name], f.default) for f in dataclasses.fields(JobRecord) if f.name not in {
+        "run_id", "key", "status", "index", "attempts", "duration", "result", "has_result",
+        "history", "redrive_of",
+    }
+)  # fmt: skip
+(
+    _set_run_id,
+    _set_key,
+    _set_status,
+    _set_index,
+    _set_attempts,
+    _set_duration,
+    _set_result,
+    _set_has_result,
+    _set_history,
+    _set_redrive_of,
+) = (
+    _SETTERS[name]
+    for name in (
+        "run_id",
+        "key",
+        "status",
+        "index",
+        "attempts",
+        "duration",
+        "result",
+        "has_result",
+        "history",
+        "redrive_of",
+    )
+)
+
+
+def _success_record(entry: Entry, outcome: JobOutcome[Any]) -> JobRecord:
+    """The record of a plain success, built through the slot descriptors.
+
+    The frozen dataclass ``__init__`` costs ~2 µs for 17 fields, a sixth of a
+    checkpointed job's whole cost; this is the same immutable object for less.
+    """
+    r: JobRecord = _new(JobRecord)
+    _set_run_id(r, entry.run_id)
+    _set_key(r, entry.key)
+    _set_status(r, JobStatus.SUCCEEDED)
+    _set_index(r, entry.index)
+    _set_attempts(r, outcome.attempts)
+    _set_duration(r, outcome.duration)
+    _set_result(r, outcome.result)
+    _set_has_result(r, True)
+    _set_history(r, outcome.history)
+    _set_redrive_of(r, entry.redrive_of)
+    for setter, default in _DEFAULTS:
+        setter(r, default)
+    return r

@@ -42,8 +42,10 @@ __all__ = [
     "export_jsonl",
     "finished_job",
     "is_compensation",
+    "is_plain_success",
     "job_row",
     "merge_history",
+    "success_row",
     "wall_clock",
     "zero_counts",
 ]
@@ -157,6 +159,24 @@ def finished_job(
         seq=seq,
         payload=decode(payload),
     )
+
+
+def is_plain_success(r: JobRecord) -> bool:
+    """A success with nothing but its result to store (see `JOB_SUCCESS`)."""
+    return (
+        r.status is JobStatus.SUCCEEDED
+        and r.payload is None
+        and r.compensation_error is None
+        and r.error_type is None
+        and r.message is None
+        and r.kind is None
+    )
+
+
+def success_row(r: JobRecord, seq: int, now: float) -> JobRow:
+    """The `JOB_SUCCESS` parameters of a plain success."""
+    result = encode(r.result) if r.has_result else None
+    return (r.run_id, r.key, r.index, r.attempts, r.duration, result, result is not None, seq, now)
 
 
 def is_compensation(r: JobRecord) -> bool:

@@ -42,8 +42,10 @@ from ._common import (
     encode_payload,
     finished_job,
     is_compensation,
+    is_plain_success,
     job_row,
     merge_history,
+    success_row,
     wall_clock,
     zero_counts,
 )
@@ -55,6 +57,7 @@ from ._schema import (
     DLQ_RESOLVE_BY_ID,
     DLQ_RESOLVE_BY_KEY,
     JOB_COMPENSATE,
+    JOB_SUCCESS,
     JOB_UPSERT,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -466,12 +469,13 @@ class SQLiteStore:
             cache.seq += 1
             status = r.status
             compensation = is_compensation(r)
-            sql = JOB_COMPENSATE if compensation else JOB_UPSERT
+            plain = not compensation and is_plain_success(r)
+            sql = JOB_COMPENSATE if compensation else JOB_SUCCESS if plain else JOB_UPSERT
             if sql is not last_sql:
                 ops = []
                 job_ops.append((sql, ops))
                 last_sql = sql
-            ops.append(job_row(r, cache.seq, now))
+            ops.append(success_row(r, cache.seq, now) if plain else job_row(r, cache.seq, now))
             if compensation:
                 continue
             if status is _DEAD:
