@@ -152,8 +152,8 @@ def scenario_sdk(n: int, rounds: int) -> list[list[str]]:
                 "on", lambda: ab.run_batch(noop, range(n), concurrency=c, tracer_provider=provider)
             )
             r.batch("own", lambda: ab.run_batch(own_span, range(n), concurrency=c))
-            # Instrumentation that records nothing: the executor's general worker
-            # path (taken whenever there is instrumentation) without any span.
+            # Instrumentation that records nothing: the traced worker loop
+            # (taken whenever there is instrumentation) without any span cost.
             empty = staticmethod(lambda *_: Instrumentation("bench", None, None))
             with mock.patch.object(Instrumentation, "create", empty):
                 r.batch("path", lambda: ab.run_batch(noop, range(n), concurrency=c))
@@ -187,7 +187,7 @@ def scenario_sdk(n: int, rounds: int) -> list[list[str]]:
             traced / own <= 1.25,
         ),
         row(
-            "of which the executor's general worker path (no span at all)",
+            "of which the traced worker loop itself (instrumentation recording nothing)",
             f"{path * us:.1f} µs/job",
             "info",
         ),
