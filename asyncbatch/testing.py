@@ -26,21 +26,43 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ._classify import ErrorKind, _as_kind
 from ._context import _current
 from ._errors import ConfigError, FatalError, PermanentError, RecoverableError, TransientError
 
+if TYPE_CHECKING:  # provided lazily by __getattr__ below
+    from ._demo_server import (
+        ClientError,
+        FlakyService,
+        HTTPStatusError,
+        Response,
+        ServerError,
+        ServiceUnavailable,
+        TooManyRequests,
+        get_json,
+        http_request,
+    )
+
 __all__ = [
+    "ClientError",
     "FaultInjector",
     "FaultStats",
+    "FlakyService",
+    "HTTPStatusError",
     "InjectedFatal",
     "InjectedFault",
     "InjectedOutage",
     "InjectedPermanent",
     "InjectedRecoverable",
     "InjectedTransient",
+    "Response",
+    "ServerError",
+    "ServiceUnavailable",
+    "TooManyRequests",
+    "get_json",
+    "http_request",
     "is_testing",
     "set_testing",
     "testing_overrides",
@@ -413,3 +435,29 @@ def _probability(p: float, name: str) -> float:
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
         raise ConfigError(f"{name} must be a probability in [0, 1], got {p!r}")
     return float(p)
+
+
+# A real flaky HTTP service on 127.0.0.1 (driven by a FaultInjector) and the
+# tiny client the demo uses: a test double for code that calls HTTP APIs.
+# Imported on first use so `import asyncbatch` stays light.
+_HTTP_DOUBLES = frozenset(
+    {
+        "ClientError",
+        "FlakyService",
+        "HTTPStatusError",
+        "Response",
+        "ServerError",
+        "ServiceUnavailable",
+        "TooManyRequests",
+        "get_json",
+        "http_request",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _HTTP_DOUBLES:
+        from . import _demo_server
+
+        return getattr(_demo_server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

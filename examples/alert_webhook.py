@@ -17,8 +17,7 @@ import asyncbatch as ab
 
 # Local stand-ins, so the example runs offline: a flaky API, a webhook receiver
 # (POST /hooks) and a tiny HTTP client. In your code use httpx or aiohttp.
-from asyncbatch._demo_server import FlakyService, get_json, http_request
-from asyncbatch.testing import FaultInjector
+from asyncbatch.testing import FaultInjector, FlakyService, get_json, http_request
 
 
 class WebhookAlerts:

@@ -15,8 +15,7 @@ import asyncbatch as ab
 
 # A local stand-in for a real API, and a tiny HTTP client; in your code use httpx or aiohttp
 # (any exception with a numeric `retry_after` attribute is honoured).
-from asyncbatch._demo_server import FlakyService, get_json
-from asyncbatch.testing import FaultInjector
+from asyncbatch.testing import FaultInjector, FlakyService, get_json
 
 
 def show(event: ab.Event) -> None:
