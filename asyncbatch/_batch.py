@@ -63,14 +63,14 @@ async def _open(opts: Options) -> AsyncIterator[Store | None]:
 _by_index = operator.attrgetter("index")
 
 
-def _in_order(outcomes: list[JobOutcome[R]]) -> list[JobOutcome[R]]:
+def _in_order(outcomes: list[JobOutcome[R]], *, aborted: bool = False) -> list[JobOutcome[R]]:
     # Every outcome of run()/redrive() has an input position; they arrive
     # nearly sorted, which Timsort handles in close to linear time.
     try:
         outcomes.sort(key=_by_index)
     except TypeError:  # a rolled-back job of an earlier run has no position here
         outcomes.sort(key=lambda o: (o.index is None, o.index or 0))
-    if any(o.status is JobStatus.COMPENSATED for o in outcomes):
+    if aborted and any(o.status is JobStatus.COMPENSATED for o in outcomes):
         # A rollback re-reports undone jobs; the sort is stable, so the later
         # (COMPENSATED) outcome of an index replaces the earlier one.
         last = {o.index: o for o in outcomes}
@@ -128,7 +128,7 @@ class Batch(Generic[T, R]):
             try:
                 result = await engine.execute(items)
             except BatchAborted as exc:
-                exc.result = replace(exc.result, outcomes=_in_order(outcomes))
+                exc.result = replace(exc.result, outcomes=_in_order(outcomes, aborted=True))
                 raise
         return replace(result, outcomes=_in_order(outcomes))
 
@@ -322,7 +322,7 @@ async def rollback(
         try:
             await engine.execute(())
         except BatchAborted as exc:
-            return replace(exc.result, outcomes=_in_order(outcomes))
+            return replace(exc.result, outcomes=_in_order(outcomes, aborted=True))
     raise AssertionError("a rollback always ends the run as aborted")  # pragma: no cover
 
 
