@@ -41,7 +41,6 @@ from ._cli_live import LiveProgress, counts_line, make_console, render_report, w
 from ._cli_telemetry import telemetry
 from ._errors import AsyncBatchError, BatchAborted
 from ._result import BatchResult, JobStatus
-from ._store import Store
 
 __all__ = ["cli", "main"]
 
@@ -308,7 +307,7 @@ def run(
             ) from None
         raise
     skipped = result.counts[JobStatus.SKIPPED]
-    overall = run_async(_overall_counts_in(db, run_id)) if skipped else None
+    overall = run_async(_count_jobs_in(db, run_id)) if skipped else None
     _summarise(console, result, db, overall, quiet=quiet, as_json=as_json, aborted=aborted)
     if output and not quiet:
         console.print(f"results: {escape(output)}")
@@ -319,17 +318,10 @@ def run(
     return EXIT_DEAD if any(counts.get(s.value) for s in bad) else 0
 
 
-async def _overall_counts(store: Store, run_id: str) -> dict[str, int]:
+async def _count_jobs_in(db: str, run_id: str) -> dict[str, int]:
     """Jobs per status over every invocation of the run (a resume skips most of them)."""
-    counts = {s.value: 0 for s in JobStatus}
-    for job in await store.jobs(run_id):
-        counts[job.status.value] += 1
-    return counts
-
-
-async def _overall_counts_in(db: str, run_id: str) -> dict[str, int]:
     async with open_db(db) as store:
-        return await _overall_counts(store, run_id)
+        return await store.count_jobs(run_id)
 
 
 def _summarise(
@@ -446,7 +438,7 @@ def report(run_id: str, db: str, as_json: bool) -> None:
 
     async def go() -> tuple[Any, dict[str, int]]:
         async with open_db(db) as store:
-            return await store.get_run(run_id), await _overall_counts(store, run_id)
+            return await store.get_run(run_id), await store.count_jobs(run_id)
 
     existing_db(db)
     info, overall = run_async(go())

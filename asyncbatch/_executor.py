@@ -243,9 +243,7 @@ class Engine(Generic[R]):
         stored (they run again on resume), so they come from this invocation.
         """
         assert self.store is not None
-        whole = dict.fromkeys((s.value for s in JobStatus), 0)
-        for job in await self.store.jobs(self.run_id):
-            whole[job.status.value] += 1
+        whole = await self.store.count_jobs(self.run_id)
         for status in (JobStatus.FAILED, JobStatus.CANCELLED):
             whole[status.value] += self.counts[status]
         return whole

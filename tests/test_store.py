@@ -167,6 +167,18 @@ async def test_a_running_run_counts_the_jobs_it_committed(store: Store) -> None:
     assert counts["failed"] == 0
 
 
+async def test_count_jobs_counts_every_finished_job_also_after_the_run_ended(
+    store: Store,
+) -> None:
+    await begin(store)
+    await store.commit([ok("a"), ok("b"), dead("c")])
+    await store.end_run("r1", "finished", {"succeeded": 99})  # counts as the caller said
+
+    counts = await store.count_jobs("r1")
+    assert counts == {**dict.fromkeys(counts, 0), "succeeded": 2, "dead_lettered": 1}
+    assert set(counts) == {s.value for s in JobStatus}
+
+
 async def test_list_runs_is_newest_first(store: Store, clock: Clock) -> None:
     for run_id in ("old", "mid", "new"):
         await begin(store, run_id)
@@ -185,6 +197,8 @@ async def test_unknown_run_raises_unknown_run_everywhere(store: Store) -> None:
         await store.finished_jobs("nope")
     with pytest.raises(UnknownRun):
         await store.jobs("nope")
+    with pytest.raises(UnknownRun):
+        await store.count_jobs("nope")
 
 
 async def test_commit_for_an_unknown_run_writes_nothing(store: Store) -> None:

@@ -54,13 +54,15 @@ class _Run:
     jobs: dict[str, JobRow]
     seq: int = 0
 
+    def count_jobs(self) -> dict[str, int]:
+        counts = zero_counts()
+        for row in self.jobs.values():
+            counts[row[_STAT]] += 1
+        return counts
+
     def info(self) -> RunInfo:
-        counts = decode(self.counts)
-        if self.status == "running":
-            # A run that is still going (or crashed) counts what it committed.
-            counts = zero_counts()
-            for row in self.jobs.values():
-                counts[row[_STAT]] += 1
+        # A run that is still going (or crashed) counts what it committed.
+        counts = self.count_jobs() if self.status == "running" else decode(self.counts)
         return RunInfo(
             run_id=self.run_id,
             job=self.job,
@@ -313,6 +315,10 @@ class MemoryStore:
             for key, row in self._run(run_id).jobs.items()
             if row[_STAT] in finished
         }
+
+    async def count_jobs(self, run_id: str) -> dict[str, int]:
+        """Finished jobs of the run per status value (every status present)."""
+        return self._run(run_id).count_jobs()
 
     async def jobs(self, run_id: str) -> list[FinishedJob]:
         """Every job of the run, in completion order."""

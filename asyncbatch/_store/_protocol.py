@@ -198,6 +198,10 @@ class Store(Protocol):
         """Every run, newest first."""
         ...
 
+    async def count_jobs(self, run_id: str) -> dict[str, int]:
+        """Finished jobs of the run per status value (every status present)."""
+        ...
+
     async def jobs(self, run_id: str) -> list[FinishedJob]:
         """Every finished job of the run, in completion order."""
         ...

@@ -422,6 +422,15 @@ class SQLiteStore:
         )
         return {row[0]: finished_job(*row) for row in rows}
 
+    async def count_jobs(self, run_id: str) -> dict[str, int]:
+        """Finished jobs of the run per status value (every status present)."""
+        rows = await self._jobs(
+            run_id, "SELECT status, count(*) FROM jobs WHERE run_id = ? GROUP BY status"
+        )
+        counts = zero_counts()
+        counts.update(rows)
+        return counts
+
     async def jobs(self, run_id: str) -> list[FinishedJob]:
         """Every job of the run, in completion order."""
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id = ? ORDER BY seq"
