@@ -54,6 +54,7 @@ from ._result import (
     BatchResult,
     JobOutcome,
     JobStatus,
+    all_ok,
     count_statuses,
     fast_outcome,
 )
@@ -228,11 +229,7 @@ class Engine(Generic[R]):
         if self.store is not None:
             stored = await self._whole_run_counts() if self.resumed else counts
             await self.store.end_run(self.run_id, status, stored, self._report.to_dict())  # type: ignore[arg-type]
-        ok = status == "finished" and all(
-            n == 0
-            for s, n in self.counts.items()
-            if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
-        )
+        ok = status == "finished" and all_ok(self.counts)
         self._emit(RunFinished(run_id=self.run_id, counts=counts, duration=duration, ok=ok))
         self._dispatcher.close()
 

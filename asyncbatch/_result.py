@@ -18,6 +18,7 @@ __all__ = [
     "DeadLetter",
     "JobOutcome",
     "JobStatus",
+    "all_ok",
     "count_statuses",
     "fast_outcome",
 ]
@@ -242,11 +243,7 @@ class BatchResult(Generic[R]):
     @property
     def ok(self) -> bool:
         """True when every job succeeded or was skipped."""
-        return all(
-            n == 0
-            for s, n in self.counts.items()
-            if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
-        )
+        return all_ok(self.counts)
 
     @property
     def results(self) -> list[R | None]:
@@ -293,6 +290,13 @@ class BatchResult(Generic[R]):
         "fell_back",
     )
 )
+
+
+def all_ok(counts: Mapping[JobStatus, int]) -> bool:
+    """True when no job ended other than SUCCEEDED or SKIPPED."""
+    return all(
+        n == 0 for s, n in counts.items() if s not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+    )
 
 
 def count_statuses(outcomes: Mapping[JobStatus, int] | None = None) -> dict[JobStatus, int]:
