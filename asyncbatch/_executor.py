@@ -645,13 +645,12 @@ class Engine(Generic[R]):
 
     async def _circuit_open(self, entry: Entry, exc: CircuitOpen, start: float) -> None:
         """A guard rejected the call: park, fail or fall back, per the breaker's policy."""
-        entry.attempt -= 1  # a rejected call is not an attempt
         breaker = self._deps.breaker(exc.dependency) if self._deps is not None else None
         policy = getattr(breaker, "on_open", "park")
         if policy == "park":
+            entry.attempt -= 1  # a rejected call is not an attempt
             self._park(entry, max(exc.retry_in, 0.0))
             return
-        entry.attempt += 1
         if policy == "fallback" and breaker is not None and breaker.fallback is not None:
             try:
                 result = await breaker.fallback(entry.item, exc)
