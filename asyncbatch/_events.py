@@ -12,7 +12,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -178,15 +178,9 @@ class LoggingHook:
 class EventDispatcher:
     """Queues events and delivers them, in order, to the hooks from one task."""
 
-    def __init__(self, hooks: HookLike | Iterable[HookLike] | None) -> None:
-        if hooks is None:
-            hooks = ()
-        elif callable(hooks):
-            hooks = (hooks,)
-        self.hooks: tuple[HookLike, ...] = tuple(hooks)
-        for h in self.hooks:
-            if not callable(h):
-                raise TypeError(f"on_event hooks must be callables taking an event, got {h!r}")
+    def __init__(self, hooks: tuple[HookLike, ...]) -> None:
+        # Validated (and a single hook made a tuple) with the other batch options.
+        self.hooks = hooks
         self._queue: deque[Event] = deque()
         self._wake = anyio.Event()
         self._closed = False
