@@ -6,17 +6,16 @@ so a crashed run resumes, cut failing dependencies off with circuit breakers,
 and see what happened: reports, OpenTelemetry spans and metrics, events.
 """
 
-from ._batch import Batch, redrive, rollback, run_batch
-from ._breaker import Breaker
-from ._budget import BudgetExceeded, ErrorBudget
-from ._classify import Classifier, ErrorKind, RejectedResult, Rule
 from ._context import JobContext, current_job
+from ._deps._breaker import Breaker
+from ._deps._guard import Rate, guard
 from ._errors import (
     AsyncBatchError,
     BatchAborted,
     CircuitOpen,
     ConfigError,
     DeadlineExceeded,
+    ErrorKind,
     FatalError,
     PermanentError,
     RecoverableError,
@@ -24,7 +23,7 @@ from ._errors import (
     TransientError,
     UnknownRun,
 )
-from ._events import (
+from ._observe._events import (
     BreakerClosed,
     BreakerHalfOpen,
     BreakerOpened,
@@ -38,11 +37,34 @@ from ._events import (
     RunFinished,
     RunStarted,
 )
-from ._guard import Rate, guard
-from ._report import ErrorReport, FailureGroup
-from ._result import AttemptRecord, BatchResult, DeadLetter, JobOutcome, JobStatus
-from ._retry import Backoff, Decision, Retry, RetryPolicy
-from ._store import MemoryStore, SQLiteStore, Store, open_store
+from ._observe._report import ErrorReport, FailureGroup
+from ._policy._budget import BudgetExceeded, ErrorBudget
+from ._policy._classify import Classifier, RejectedResult, Rule
+from ._policy._retry import (
+    Backoff,
+    Decision,
+    Retry,
+    RetryPolicy,
+)
+from ._result import (
+    AttemptRecord,
+    BatchResult,
+    DeadLetter,
+    JobOutcome,
+    JobStatus,
+)
+from ._run._batch import (
+    Batch,
+    redrive,
+    rollback,
+    run_batch,
+)
+from ._store import (
+    MemoryStore,
+    SQLiteStore,
+    Store,
+    open_store,
+)
 
 __version__ = "0.1.0"
 

@@ -23,6 +23,7 @@ classified, retried or wrapped: they propagate.
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "DeadlineExceeded",
+    "ErrorKind",
     "FatalError",
     "PermanentError",
     "RecoverableError",
@@ -42,6 +44,22 @@ __all__ = [
     "UnknownRun",
     "qualname",
 ]
+
+
+class ErrorKind(enum.StrEnum):
+    """What a failure means for the job, and so how it is handled."""
+
+    TRANSIENT = "transient"
+    """Retry soon: a blip (timeout, dropped connection, 503)."""
+    RECOVERABLE = "recoverable"
+    """Retry with backoff: the dependency needs time (429, overload)."""
+    PERMANENT = "permanent"
+    """Never retry: the item itself is bad. The job is dead-lettered."""
+    FATAL = "fatal"
+    """Abort the batch: nothing else will succeed (bad credentials, disk full)."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def qualname(exc_type: type[BaseException]) -> str:

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from ._classify import ErrorKind
+from ._errors import ErrorKind
 
 if TYPE_CHECKING:
-    from ._report import ErrorReport
+    from ._observe._report import ErrorReport
 
 __all__ = [
     "AttemptRecord",

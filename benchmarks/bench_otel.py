@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import asyncbatch as ab
-from asyncbatch._otel import Instrumentation
+from asyncbatch._observe._otel import Instrumentation
 
 from ._util import best_of, row, table
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asyncbatch as ab
-from asyncbatch._budget import BudgetTracker
+from asyncbatch._policy._budget import BudgetTracker
 
 K = ab.ErrorKind
 S = ab.JobStatus

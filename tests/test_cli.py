@@ -23,8 +23,8 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 import asyncbatch as ab
-from asyncbatch._cli import cli
-from asyncbatch._cli_live import LiveProgress
+from asyncbatch._cli._live import LiveProgress
+from asyncbatch._cli._main import cli
 
 JOBS = """
 import asyncbatch as ab

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import asyncbatch as ab
-from asyncbatch._demo import demo_service, outage_window
-from asyncbatch._demo_server import (
+from asyncbatch._cli._demo import demo_service, outage_window
+from asyncbatch._testing._service import (
     ClientError,
     FlakyService,
     ServiceUnavailable,
@@ -124,7 +124,7 @@ def test_demo_runs_end_to_end_and_its_dead_letters_can_be_redriven(tmp_path: Pat
 def test_demo_exports_spans_and_metrics_to_stderr_with_otel_console(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from asyncbatch._cli import cli
+    from asyncbatch._cli._main import cli
 
     args = ["demo", "--jobs", "10", "--quiet", "--otel", "console", "--db", str(tmp_path / "o.db")]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import asyncbatch as ab
-from asyncbatch._otel import Instrumentation
+from asyncbatch._observe._otel import Instrumentation
 
 ATTEMPT = "asyncbatch.attempt"
 RUN = "asyncbatch.run"
@@ -134,7 +134,7 @@ def test_explicit_noop_providers_mean_no_instrumentation() -> None:
 def test_no_sdk_run_never_imports_opentelemetry() -> None:
     code = (
         "import sys, asyncbatch as ab\n"
-        "from asyncbatch._otel import Instrumentation\n"
+        "from asyncbatch._observe._otel import Instrumentation\n"
         "assert Instrumentation.create(None, None, 'r') is None\n"
         "async def job(x): return x\n"
         "import asyncio; assert asyncio.run(ab.run_batch(job, range(3))).ok\n"

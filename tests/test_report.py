@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 import asyncbatch as ab
-from asyncbatch._report import OTHER_TYPE, FailureGroup, ReportBuilder, fingerprint
+from asyncbatch._observe._report import OTHER_TYPE, FailureGroup, ReportBuilder, fingerprint
 
 K = ab.ErrorKind
 S = ab.JobStatus

@@ -1,7 +1,10 @@
 """Checkpoint stores: where runs, finished jobs and dead letters are kept.
 
 ``open_store(url)`` picks the store from a URL; ``as_store`` turns a batch's
-``store=`` option into a store for the length of a run.
+``store=`` option into a store for the length of a run. A store persists
+values it is handed (runs, job records, dead letters) and answers queries
+over them; it knows nothing of workers, retries or policies. May import only
+the value types at the bottom (`asyncbatch._errors`, `_result`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from asyncbatch._errors import ConfigError, StoreError
 
 from ._common import check_durability
 from ._memory import MemoryDeadLetterQueue, MemoryStore
-from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus, Store
+from ._protocol import (
+    DeadLetterQueue,
+    FinishedJob,
+    JobRecord,
+    RunInfo,
+    RunStatus,
+    Store,
+)
 from ._sqlite import SQLiteStore
 from ._sqlite_dlq import SQLiteDeadLetterQueue
 

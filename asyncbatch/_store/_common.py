@@ -18,8 +18,7 @@ from typing import Any, Literal
 
 import anyio
 
-from asyncbatch._classify import ErrorKind
-from asyncbatch._errors import ConfigError
+from asyncbatch._errors import ConfigError, ErrorKind
 from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
 
 from ._protocol import FinishedJob, JobRecord

@@ -33,7 +33,13 @@ from ._common import (
     wall_clock,
     zero_counts,
 )
-from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus
+from ._protocol import (
+    DeadLetterQueue,
+    FinishedJob,
+    JobRecord,
+    RunInfo,
+    RunStatus,
+)
 
 __all__ = ["MemoryStore"]
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from asyncbatch._classify import ErrorKind
+from asyncbatch._errors import ErrorKind
 from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
 
 __all__ = ["DeadLetterQueue", "FinishedJob", "JobRecord", "RunInfo", "Store"]

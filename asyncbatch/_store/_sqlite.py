@@ -49,7 +49,13 @@ from ._common import (
     wall_clock,
     zero_counts,
 )
-from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus
+from ._protocol import (
+    DeadLetterQueue,
+    FinishedJob,
+    JobRecord,
+    RunInfo,
+    RunStatus,
+)
 from ._schema import (
     APPLICATION_ID,
     DLQ_INSERT,

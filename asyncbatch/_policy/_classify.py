@@ -9,14 +9,14 @@ then its default kind. Rules may look at the job through `current_job()`
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import (
+from asyncbatch._errors import (
     AsyncBatchError,
     ConfigError,
+    ErrorKind,
     FatalError,
     PermanentError,
     RecoverableError,
@@ -27,27 +27,10 @@ __all__ = [
     "BUILTIN_RULES",
     "Classifier",
     "ClassifierLike",
-    "ErrorKind",
     "RejectedResult",
     "Rule",
     "as_classifier",
 ]
-
-
-class ErrorKind(enum.StrEnum):
-    """What a failure means for the job, and so how it is handled."""
-
-    TRANSIENT = "transient"
-    """Retry soon: a blip (timeout, dropped connection, 503)."""
-    RECOVERABLE = "recoverable"
-    """Retry with backoff: the dependency needs time (429, overload)."""
-    PERMANENT = "permanent"
-    """Never retry: the item itself is bad. The job is dead-lettered."""
-    FATAL = "fatal"
-    """Abort the batch: nothing else will succeed (bad credentials, disk full)."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class RejectedResult(AsyncBatchError):

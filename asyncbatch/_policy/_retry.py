@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from ._classify import ErrorKind, _as_kind
-from ._errors import ConfigError
+from asyncbatch._errors import ConfigError, ErrorKind
+
+from ._classify import _as_kind
 
 __all__ = [
     "NO_RETRY",

@@ -25,8 +25,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._errors import PermanentError, RecoverableError, TransientError
-from .testing import (
+from asyncbatch._errors import PermanentError, RecoverableError, TransientError
+
+from ._faults import (
     FaultInjector,
     InjectedFatal,
     InjectedFault,

@@ -27,9 +27,14 @@ from typing import Any, Literal
 
 import aiobreaker
 
-from ._errors import CircuitOpen, ConfigError, qualname
-from ._events import BreakerClosed, BreakerHalfOpen, BreakerOpened, Event
-from ._retry import seconds
+from asyncbatch._errors import CircuitOpen, ConfigError, qualname
+from asyncbatch._observe._events import (
+    BreakerClosed,
+    BreakerHalfOpen,
+    BreakerOpened,
+    Event,
+)
+from asyncbatch._policy._retry import seconds
 
 __all__ = ["PROBE_RECHECK", "Breaker", "Circuit", "OnOpen"]
 

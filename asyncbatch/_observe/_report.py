@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._classify import ErrorKind
-from ._errors import qualname
-from ._result import JobOutcome, JobStatus
+from asyncbatch._errors import ErrorKind, qualname
+from asyncbatch._result import JobOutcome, JobStatus
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -252,7 +251,7 @@ class ErrorReport:
 
     def render(self) -> RenderableType:
         """The report as a rich renderable (a `rich.console.Group` of lines and tables)."""
-        from ._report_render import render  # rich only when a report is shown
+        from ._report_render import render
 
         return render(self)
 

@@ -21,10 +21,16 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ._context import current_job
-from ._events import BreakerClosed, BreakerHalfOpen, BreakerOpened, Event, RetryScheduled
-from ._report import ErrorReport
-from ._result import JobOutcome, JobStatus
+from asyncbatch._context import current_job
+from asyncbatch._observe._events import (
+    BreakerClosed,
+    BreakerHalfOpen,
+    BreakerOpened,
+    Event,
+    RetryScheduled,
+)
+from asyncbatch._observe._report import ErrorReport
+from asyncbatch._result import JobOutcome, JobStatus
 
 __all__ = ["LiveProgress", "counts_line", "make_console", "render_report", "short", "when"]
 

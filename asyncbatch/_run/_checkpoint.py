@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ._result import JobOutcome
-from ._store import JobRecord, Store
+from asyncbatch._result import JobOutcome
+from asyncbatch._store import JobRecord, Store
 
 __all__ = ["Checkpointer"]
 

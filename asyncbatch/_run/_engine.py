@@ -28,14 +28,16 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ._budget import BudgetExceeded, BudgetTracker
-from ._checkpoint import Checkpointer
-from ._classify import ErrorKind, RejectedResult
-from ._compensate import Compensation, Done, compensate_all
-from ._context import _current
-from ._entry import Entry
-from ._errors import AsyncBatchError, BatchAborted, CircuitOpen, DeadlineExceeded, qualname
-from ._events import (
+from asyncbatch._context import _current
+from asyncbatch._errors import (
+    AsyncBatchError,
+    BatchAborted,
+    CircuitOpen,
+    DeadlineExceeded,
+    ErrorKind,
+    qualname,
+)
+from asyncbatch._observe._events import (
     BudgetExhausted,
     Event,
     EventDispatcher,
@@ -45,11 +47,13 @@ from ._events import (
     RunFinished,
     RunStarted,
 )
-from ._options import Options
-from ._otel import Instrumentation
-from ._ready import ReadyQueue
-from ._report import ReportBuilder
-from ._result import (
+from asyncbatch._observe._otel import Instrumentation
+from asyncbatch._observe._report import ReportBuilder
+from asyncbatch._policy._budget import BudgetExceeded, BudgetTracker
+from asyncbatch._policy._classify import RejectedResult
+from asyncbatch._policy._retry import Decision, next_delay
+from asyncbatch._policy._testing_mode import testing_overrides
+from asyncbatch._result import (
     AttemptRecord,
     BatchResult,
     JobOutcome,
@@ -58,9 +62,13 @@ from ._result import (
     count_statuses,
     fast_outcome,
 )
-from ._retry import Decision, next_delay
-from ._store import FinishedJob, RunInfo, Store
-from .testing import testing_overrides
+from asyncbatch._store import FinishedJob, RunInfo, Store
+
+from ._checkpoint import Checkpointer
+from ._compensate import Compensation, Done, compensate_all
+from ._entry import Entry
+from ._options import Options
+from ._ready import ReadyQueue
 
 __all__ = ["Engine", "unwrap_group"]
 
@@ -267,7 +275,7 @@ class Engine(Generic[R]):
         o = self.opts
         if not (o.limits or o.rates or o.breakers or o.uses):
             return
-        from ._guard import Dependencies
+        from asyncbatch._deps._guard import Dependencies
 
         self._deps = Dependencies(
             run_id=self.run_id,
@@ -288,7 +296,7 @@ class Engine(Generic[R]):
     async def _work(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
         deps_token = None
         if self._deps is not None:
-            from ._guard import reset_dependencies, use_dependencies
+            from asyncbatch._deps._guard import reset_dependencies, use_dependencies
 
             deps_token = use_dependencies(self._deps)
         try:

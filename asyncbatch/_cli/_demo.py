@@ -18,19 +18,20 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from ._batch import Batch, new_run_id, redrive
-from ._breaker import Breaker
-from ._classify import ErrorKind
-from ._cli_input import store_url
-from ._cli_live import LiveProgress, render_report
-from ._cli_telemetry import telemetry
-from ._demo_server import FlakyService, get_json
-from ._events import Event, RunStarted
-from ._guard import Rate
-from ._result import BatchResult, JobStatus
-from ._retry import RetryPolicy
-from ._store import open_store
-from .testing import FaultInjector
+from asyncbatch._deps._breaker import Breaker
+from asyncbatch._deps._guard import Rate
+from asyncbatch._errors import ErrorKind
+from asyncbatch._observe._events import Event, RunStarted
+from asyncbatch._policy._retry import RetryPolicy
+from asyncbatch._result import BatchResult, JobStatus
+from asyncbatch._run._batch import Batch, new_run_id, redrive
+from asyncbatch._store import open_store
+from asyncbatch._testing._faults import FaultInjector
+from asyncbatch._testing._service import FlakyService, get_json
+
+from ._input import store_url
+from ._live import LiveProgress, render_report
+from ._telemetry import telemetry
 
 __all__ = ["DemoJob", "DemoOptions", "demo_service", "run_demo"]
 

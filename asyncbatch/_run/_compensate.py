@@ -23,9 +23,9 @@ from typing import Any
 
 import anyio
 
-from ._result import JobOutcome, JobStatus
-from ._retry import Retry
-from ._store import JobRecord, Store
+from asyncbatch._policy._retry import Retry
+from asyncbatch._result import JobOutcome, JobStatus
+from asyncbatch._store import JobRecord, Store
 
 __all__ = ["Compensation", "Done", "compensate_all"]
 

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ._result import JobOutcome
-from ._store import Store, open_store
+from asyncbatch._result import JobOutcome
+from asyncbatch._store import Store, open_store
 
 __all__ = [
     "DEFAULT_DB",

@@ -7,17 +7,23 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._classify import ClassifierLike, as_classifier
-from ._errors import ConfigError
-from ._retry import Decision, Retry, RetryPolicy, as_policy, seconds
+from asyncbatch._errors import ConfigError
+from asyncbatch._policy._classify import ClassifierLike, as_classifier
+from asyncbatch._policy._retry import (
+    Decision,
+    Retry,
+    RetryPolicy,
+    as_policy,
+    seconds,
+)
 
 if TYPE_CHECKING:
-    from ._breaker import Breaker
-    from ._budget import ErrorBudget
-    from ._context import JobContext
-    from ._events import Event
-    from ._guard import Rate
-    from ._store import Store
+    from asyncbatch._context import JobContext
+    from asyncbatch._deps._breaker import Breaker
+    from asyncbatch._deps._guard import Rate
+    from asyncbatch._observe._events import Event
+    from asyncbatch._policy._budget import ErrorBudget
+    from asyncbatch._store import Store
 
 __all__ = ["Options", "build_options"]
 
@@ -116,7 +122,7 @@ def build_options(
         if not isinstance(name, str):
             raise ConfigError(f"uses must name dependencies (str), got {name!r}")
     if budget is not None:
-        from ._budget import ErrorBudget
+        from asyncbatch._policy._budget import ErrorBudget
 
         if not isinstance(budget, ErrorBudget):
             raise ConfigError(f"budget must be an ab.ErrorBudget, got {budget!r}")

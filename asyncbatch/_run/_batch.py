@@ -15,12 +15,13 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ._errors import BatchAborted, ConfigError
-from ._executor import Engine, unwrap_group
+from asyncbatch._errors import BatchAborted, ConfigError
+from asyncbatch._policy._retry import Retry
+from asyncbatch._result import BatchResult, JobOutcome, JobStatus
+from asyncbatch._store import Store
+
+from ._engine import Engine, unwrap_group
 from ._options import Options, build_options
-from ._result import BatchResult, JobOutcome, JobStatus
-from ._retry import Retry
-from ._store import Store
 
 __all__ = ["Batch", "OutcomeStream", "redrive", "rollback", "run_batch"]
 
@@ -54,7 +55,7 @@ async def _open(opts: Options) -> AsyncIterator[Store | None]:
     if opts.store is None:
         yield None
         return
-    from ._store import as_store
+    from asyncbatch._store import as_store
 
     async with as_store(opts.store, durability=opts.durability) as store:
         yield store

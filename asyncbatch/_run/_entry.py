@@ -10,11 +10,10 @@ import traceback
 import warnings
 from typing import Any
 
-from ._classify import ErrorKind
-from ._context import JobContext
-from ._errors import qualname
-from ._result import AttemptRecord, JobOutcome, JobStatus
-from ._store import JobRecord
+from asyncbatch._context import JobContext
+from asyncbatch._errors import ErrorKind, qualname
+from asyncbatch._result import AttemptRecord, JobOutcome, JobStatus
+from asyncbatch._store import JobRecord
 
 __all__ = ["Entry", "json_payload"]
 

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._classify import ErrorKind
-from ._errors import AsyncBatchError, ConfigError
-from ._result import JobOutcome, JobStatus
+from asyncbatch._errors import AsyncBatchError, ConfigError, ErrorKind
+from asyncbatch._result import JobOutcome, JobStatus
 
 __all__ = ["BudgetExceeded", "BudgetTracker", "ErrorBudget"]
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ._cli_input import CLIError
+from ._input import CLIError
 
 __all__ = ["telemetry"]
 

@@ -20,9 +20,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._batch import Batch, new_run_id
-from ._cli_dlq import dlq
-from ._cli_input import (
+from asyncbatch._errors import AsyncBatchError, BatchAborted
+from asyncbatch._result import BatchResult, JobStatus
+from asyncbatch._run._batch import Batch, new_run_id
+
+from ._dlq import dlq
+from ._input import (
     EXIT_ABORTED,
     EXIT_DEAD,
     CLIError,
@@ -37,10 +40,14 @@ from ._cli_input import (
     run_async,
     store_url,
 )
-from ._cli_live import LiveProgress, counts_line, make_console, render_report, when
-from ._cli_telemetry import telemetry
-from ._errors import AsyncBatchError, BatchAborted
-from ._result import BatchResult, JobStatus
+from ._live import (
+    LiveProgress,
+    counts_line,
+    make_console,
+    render_report,
+    when,
+)
+from ._telemetry import telemetry
 
 __all__ = ["cli", "main"]
 
@@ -105,7 +112,7 @@ class _Group(click.Group):
 
 
 def _report_from_dict(data: dict[str, Any]) -> Any:
-    from ._report import ErrorReport
+    from asyncbatch._observe._report import ErrorReport
 
     return ErrorReport.from_dict(data)
 

@@ -14,11 +14,20 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ._batch import redrive
-from ._classify import ErrorKind
-from ._cli_input import EXIT_DEAD, CLIError, db_option, existing_db, load_job, open_db, run_async
-from ._cli_live import make_console, short, when
-from ._result import BatchResult, JobStatus
+from asyncbatch._errors import ErrorKind
+from asyncbatch._result import BatchResult, JobStatus
+from asyncbatch._run._batch import redrive
+
+from ._input import (
+    EXIT_DEAD,
+    CLIError,
+    db_option,
+    existing_db,
+    load_job,
+    open_db,
+    run_async,
+)
+from ._live import make_console, short, when
 
 __all__ = ["dlq"]
 

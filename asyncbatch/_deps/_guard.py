@@ -36,12 +36,12 @@ from typing import Any, Literal
 
 import anyio
 
+from asyncbatch._context import _current
+from asyncbatch._errors import CircuitOpen, ConfigError, ErrorKind
+from asyncbatch._observe._events import Event
+from asyncbatch._policy._retry import seconds
+
 from ._breaker import Breaker, Circuit
-from ._classify import ErrorKind
-from ._context import _current
-from ._errors import CircuitOpen, ConfigError
-from ._events import Event
-from ._retry import seconds
 
 __all__ = [
     "Dependencies",

@@ -51,8 +51,9 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._classify import ErrorKind
-from ._errors import qualname
+from asyncbatch._errors import ErrorKind, qualname
+from asyncbatch._result import JobStatus
+
 from ._events import (
     BreakerClosed,
     BreakerHalfOpen,
@@ -62,7 +63,6 @@ from ._events import (
     JobDeadLettered,
     RunAborted,
 )
-from ._result import JobStatus
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -509,7 +509,7 @@ def _tracer(provider: TracerProvider | None) -> Tracer | None:
         provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
-    from . import __version__
+    from asyncbatch import __version__
 
     tracer = provider.get_tracer(SCOPE, __version__)
     if isinstance(tracer, trace.NoOpTracer | trace.ProxyTracer):
@@ -527,7 +527,7 @@ def _meter(provider: MeterProvider | None) -> Meter | None:
         provider = metrics.get_meter_provider()
     if _is_proxy(provider) or isinstance(provider, metrics.NoOpMeterProvider):
         return None
-    from . import __version__
+    from asyncbatch import __version__
 
     meter = provider.get_meter(SCOPE, __version__)
     if isinstance(meter, metrics.NoOpMeter):

@@ -1,0 +1,12 @@
+"""The ``asyncbatch`` command line: commands, input files, live progress, telemetry, the demo.
+
+`_main` holds the command group and the run/runs/report commands, `_dlq` the
+``dlq`` commands, `_input` job references, item files, ``--db`` and exit
+codes, `_live` the progress bar and report rendering, `_telemetry` the
+exporters, `_demo` the demo. The top layer: it may import everything, and
+nothing imports it but ``__main__`` and the console script.
+"""
+
+from ._main import cli, main
+
+__all__ = ["cli", "main"]
