@@ -1,0 +1,297 @@
+"""The outcome path: every attempt's end becomes a retry, a dead letter, an abort or an ack.
+
+A worker hands each finished attempt here. A failure is classified (the
+run's classifier, an ``on_error`` decision), recorded (history, report,
+budget) and then either parked on a loop timer until its retry is due, dead-
+lettered, or turned into an abort. A finished job is checkpointed (handed to
+the writer, acknowledged after its commit) or, without a store,
+acknowledged at once: counted, reported, judged by the budget, delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from asyncbatch._errors import CircuitOpen, DeadlineExceeded, ErrorKind, qualname
+from asyncbatch._observe._events import Event, JobDeadLettered, RetryScheduled
+from asyncbatch._observe._report import ReportBuilder
+from asyncbatch._policy._budget import BudgetTracker
+from asyncbatch._policy._classify import RejectedResult
+from asyncbatch._policy._retry import Decision, next_delay
+from asyncbatch._policy._testing_mode import testing_overrides
+from asyncbatch._result import AttemptRecord, JobOutcome, JobStatus, count_statuses, fast_outcome
+
+from ._compensate import Done
+
+if TYPE_CHECKING:
+    from asyncbatch._observe._otel import AttemptScope, Instrumentation
+
+    from ._abort import Abort
+    from ._checkpoint import Checkpointer
+    from ._entry import Entry
+    from ._options import Options
+    from ._ready import ReadyQueue
+
+__all__ = ["Outcomes"]
+
+Sink = Callable[[JobOutcome[Any]], None]
+
+
+class Outcomes:
+    """Decides what becomes of each attempt and acknowledges finished jobs.
+
+    Attributes:
+        counts: acknowledged jobs per status (this invocation).
+        report: the run's `ReportBuilder`.
+        parked: entries waiting on a loop timer (backoff or an open circuit).
+        done: succeeded jobs in completion order, kept when the batch may
+            need rolling back (``compensate=``).
+    """
+
+    def __init__(
+        self,
+        opts: Options,
+        *,
+        run_id: str,
+        queue: ReadyQueue,
+        abort: Abort,
+        emit: Callable[[Event], None],
+        sink: Sink | None,
+    ) -> None:
+        self.opts = opts
+        self.run_id = run_id
+        self.counts = count_statuses()
+        self.report = ReportBuilder(run_id)
+        self.budget = BudgetTracker(opts.budget) if opts.budget is not None else None
+        self.parked: set[Entry] = set()
+        self.done: list[Done] = []
+        self._keep_done = opts.compensate is not None
+        self._queue = queue
+        self._abort = abort
+        self._emit = emit
+        self._sink = sink
+        self._classify = opts.classify
+        self.result_rules: bool = getattr(opts.classify, "checks_results", False)
+        self.rng = opts.retry.rng()
+        self._testing = testing_overrides()
+        self.inst: Instrumentation | None = None
+        self.deps: Any = None
+        self.checkpointer: Checkpointer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ success
+
+    def succeeded(self, entry: Entry, result: Any) -> None:
+        """The attempt returned ``result`` and no rule rejected it."""
+        if entry.history:
+            outcome = entry.outcome(JobStatus.SUCCEEDED, result=result)
+        else:
+            outcome = fast_outcome(
+                entry.key,
+                JobStatus.SUCCEEDED,
+                result,
+                entry.attempt,
+                time.perf_counter() - entry.started,
+                entry.index,
+            )
+        if self._keep_done:
+            self.done.append(Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED))
+        if self.checkpointer is None:  # the hot path, inlined
+            self._queue.finished()
+            self.ack(outcome)
+        else:
+            self.finish(entry, outcome)
+
+    def finish(
+        self, entry: Entry, outcome: JobOutcome[Any], exc: BaseException | None = None
+    ) -> None:
+        """The job is over: checkpoint it (acknowledged after commit) or acknowledge now."""
+        self._queue.finished()
+        cp = self.checkpointer
+        if cp is None:
+            self.ack(outcome)
+        else:
+            cp.add(
+                entry.record(outcome, keep_payload=self._keep_done, exc=exc),
+                outcome,
+            )
+
+    def rejected(
+        self, entry: Entry, result: Any, start: float, scope: AttemptScope | None = None
+    ) -> bool:
+        """Whether a classifier rule turns this returned value into a failure."""
+        kind = self._classify.classify_result(result)  # type: ignore[attr-defined]
+        if kind is None:
+            return False
+        error = RejectedResult(result)
+        kind, delay = self.failed(entry, error, start, kind=kind)
+        if scope is not None:
+            scope.failed(kind, error, retry_in=delay)
+        return True
+
+    # ------------------------------------------------------------ failure
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        """The run's classifier, its answer normalised to an `ErrorKind`."""
+        kind = self._classify(exc)
+        return kind if isinstance(kind, ErrorKind) else ErrorKind(kind)
+
+    def failed(
+        self,
+        entry: Entry,
+        exc: BaseException,
+        start: float,
+        *,
+        kind: ErrorKind | None = None,
+    ) -> tuple[ErrorKind, float | None]:
+        """Record a failed attempt and decide: retry (park), dead-letter or abort.
+
+        Returns the kind and the retry delay (None when not retried).
+        """
+        now = time.time()
+        if kind is None:
+            kind = ErrorKind.TRANSIENT if isinstance(exc, DeadlineExceeded) else self.classify(exc)
+        entry.kind = kind
+        if not entry.history:
+            entry.history = []
+        entry.history.append(
+            AttemptRecord(
+                number=entry.attempt,
+                started_at=now - (time.perf_counter() - start),
+                duration=time.perf_counter() - start,
+                kind=kind,
+                error_type=qualname(type(exc)),
+                message=str(exc),
+            )
+        )
+        decision: Decision | None = None
+        if self.opts.on_error is not None:
+            decision = self.opts.on_error(exc, entry)
+        delay = self._retry_delay(entry, kind, exc, decision)
+        self.report.attempt_failed(entry.key, kind, exc, now, delay is not None)
+        if self.budget is not None:
+            verdict = self.budget.record_attempt(kind, delay is not None)
+            if verdict is not None:
+                self._abort.budget_exhausted(verdict)
+        if (decision is not None and decision.action == "abort") or (
+            decision is None and kind is ErrorKind.FATAL
+        ):
+            self._fail_batch(entry, exc, kind)
+            return kind, None
+        if delay is not None:
+            self._emit(
+                RetryScheduled(
+                    run_id=self.run_id,
+                    key=entry.key,
+                    attempt=entry.attempt,
+                    delay=delay,
+                    kind=kind.value,
+                    error_type=qualname(type(exc)),
+                    message=str(exc),
+                )
+            )
+            self.park(entry, delay)
+            return kind, delay
+        self._dead_letter(entry, exc, kind)
+        return kind, None
+
+    def _retry_delay(
+        self, entry: Entry, kind: ErrorKind, exc: BaseException, decision: Decision | None
+    ) -> float | None:
+        """Seconds until the next attempt, or None when the job must not retry."""
+        if isinstance(exc, DeadlineExceeded | CircuitOpen):
+            return None
+        delay = next_delay(
+            self.opts.retry,
+            kind,
+            entry.attempt,
+            entry.prev_delay,
+            exc,
+            decision,
+            self.rng,
+            self._testing,
+        )
+        if delay is None:
+            return None
+        entry.prev_delay = delay
+        if entry.deadline_at is not None:
+            assert self.loop is not None
+            if self.loop.time() + delay >= entry.deadline_at:
+                return None
+        return delay
+
+    async def circuit_open(self, entry: Entry, exc: CircuitOpen, start: float) -> None:
+        """A guard rejected the call: park, fail or fall back, per the breaker's policy."""
+        breaker = self.deps.breaker(exc.dependency) if self.deps is not None else None
+        policy = getattr(breaker, "on_open", "park")
+        if policy == "park":
+            entry.attempt -= 1  # a rejected call is not an attempt
+            self.park(entry, max(exc.retry_in, 0.0))
+            return
+        if policy == "fallback" and breaker is not None and breaker.fallback is not None:
+            try:
+                result = await breaker.fallback(entry.item, exc)
+            except Exception as fallback_error:
+                # A failing fallback is this attempt's failure, handled by its kind.
+                self.failed(entry, fallback_error, start)
+                return
+            self.finish(entry, entry.outcome(JobStatus.SUCCEEDED, result=result, fell_back=True))
+            return
+        # on_open="fail": dead-letter at once, naming the dependency.
+        self.failed(entry, exc, start, kind=ErrorKind.RECOVERABLE)
+
+    def park(self, entry: Entry, delay: float) -> None:
+        """Hold ``entry`` on a loop timer (no worker, no slot) until its retry is due."""
+        loop = self.loop
+        assert loop is not None
+        self.parked.add(entry)
+        entry.timer = loop.call_later(delay, self._unpark, entry)
+
+    def _unpark(self, entry: Entry) -> None:
+        entry.timer = None
+        self.parked.discard(entry)
+        if self._abort.cause is not None:
+            self._abort.interrupted.append(entry)
+            return
+        self._queue.push(entry)
+
+    def _dead_letter(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
+        entry.kind = kind
+        outcome = entry.outcome(JobStatus.DEAD_LETTERED, error=exc)
+        self._emit(
+            JobDeadLettered(
+                run_id=self.run_id,
+                key=entry.key,
+                attempts=entry.attempt,
+                kind=kind.value,
+                error_type=qualname(type(exc)),
+                message=str(exc),
+            )
+        )
+        self.finish(entry, outcome, exc)
+
+    def _fail_batch(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
+        entry.kind = kind
+        self._queue.finished()
+        self.ack(entry.outcome(JobStatus.FAILED, error=exc))
+        self._abort.abort(exc)
+
+    # ---------------------------------------------------------- acknowledge
+
+    def ack(self, outcome: JobOutcome[Any]) -> None:
+        """An outcome is final (committed, when there is a store): count and deliver it."""
+        self.counts[outcome.status] += 1
+        self.report.job_finished(outcome)
+        if self.inst is not None:
+            self.inst.job_finished(outcome.status)
+        if self.budget is not None:
+            verdict = self.budget.record_job(outcome)
+            if verdict is not None:
+                self._abort.budget_exhausted(verdict)
+        if self._sink is not None:
+            self._sink(outcome)
+        if self._queue.held_back:
+            self._queue.relieve()

@@ -1,0 +1,236 @@
+"""The workers: exactly ``concurrency`` loops, so a worker IS a concurrency slot.
+
+Each loop takes the next entry from the ready queue, runs one attempt (its
+guards, timeout, deadline and span around the job) and hands the result to
+the outcome path. A job waiting out a backoff is not in a worker: it is
+parked on a loop timer. `pick` chooses the leanest loop that does everything
+the run needs: the plain loop is what the no-op benchmarks compare against
+bare asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from asyncbatch._context import _current
+from asyncbatch._errors import CircuitOpen, DeadlineExceeded
+
+if TYPE_CHECKING:
+    from asyncbatch._observe._otel import Instrumentation
+
+    from ._abort import Abort
+    from ._entry import Entry
+    from ._options import Options
+    from ._outcomes import Outcomes
+    from ._ready import ReadyQueue
+
+__all__ = ["Workers"]
+
+
+class Workers:
+    """The worker loops of one run.
+
+    Args:
+        job: the user's ``async def job(item)``.
+        opts: the batch options.
+        queue: where entries come from.
+        outcomes: where every attempt's end goes.
+        abort: collects attempts cut short by cancellation.
+        inst: the run's instrumentation, or None.
+        deps: the run's dependencies (guards), or None.
+    """
+
+    def __init__(
+        self,
+        job: Callable[[Any], Awaitable[Any]],
+        opts: Options,
+        *,
+        queue: ReadyQueue,
+        outcomes: Outcomes,
+        abort: Abort,
+        inst: Instrumentation | None,
+        deps: Any,
+    ) -> None:
+        self.job = job
+        self.opts = opts
+        self._queue = queue
+        self._outcomes = outcomes
+        self._abort = abort
+        self._inst = inst
+        self._deps = deps
+
+    def pick(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The leanest worker loop that does everything this run needs."""
+        o = self.opts
+        if o.timeout or o.deadline or o.uses or self._deps is not None:
+            return self.full
+        return self.plain if self._inst is None else self.traced
+
+    # The three loops repeat their first lines on purpose: a shared helper
+    # would cost a call per job on the hottest path (measured).
+
+    async def plain(self) -> None:
+        """The hot loop: no timeouts, guards or spans to wrap the call in."""
+        job = self.job
+        perf = time.perf_counter
+        set_job, reset_job = _current.set, _current.reset
+        next_entry, wait = self._queue.next, self._queue.wait
+        outcomes = self._outcomes
+        succeeded, failed, rejected = outcomes.succeeded, outcomes.failed, outcomes.rejected
+        interrupted = self._abort.interrupted
+        result_rules = outcomes.result_rules
+        while True:
+            entry = next_entry()
+            if entry is None:
+                if await wait():
+                    continue
+                return
+            entry.attempt += 1
+            token = set_job(entry)
+            start = perf()
+            if entry.attempt == 1:
+                entry.started = start
+            try:
+                result = await job(entry.item)
+            except Exception as exc:
+                failed(entry, exc, start)
+            except BaseException:
+                interrupted.append(entry)
+                raise
+            else:
+                if result_rules and rejected(entry, result, start):
+                    continue
+                succeeded(entry, result)
+            finally:
+                reset_job(token)
+
+    async def traced(self) -> None:
+        """The hot loop with an attempt span around each call (no guards or timeouts)."""
+        inst = self._inst
+        assert inst is not None
+        job = self.job
+        perf = time.perf_counter
+        set_job, reset_job = _current.set, _current.reset
+        next_entry, wait = self._queue.next, self._queue.wait
+        outcomes = self._outcomes
+        succeeded, failed, rejected = outcomes.succeeded, outcomes.failed, outcomes.rejected
+        result_rules = outcomes.result_rules
+        metered = inst.metered
+        while True:
+            entry = next_entry()
+            if entry is None:
+                if await wait():
+                    continue
+                return
+            entry.attempt += 1
+            token = set_job(entry)
+            start = perf()
+            if entry.attempt == 1:
+                entry.started = start
+            try:
+                with inst.attempt(entry.key, entry.attempt) as scope:
+                    if metered:
+                        inst.in_flight(1)
+                    try:
+                        result = await job(entry.item)
+                    except Exception as exc:
+                        kind, delay = failed(entry, exc, start)
+                        scope.failed(kind, exc, retry_in=delay)
+                    except BaseException:
+                        self._abort.interrupted.append(entry)
+                        raise
+                    else:
+                        if result_rules and rejected(entry, result, start, scope):
+                            continue
+                        succeeded(entry, result)
+                    finally:
+                        if metered:
+                            inst.in_flight(-1)
+            finally:
+                reset_job(token)
+
+    async def full(self) -> None:
+        """The general loop: deadline, timeout, ``uses=`` guards, attempt spans."""
+        next_entry, wait = self._queue.next, self._queue.wait
+        loop = asyncio.get_running_loop()
+        while True:
+            entry = next_entry()
+            if entry is None:
+                if await wait():
+                    continue
+                return
+            await self._attempt(entry, loop)
+
+    async def _attempt(self, entry: Entry, loop: asyncio.AbstractEventLoop) -> None:
+        o = self.opts
+        outcomes = self._outcomes
+        inst = self._inst
+        entry.attempt += 1
+        token = _current.set(entry)
+        start = time.perf_counter()
+        if entry.attempt == 1:
+            entry.started = start
+            if o.deadline is not None:
+                entry.deadline_at = loop.time() + o.deadline
+        scope_cm: Any = (
+            inst.attempt(entry.key, entry.attempt) if inst is not None else nullcontext()
+        )
+        try:
+            with scope_cm as scope:
+                if inst is not None:
+                    inst.in_flight(1)
+                try:
+                    result = await self._call(entry, loop)
+                except Exception as exc:
+                    if isinstance(exc, CircuitOpen):
+                        if scope is not None:
+                            scope.rejected(exc.dependency)
+                        await outcomes.circuit_open(entry, exc, start)
+                        return
+                    kind, delay = outcomes.failed(entry, exc, start)
+                    if scope is not None:
+                        scope.failed(kind, exc, retry_in=delay)
+                except BaseException:
+                    self._abort.interrupted.append(entry)
+                    raise
+                else:
+                    if outcomes.result_rules and outcomes.rejected(entry, result, start, scope):
+                        return
+                    outcomes.succeeded(entry, result)
+                finally:
+                    if inst is not None:
+                        inst.in_flight(-1)
+        finally:
+            _current.reset(token)
+
+    async def _call(self, entry: Entry, loop: asyncio.AbstractEventLoop) -> Any:
+        o = self.opts
+        limit = o.timeout
+        deadline_at = entry.deadline_at
+        if deadline_at is not None:
+            remaining = deadline_at - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(entry.key, o.deadline or 0.0)
+            limit = remaining if limit is None else min(limit, remaining)
+        guards: Any = self._deps.guard_all(o.uses) if o.uses and self._deps else None
+        try:
+            if guards is not None:
+                async with guards:
+                    return await self._timed(entry, limit)
+            return await self._timed(entry, limit)
+        except TimeoutError as exc:
+            if deadline_at is not None and loop.time() >= deadline_at:
+                raise DeadlineExceeded(entry.key, o.deadline or 0.0) from exc
+            raise
+
+    async def _timed(self, entry: Entry, limit: float | None) -> Any:
+        if limit is None:
+            return await self.job(entry.item)
+        with anyio.fail_after(limit):
+            return await self.job(entry.item)
