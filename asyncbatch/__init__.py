@@ -7,8 +7,7 @@ and see what happened: reports, OpenTelemetry spans and metrics, events.
 """
 
 from ._context import JobContext, current_job
-from ._deps._breaker import Breaker
-from ._deps._guard import Rate, guard
+from ._deps import Breaker, Rate, guard
 from ._errors import (
     AsyncBatchError,
     BatchAborted,
@@ -65,8 +64,7 @@ from ._store import (
     Store,
     open_store,
 )
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "AsyncBatchError",

@@ -17,8 +17,8 @@ import aiobreaker.circuitbreaker
 import pytest
 
 import asyncbatch as ab
+from asyncbatch._deps import Dependencies
 from asyncbatch._deps._breaker import PROBE_RECHECK
-from asyncbatch._deps._guard import Dependencies
 
 
 class Down(ConnectionError):

@@ -12,7 +12,7 @@ import pytest
 
 import asyncbatch as ab
 from asyncbatch._context import JobContext, _current
-from asyncbatch._deps._guard import (
+from asyncbatch._deps import (
     Dependencies,
     DependencyStats,
     reset_dependencies,

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 import asyncbatch as ab
-from asyncbatch._observe._report import OTHER_TYPE, FailureGroup, ReportBuilder, fingerprint
+from asyncbatch._observe._fingerprint import fingerprint
+from asyncbatch._observe._report import FailureGroup
+from asyncbatch._observe._report_builder import OTHER_TYPE, ReportBuilder
 
 K = ab.ErrorKind
 S = ab.JobStatus

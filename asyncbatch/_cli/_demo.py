@@ -18,8 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from asyncbatch._deps import Rate
 from asyncbatch._deps._breaker import Breaker
-from asyncbatch._deps._guard import Rate
 from asyncbatch._errors import ErrorKind
 from asyncbatch._observe._events import Event, RunStarted
 from asyncbatch._policy._retry import RetryPolicy

@@ -6,3 +6,19 @@ which passes a call through all three and records its outcome. May import
 the value types, `_policy` (to know which failures count) and `_observe`
 (breaker events).
 """
+
+from ._breaker import Breaker, Circuit
+from ._dependencies import Dependencies, DependencyStats
+from ._guard import guard, reset_dependencies, use_dependencies
+from ._rate import Rate
+
+__all__ = [
+    "Breaker",
+    "Circuit",
+    "Dependencies",
+    "DependencyStats",
+    "Rate",
+    "guard",
+    "reset_dependencies",
+    "use_dependencies",
+]

@@ -25,37 +25,19 @@ workers (tasks inherit it) and ``reset_dependencies(token)`` after.
 from __future__ import annotations
 
 import contextlib
-import math
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
-from datetime import timedelta
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING
 
 import anyio
 
 from asyncbatch._context import _current
-from asyncbatch._errors import CircuitOpen, ConfigError, ErrorKind
-from asyncbatch._observe._events import Event
-from asyncbatch._policy._retry import seconds
+from asyncbatch._errors import CircuitOpen, ConfigError
 
-from ._breaker import Breaker, Circuit
+if TYPE_CHECKING:
+    from ._dependencies import Dependencies, _Dependency
 
-__all__ = [
-    "Dependencies",
-    "DependencyStats",
-    "Rate",
-    "guard",
-    "reset_dependencies",
-    "use_dependencies",
-]
-
-_CLOCK_TICK = time.get_clock_info("monotonic").resolution  # what asyncio uses
-
-# Failures of these kinds say the dependency is in trouble; PERMANENT says the item is.
-_COUNTED = frozenset({ErrorKind.TRANSIENT, ErrorKind.RECOVERABLE, ErrorKind.FATAL})
+__all__ = ["Guard", "guard", "rejected", "reset_dependencies", "use_dependencies"]
 
 # Set on an exception by the innermost guard it leaves, so that outer guards
 # neither re-attribute nor re-classify it, and count it only when they are
@@ -73,297 +55,7 @@ class _Origin:
         self.counts = counts
 
 
-@dataclass(frozen=True, slots=True, init=False)
-class Rate:
-    """A rate limit: at most ``n`` calls per ``per`` seconds (``rates={"api": ab.Rate(10)}``).
-
-    A leaky bucket (aiolimiter): up to ``n`` calls may go at once after a
-    quiet spell, then they are spaced ``per / n`` seconds apart. Over any
-    window of ``t`` seconds at most ``n + n * t / per`` calls start.
-
-    Args:
-        n: calls per period (>= 1).
-        per: the period in seconds (or a ``timedelta``), default 1.
-
-    Raises:
-        ConfigError: ``n`` < 1 or ``per`` not a positive duration.
-    """
-
-    n: float
-    per: float
-
-    def __init__(self, n: float, per: float | timedelta = 1.0) -> None:
-        if isinstance(n, bool) or not isinstance(n, int | float) or not n >= 1 or math.isinf(n):
-            raise ConfigError(
-                f"Rate n must be a number >= 1 (calls per period), got {n!r}; "
-                "HINT: for one call every 2 s write Rate(1, per=2)"
-            )
-        period = seconds(per, "Rate per")
-        if not period or math.isinf(period):
-            raise ConfigError(f"Rate per must be a positive number of seconds, got {per!r}")
-        object.__setattr__(self, "n", n)
-        object.__setattr__(self, "per", period)
-
-    def __repr__(self) -> str:
-        return f"Rate({self.n:g}, per={self.per:g})"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DependencyStats:
-    """What one dependency saw during a run (a snapshot).
-
-    Attributes:
-        name: the dependency.
-        state: its circuit: ``"closed"``, ``"open"`` or ``"half_open"``
-            (``"closed"`` when it has no breaker).
-        calls: calls admitted through its guard.
-        successes: calls that returned normally.
-        failures: calls that failed in a way that counts against the
-            dependency (TRANSIENT, RECOVERABLE or FATAL); ``calls`` minus
-            ``successes`` minus ``failures`` were neutral (PERMANENT,
-            cancelled, failed in a nested guard) or are still running.
-        rejections: calls its breaker rejected with `CircuitOpen`.
-        trips: how often its circuit opened.
-        time_open: seconds its circuit spent open or half-open.
-        max_in_flight: most calls inside its guard at once.
-        limit: its bulkhead size, or None.
-        rate: its `Rate`, or None.
-    """
-
-    name: str
-    state: Literal["closed", "open", "half_open"]
-    calls: int
-    successes: int
-    failures: int
-    rejections: int
-    trips: int
-    time_open: float
-    max_in_flight: int
-    limit: int | None
-    rate: Rate | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``rate`` as ``{"n": ..., "per": ...}``)."""
-        return {
-            "name": self.name,
-            "state": self.state,
-            "calls": self.calls,
-            "successes": self.successes,
-            "failures": self.failures,
-            "rejections": self.rejections,
-            "trips": self.trips,
-            "time_open": self.time_open,
-            "max_in_flight": self.max_in_flight,
-            "limit": self.limit,
-            "rate": None if self.rate is None else {"n": self.rate.n, "per": self.rate.per},
-        }
-
-
-class _Dependency:
-    """One dependency's guards and counters within a run."""
-
-    __slots__ = (
-        "calls",
-        "circuit",
-        "failures",
-        "in_flight",
-        "limit",
-        "limiter",
-        "max_in_flight",
-        "name",
-        "rate",
-        "rate_cost",
-        "rate_limiter",
-        "rejections",
-        "successes",
-    )
-
-    def __init__(
-        self, name: str, limit: int | None, rate: Rate | None, circuit: Circuit | None
-    ) -> None:
-        self.name = name
-        self.limit = limit
-        self.rate = rate
-        self.circuit = circuit
-        self.limiter = anyio.CapacityLimiter(limit) if limit is not None else None
-        self.rate_limiter = _limiter(rate) if rate is not None else None
-        self.rate_cost = _rate_cost(rate) if rate is not None else 1.0
-        self.calls = 0
-        self.successes = 0
-        self.failures = 0
-        self.rejections = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    def stats(self) -> DependencyStats:
-        circuit = self.circuit
-        return DependencyStats(
-            name=self.name,
-            state=circuit.state if circuit is not None else "closed",
-            calls=self.calls,
-            successes=self.successes,
-            failures=self.failures,
-            rejections=self.rejections,
-            trips=circuit.trips if circuit is not None else 0,
-            time_open=circuit.time_open() if circuit is not None else 0.0,
-            max_in_flight=self.max_in_flight,
-            limit=self.limit,
-            rate=self.rate,
-        )
-
-
-def _rate_cost(rate: Rate) -> float:
-    """Bucket capacity one call takes: 1 token minus what the loop clock cannot resolve.
-
-    asyncio runs a timer up to one clock tick early. aiolimiter then finds a
-    float-sized shortfall, re-arms a timer for "now" and, on a virtual clock
-    (looptime) that never ticks by itself, spins forever. Charging a call
-    ``rate x tick`` less absorbs that; the rate moves by at most 0.1 %.
-    """
-    per_second = rate.n / rate.per
-    return 1.0 - min(1e-3, 1e-9 + 2 * _CLOCK_TICK * per_second)
-
-
-def _check_names(option: str, mapping: object) -> Mapping[str, Any]:
-    if mapping is None:
-        return {}
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(f"{option}= must be a dict of dependency name -> value, got {mapping!r}")
-    for name in mapping:
-        if not isinstance(name, str):
-            raise ConfigError(f"{option}= keys must be dependency names (str), got {name!r}")
-    return mapping
-
-
-class Dependencies:
-    """The guards of every dependency of one run (built by the executor).
-
-    Args:
-        run_id: the run's id (for events).
-        limits: dependency → max concurrent calls (bulkheads).
-        rates: dependency → `Rate`.
-        breakers: dependency → `Breaker`.
-        classify: the run's classifier, ``exc -> ErrorKind``; decides which
-            failures count against a breaker.
-        emit: receives breaker events; must not block.
-
-    Raises:
-        ConfigError: a name is not a str, a limit not a positive int, a rate
-            not a `Rate` or a breaker not a `Breaker`.
-    """
-
-    def __init__(
-        self,
-        *,
-        run_id: str,
-        limits: Mapping[str, int] | None,
-        rates: Mapping[str, Rate] | None,
-        breakers: Mapping[str, Breaker] | None,
-        classify: Callable[[BaseException], Any],
-        emit: Callable[[Event], None],
-    ) -> None:
-        limits = _check_names("limits", limits)
-        rates = _check_names("rates", rates)
-        breakers = _check_names("breakers", breakers)
-        for name, n in limits.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ConfigError(f"limits[{name!r}] must be a positive int, got {n!r}")
-        for name, rate in rates.items():
-            if not isinstance(rate, Rate):
-                raise ConfigError(
-                    f"rates[{name!r}] must be an ab.Rate, got {rate!r}; HINT: ab.Rate(10, per=1)"
-                )
-        for name, breaker in breakers.items():
-            if not isinstance(breaker, Breaker):
-                raise ConfigError(
-                    f"breakers[{name!r}] must be an ab.Breaker, got {breaker!r}; "
-                    "HINT: ab.Breaker(fail_max=5, reset_timeout=30)"
-                )
-        self.run_id = run_id
-        self._classify = classify
-        self._emit = emit
-        self._breakers: dict[str, Breaker] = dict(breakers)
-        self._configured = bool(limits or rates or breakers)
-        self._deps: dict[str, _Dependency] = {}
-        for name in sorted({*limits, *rates, *breakers}):
-            policy = breakers.get(name)
-            circuit = (
-                Circuit(policy, name, run_id=run_id, emit=emit) if policy is not None else None
-            )
-            self._deps[name] = _Dependency(name, limits.get(name), rates.get(name), circuit)
-        self._orders: dict[tuple[str, ...], list[_Dependency]] = {}
-
-    def __bool__(self) -> bool:
-        return self._configured
-
-    def __repr__(self) -> str:
-        return f"<Dependencies run={self.run_id!r} {sorted(self._deps)}>"
-
-    def breaker(self, name: str) -> Breaker | None:
-        """The `Breaker` policy configured for ``name`` (None without one)."""
-        return self._breakers.get(name)
-
-    def circuit(self, name: str) -> Circuit | None:
-        """The live circuit of ``name`` in this run (None without a breaker)."""
-        dep = self._deps.get(name)
-        return dep.circuit if dep is not None else None
-
-    def stats(self) -> dict[str, DependencyStats]:
-        """A snapshot per dependency seen or configured, by name."""
-        return {name: dep.stats() for name, dep in sorted(self._deps.items())}
-
-    def guard(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """The guard of one dependency (what `ab.guard` returns inside this run)."""
-        return _Guard(self, self._dependency(name))
-
-    @contextlib.asynccontextmanager
-    async def guard_all(self, names: Iterable[str]) -> AsyncIterator[None]:
-        """Enter the guards of several dependencies (the executor's ``uses=``).
-
-        Every breaker is checked before any bulkhead is waited on; bulkheads
-        are then taken in name order, so two jobs using the same
-        dependencies cannot deadlock on each other's slots.
-
-        Raises:
-            CircuitOpen: one of the circuits rejected the call.
-        """
-        key = names if isinstance(names, tuple) else tuple(names)
-        deps = self._orders.get(key)
-        if deps is None:
-            deps = self._orders[key] = [self._dependency(n) for n in sorted(set(key))]
-        for dep in deps:
-            circuit = dep.circuit
-            if circuit is not None:
-                retry_in = circuit.retry_in()
-                if retry_in is not None:
-                    raise _rejected(dep, CircuitOpen(dep.name, retry_in))
-        peers = frozenset(dep.name for dep in deps)
-        label = key[0] if key else None
-        async with contextlib.AsyncExitStack() as stack:
-            for dep in deps:
-                await stack.enter_async_context(_Guard(self, dep, peers, label))
-            yield
-
-    def _dependency(self, name: str) -> _Dependency:
-        dep = self._deps.get(name)
-        if dep is None:
-            if not isinstance(name, str):
-                raise ConfigError(f"a dependency name must be a str, got {name!r}")
-            # Not configured: no guards, but the calls still show up in the statistics.
-            dep = self._deps[name] = _Dependency(name, None, None, None)
-        return dep
-
-    def _counts(self, exc: BaseException) -> bool:
-        """Does this failure count against the dependency? (see `Breaker`)."""
-        try:
-            kind = self._classify(exc)
-            return ErrorKind(kind) in _COUNTED
-        except Exception:
-            # A classifier rule that blows up must not replace the job's own error.
-            return True
-
-
-def _rejected(dep: _Dependency, exc: CircuitOpen) -> CircuitOpen:
+def rejected(dep: _Dependency, exc: CircuitOpen) -> CircuitOpen:
     dep.rejections += 1
     _attribute(exc, dep.name)
     _tag(exc, _Origin(frozenset((dep.name,)), counts=False))
@@ -390,7 +82,7 @@ def _tag(exc: BaseException, origin: _Origin) -> None:
 _held: ContextVar[frozenset[str]] = ContextVar("asyncbatch_guards_held", default=frozenset())
 
 
-class _Guard:
+class Guard:
     """``async with`` one dependency's breaker, bulkhead and rate limit."""
 
     __slots__ = ("_borrower", "_dep", "_deps", "_held", "_label", "_peers", "_ticket")
@@ -419,7 +111,7 @@ class _Guard:
         if circuit is not None:
             retry_in = circuit.retry_in()
             if retry_in is not None:
-                raise _rejected(dep, CircuitOpen(dep.name, retry_in))
+                raise rejected(dep, CircuitOpen(dep.name, retry_in))
         limiter = dep.limiter
         if limiter is not None:
             # A fresh borrower per entry: anyio ties tokens to a task otherwise, and a
@@ -437,7 +129,7 @@ class _Guard:
                 try:
                     self._ticket = circuit.admit()
                 except CircuitOpen as exc:
-                    raise _rejected(dep, exc) from None
+                    raise rejected(dep, exc) from None
         except BaseException:
             self._release()
             raise
@@ -554,7 +246,7 @@ def guard(name: str) -> contextlib.AbstractAsyncContextManager[None]:
         raise ConfigError(f"ab.guard() takes a dependency name (str), got {name!r}")
     deps = _dependencies.get(None)
     if deps is not None:
-        return _Guard(deps, deps._dependency(name))
+        return Guard(deps, deps._dependency(name))
     if _current.get(None) is not None:
         return _Unguarded(name)
     raise RuntimeError(
@@ -563,9 +255,3 @@ def guard(name: str) -> contextlib.AbstractAsyncContextManager[None]:
     )
 
 
-def _limiter(rate: Rate) -> Any:
-    # Imported on first use: aiolimiter reads package metadata at import,
-    # which is a noticeable share of `import asyncbatch` for runs without rates.
-    import aiolimiter
-
-    return aiolimiter.AsyncLimiter(rate.n, rate.per)

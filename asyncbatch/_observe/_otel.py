@@ -509,7 +509,7 @@ def _tracer(provider: TracerProvider | None) -> Tracer | None:
         provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
-    from asyncbatch import __version__
+    from asyncbatch._version import __version__
 
     tracer = provider.get_tracer(SCOPE, __version__)
     if isinstance(tracer, trace.NoOpTracer | trace.ProxyTracer):
@@ -527,7 +527,7 @@ def _meter(provider: MeterProvider | None) -> Meter | None:
         provider = metrics.get_meter_provider()
     if _is_proxy(provider) or isinstance(provider, metrics.NoOpMeterProvider):
         return None
-    from asyncbatch import __version__
+    from asyncbatch._version import __version__
 
     meter = provider.get_meter(SCOPE, __version__)
     if isinstance(meter, metrics.NoOpMeter):

@@ -267,7 +267,7 @@ class Engine(Generic[R]):
         o = self.opts
         if not (o.limits or o.rates or o.breakers or o.uses):
             return
-        from asyncbatch._deps._guard import Dependencies
+        from asyncbatch._deps import Dependencies
 
         self._deps = Dependencies(
             run_id=self.run_id,
@@ -289,7 +289,7 @@ class Engine(Generic[R]):
     async def _work(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
         deps_token = None
         if self._deps is not None:
-            from asyncbatch._deps._guard import reset_dependencies, use_dependencies
+            from asyncbatch._deps import reset_dependencies, use_dependencies
 
             deps_token = use_dependencies(self._deps)
         workers = Workers(

@@ -19,8 +19,8 @@ from asyncbatch._policy._retry import (
 
 if TYPE_CHECKING:
     from asyncbatch._context import JobContext
+    from asyncbatch._deps import Rate
     from asyncbatch._deps._breaker import Breaker
-    from asyncbatch._deps._guard import Rate
     from asyncbatch._observe._events import Event
     from asyncbatch._policy._budget import ErrorBudget
     from asyncbatch._store import Store

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncbatch._errors import CircuitOpen, DeadlineExceeded, ErrorKind, qualname
 from asyncbatch._observe._events import Event, JobDeadLettered, RetryScheduled
-from asyncbatch._observe._report import ReportBuilder
+from asyncbatch._observe._report_builder import ReportBuilder
 from asyncbatch._policy._budget import BudgetTracker
 from asyncbatch._policy._classify import RejectedResult
 from asyncbatch._policy._retry import Decision, next_delay

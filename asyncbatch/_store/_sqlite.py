@@ -141,7 +141,14 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
         self._cache: dict[str, _RunCache] = {}
         self._closed = False
-        self.dlq: DeadLetterQueue = SQLiteDeadLetterQueue(self)
+        self.dlq: DeadLetterQueue = SQLiteDeadLetterQueue(
+            db=db,
+            url=self.url,
+            read=self._read,
+            transaction=self._transaction,
+            forget=self._cache.clear,
+            clock=clock,
+        )
 
     @classmethod
     async def open(

@@ -2,32 +2,50 @@
 
 It reads and changes entries only; entries are written by `SQLiteStore.commit`,
 in the same transaction as the job that was dead-lettered (or resolved). It
-shares the store's connection, lock and transactions, so a DLQ change never
-interleaves with a commit, and a purge drops the open-entry keys the store
-caches.
+is handed the store's connection, read and transaction functions (so a DLQ
+change never interleaves with a commit) and a ``forget`` callback that drops
+the open-entry keys the store caches after a purge; it never imports the
+store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import aiosqlite
 
 from asyncbatch._result import DeadLetter
 
 from ._common import DeadLetterFilter, DeadLetterQueueBase, dead_letter
 from ._schema import DLQ_COLUMNS
 
-if TYPE_CHECKING:  # _sqlite imports this module to build its `dlq`
-    from ._sqlite import SQLiteStore
-
 __all__ = ["SQLiteDeadLetterQueue"]
+
+T = TypeVar("T")
+Read = Callable[[str, Iterable[Any]], Awaitable[list[Any]]]
+Transaction = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
 
 
 class SQLiteDeadLetterQueue(DeadLetterQueueBase):
     """``SQLiteStore.dlq``: the dead-letter queue in the ``dlq`` table."""
 
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
+    def __init__(
+        self,
+        *,
+        db: aiosqlite.Connection,
+        url: str,
+        read: Read,
+        transaction: Transaction[Any],
+        forget: Callable[[], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._db = db
+        self._url = url
+        self._read = read
+        self._transaction = transaction
+        self._forget = forget
+        self._clock = clock
 
     @staticmethod
     def _where(f: DeadLetterFilter) -> tuple[str, list[Any]]:
@@ -54,7 +72,7 @@ class SQLiteDeadLetterQueue(DeadLetterQueueBase):
 
     async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
         where, params = self._where(f)
-        rows = await self._store._read(f"SELECT {DLQ_COLUMNS} FROM dlq{where}", params)
+        rows = await self._read(f"SELECT {DLQ_COLUMNS} FROM dlq{where}", params)
         return [self._value(row) for row in rows]
 
     @staticmethod
@@ -67,34 +85,33 @@ class SQLiteDeadLetterQueue(DeadLetterQueueBase):
 
     async def get(self, id: int) -> DeadLetter:
         """One entry; raises `KeyError` for an unknown id."""
-        rows = await self._store._read(f"SELECT {DLQ_COLUMNS} FROM dlq WHERE id = ?", (id,))
+        rows = await self._read(f"SELECT {DLQ_COLUMNS} FROM dlq WHERE id = ?", (id,))
         if not rows:
-            raise KeyError(f"no dead letter with id {id} in {self._store.url}")
+            raise KeyError(f"no dead letter with id {id} in {self._url}")
         return self._value(rows[0])
 
     async def _delete(self, f: DeadLetterFilter) -> int:
-        store = self._store
         where, params = self._where(f)
 
         async def body() -> int:
-            cursor = await store._db.execute(
+            cursor = await self._db.execute(
                 f"DELETE FROM dlq WHERE id IN (SELECT id FROM dlq{where})", params
             )
-            store._cache.clear()  # open DLQ keys are reloaded on the next commit
+            self._forget()  # open DLQ keys are reloaded on the next commit
             return int(cursor.rowcount)
 
-        return await store._transaction(body)
+        result: int = await self._transaction(body)
+        return result
 
     async def mark_redriven(self, ids: Sequence[int]) -> None:
         """Set status ``"redriven"`` and bump ``redrive_count`` (unknown ids are ignored)."""
-        store = self._store
-        now = store._clock()
+        now = self._clock()
 
         async def body() -> None:
-            await store._db.executemany(
+            await self._db.executemany(
                 "UPDATE dlq SET status = 'redriven', redrive_count = redrive_count + 1, "
                 "updated_at = ? WHERE id = ?",
                 [(now, id_) for id_ in ids],
             )
 
-        await store._transaction(body)
+        await self._transaction(body)
