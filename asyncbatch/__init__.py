@@ -58,6 +58,7 @@ from ._run._batch import (
     rollback,
     run_batch,
 )
+from ._run._options import BatchOptions
 from ._store import (
     MemoryStore,
     SQLiteStore,
@@ -72,6 +73,7 @@ __all__ = [
     "Backoff",
     "Batch",
     "BatchAborted",
+    "BatchOptions",
     "BatchResult",
     "Breaker",
     "BreakerClosed",

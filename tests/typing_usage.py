@@ -31,3 +31,15 @@ async def typed_usage() -> None:
     assert_type(job.attempt, int)
     policy = ab.RetryPolicy({ab.ErrorKind.TRANSIENT: ab.Retry(attempts=3)}, seed=1)
     assert_type(policy[ab.ErrorKind.TRANSIENT], ab.Retry)
+
+
+async def typed_options() -> None:
+    # Options are typed keywords (PEP 692): a misspelt one is an error, so
+    # the ignore below must be needed (mypy --strict warns on unused ones).
+    await ab.run_batch(fetch, ["a"], concurency=10)  # type: ignore[call-arg]
+    await ab.run_batch(fetch, ["a"], concurrency="10")  # type: ignore[arg-type]
+    ab.Batch(fetch, retry_dead=True, store="sqlite:///x.db", timeout=1.5)
+    options: ab.BatchOptions = {"concurrency": 10, "run_id": "r"}
+    await ab.run_batch(fetch, ["a"], **options)
+    await ab.redrive(fetch, store="x.db", run_id="r", concurrency=2)
+    await ab.redrive(fetch, store="x.db", run_id="r", key=str)  # type: ignore[call-arg]

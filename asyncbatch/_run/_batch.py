@@ -11,7 +11,7 @@ import warnings
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
 import anyio
 
@@ -21,7 +21,7 @@ from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._store import Store
 
 from ._engine import Engine, unwrap_group
-from ._options import Options, build_options
+from ._options import BatchOptions, Options, RedriveOptions, build_options
 
 __all__ = ["Batch", "OutcomeStream", "redrive", "rollback", "run_batch"]
 
@@ -88,7 +88,7 @@ class Batch(Generic[T, R]):
     memory bounded by the concurrency, each one already checkpointed.
     """
 
-    def __init__(self, job: Job[T, R], **options: Any) -> None:
+    def __init__(self, job: Job[T, R], **options: Unpack[BatchOptions]) -> None:
         _check_job(job)
         self.job = job
         self.options = build_options(**options)
@@ -214,7 +214,9 @@ class OutcomeStream(Generic[R]):
             self._wake()
 
 
-async def run_batch(job: Job[T, R], items: Items[T], **options: Any) -> BatchResult[R]:
+async def run_batch(
+    job: Job[T, R], items: Items[T], **options: Unpack[BatchOptions]
+) -> BatchResult[R]:
     """Run ``job`` over ``items`` with bounded concurrency, retries and checkpoints.
 
     Args:
@@ -243,7 +245,7 @@ async def redrive(
     store: Store | str,
     run_id: str,
     ids: Sequence[int] | None = None,
-    **options: Any,
+    **options: Unpack[RedriveOptions],
 ) -> BatchResult[R]:
     """Run dead-lettered jobs of ``run_id`` again from their stored payloads.
 

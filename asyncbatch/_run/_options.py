@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from asyncbatch._errors import ConfigError
 from asyncbatch._policy._classify import ClassifierLike, as_classifier
@@ -25,10 +25,47 @@ if TYPE_CHECKING:
     from asyncbatch._policy._budget import ErrorBudget
     from asyncbatch._store import Store
 
-__all__ = ["Options", "build_options"]
+__all__ = ["BatchOptions", "Options", "RedriveOptions", "build_options"]
 
 Durability = Literal["normal", "full"]
 ErrorHandler = Callable[[BaseException, "JobContext"], "Decision | None"]
+
+
+class RedriveOptions(TypedDict, total=False):
+    """The keywords of `ab.redrive` besides its own: every batch option but ``key``,
+    ``run_id`` and ``store`` (see the README's configuration reference)."""
+
+    concurrency: int
+    retry_dead: bool
+    durability: Durability
+    classify: ClassifierLike | None
+    retry: RetryPolicy | Retry | None
+    on_error: ErrorHandler | None
+    timeout: float | timedelta | None
+    deadline: float | timedelta | None
+    limits: Mapping[str, int] | None
+    rates: Mapping[str, Rate] | None
+    breakers: Mapping[str, Breaker] | None
+    uses: Sequence[str] | str | None
+    budget: ErrorBudget | None
+    compensate: Callable[[Any, Any], Awaitable[Any]] | None
+    compensate_retry: Retry | None
+    on_event: Callable[[Event], Any] | Iterable[Callable[[Event], Any]] | None
+    tracer_provider: Any
+    meter_provider: Any
+
+
+class BatchOptions(RedriveOptions, total=False):
+    """The keywords of `ab.run_batch` and `ab.Batch`, for IDEs and type checkers.
+
+    ``run_batch(job, items, **options: Unpack[BatchOptions])``: a misspelt
+    keyword (``concurency=10``) is a type error, and every option completes.
+    Build one to pass options around: ``opts: ab.BatchOptions = {"concurrency": 10}``.
+    """
+
+    key: Callable[[Any], str] | None
+    run_id: str | None
+    store: Store | str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
