@@ -216,13 +216,18 @@ def test_report_shows_the_stored_report(jobs: str) -> None:
     assert doc["report"] is not None
 
 
-def test_report_after_a_resume_counts_the_whole_run(jobs: str) -> None:
+def test_report_after_a_resume_is_the_whole_runs(jobs: str) -> None:
     run_square(jobs, "--run-id", "r1")
-    run_square(jobs, "--run-id", "r1")
+    run_square(jobs, "--run-id", "r1")  # everything is skipped this time
     text = invoke("report", "r1", "--db", "t.db").stdout
-    assert "17 succeeded, 3 dead-lettered; its last invocation: 20 skipped" in text
+    assert "17 succeeded, 3 dead-lettered" in text
+    assert "PermanentError" in text  # the first invocation's failures are still reported
+    assert "No failed attempts" not in text
     doc = json.loads(invoke("report", "r1", "--db", "t.db", "--json").stdout)
     assert doc["overall"]["dead_lettered"] == 3
+    assert doc["report"]["counts"] == doc["overall"]
+    assert doc["report"]["dead_lettered"] == 3
+    assert sum(g["final"] for g in doc["report"]["groups"]) == 3
 
 
 # --------------------------------------------------------------------- dlq

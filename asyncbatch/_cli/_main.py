@@ -458,10 +458,6 @@ def report(run_id: str, db: str, as_json: bool) -> None:
         f"run [bold]{escape(info.run_id)}[/] ({info.status}, job {escape(info.job or '-')}): "
         f"{counts_line(overall)}"
     )
-    last = (info.report or {}).get("counts") or {}
-    if last.get("skipped"):
-        # The stored report is the last invocation's; say so when it resumed.
-        line += f"; its last invocation: {counts_line(last)}"
     console.print(line)
     if info.report:
         render_report(console, _report_from_dict(info.report))

@@ -20,7 +20,8 @@ from asyncbatch._errors import ErrorKind
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-__all__ = ["ErrorReport", "FailureGroup", "jsonable"]
+__all__ = ["ErrorReport", "FailureGroup", "jsonable", "merge_reports"]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FailureGroup:
@@ -189,8 +190,7 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.value)
     if isinstance(value, Mapping):
         return {
-            (k.value if isinstance(k, enum.Enum) else str(k)): jsonable(v)
-            for k, v in value.items()
+            (k.value if isinstance(k, enum.Enum) else str(k)): jsonable(v) for k, v in value.items()
         }
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
@@ -198,3 +198,59 @@ def jsonable(value: Any) -> Any:
     if callable(to_dict):
         return jsonable(to_dict())
     return str(value)
+
+
+def merge_reports(earlier: ErrorReport, later: ErrorReport) -> ErrorReport:
+    """One report for a run resumed or redriven: ``earlier`` invocations, then ``later``.
+
+    Groups with the same (kind, type, fingerprint) add their counts, jobs and
+    final failures, keep the earlier example and sample keys first (up to 5)
+    and span both first/last seen; retries add up. Counts, the DLQ count,
+    breakers, budget, compensation and ``aborted`` are the later invocation's
+    (the caller passes whole-run counts). Durations: counts add, ``max`` is
+    the larger, ``mean`` is weighted; percentiles are the later
+    invocation's when it measured any (a merged sample is not kept).
+    """
+    by_key: dict[tuple[str, str, str], FailureGroup] = {}
+    for g in [*earlier.groups, *later.groups]:
+        k = (g.kind.value, g.error_type, g.fingerprint)
+        old = by_key.get(k)
+        if old is None:
+            by_key[k] = g
+            continue
+        by_key[k] = FailureGroup(
+            kind=old.kind,
+            error_type=old.error_type,
+            fingerprint=old.fingerprint,
+            example=old.example,
+            count=old.count + g.count,
+            jobs=old.jobs + g.jobs,
+            final=old.final + g.final,
+            sample_keys=tuple(dict.fromkeys([*old.sample_keys, *g.sample_keys]))[:5],
+            first_seen=min(old.first_seen, g.first_seen) if old.first_seen else g.first_seen,
+            last_seen=max(old.last_seen, g.last_seen),
+        )
+    groups = sorted(by_key.values(), key=lambda g: -g.count)
+    a, b = earlier.durations, later.durations
+    n_a, n_b = int(a.get("count", 0)), int(b.get("count", 0))
+    durations: dict[str, float] = dict(b if n_b else a)
+    if n_a and n_b:
+        durations["count"] = n_a + n_b
+        durations["mean"] = (a.get("mean", 0.0) * n_a + b.get("mean", 0.0) * n_b) / (n_a + n_b)
+        durations["max"] = max(a.get("max", 0.0), b.get("max", 0.0))
+    started = earlier.started_at or later.started_at
+    return ErrorReport(
+        run_id=later.run_id,
+        started_at=started,
+        finished_at=later.finished_at,
+        duration=later.finished_at - started if later.finished_at else later.duration,
+        counts=dict(later.counts),
+        groups=groups,
+        retries=earlier.retries + later.retries,
+        dead_lettered=later.dead_lettered,
+        breakers=later.breakers or earlier.breakers,
+        budget=later.budget if later.budget is not None else earlier.budget,
+        compensation=later.compensation if later.compensation is not None else earlier.compensation,
+        durations=durations,
+        aborted=later.aborted,
+    )

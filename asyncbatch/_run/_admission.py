@@ -70,3 +70,15 @@ class Admission:
         if redrive is not None and index is not None:
             entry.redrive_of = dlq_id
         return entry
+
+    def _skips(self, done: FinishedJob) -> bool:
+        """Whether a job an earlier invocation finished is skipped now.
+
+        Succeeded jobs are; dead-lettered ones unless ``retry_dead=True``;
+        compensated ones never: a rollback undid them, so they run again
+        (reporting them SKIPPED would claim success over undone work).
+        """
+        status = done.status
+        if status is JobStatus.COMPENSATED:
+            return False
+        return not (status is JobStatus.DEAD_LETTERED and self._opts.retry_dead)

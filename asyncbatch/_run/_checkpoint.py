@@ -5,6 +5,13 @@ takes everything pending, commits it in ONE store transaction, and only then
 acknowledges each outcome (counts it, yields it). While a commit is in
 flight the next group accumulates, so the cost of a durable commit is shared
 by every job that finished meanwhile.
+
+The writer is shielded from cancellation: a cancelled run (Ctrl-C, a
+cancelled stream reader, an abort) still commits every job that finished,
+and the writer stops only when the engine closes it. If a commit fails
+(disk full, read-only file) the writer records the error and stops; `flush`
+then returns at once instead of waiting for commits that will never come,
+and the engine raises that error.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
+
+import anyio
 
 from asyncbatch._result import JobOutcome
 from asyncbatch._store import JobRecord, Store
@@ -22,7 +31,11 @@ Ack = Callable[[JobOutcome[Any]], None]
 
 
 class Checkpointer:
-    """Group-commits `JobRecord`s to a store and acknowledges after commit."""
+    """Group-commits `JobRecord`s to a store and acknowledges after commit.
+
+    Attributes:
+        error: the exception that stopped the writer, or None.
+    """
 
     __slots__ = (
         "_ack",
@@ -33,6 +46,7 @@ class Checkpointer:
         "_pending",
         "_store",
         "_wake",
+        "error",
     )
 
     def __init__(self, store: Store, durability: Any, ack: Ack) -> None:
@@ -45,6 +59,7 @@ class Checkpointer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self.error: BaseException | None = None
 
     @property
     def backlog(self) -> int:
@@ -59,7 +74,16 @@ class Checkpointer:
             self._wake.set()
 
     async def run(self) -> None:
-        """Commit groups until closed and drained."""
+        """Commit groups until closed and drained (shielded: a cancelled run still commits)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._commit_until_closed()
+            except BaseException as exc:
+                self.error = exc
+                self._idle.set()
+                raise
+
+    async def _commit_until_closed(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -79,9 +103,15 @@ class Checkpointer:
                 return
 
     async def flush(self) -> None:
-        """Wait until everything added so far is committed and acknowledged."""
-        while self._pending or self._in_commit:
+        """Wait until everything added so far is committed and acknowledged.
+
+        Returns at once when the writer has failed (see `error`).
+        """
+        while (self._pending or self._in_commit) and self.error is None:
             await self._idle.wait()
+            if self._pending and self.error is None:
+                self._idle.clear()
+                self._wake.set()
 
     def close(self) -> None:
         """Let `run` return once what is pending has been committed."""

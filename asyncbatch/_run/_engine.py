@@ -27,20 +27,22 @@ import asyncio
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-from asyncbatch._errors import AsyncBatchError, BatchAborted
+from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, StoreError, UnknownRun
 from asyncbatch._observe._events import Event, EventDispatcher, RunFinished, RunStarted
 from asyncbatch._observe._otel import Instrumentation
-from asyncbatch._observe._report import ErrorReport
+from asyncbatch._observe._report import ErrorReport, merge_reports
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus, all_ok
 from asyncbatch._store import RunInfo, Store
 
 from ._abort import Abort, Rollback
 from ._admission import Admission
 from ._checkpoint import Checkpointer
+from ._identity import callable_name, check_identity, key_spec
 from ._options import Options
 from ._outcomes import Outcomes
 from ._ready import ReadyQueue
@@ -82,7 +84,7 @@ class Engine(Generic[R]):
             self._admission,
             concurrency=opts.concurrency,
             backlog=backlog,
-            max_backlog=max(4096, 4 * opts.concurrency),
+            max_backlog=max(512, 2 * opts.concurrency),
         )
         self._abort = Abort(run_id, self._queue, self._emit)
         self._outcomes = Outcomes(
@@ -90,6 +92,7 @@ class Engine(Generic[R]):
         )
         self._rollback: Rollback | None = None
         self._report: ErrorReport | None = None
+        self._prev: RunInfo | None = None
         self.started_at = 0.0
         self.finished_at = 0.0
         self.resumed = False
@@ -162,11 +165,33 @@ class Engine(Generic[R]):
         return result
 
     async def _open_run(self, redriving: bool) -> None:
-        """Begin (or resume) the run in the store and set up its checkpoint writer."""
+        """Begin (or resume) the run in the store and set up its checkpoint writer.
+
+        Raises:
+            ConfigError: the stored run was made with other keys or another
+                job, or it was rolling back and no ``compensate=`` is given.
+        """
         store = self.store
         if store is None:
             return
-        prev = await store.begin_run(self._run_info())
+        info = self._run_info()
+        try:
+            stored = await store.get_run(self.run_id)
+        except UnknownRun:
+            stored = None
+        if stored is not None and redriving:
+            # A redrive runs the stored payloads, usually with a fixed job: it
+            # neither checks nor replaces the identity a resume is held to.
+            info = replace(info, job=stored.job, config=stored.config)
+        elif stored is not None and not self._rollback_only:
+            if not self.opts.force_resume:
+                check_identity(self.run_id, stored.config, info.config)
+            if stored.status == "compensating" and self.opts.compensate is None:
+                raise ConfigError(
+                    f"run {self.run_id!r} was rolling back when it stopped; pass the same "
+                    "compensate= to finish the rollback (or call ab.rollback(undo, ...))"
+                )
+        prev = self._prev = await store.begin_run(info)
         self.resumed = prev is not None
         if prev is not None and not redriving:
             self._admission.finished = await store.finished_jobs(self.run_id)
@@ -196,10 +221,11 @@ class Engine(Generic[R]):
     async def _close(self, status: str, duration: float) -> None:
         """Commit what is pending, record how the run ended, deliver final events."""
         self.finished_at = time.time()
-        if self._checkpointer is not None:
-            self._checkpointer.close()
+        cp = self._checkpointer
+        if cp is not None:
+            cp.close()
             with anyio.move_on_after(60):
-                await self._checkpointer.flush()
+                await cp.flush()
         outcomes = self._outcomes
         summary = self._rollback.summary if self._rollback is not None else None
         self._report = outcomes.report.build(
@@ -215,11 +241,30 @@ class Engine(Generic[R]):
         )
         counts = {s.value: n for s, n in self.counts.items()}
         if self.store is not None:
-            stored = await self._whole_run_counts() if self.resumed else counts
-            await self.store.end_run(self.run_id, status, stored, self._report.to_dict())  # type: ignore[arg-type]
+            try:
+                await self._end_run(status, counts)
+            except StoreError:
+                if cp is None or cp.error is None:
+                    raise
+                # The commit's own error is the one to report; this is its echo.
         ok = status == "finished" and all_ok(self.counts)
         self._emit(RunFinished(run_id=self.run_id, counts=counts, duration=duration, ok=ok))
         self._dispatcher.close()
+
+    async def _end_run(self, status: str, counts: dict[str, int]) -> None:
+        """Store the run's status, whole-run counts and whole-run report."""
+        assert self.store is not None
+        assert self._report is not None
+        stored = counts
+        report = self._report
+        if self.resumed:
+            stored = await self._whole_run_counts()
+            earlier = self._prev.report if self._prev is not None else None
+            whole = replace(
+                report, counts=stored, dead_lettered=stored.get(JobStatus.DEAD_LETTERED.value, 0)
+            )
+            report = merge_reports(ErrorReport.from_dict(earlier), whole) if earlier else whole
+        await self.store.end_run(self.run_id, status, stored, report.to_dict())  # type: ignore[arg-type]
 
     async def _whole_run_counts(self) -> dict[str, int]:
         """Counts of every job of a resumed (or redriven) run, not just this invocation's.
@@ -254,6 +299,9 @@ class Engine(Generic[R]):
             "durability": o.durability,
             "uses": list(o.uses),
             "retry_dead": o.retry_dead,
+            "compensate": o.compensate is not None,
+            "key": key_spec(o.key),
+            "job": callable_name(self.job),
         }
         now = time.time()
         return RunInfo(

@@ -37,6 +37,7 @@ class RedriveOptions(TypedDict, total=False):
 
     concurrency: int
     retry_dead: bool
+    force_resume: bool
     durability: Durability
     classify: ClassifierLike | None
     retry: RetryPolicy | Retry | None
@@ -77,6 +78,7 @@ class Options:
     run_id: str | None
     store: Store | str | None
     retry_dead: bool
+    force_resume: bool
     durability: Durability
     classify: Callable[[BaseException], Any]
     retry: RetryPolicy
@@ -122,6 +124,7 @@ def build_options(
     run_id: str | None = None,
     store: Store | str | None = None,
     retry_dead: bool = False,
+    force_resume: bool = False,
     durability: Durability = "normal",
     classify: ClassifierLike | None = None,
     retry: RetryPolicy | Retry | None = None,
@@ -169,6 +172,7 @@ def build_options(
         run_id=run_id,
         store=store,
         retry_dead=bool(retry_dead),
+        force_resume=bool(force_resume),
         durability=durability,
         classify=as_classifier(classify),
         retry=as_policy(retry),

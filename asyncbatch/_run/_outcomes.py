@@ -101,6 +101,7 @@ class Outcomes:
             self.done.append(Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED))
         if self.checkpointer is None:  # the hot path, inlined
             self._queue.finished()
+            self._judge(outcome)
             self.ack(outcome)
         else:
             self.finish(entry, outcome)
@@ -108,8 +109,14 @@ class Outcomes:
     def finish(
         self, entry: Entry, outcome: JobOutcome[Any], exc: BaseException | None = None
     ) -> None:
-        """The job is over: checkpoint it (acknowledged after commit) or acknowledge now."""
+        """The job is over: checkpoint it (acknowledged after commit) or acknowledge now.
+
+        The error budget judges the job now, not at its acknowledgement: a
+        commit may lag by a whole group, and an exhausted budget must stop
+        the feed as promptly with a store as without one.
+        """
         self._queue.finished()
+        self._judge(outcome)
         cp = self.checkpointer
         if cp is None:
             self.ack(outcome)
@@ -276,8 +283,17 @@ class Outcomes:
     def _fail_batch(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
         entry.kind = kind
         self._queue.finished()
-        self.ack(entry.outcome(JobStatus.FAILED, error=exc))
+        outcome = entry.outcome(JobStatus.FAILED, error=exc)
+        self._judge(outcome)
+        self.ack(outcome)
         self._abort.abort(exc)
+
+    def _judge(self, outcome: JobOutcome[Any]) -> None:
+        """Count a finished job against the error budget (abort or alert when spent)."""
+        if self.budget is not None:
+            verdict = self.budget.record_job(outcome)
+            if verdict is not None:
+                self._abort.budget_exhausted(verdict)
 
     # ---------------------------------------------------------- acknowledge
 
@@ -287,10 +303,6 @@ class Outcomes:
         self.report.job_finished(outcome)
         if self.inst is not None:
             self.inst.job_finished(outcome.status)
-        if self.budget is not None:
-            verdict = self.budget.record_job(outcome)
-            if verdict is not None:
-                self._abort.budget_exhausted(verdict)
         if self._sink is not None:
             self._sink(outcome)
         if self._queue.held_back:
