@@ -592,3 +592,16 @@ def test_prometheus_port_in_use_is_one_error_line(workdir: Path, jobs: str) -> N
         )  # fmt: skip
     assert result.exit_code == 1
     assert "cannot serve Prometheus metrics on 127.0.0.1" in result.output
+
+
+def test_resume_with_another_key_is_refused_in_one_line_and_runs_nothing(jobs: str) -> None:
+    run_square(jobs, "--run-id", "r1")
+    before = len(calls(jobs))
+    again = invoke(
+        "run", f"{jobs}:square", "--input", "items.jsonl", "--db", "t.db", "--run-id", "r1"
+    )
+    line = assert_one_error_line(again)
+    assert "field 'id'" in line and "position" in line and "--force-resume" in line
+    assert len(calls(jobs)) == before  # nothing re-ran
+    counts = json.loads(invoke("report", "r1", "--db", "t.db", "--json").stdout)["overall"]
+    assert counts["succeeded"] + counts["dead_lettered"] == 20  # not 40 claimed for 20 lines

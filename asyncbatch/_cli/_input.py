@@ -185,6 +185,17 @@ class JobInput:
                         f"{self.path}:{self.line}: malformed JSON ({exc.msg} at column {exc.colno})"
                     ) from None
 
+    def keyer(self) -> Callable[[Any], str] | None:
+        """The ``key=`` of the batch: the ``--key`` field, declared as such for resume checks."""
+        if self.key_field is None:
+            return None
+
+        def key(item: Any) -> str:
+            return self.key(item)
+
+        key.__asyncbatch_key__ = f"field {self.key_field!r}"  # type: ignore[attr-defined]
+        return key
+
     def key(self, item: Any) -> str:
         """The job key: the ``--key`` field of the item."""
         field = self.key_field

@@ -233,6 +233,11 @@ def demo(
 )
 @click.option("--retry-dead", is_flag=True, help="On resume, run dead-lettered jobs again too.")
 @click.option(
+    "--force-resume",
+    is_flag=True,
+    help="Resume even though --key or the job differ from the stored run's.",
+)
+@click.option(
     "--timeout",
     default=None,
     type=click.FloatRange(min=0, min_open=True),
@@ -250,6 +255,7 @@ def run(
     db: str,
     output: str | None,
     retry_dead: bool,
+    force_resume: bool,
     timeout: float | None,
     quiet: bool,
     as_json: bool,
@@ -275,10 +281,11 @@ def run(
         return Batch(
             progress.wrap(job),
             concurrency=concurrency,
-            key=source.key if key_field else None,
+            key=source.keyer(),
             run_id=run_id,
             store=store_url(db),
             retry_dead=retry_dead,
+            force_resume=force_resume,
             timeout=timeout,
             on_event=progress.on_event,
             **telemetry_options,

@@ -51,9 +51,7 @@ class Admission:
             key = k if isinstance(k, str) else str(k)
         if self.finished:
             done = self.finished.get(key)
-            if done is not None and not (
-                opts.retry_dead and done.status is JobStatus.DEAD_LETTERED
-            ):
+            if done is not None and self._skips(done):
                 if opts.compensate is not None:
                     self.skipped_at[key] = index
                 self._ack(

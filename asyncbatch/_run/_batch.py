@@ -318,7 +318,13 @@ async def rollback(
     outcomes: list[JobOutcome[Any]] = []
     async with _open(opts) as st:
         assert st is not None
-        await st.get_run(run_id)
+        run = await st.get_run(run_id)
+        if run.config.get("compensate") is False:
+            raise ConfigError(
+                f"run {run_id!r} was made without compensate=, so its items were not kept "
+                "and cannot be undone; roll it back by hand, or pass compensate= to the "
+                "batch next time"
+            )
         engine: Engine[Any] = Engine(
             _never, opts, run_id=run_id, store=st, sink=outcomes.append, rollback_only=True
         )

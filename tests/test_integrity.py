@@ -1,0 +1,338 @@
+"""A run's stored state never lies: every behaviour that touches persistence, on every store.
+
+The feature × store matrix: budget aborts, FATAL aborts, compensation,
+rollback, resume (identity, compensated jobs), reports, failing commits and
+cancelled streams, each run against the in-memory store and SQLite (the
+PostgreSQL store joins the ``store`` fixture). After each scenario the
+invariants are checked against the store itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import pytest
+
+import asyncbatch as ab
+from asyncbatch._store import JobRecord
+
+STORES = ["memory", "sqlite"]
+
+
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ab.Store]:
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/runs.db"
+    async with ab.open_store(url) as st:
+        yield st
+
+
+async def invariants(store: ab.Store, run_id: str) -> dict[str, int]:
+    """Stored counts equal stored rows; every key has one row; the DLQ is exactly the dead."""
+    run = await store.get_run(run_id)
+    jobs = await store.jobs(run_id)
+    keys = [j.key for j in jobs]
+    assert len(keys) == len(set(keys)), "a key has two terminal rows"
+    rows = await store.count_jobs(run_id)
+    for status in ("succeeded", "dead_lettered", "compensated"):
+        assert run.counts.get(status, 0) == rows[status], (status, run.counts, rows)
+    dead = {d.key for d in await store.dlq.list(run_id=run_id)}
+    assert dead == {j.key for j in jobs if j.status is ab.JobStatus.DEAD_LETTERED}
+    return rows
+
+
+# ----------------------------------------------------------------- budgets
+
+
+async def test_budget_abort_stops_promptly_rolls_back_and_marks_the_run_aborted(
+    store: ab.Store,
+) -> None:
+    started: list[int] = []
+    undone: list[int] = []
+
+    async def charge(i: int) -> int:
+        started.append(i)
+        await asyncio.sleep(0.001)
+        if i % 10 == 3:
+            raise ab.PermanentError(f"card {i} declined")
+        return i
+
+    async def undo(item: int, result: int) -> None:
+        undone.append(item)
+
+    with pytest.raises(ab.BatchAborted) as caught:
+        await ab.run_batch(
+            charge,
+            range(2000),
+            concurrency=20,
+            store=store,
+            run_id="charges",
+            budget=ab.ErrorBudget(max_failure_rate=0.05, min_jobs=100),
+            compensate=undo,
+        )
+    assert isinstance(caught.value.cause, ab.BudgetExceeded)
+    # Judged as jobs finish, not after their commit: the feed stops near min_jobs.
+    assert len(started) <= 100 + 2 * 20, len(started)
+    succeeded = {
+        o.key for o in caught.value.result.outcomes if o.status is ab.JobStatus.COMPENSATED
+    }
+    assert sorted(undone) == sorted(int(k) for k in succeeded)
+    assert len(undone) == len([i for i in started if i % 10 != 3 and i in set(undone)])
+    run = await store.get_run("charges")
+    assert run.status == "aborted"
+    rows = await invariants(store, "charges")
+    assert rows["succeeded"] == 0  # every charge that went through was refunded
+    assert rows["compensated"] == len(undone)
+
+
+async def test_budget_abort_with_fewer_items_than_the_backlog_still_rolls_back(
+    store: ab.Store,
+) -> None:
+    undone: list[int] = []
+
+    async def charge(i: int) -> int:
+        if i % 10 == 0:
+            raise ab.PermanentError("declined")
+        return i
+
+    async def undo(item: int, result: int) -> None:
+        undone.append(item)
+
+    with pytest.raises(ab.BatchAborted):
+        await ab.run_batch(
+            charge,
+            range(1000),
+            store=store,
+            run_id="small",
+            budget=ab.ErrorBudget(max_failure_rate=0.05, min_jobs=100),
+            compensate=undo,
+        )
+    assert undone, "the compensation never ran"
+    assert (await store.get_run("small")).status == "aborted"
+    assert (await invariants(store, "small"))["succeeded"] == 0
+
+
+async def test_fatal_error_aborts_and_compensates_on_every_store(store: ab.Store) -> None:
+    undone: list[int] = []
+
+    async def job(i: int) -> int:
+        if i == 30:
+            raise ab.FatalError("credentials revoked")
+        await asyncio.sleep(0)
+        return i
+
+    async def undo(item: int, result: int) -> None:
+        undone.append(item)
+
+    with pytest.raises(ab.BatchAborted) as caught:
+        await ab.run_batch(job, range(200), concurrency=4, store=store, run_id="f", compensate=undo)
+    assert isinstance(caught.value.cause, ab.FatalError)
+    assert (await store.get_run("f")).status == "aborted"
+    rows = await invariants(store, "f")
+    assert rows["compensated"] == len(undone) and rows["succeeded"] == 0
+
+
+# ------------------------------------------------------------------ resume
+
+
+async def double(item: dict[str, Any]) -> int:
+    return int(item["n"]) * 2
+
+
+async def triple(item: dict[str, Any]) -> int:
+    return int(item["n"]) * 3
+
+
+def by_id(item: dict[str, Any]) -> str:
+    return str(item["id"])
+
+
+ITEMS = [{"id": f"x{i}", "n": i} for i in range(20)]
+
+
+async def test_resume_with_other_keys_is_refused_naming_both(store: ab.Store) -> None:
+    await ab.run_batch(double, ITEMS, key=by_id, store=store, run_id="keys")
+    with pytest.raises(ab.ConfigError, match=r"key .*by_id.*position") as caught:
+        await ab.run_batch(double, ITEMS, store=store, run_id="keys")
+    assert "force_resume=True" in str(caught.value)
+    # Nothing re-ran or merged: the run still holds its 20 jobs, once each.
+    assert (await invariants(store, "keys"))["succeeded"] == 20
+    again = await ab.run_batch(double, ITEMS, key=by_id, store=store, run_id="keys")
+    assert again.counts[ab.JobStatus.SKIPPED] == 20
+
+
+async def test_resume_with_another_job_is_refused_unless_forced(store: ab.Store) -> None:
+    await ab.run_batch(double, ITEMS, key=by_id, store=store, run_id="jobs")
+    with pytest.raises(ab.ConfigError, match=r"job .*double.*triple"):
+        await ab.run_batch(triple, ITEMS, key=by_id, store=store, run_id="jobs")
+    forced = await ab.run_batch(
+        triple, ITEMS, key=by_id, store=store, run_id="jobs", force_resume=True
+    )
+    assert forced.counts[ab.JobStatus.SKIPPED] == 20
+
+
+async def test_a_rolled_back_run_resumes_by_running_the_undone_jobs_again(
+    store: ab.Store,
+) -> None:
+    calls: list[int] = []
+    fail = True
+
+    async def job(i: int) -> int:
+        calls.append(i)
+        if fail and i == 7:
+            raise ab.FatalError("stop")
+        return i
+
+    async def undo(item: int, result: int) -> None:
+        pass
+
+    with pytest.raises(ab.BatchAborted):
+        await ab.run_batch(job, range(10), concurrency=1, store=store, run_id="rb", compensate=undo)
+    undone = (await store.count_jobs("rb"))["compensated"]
+    assert undone == 7
+    fail = False
+    calls.clear()
+    result = await ab.run_batch(
+        job, range(10), concurrency=1, store=store, run_id="rb", compensate=undo
+    )
+    assert result.ok
+    assert result.counts[ab.JobStatus.SKIPPED] == 0  # nothing reported as done over undone work
+    assert sorted(calls) == list(range(10))
+    assert (await invariants(store, "rb"))["succeeded"] == 10
+
+
+async def test_rollback_of_a_run_made_without_compensate_is_refused(store: ab.Store) -> None:
+    async def job(i: int) -> int:
+        return i
+
+    async def undo(item: int, result: int) -> None:
+        raise AssertionError("must not be called")
+
+    await ab.run_batch(job, range(5), store=store, run_id="plain")
+    with pytest.raises(ab.ConfigError, match="without compensate="):
+        await ab.rollback(undo, store=store, run_id="plain")
+    assert (await invariants(store, "plain"))["succeeded"] == 5
+
+
+async def test_resuming_an_interrupted_rollback_without_compensate_is_refused(
+    store: ab.Store,
+) -> None:
+    async def job(i: int) -> int:
+        return i
+
+    await ab.run_batch(job, range(5), store=store, run_id="half", compensate=_noop_undo)
+    counts = await store.count_jobs("half")
+    await store.end_run("half", "compensating", counts, {"aborted": "FatalError: x"})
+    with pytest.raises(ab.ConfigError, match="rolling back"):
+        await ab.run_batch(job, range(5), store=store, run_id="half")
+    assert (await store.get_run("half")).status == "compensating"  # not abandoned
+
+
+async def _noop_undo(item: Any, result: Any) -> None:
+    return None
+
+
+async def test_the_stored_report_is_the_whole_runs_after_resume_and_redrive(
+    store: ab.Store,
+) -> None:
+    async def job(i: int) -> int:
+        if i in (3, 4):
+            raise ab.PermanentError(f"item {i} is malformed")
+        return i
+
+    await ab.run_batch(job, range(10), store=store, run_id="rep")
+    await ab.run_batch(job, range(10), store=store, run_id="rep")  # all skipped
+
+    async def fixed(i: int) -> int:
+        return i
+
+    await ab.redrive(
+        fixed, store=store, run_id="rep", ids=[d.id for d in await store.dlq.list(run_id="rep")][:1]
+    )
+    report = ab.ErrorReport.from_dict((await store.get_run("rep")).report or {})
+    assert report.counts["succeeded"] == 9 and report.counts["dead_lettered"] == 1
+    assert report.dead_lettered == 1
+    assert sum(g.count for g in report.groups) == 2  # both failed attempts are still there
+    await invariants(store, "rep")
+
+
+# ------------------------------------------------------- failing commits
+
+
+class _Failing:
+    """Wraps a store; its commits fail after ``ok`` successful ones (disk full)."""
+
+    def __init__(self, inner: ab.Store, ok: int) -> None:
+        self._inner = inner
+        self._ok = ok
+        self.url = inner.url
+        self.dlq = inner.dlq
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def commit(
+        self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
+    ) -> None:
+        if self._ok <= 0:
+            raise ab.StoreError("SQLite store x.db: database or disk is full")
+        self._ok -= 1
+        await self._inner.commit(records, durability=durability)
+
+
+async def test_a_failing_commit_fails_the_run_within_a_second_and_keeps_what_was_committed(
+    store: ab.Store,
+) -> None:
+    async def job(i: int) -> int:
+        await asyncio.sleep(0.001)
+        return i
+
+    failing = _Failing(store, ok=3)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(ab.StoreError, match="disk is full"):
+        await ab.run_batch(job, range(5000), concurrency=50, store=failing, run_id="full")  # type: ignore[arg-type]
+    assert loop.time() - t0 < 1.0
+    committed = (await store.count_jobs("full"))["succeeded"]
+    assert committed > 0
+    # After space is freed the run resumes and completes, nothing lost or repeated.
+    again = await ab.run_batch(job, range(5000), concurrency=50, store=store, run_id="full")
+    assert again.counts[ab.JobStatus.SKIPPED] == committed
+    assert (await invariants(store, "full"))["succeeded"] == 5000
+
+
+# ------------------------------------------------------ cancelled streams
+
+
+async def test_cancelling_a_stream_returns_promptly_and_commits_what_finished(
+    store: ab.Store,
+) -> None:
+    finished: list[int] = []
+
+    async def job(i: int) -> int:
+        await asyncio.sleep(0.002)
+        finished.append(i)
+        return i
+
+    seen: list[ab.JobOutcome[int]] = []
+
+    async def read() -> None:
+        batch = ab.Batch(job, concurrency=20, store=store, run_id="cancel")
+        async with batch.stream(range(100_000)) as outcomes:
+            async for outcome in outcomes:
+                seen.append(outcome)
+
+    loop = asyncio.get_running_loop()
+    with anyio.move_on_after(0.3):
+        await read()
+    t_cancel = loop.time()
+    await asyncio.sleep(0)
+    assert loop.time() - t_cancel < 1.0
+    committed = {j.key for j in await store.jobs("cancel")}
+    assert {str(i) for i in finished} <= committed, "a finished job was not committed"
+    assert {o.key for o in seen} <= committed
+    resumed = await ab.run_batch(job, range(200), concurrency=20, store=store, run_id="cancel")
+    assert resumed.counts[ab.JobStatus.SKIPPED] == len([k for k in committed if int(k) < 200])
