@@ -601,7 +601,9 @@ def test_resume_with_another_key_is_refused_in_one_line_and_runs_nothing(jobs: s
         "run", f"{jobs}:square", "--input", "items.jsonl", "--db", "t.db", "--run-id", "r1"
     )
     line = assert_one_error_line(again)
-    assert "field 'id'" in line and "position" in line and "--force-resume" in line
+    assert "field 'id'" in line
+    assert "position" in line
+    assert "--force-resume" in line
     assert len(calls(jobs)) == before  # nothing re-ran
     counts = json.loads(invoke("report", "r1", "--db", "t.db", "--json").stdout)["overall"]
     assert counts["succeeded"] + counts["dead_lettered"] == 20  # not 40 claimed for 20 lines

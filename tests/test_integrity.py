@@ -1,6 +1,6 @@
 """A run's stored state never lies: every behaviour that touches persistence, on every store.
 
-The feature × store matrix: budget aborts, FATAL aborts, compensation,
+The feature x store matrix: budget aborts, FATAL aborts, compensation,
 rollback, resume (identity, compensated jobs), reports, failing commits and
 cancelled streams, each run against the in-memory store and SQLite (the
 PostgreSQL store joins the ``store`` fixture). After each scenario the
@@ -132,7 +132,8 @@ async def test_fatal_error_aborts_and_compensates_on_every_store(store: ab.Store
     assert isinstance(caught.value.cause, ab.FatalError)
     assert (await store.get_run("f")).status == "aborted"
     rows = await invariants(store, "f")
-    assert rows["compensated"] == len(undone) and rows["succeeded"] == 0
+    assert rows["compensated"] == len(undone)
+    assert rows["succeeded"] == 0
 
 
 # ------------------------------------------------------------------ resume
@@ -253,7 +254,8 @@ async def test_the_stored_report_is_the_whole_runs_after_resume_and_redrive(
         fixed, store=store, run_id="rep", ids=[d.id for d in await store.dlq.list(run_id="rep")][:1]
     )
     report = ab.ErrorReport.from_dict((await store.get_run("rep")).report or {})
-    assert report.counts["succeeded"] == 9 and report.counts["dead_lettered"] == 1
+    assert report.counts["succeeded"] == 9
+    assert report.counts["dead_lettered"] == 1
     assert report.dead_lettered == 1
     assert sum(g.count for g in report.groups) == 2  # both failed attempts are still there
     await invariants(store, "rep")
