@@ -10,6 +10,7 @@
      │    ├── StoreError                 the store cannot be opened, read or written
      │    │    └── UnknownRun            no run with that id in the store
      │    └── ConfigError (ValueError)   bad options: the message says how to fix them
+     │         └── DuplicateKey          two items of one run have the same job key
      │
      │   Markers a job raises (or subclasses) to classify its failure explicitly:
      ├── TransientError                  retry soon
@@ -35,6 +36,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "DeadlineExceeded",
+    "DuplicateKey",
     "ErrorKind",
     "FatalError",
     "PermanentError",
@@ -74,6 +76,31 @@ class AsyncBatchError(Exception):
 
 class ConfigError(AsyncBatchError, ValueError):
     """An option has a value asyncbatch cannot use; the message says how to fix it."""
+
+
+class DuplicateKey(ConfigError):
+    """Two items of one run have the same job key; the second is refused, not merged.
+
+    Jobs are stored, skipped on resume and dead-lettered by key, so two items
+    with one key would share one stored outcome (and on resume one would get
+    the other's result). The run stops admitting at the second item, lets
+    the jobs already started finish, and raises this.
+
+    Attributes:
+        key: the job key.
+        first: the input position of the item that has it (None if unknown).
+        second: the input position of the duplicate.
+    """
+
+    def __init__(self, key: str, first: int | None, second: int | None) -> None:
+        self.key = key
+        self.first = first
+        self.second = second
+        where = "an earlier item" if first is None else f"input position {first}"
+        super().__init__(
+            f"duplicate job key {key!r}: input position {second} has the key of {where}; "
+            "keys must be unique within a run (check key=, or the --key field)"
+        )
 
 
 class StoreError(AsyncBatchError):

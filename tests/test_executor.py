@@ -341,6 +341,7 @@ async def test_base_exceptions_propagate_unclassified_and_unretried() -> None:
     assert calls == 1
 
 
+@pytest.mark.looptime
 async def test_stream_yields_in_completion_order_and_gives_a_result() -> None:
     async def job(x: int) -> int:
         await asyncio.sleep((5 - x) / 1000)

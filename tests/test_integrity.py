@@ -338,3 +338,72 @@ async def test_cancelling_a_stream_returns_promptly_and_commits_what_finished(
     assert {o.key for o in seen} <= committed
     resumed = await ab.run_batch(job, range(200), concurrency=20, store=store, run_id="cancel")
     assert resumed.counts[ab.JobStatus.SKIPPED] == len([k for k in committed if int(k) < 200])
+
+
+# -------------------------------------------------------------- duplicates
+
+
+def _key_of(item: dict[str, Any]) -> str:
+    return str(item["id"])
+
+
+async def _echo(item: dict[str, Any]) -> Any:
+    return item["n"]
+
+
+@pytest.mark.parametrize("second", [7, 700])  # in the same lookup chunk, and far apart
+async def test_a_duplicate_key_is_refused_naming_the_key_and_both_positions(
+    store: ab.Store, second: int
+) -> None:
+    items = [{"id": f"k{i}", "n": i} for i in range(1000)]
+    items[second] = {"id": "k3", "n": -1}
+    ran: list[int] = []
+
+    async def job(item: dict[str, Any]) -> Any:
+        ran.append(item["n"])
+        return item["n"]
+
+    with pytest.raises(ab.DuplicateKey) as caught:
+        await ab.run_batch(job, items, key=_key_of, concurrency=4, store=store, run_id="dup")
+    assert (caught.value.key, caught.value.first, caught.value.second) == ("k3", 3, second)
+    assert "'k3'" in str(caught.value)
+    assert "input position 3" in str(caught.value)
+    assert -1 not in ran  # the duplicate never ran
+    rows = {j.key: j for j in await store.jobs("dup")}
+    if "k3" in rows:  # a refused first chunk never ran at all
+        assert rows["k3"].result == 3  # nothing merged into the first item's row
+    await invariants(store, "dup")
+
+
+async def test_a_duplicate_key_is_refused_without_a_store_too() -> None:
+    items = [{"id": i % 5, "n": i} for i in range(10)]
+    with pytest.raises(ab.DuplicateKey, match="'0'"):
+        await ab.run_batch(_echo, items, key=_key_of)
+
+
+async def test_a_resume_never_hands_one_item_another_items_result(store: ab.Store) -> None:
+    items = [{"id": f"k{i}", "n": i} for i in range(1200)]
+    await ab.run_batch(_echo, items[:100], key=_key_of, store=store, run_id="r")  # stopped early
+    items[900] = {"id": "k5", "n": -5}  # its key was finished by the first invocation
+    with pytest.raises(ab.DuplicateKey, match="'k5'"):
+        await ab.run_batch(_echo, items, key=_key_of, store=store, run_id="r")
+    assert {j.key: j.result for j in await store.jobs("r")}["k5"] == 5
+    await invariants(store, "r")
+
+
+async def test_resume_skips_in_bounded_lookups_and_returns_stored_results(store: ab.Store) -> None:
+    calls = 0
+
+    async def job(i: int) -> int:
+        nonlocal calls
+        calls += 1
+        return i * i
+
+    n = 3 * 512 + 17  # several lookup chunks and a partial one
+    await ab.run_batch(job, range(n), store=store, run_id="big")
+    calls = 0
+    again = await ab.run_batch(job, range(n + 5), store=store, run_id="big")
+    assert calls == 5
+    assert again.counts[ab.JobStatus.SKIPPED] == n
+    assert [o.result for o in again.outcomes[:3]] == [0, 1, 4]
+    assert (await invariants(store, "big"))["succeeded"] == n + 5

@@ -1,73 +1,190 @@
-"""Admission: an input item becomes a job of the run, or is skipped as already finished.
+"""Admission: an input item becomes a job of the run, is skipped as finished, or is refused.
 
 Every item gets its key (input position, ``key=``, or the DLQ entry it is
 redriven from). On resume, a key that an earlier invocation finished is not
 run again: it is acknowledged SKIPPED with its stored result (dead-lettered
-ones run again with ``retry_dead=True``).
+ones run again with ``retry_dead=True``; compensated ones always do).
+
+What a resume needs from the store is asked in bounded batches: `source`
+wraps the input so that every chunk of up to `LOOKUP_CHUNK` items is looked
+up with one `Store.lookup` before its items are admitted. Memory stays
+bounded by the concurrency and the chunk, however many jobs the run
+finished before (a million finished keys are never loaded at once).
+
+A key used by two items of one run is refused (`DuplicateKey`): the second
+item is the input error. Keys in flight are known (they are live here until
+acknowledged), keys committed earlier in this invocation are found by the
+same lookup (their completion order is newer than the run's at start).
+Positions cannot collide, so runs keyed by position skip all of this when
+nothing is stored yet; runs without a store check custom keys in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
+from asyncbatch._errors import DuplicateKey
 from asyncbatch._result import JobOutcome, JobStatus
-from asyncbatch._store import FinishedJob
+from asyncbatch._store import FinishedJob, Store
 
 from ._entry import Entry
 from ._options import Options
 
-__all__ = ["Admission"]
+__all__ = ["LOOKUP_CHUNK", "Admission"]
+
+LOOKUP_CHUNK = 512
+"""Items read ahead and looked up in the store at once while resuming."""
 
 
 class Admission:
     """Keys items and decides which of them run.
 
     Attributes:
-        finished: jobs an earlier invocation of the run finished, by key.
         redrive: for `ab.redrive`: input position → (DLQ entry id, job key).
         skipped_at: input positions of skipped jobs (kept for a rollback).
+        live: keys admitted and not yet acknowledged → input position (only
+            while duplicates are checked against the store).
     """
 
     def __init__(self, opts: Options, run_id: str, ack: Callable[[JobOutcome[Any]], None]) -> None:
         self._opts = opts
         self._run_id = run_id
         self._ack = ack
-        self.finished: dict[str, FinishedJob] = {}
         self.redrive: dict[int, tuple[int, str]] | None = None
         self.skipped_at: dict[str, int | None] = {}
+        self.live: dict[str, int | None] | None = None
+        self._ahead: deque[tuple[str, FinishedJob | None]] | None = None
+        self._seen: dict[str, int | None] | None = None
+        self._skipped: set[int] = set()
+
+    def source(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        store: Store | None,
+        resumed: bool,
+        seq0: int,
+    ) -> Iterable[Any] | AsyncIterable[Any]:
+        """The input as admission must read it: as is, or looked up in chunks first.
+
+        Args:
+            items: the batch's input.
+            store: the run's store (None: nothing stored, nothing to look up).
+            resumed: whether the run existed before this invocation.
+            seq0: the run's last completion order before this invocation;
+                stored jobs with a newer one finished in this invocation.
+        """
+        if self.redrive is not None:
+            return items  # keys come from the DLQ, one entry each
+        custom = self._opts.key is not None
+        if store is None:
+            if custom:
+                self._seen = {}
+            return items
+        if not resumed and not custom:
+            return items  # positions cannot collide and nothing is stored yet
+        self._ahead = deque()
+        if custom:
+            self.live = {}
+        return self._prefetch(items, store, seq0)
+
+    async def _prefetch(
+        self, items: Iterable[Any] | AsyncIterable[Any], store: Store, seq0: int
+    ) -> AsyncIterator[Any]:
+        ahead = self._ahead
+        assert ahead is not None
+        index = 0
+        # Each key is made as its item is read: a bad item is reported where it is.
+        async for chunk in _chunks(items, LOOKUP_CHUNK, self._key):
+            keys = [key for _, key in chunk]
+            verdicts = await self._look_up(keys, index, store, seq0)
+            for (item, key), done in zip(chunk, verdicts, strict=True):
+                ahead.append((key, done))
+                yield item
+            index += len(chunk)
+
+    async def _look_up(
+        self, keys: list[str], start: int, store: Store, seq0: int
+    ) -> list[FinishedJob | None]:
+        live = self.live
+        # Taken before the lookup: a key acknowledged meanwhile is committed, so found.
+        in_flight = {k: live[k] for k in keys if k in live} if live is not None else {}
+        found = await store.lookup(self._run_id, list(dict.fromkeys(keys)))
+        if live is None:
+            return [found.get(k) for k in keys]
+        verdicts: list[FinishedJob | None] = []
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            position = start + i
+            if key in first:
+                raise DuplicateKey(key, first[key], position)
+            if key in in_flight:
+                raise DuplicateKey(key, in_flight[key], position)
+            first[key] = position
+            done = found.get(key)
+            if done is not None:
+                if done.seq > seq0:  # committed by this invocation: an earlier item had it
+                    raise DuplicateKey(key, done.index, position)
+                if self._skips(done):
+                    # Skipped twice in one invocation would hand one item another's
+                    # result. A hash per skipped key (not the key) bounds the memory.
+                    h = hash(key)
+                    if h in self._skipped:
+                        raise DuplicateKey(key, None, position)
+                    self._skipped.add(h)
+            verdicts.append(done)
+        return verdicts
+
+    def _key(self, index: int | None, item: Any) -> str:
+        keyfn = self._opts.key
+        if keyfn is None:
+            return str(index)
+        k = keyfn(item)
+        return k if isinstance(k, str) else str(k)
 
     def __call__(self, index: int | None, item: Any) -> Entry | None:
         """Make an entry for a new item, or acknowledge it as SKIPPED."""
-        opts = self._opts
-        keyfn = opts.key
         redrive = self.redrive
-        if redrive is not None and index is not None:
-            dlq_id, key = redrive[index]
-        elif keyfn is None:
+        done: FinishedJob | None = None
+        if self._ahead is not None:
+            key, done = self._ahead.popleft()
+        elif redrive is not None and index is not None:
+            key = redrive[index][1]
+        elif self._opts.key is None:
             key = str(index)
         else:
-            k = keyfn(item)
-            key = k if isinstance(k, str) else str(k)
-        if self.finished:
-            done = self.finished.get(key)
-            if done is not None and self._skips(done):
-                if opts.compensate is not None:
-                    self.skipped_at[key] = index
-                self._ack(
-                    JobOutcome(
-                        key=key,
-                        status=JobStatus.SKIPPED,
-                        result=done.result,
-                        attempts=done.attempts,
-                        index=index,
-                    )
+            key = self._key(index, item)
+            seen = self._seen
+            if seen is not None:
+                if key in seen:
+                    raise DuplicateKey(key, seen[key], index)
+                seen[key] = index
+        if done is not None and self._skips(done):
+            if self._opts.compensate is not None:
+                self.skipped_at[key] = index
+            self._ack(
+                JobOutcome(
+                    key=key,
+                    status=JobStatus.SKIPPED,
+                    result=done.result,
+                    attempts=done.attempts,
+                    index=index,
                 )
-                return None
+            )
+            return None
+        if self.live is not None:
+            self.live[key] = index
         entry = Entry(self._run_id, index, key, item)
         if redrive is not None and index is not None:
-            entry.redrive_of = dlq_id
+            entry.redrive_of = redrive[index][0]
         return entry
+
+    def release(self, key: str) -> None:
+        """A job was acknowledged: its key is no longer in flight."""
+        if self.live is not None:
+            self.live.pop(key, None)
 
     def _skips(self, done: FinishedJob) -> bool:
         """Whether a job an earlier invocation finished is skipped now.
@@ -80,3 +197,29 @@ class Admission:
         if status is JobStatus.COMPENSATED:
             return False
         return not (status is JobStatus.DEAD_LETTERED and self._opts.retry_dead)
+
+
+async def _chunks(
+    items: Iterable[Any] | AsyncIterable[Any],
+    size: int,
+    key: Callable[[int, Any], str],
+) -> AsyncIterator[list[tuple[Any, str]]]:
+    """``(item, key)`` pairs in lists of up to ``size``, read lazily (sync or async input)."""
+    chunk: list[tuple[Any, str]] = []
+    index = 0
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            chunk.append((item, key(index, item)))
+            index += 1
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    else:
+        for item in items:
+            chunk.append((item, key(index, item)))
+            index += 1
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk

@@ -93,6 +93,7 @@ class Engine(Generic[R]):
         self._rollback: Rollback | None = None
         self._report: ErrorReport | None = None
         self._prev: RunInfo | None = None
+        self._seq0 = 0  # the run's last completion order before this invocation
         self.started_at = 0.0
         self.finished_at = 0.0
         self.resumed = False
@@ -193,8 +194,9 @@ class Engine(Generic[R]):
                 )
         prev = self._prev = await store.begin_run(info)
         self.resumed = prev is not None
+        if prev is not None:
+            self._seq0 = await store.last_seq(self.run_id)
         if prev is not None and not redriving:
-            self._admission.finished = await store.finished_jobs(self.run_id)
             if prev.status == "compensating" and self.opts.compensate is not None:
                 # The process died while rolling back: finish the rollback, not the batch.
                 self._rollback_only = True
@@ -281,8 +283,12 @@ class Engine(Generic[R]):
     async def _roll_back(self) -> None:
         """Undo every succeeded job (earlier runs first in completion order)."""
         self._rollback = Rollback(self.opts, self.run_id, self.store, self.counts, self._ack)
+        earlier = []
+        if self.store is not None and self.resumed:
+            # Stored before this invocation; this one's successes are in `done`.
+            earlier = [j for j in await self.store.jobs(self.run_id) if j.seq <= self._seq0]
         await self._rollback.run(
-            earlier=list(self._admission.finished.values()),
+            earlier=earlier,
             skipped_at=self._admission.skipped_at,
             done=self._outcomes.done,
             resumed=self._rollback_only,
@@ -349,6 +355,10 @@ class Engine(Generic[R]):
             inst=self._inst,
             deps=self._deps,
         )
+        admission = self._admission
+        items = admission.source(items, store=self.store, resumed=self.resumed, seq0=self._seq0)
+        if admission.live is not None:
+            self._outcomes.release = admission.release
         try:
             with anyio.CancelScope() as self._abort.work_scope:
                 async with anyio.create_task_group() as tg:

@@ -81,6 +81,8 @@ class Outcomes:
         self.deps: Any = None
         self.checkpointer: Checkpointer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.release: Callable[[str], None] | None = None
+        """Told each acknowledged key (admission tracks keys in flight), when set."""
 
     # ------------------------------------------------------------ success
 
@@ -303,6 +305,8 @@ class Outcomes:
         self.report.job_finished(outcome)
         if self.inst is not None:
             self.inst.job_finished(outcome.status)
+        if self.release is not None:
+            self.release(outcome.key)
         if self._sink is not None:
             self._sink(outcome)
         if self._queue.held_back:

@@ -147,6 +147,7 @@ def finished_job(
     attempts: int,
     seq: int,
     payload: str | None,
+    index: int | None = None,
 ) -> FinishedJob:
     """A `FinishedJob` from stored columns (JSON decoded afresh)."""
     return FinishedJob(
@@ -157,6 +158,7 @@ def finished_job(
         attempts=attempts,
         seq=seq,
         payload=decode(payload),
+        index=index,
     )
 
 

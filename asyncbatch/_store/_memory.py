@@ -43,6 +43,8 @@ from ._protocol import (
 
 __all__ = ["MemoryStore"]
 
+_FINISHED_VALUES = frozenset(s.value for s in FINISHED)
+
 # Indices into a `JobRow` (see `_common.JOB_COLUMNS`).
 _KEY, _IDX, _STAT, _ATT, _RES, _HAS, _PAY, _SEQ, _CERR, _NOW = 1, 2, 3, 4, 6, 7, 8, 10, 14, 15
 
@@ -116,7 +118,7 @@ class _Dead:
         )
 
 
-def _finished(row: JobRow) -> FinishedJob:
+def _finished(row: JobRow, *, payload: bool = True) -> FinishedJob:
     return finished_job(
         key=row[_KEY],
         status=row[_STAT],
@@ -124,7 +126,8 @@ def _finished(row: JobRow) -> FinishedJob:
         has_result=row[_HAS],
         attempts=row[_ATT],
         seq=row[_SEQ],
-        payload=row[_PAY],
+        payload=row[_PAY] if payload else None,
+        index=row[_IDX],
     )
 
 
@@ -321,6 +324,21 @@ class MemoryStore:
             for key, row in self._run(run_id).jobs.items()
             if row[_STAT] in finished
         }
+
+    async def lookup(self, run_id: str, keys: Sequence[str]) -> dict[str, FinishedJob]:
+        """The finished jobs among ``keys``, by key (payloads not loaded)."""
+        jobs = self._run(run_id).jobs
+        finished = _FINISHED_VALUES
+        found = {}
+        for key in keys:
+            row = jobs.get(key)
+            if row is not None and row[_STAT] in finished:
+                found[key] = _finished(row, payload=False)
+        return found
+
+    async def last_seq(self, run_id: str) -> int:
+        """The highest completion order the run has stored (0 for none)."""
+        return self._run(run_id).seq
 
     async def count_jobs(self, run_id: str) -> dict[str, int]:
         """Finished jobs of the run per status value (every status present)."""

@@ -106,6 +106,7 @@ class FinishedJob:
         attempts: attempts it spent.
         seq: completion order (increasing with commit order).
         payload: the stored payload, when one was kept.
+        index: the job's input position when it last ran (None if redriven only).
     """
 
     key: str
@@ -115,6 +116,7 @@ class FinishedJob:
     attempts: int = 0
     seq: int = 0
     payload: Any = None
+    index: int | None = None
 
 
 @runtime_checkable
@@ -168,6 +170,19 @@ class Store(Protocol):
 
     async def finished_jobs(self, run_id: str) -> dict[str, FinishedJob]:
         """Jobs of the run that reached SUCCEEDED, DEAD_LETTERED or COMPENSATED."""
+        ...
+
+    async def lookup(self, run_id: str, keys: Sequence[str]) -> dict[str, FinishedJob]:
+        """The finished jobs among ``keys`` (at most a few hundred per call), by key.
+
+        What a resume asks for each batch of admitted keys, so that its memory
+        stays bounded however many jobs the run finished before. Payloads are
+        not loaded (``payload`` is None).
+        """
+        ...
+
+    async def last_seq(self, run_id: str) -> int:
+        """The highest completion order (``seq``) the run has stored (0 for none)."""
         ...
 
     async def commit(

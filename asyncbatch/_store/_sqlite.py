@@ -76,7 +76,8 @@ T = TypeVar("T")
 
 _FINISHED_SQL = ", ".join(f"'{s.value}'" for s in FINISHED)
 _RUN_COLUMNS = "id, job, status, config, counts, report, created_at, updated_at"
-_JOB_COLUMNS = "key, status, result, has_result, attempts, seq, payload"  # finished_job's order
+_JOB_COLUMNS = "key, status, result, has_result, attempts, seq, payload, idx"  # finished_job's
+_LOOKUP_COLUMNS = "key, status, result, has_result, attempts, seq, NULL, idx"  # ... no payload
 _CHUNK = 500  # bound variables per IN (...) query, far below SQLite's limit
 _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
 
@@ -434,6 +435,23 @@ class SQLiteStore:
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id = ? AND status IN ({_FINISHED_SQL})",
         )
         return {row[0]: finished_job(*row) for row in rows}
+
+    async def lookup(self, run_id: str, keys: Sequence[str]) -> dict[str, FinishedJob]:
+        """The finished jobs among ``keys``, by key (payloads not loaded)."""
+        found: dict[str, FinishedJob] = {}
+        for chunk in _chunks(keys):
+            sql = (
+                f"SELECT {_LOOKUP_COLUMNS} FROM jobs WHERE run_id = ? AND status IN "
+                f"({_FINISHED_SQL}) AND key IN ({', '.join('?' * len(chunk))})"
+            )
+            for row in await self._read(sql, (run_id, *chunk)):
+                found[row[0]] = finished_job(*row)
+        return found
+
+    async def last_seq(self, run_id: str) -> int:
+        """The highest completion order the run has stored (0 for none)."""
+        rows = await self._read("SELECT max(seq) FROM jobs WHERE run_id = ?", (run_id,))
+        return int(rows[0][0] or 0)
 
     async def count_jobs(self, run_id: str) -> dict[str, int]:
         """Finished jobs of the run per status value (every status present)."""
