@@ -66,6 +66,7 @@ from ._store import (
     Store,
     open_store,
 )
+from ._store._codec import ResultCodec
 from ._version import __version__
 
 __all__ = [
@@ -106,6 +107,7 @@ __all__ = [
     "Rate",
     "RecoverableError",
     "RejectedResult",
+    "ResultCodec",
     "Retry",
     "RetryPolicy",
     "RetryScheduled",

@@ -44,6 +44,9 @@ async def fixed(item):
 def not_async(item):
     return item
 
+async def as_set(item):
+    return {item["n"]}
+
 async def fatal(item):
     if item["id"] == "k5":
         raise ab.FatalError("credentials revoked")
@@ -607,3 +610,18 @@ def test_resume_with_another_key_is_refused_in_one_line_and_runs_nothing(jobs: s
     assert len(calls(jobs)) == before  # nothing re-ran
     counts = json.loads(invoke("report", "r1", "--db", "t.db", "--json").stdout)["overall"]
     assert counts["succeeded"] + counts["dead_lettered"] == 20  # not 40 claimed for 20 lines
+
+
+def test_results_json_cannot_hold_are_named_once_on_stderr_not_silently_reprd(jobs: str) -> None:
+    with pytest.warns(RuntimeWarning, match="JSON cannot hold"):
+        result = invoke(
+            "run", f"{jobs}:as_set", "--input", "items.jsonl", "--key", "id", "--db", "t.db",
+            "--output", "out.jsonl", "--quiet",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "is a set" in warnings[0]
+    assert "--output gets its repr" in warnings[0]
+    first = json.loads(Path("out.jsonl").read_text().splitlines()[0])
+    assert first["result"] == repr({0})

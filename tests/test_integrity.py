@@ -407,3 +407,51 @@ async def test_resume_skips_in_bounded_lookups_and_returns_stored_results(store:
     assert again.counts[ab.JobStatus.SKIPPED] == n
     assert [o.result for o in again.outcomes[:3]] == [0, 1, 4]
     assert (await invariants(store, "big"))["succeeded"] == n + 5
+
+
+# ------------------------------------------------------------ result codecs
+
+
+async def _as_set(i: int) -> set[int]:
+    return {i, i + 1}
+
+
+async def test_a_result_json_cannot_hold_warns_once_and_is_stored_as_null(store: ab.Store) -> None:
+    with pytest.warns(RuntimeWarning, match=r"a set, which JSON cannot hold") as caught:
+        result = await ab.run_batch(_as_set, range(5), store=store, run_id="sets")
+    assert len([w for w in caught if "JSON cannot hold" in str(w.message)]) == 1
+    assert result.outcomes[0].result == {0, 1}  # this invocation still returns it
+    again = await ab.run_batch(_as_set, range(5), store=store, run_id="sets")
+    assert again.outcomes[0].result is None
+
+
+async def test_result_codec_pickle_returns_what_the_job_returned_on_resume(store: ab.Store) -> None:
+    await ab.run_batch(_as_set, range(5), store=store, run_id="p", result_codec="pickle")
+    again = await ab.run_batch(_as_set, range(5), store=store, run_id="p", result_codec="pickle")
+    assert again.counts[ab.JobStatus.SKIPPED] == 5
+    assert [o.result for o in again.outcomes] == [{i, i + 1} for i in range(5)]
+
+
+class _Upper:
+    name = "upper"
+
+    def encode(self, value: Any) -> Any:
+        return value.upper()
+
+    def decode(self, stored: Any) -> Any:
+        return stored.lower() + "!"
+
+
+async def test_a_custom_result_codec_encodes_and_decodes(store: ab.Store) -> None:
+    async def job(i: int) -> str:
+        return f"v{i}"
+
+    await ab.run_batch(job, range(3), store=store, run_id="c", result_codec=_Upper())
+    assert [j.result for j in await store.jobs("c")] == ["V0", "V1", "V2"]
+    again = await ab.run_batch(job, range(3), store=store, run_id="c", result_codec=_Upper())
+    assert [o.result for o in again.outcomes] == ["v0!", "v1!", "v2!"]
+
+
+def test_a_bad_result_codec_is_a_config_error() -> None:
+    with pytest.raises(ab.ConfigError, match="result_codec"):
+        ab.Batch(_as_set, result_codec="yaml")  # type: ignore[arg-type]

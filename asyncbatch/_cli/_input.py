@@ -230,8 +230,17 @@ def load_job(spec: str) -> Callable[[Any], Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def outcome_json(outcome: JobOutcome[Any]) -> str:
+def outcome_json(
+    outcome: JobOutcome[Any], on_repr: Callable[[JobOutcome[Any], Any], None] | None = None
+) -> str:
+    """One ``--output`` line; a value JSON cannot hold is written as its repr (on_repr told)."""
     error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+
+    def fallback(value: Any) -> str:
+        if on_repr is not None:
+            on_repr(outcome, value)
+        return repr(value)
+
     record = {
         "key": outcome.key,
         "status": outcome.status.value,
@@ -239,4 +248,4 @@ def outcome_json(outcome: JobOutcome[Any]) -> str:
         "error": error,
         "attempts": outcome.attempts,
     }
-    return json.dumps(record, default=repr)
+    return json.dumps(record, default=fallback)

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from asyncbatch._errors import AsyncBatchError, BatchAborted
-from asyncbatch._result import BatchResult, JobStatus
+from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._run._batch import Batch, new_run_id
 
 from ._dlq import dlq
@@ -291,6 +291,17 @@ def run(
             **telemetry_options,
         )
 
+    warned: list[bool] = []
+
+    def on_repr(outcome: JobOutcome[Any], value: Any) -> None:
+        if not warned:
+            warned.append(True)
+            click.echo(
+                f"warning: the result of job {outcome.key!r} is a {type(value).__name__}, which "
+                f"JSON cannot hold: --output gets its repr (and so does any other such result)",
+                err=True,
+            )
+
     async def go(out: TextIO | None) -> BatchResult[Any]:
         with progress, telemetry(otel, prometheus_port, service="asyncbatch") as options:
             batch = make_batch(options)
@@ -299,7 +310,7 @@ def run(
                     progress.on_outcome(outcome)
                     if out is not None:
                         # Small buffered writes to a local file: not worth a thread.
-                        out.write(outcome_json(outcome) + "\n")
+                        out.write(outcome_json(outcome, on_repr) + "\n")
         assert outcomes.result is not None
         return outcomes.result
 

@@ -139,8 +139,15 @@ class Rollback:
         opts = self._opts
         assert opts.compensate is not None
         older = sorted((f for f in earlier if f.status is JobStatus.SUCCEEDED), key=lambda f: f.seq)
+        codec = opts.result_codec
         todo = [
-            Done(f.key, f.payload, f.result, skipped_at.get(f.key), JobStatus.SKIPPED)
+            Done(
+                f.key,
+                f.payload,
+                f.result if codec is None else codec.decode(f.result),
+                skipped_at.get(f.key),
+                JobStatus.SKIPPED,
+            )
             for f in older
         ]
         todo += done

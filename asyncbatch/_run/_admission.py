@@ -162,13 +162,14 @@ class Admission:
                     raise DuplicateKey(key, seen[key], index)
                 seen[key] = index
         if done is not None and self._skips(done):
+            codec = self._opts.result_codec
             if self._opts.compensate is not None:
                 self.skipped_at[key] = index
             self._ack(
                 JobOutcome(
                     key=key,
                     status=JobStatus.SKIPPED,
-                    result=done.result,
+                    result=done.result if codec is None else codec.decode(done.result),
                     attempts=done.attempts,
                     index=index,
                 )

@@ -38,6 +38,7 @@ from asyncbatch._observe._otel import Instrumentation
 from asyncbatch._observe._report import ErrorReport, merge_reports
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus, all_ok
 from asyncbatch._store import RunInfo, Store
+from asyncbatch._store._codec import new_run_warnings
 
 from ._abort import Abort, Rollback
 from ._admission import Admission
@@ -175,6 +176,7 @@ class Engine(Generic[R]):
         store = self.store
         if store is None:
             return
+        new_run_warnings(self.run_id)
         info = self._run_info()
         try:
             stored = await store.get_run(self.run_id)
@@ -306,6 +308,7 @@ class Engine(Generic[R]):
             "uses": list(o.uses),
             "retry_dead": o.retry_dead,
             "compensate": o.compensate is not None,
+            "result_codec": "json" if o.result_codec is None else o.result_codec.name,
             "key": key_spec(o.key),
             "job": callable_name(self.job),
         }

@@ -16,6 +16,7 @@ from asyncbatch._policy._retry import (
     as_policy,
     seconds,
 )
+from asyncbatch._store._codec import CodecLike, ResultCodec, as_codec
 
 if TYPE_CHECKING:
     from asyncbatch._context import JobContext
@@ -54,6 +55,7 @@ class RedriveOptions(TypedDict, total=False):
     on_event: Callable[[Event], Any] | Iterable[Callable[[Event], Any]] | None
     tracer_provider: Any
     meter_provider: Any
+    result_codec: CodecLike
 
 
 class BatchOptions(RedriveOptions, total=False):
@@ -95,6 +97,7 @@ class Options:
     on_event: tuple[Callable[[Event], Any], ...]
     tracer_provider: Any
     meter_provider: Any
+    result_codec: ResultCodec | None
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -141,6 +144,7 @@ def build_options(
     on_event: Callable[[Event], Any] | Iterable[Callable[[Event], Any]] | None = None,
     tracer_provider: Any = None,
     meter_provider: Any = None,
+    result_codec: CodecLike = "json",
 ) -> Options:
     """Validate the keywords; raises `ConfigError` with a one-line fix."""
     if durability not in ("normal", "full"):
@@ -189,4 +193,5 @@ def build_options(
         on_event=_hooks(on_event),
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
+        result_codec=as_codec(result_codec),
     )

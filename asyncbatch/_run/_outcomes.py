@@ -69,6 +69,7 @@ class Outcomes:
         self.parked: set[Entry] = set()
         self.done: list[Done] = []
         self._keep_done = opts.compensate is not None
+        self._codec = opts.result_codec
         self._queue = queue
         self._abort = abort
         self._emit = emit
@@ -124,7 +125,7 @@ class Outcomes:
             self.ack(outcome)
         else:
             cp.add(
-                entry.record(outcome, keep_payload=self._keep_done, exc=exc),
+                entry.record(outcome, keep_payload=self._keep_done, exc=exc, codec=self._codec),
                 outcome,
             )
 

@@ -21,6 +21,7 @@ import anyio
 from asyncbatch._errors import ConfigError, ErrorKind
 from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
 
+from ._codec import warn_unstorable
 from ._protocol import FinishedJob, JobRecord
 
 __all__ = [
@@ -108,10 +109,19 @@ JOB_COLUMNS = (
 )  # fmt: skip
 
 
+def _result(r: JobRecord) -> str | None:
+    if not r.has_result:
+        return None
+    text = encode(r.result)
+    if text is None:
+        warn_unstorable(r.run_id, r.key, r.result)
+    return text
+
+
 def job_row(r: JobRecord, seq: int, now: float) -> JobRow:
     """The stored form of a job record (``seq``: its completion order)."""
     # The hot path of every commit: `_value_` skips Enum's `value` property.
-    result = encode(r.result) if r.has_result else None
+    result = _result(r)
     payload, is_repr = (
         (None, False) if r.payload is None else encode_payload(r.payload, r.payload_is_repr)
     )
@@ -176,7 +186,7 @@ def is_plain_success(r: JobRecord) -> bool:
 
 def success_row(r: JobRecord, seq: int, now: float) -> JobRow:
     """The `JOB_SUCCESS` parameters of a plain success."""
-    result = encode(r.result) if r.has_result else None
+    result = _result(r)
     return (r.run_id, r.key, r.index, r.attempts, r.duration, result, result is not None, seq, now)
 
 
