@@ -21,12 +21,13 @@ nothing is stored yet; runs without a store check custom keys in memory.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from asyncbatch._errors import DuplicateKey
-from asyncbatch._result import JobOutcome, JobStatus
+from asyncbatch._result import JobOutcome, JobStatus, fast_outcome
 from asyncbatch._store import FinishedJob, Store
 
 from ._entry import Entry
@@ -34,7 +35,7 @@ from ._options import Options
 
 __all__ = ["LOOKUP_CHUNK", "Admission"]
 
-LOOKUP_CHUNK = 512
+LOOKUP_CHUNK = 500
 """Items read ahead and looked up in the store at once while resuming."""
 
 
@@ -55,7 +56,9 @@ class Admission:
         self.redrive: dict[int, tuple[int, str]] | None = None
         self.skipped_at: dict[str, int | None] = {}
         self.live: dict[str, int | None] | None = None
-        self._ahead: deque[tuple[str, FinishedJob | None]] | None = None
+        self._ahead: deque[tuple[int, str]] | None = None
+        self.room: Callable[[], Awaitable[None]] | None = None
+        """Waits while outcomes back up (set by the engine; bounds skipped outcomes too)."""
         self._seen: dict[str, int | None] | None = None
         self._skipped: set[int] = set()
 
@@ -93,17 +96,56 @@ class Admission:
     async def _prefetch(
         self, items: Iterable[Any] | AsyncIterable[Any], store: Store, seq0: int
     ) -> AsyncIterator[Any]:
+        """Yield the items that must run; acknowledge the finished ones SKIPPED here.
+
+        Without duplicate checks (keys by position), the next chunk is read and
+        looked up while this one is admitted, so the store's thread and the
+        event loop overlap. With them, a chunk is looked up only once every
+        earlier item is admitted (see `_look_up`).
+        """
         ahead = self._ahead
         assert ahead is not None
-        index = 0
+        overlap = self.live is None
         # Each key is made as its item is read: a bad item is reported where it is.
-        async for chunk in _chunks(items, LOOKUP_CHUNK, self._key):
-            keys = [key for _, key in chunk]
-            verdicts = await self._look_up(keys, index, store, seq0)
-            for (item, key), done in zip(chunk, verdicts, strict=True):
-                ahead.append((key, done))
-                yield item
-            index += len(chunk)
+        chunks = _chunks(items, LOOKUP_CHUNK, self._key)
+        index = 0
+        chunk: list[tuple[Any, str]] | None = await anext(chunks, None)
+        lookup = self._start(chunk, index, store, seq0) if overlap else None
+        try:
+            while chunk is not None:
+                if lookup is not None:
+                    verdicts = await lookup
+                else:
+                    verdicts = await self._look_up([k for _, k in chunk], index, store, seq0)
+                start, index = index, index + len(chunk)
+                current, failed = chunk, None
+                try:
+                    chunk = await anext(chunks, None)
+                except Exception as exc:  # the input broke: admit what came before, then raise
+                    chunk, failed = None, exc
+                lookup = self._start(chunk, index, store, seq0) if overlap else None
+                for position, ((item, key), done) in enumerate(
+                    zip(current, verdicts, strict=True), start
+                ):
+                    if done is not None and self._skips(done):
+                        self._skip(position, key, done)
+                    else:
+                        ahead.append((position, key))
+                        yield item
+                if failed is not None:
+                    raise failed
+                if self.room is not None:
+                    await self.room()  # skipped outcomes wait for the reader like any other
+        finally:
+            if lookup is not None and not lookup.done():
+                lookup.cancel()
+
+    def _start(
+        self, chunk: list[tuple[Any, str]] | None, start: int, store: Store, seq0: int
+    ) -> asyncio.Future[list[FinishedJob | None]] | None:
+        if chunk is None:
+            return None
+        return asyncio.ensure_future(self._look_up([k for _, k in chunk], start, store, seq0))
 
     async def _look_up(
         self, keys: list[str], start: int, store: Store, seq0: int
@@ -145,11 +187,10 @@ class Admission:
         return k if isinstance(k, str) else str(k)
 
     def __call__(self, index: int | None, item: Any) -> Entry | None:
-        """Make an entry for a new item, or acknowledge it as SKIPPED."""
+        """Make an entry for a new item (None: it was acknowledged SKIPPED instead)."""
         redrive = self.redrive
-        done: FinishedJob | None = None
         if self._ahead is not None:
-            key, done = self._ahead.popleft()
+            index, key = self._ahead.popleft()  # looked up (and positioned) by _prefetch
         elif redrive is not None and index is not None:
             key = redrive[index][1]
         elif self._opts.key is None:
@@ -161,26 +202,19 @@ class Admission:
                 if key in seen:
                     raise DuplicateKey(key, seen[key], index)
                 seen[key] = index
-        if done is not None and self._skips(done):
-            codec = self._opts.result_codec
-            if self._opts.compensate is not None:
-                self.skipped_at[key] = index
-            self._ack(
-                JobOutcome(
-                    key=key,
-                    status=JobStatus.SKIPPED,
-                    result=done.result if codec is None else codec.decode(done.result),
-                    attempts=done.attempts,
-                    index=index,
-                )
-            )
-            return None
         if self.live is not None:
             self.live[key] = index
         entry = Entry(self._run_id, index, key, item)
         if redrive is not None and index is not None:
             entry.redrive_of = redrive[index][0]
         return entry
+
+    def _skip(self, index: int, key: str, done: FinishedJob) -> None:
+        codec = self._opts.result_codec
+        if self._opts.compensate is not None:
+            self.skipped_at[key] = index
+        result = done.result if codec is None else codec.decode(done.result)
+        self._ack(fast_outcome(key, JobStatus.SKIPPED, result, done.attempts, 0.0, index))
 
     def release(self, key: str) -> None:
         """A job was acknowledged: its key is no longer in flight."""
@@ -205,22 +239,32 @@ async def _chunks(
     size: int,
     key: Callable[[int, Any], str],
 ) -> AsyncIterator[list[tuple[Any, str]]]:
-    """``(item, key)`` pairs in lists of up to ``size``, read lazily (sync or async input)."""
+    """``(item, key)`` pairs in lists of up to ``size``, read lazily (sync or async input).
+
+    When the input (or making a key) raises, the items read before it are
+    yielded first, and the error is raised on the next step: every item
+    before a bad one is admitted.
+    """
     chunk: list[tuple[Any, str]] = []
     index = 0
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            chunk.append((item, key(index, item)))
-            index += 1
-            if len(chunk) >= size:
-                yield chunk
-                chunk = []
-    else:
-        for item in items:
-            chunk.append((item, key(index, item)))
-            index += 1
-            if len(chunk) >= size:
-                yield chunk
-                chunk = []
+    try:
+        if isinstance(items, AsyncIterable):
+            async for item in items:
+                chunk.append((item, key(index, item)))
+                index += 1
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+        else:
+            for item in items:
+                chunk.append((item, key(index, item)))
+                index += 1
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+    except Exception:
+        if chunk:
+            yield chunk
+        raise
     if chunk:
         yield chunk

@@ -362,6 +362,7 @@ class Engine(Generic[R]):
         items = admission.source(items, store=self.store, resumed=self.resumed, seq0=self._seq0)
         if admission.live is not None:
             self._outcomes.release = admission.release
+        admission.room = self._queue.room
         try:
             with anyio.CancelScope() as self._abort.work_scope:
                 async with anyio.create_task_group() as tg:

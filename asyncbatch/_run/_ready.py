@@ -115,6 +115,15 @@ class ReadyQueue:
         if self.live == 0:
             self._wake_all()
 
+    async def room(self) -> None:
+        """Wait while the writer or the reader is behind (new admissions would wait too)."""
+        if not self._behind():
+            return
+        loop = asyncio.get_running_loop()
+        while self._behind() and not self._stopped:
+            self._feeder_wait = loop.create_future()
+            await self._feeder_wait
+
     def next(self) -> Entry | None:
         """The next entry to run, or None (then `wait`)."""
         if self._stopped:

@@ -86,7 +86,11 @@ def encode_payload(payload: Any, is_repr: bool) -> tuple[str | None, bool]:
 
 def decode(text: str | None) -> Any:
     """Inverse of `encode` (None for a missing value)."""
-    return None if text is None else _loads(text)
+    if text is None:
+        return None
+    if text.isdigit():  # the commonest result, as `encode` wrote it (ASCII digits only)
+        return int(text)
+    return _loads(text)
 
 
 def encode_history(history: tuple[AttemptRecord, ...] | list[dict[str, Any]]) -> str:
