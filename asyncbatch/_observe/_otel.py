@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
-import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -63,59 +61,42 @@ from ._events import (
     JobDeadLettered,
     RunAborted,
 )
+from ._metrics import metrics_for
+from ._otel_names import (
+    _ATTEMPT_ATTRS,
+    _CANCELLED,
+    _FAILED,
+    _REJECTED,
+    _STATUS,
+    _SUCCESS,
+    _UNCLASSIFIED,
+    ATTEMPT_NUMBER,
+    ATTEMPT_OUTCOME,
+    ATTEMPT_SPAN,
+    BREAKER_STATE,
+    CANCELLED,
+    DEPENDENCY,
+    ERROR_KIND,
+    ERROR_TYPE,
+    FAILURE,
+    JOB_KEY,
+    REJECTED,
+    RETRY_DELAY,
+    RUN_ID,
+    RUN_SPAN,
+    SCOPE,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.metrics import (
-        CallbackOptions,
-        Counter,
-        Histogram,
         Meter,
         MeterProvider,
-        Observation,
     )
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
 __all__ = ["AttemptScope", "Instrumentation"]
 
-SCOPE = "asyncbatch"
-RUN_SPAN = "asyncbatch.run"
-ATTEMPT_SPAN = "asyncbatch.attempt"
-
-RUN_ID = "asyncbatch.run.id"
-JOB_KEY = "asyncbatch.job.key"
-JOB_STATUS = "asyncbatch.job.status"
-ATTEMPT_NUMBER = "asyncbatch.attempt.number"
-ATTEMPT_OUTCOME = "asyncbatch.attempt.outcome"
-ERROR_KIND = "asyncbatch.error.kind"
-ERROR_TYPE = "error.type"
-RETRY_DELAY = "asyncbatch.retry.delay"
-DEPENDENCY = "asyncbatch.dependency"
-BREAKER_STATE = "asyncbatch.breaker.state"
-
-SUCCESS, FAILURE, REJECTED, CANCELLED = "success", "failure", "rejected", "cancelled"
-
-# Seconds, from 5 ms to a minute: the semantic conventions' boundaries for
-# durations in seconds, stretched for slow jobs (the SDK default assumes ms).
-DURATION_BUCKETS = (
-    *(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75),
-    *(1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0),
-)
-
-# Attribute sets are built once and shared: the SDK takes any mapping, and
-# the per-attempt path then allocates nothing for them. Attempt outcomes are
-# indices into _ATTEMPT_ATTRS (and into the per-meter attempt counts).
-_ATTEMPT_ATTRS: tuple[Mapping[str, str], ...] = (
-    {ATTEMPT_OUTCOME: SUCCESS},
-    {ATTEMPT_OUTCOME: REJECTED},
-    {ATTEMPT_OUTCOME: CANCELLED},
-    {ATTEMPT_OUTCOME: FAILURE},  # an error escaped unclassified
-    *({ATTEMPT_OUTCOME: FAILURE, ERROR_KIND: k.value} for k in ErrorKind),
-)
-_SUCCESS, _REJECTED, _CANCELLED, _UNCLASSIFIED = range(4)
-_FAILED: dict[ErrorKind, int] = {k: 4 + i for i, k in enumerate(ErrorKind)}
-_STATUS_ATTRS: tuple[Mapping[str, str], ...] = tuple({JOB_STATUS: s.value} for s in JobStatus)
-_STATUS: dict[JobStatus, int] = {s: i for i, s in enumerate(JobStatus)}
 _BREAKER_STATE: dict[type[Event], str] = {
     BreakerOpened: "open",
     BreakerHalfOpen: "half_open",
@@ -133,7 +114,7 @@ class Instrumentation:
         self._tracer = tracer
         self._run_ctx: Context | None = None
         self._run_span: Span | None = None
-        self._metrics = _metrics_for(meter) if meter is not None else None
+        self._metrics = metrics_for(meter) if meter is not None else None
 
     @staticmethod
     def create(
@@ -365,103 +346,6 @@ class AttemptScope:
             span.set_attributes({ATTEMPT_OUTCOME: FAILURE, ERROR_TYPE: error_type})
             span.record_exception(exc, escaped=True)
             _set_error(span, f"{error_type}: {exc}")
-
-
-class _Metrics:
-    """The instruments of one meter, shared by every run that records to it.
-
-    Counts that change on every attempt (attempts, jobs, in flight) are plain
-    integers behind a lock, read by asynchronous instruments when the SDK
-    collects: an SDK measurement costs ~5 µs, a locked increment ~0.2 µs, and
-    the exported data (cumulative monotonic sums, an up-down sum) is the same.
-    Only the duration histogram, which needs every value, records each attempt.
-    Shared per meter because the SDK keeps the first callbacks registered
-    under an instrument name and ignores later ones.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "attempts",
-        "breaker_changes",
-        "dlq",
-        "duration",
-        "in_flight",
-        "jobs",
-        "lock",
-    )
-
-    def __init__(self, meter: Meter) -> None:
-        self.lock = threading.Lock()
-        self.attempts = [0] * len(_ATTEMPT_ATTRS)
-        self.jobs = [0] * len(_STATUS_ATTRS)
-        self.in_flight = 0
-        meter.create_observable_counter(
-            "asyncbatch.jobs",
-            [self._observe_jobs],
-            unit="{job}",
-            description="Jobs finished, by final status.",
-        )
-        meter.create_observable_counter(
-            "asyncbatch.attempts",
-            [self._observe_attempts],
-            unit="{attempt}",
-            description="Attempts made, by outcome and, for failures, error kind.",
-        )
-        meter.create_observable_up_down_counter(
-            "asyncbatch.jobs.in_flight",
-            [self._observe_in_flight],
-            unit="{job}",
-            description="Attempts running now.",
-        )
-        self.duration: Histogram = meter.create_histogram(
-            "asyncbatch.attempt.duration",
-            unit="s",
-            description="Duration of an attempt, by outcome and, for failures, error kind.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.dlq: Counter = meter.create_counter(
-            "asyncbatch.dlq.entries",
-            unit="{entry}",
-            description="Jobs dead-lettered, by error kind.",
-        )
-        self.breaker_changes: Counter = meter.create_counter(
-            "asyncbatch.breaker.state_changes",
-            unit="{change}",
-            description="Circuit breaker state changes, by dependency and new state.",
-        )
-
-    def _observe_jobs(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self.lock:
-            counts = list(self.jobs)
-        return _observations(counts, _STATUS_ATTRS)
-
-    def _observe_attempts(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self.lock:
-            counts = list(self.attempts)
-        return _observations(counts, _ATTEMPT_ATTRS)
-
-    def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
-        from opentelemetry.metrics import Observation
-
-        return [Observation(self.in_flight)]
-
-
-def _observations(counts: list[int], attrs: tuple[Mapping[str, str], ...]) -> list[Observation]:
-    from opentelemetry.metrics import Observation
-
-    return [Observation(n, a) for n, a in zip(counts, attrs, strict=True) if n]
-
-
-_METRICS: weakref.WeakKeyDictionary[Meter, _Metrics] = weakref.WeakKeyDictionary()
-_METRICS_LOCK = threading.Lock()
-
-
-def _metrics_for(meter: Meter) -> _Metrics:
-    with _METRICS_LOCK:
-        made = _METRICS.get(meter)
-        if made is None:
-            made = _METRICS[meter] = _Metrics(meter)
-        return made
 
 
 # ------------------------------------------------------------ the API, lazily
