@@ -6,6 +6,8 @@ so a crashed run resumes, cut failing dependencies off with circuit breakers,
 and see what happened: reports, OpenTelemetry spans and metrics, events.
 """
 
+import typing as _typing
+
 from ._batch import Batch, redrive, rollback, run_batch
 from ._breaker import Breaker
 from ._budget import BudgetExceeded, ErrorBudget
@@ -43,6 +45,9 @@ from ._report import ErrorReport, FailureGroup
 from ._result import AttemptRecord, BatchResult, DeadLetter, JobOutcome, JobStatus
 from ._retry import Backoff, Decision, Retry, RetryPolicy
 from ._store import MemoryStore, SQLiteStore, Store, open_store
+
+if _typing.TYPE_CHECKING:
+    from . import http as http
 
 __version__ = "0.1.0"
 
@@ -102,3 +107,12 @@ __all__ = [
     "rollback",
     "run_batch",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # `ab.http` on first use: the module is small, but `import asyncbatch` stays minimal.
+    if name == "http":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.http")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,10 +16,12 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ._classify import ErrorKind
 from ._errors import qualname
+from ._http import method_of
 from ._result import JobOutcome, JobStatus
 
 if TYPE_CHECKING:
@@ -54,6 +56,16 @@ _HEX = re.compile(
 )
 _ID = re.compile(rf"{_L}(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{{16,}}{_R}")
 _NUM = re.compile(r"(?:(?<![\w)\]>])-)?\d+(?:\.\d+)*")
+# HTTP statuses are kept: "HTTP 503", "'404 Not Found'" (httpx), "429, message=" (aiohttp),
+# "status=429". Only in such a context, so other three-digit numbers still vary.
+_PHRASES = "|".join(
+    sorted({re.escape(s.phrase) for s in HTTPStatus if 100 <= s < 600}, key=len, reverse=True)
+)
+_STATUS = re.compile(
+    r"(?:(?<![\w/])HTTP(?:/[0-9.]+|/<n>)?[ :]+|\bstatus(?:[ _]?code)?['\"]?(?: ?[=:] ?| ))"
+    r"(?P<after>[1-5][0-9]{2})(?![\w.])"
+    rf"|(?<![\w.])(?P<before>[1-5][0-9]{{2}})(?=, message=| (?:{_PHRASES})(?![A-Za-z]))"
+)
 
 
 def _normalise_word(match: re.Match[str]) -> str:
@@ -91,15 +103,32 @@ def fingerprint(message: str) -> str:
     also inside words (``<n>``: ``job_17`` → ``job_<n>``, ``v1.2`` → ``v<n>``).
     Quoted text is kept: it is often what tells failures apart (a missing
     field's name, an HTTP reason phrase); ids inside quotes are normalised like
-    anywhere else. Only the first 512 characters count.
+    anywhere else. HTTP status codes are kept where the text says they are one
+    (``"HTTP 503"``, ``"'404 Not Found'"``, ``"429, message="``,
+    ``"status=429"``): the status is what tells those failures apart. Only
+    the first 512 characters count.
 
-    The result holds no digits, and ``fingerprint(fingerprint(m)) ==
-    fingerprint(m)``. Costs ~1 µs for a short message without ids, ~6 µs with
-    a URL and a few numbers.
+    The result holds no digits but those status codes, and
+    ``fingerprint(fingerprint(m)) == fingerprint(m)``. Costs ~1 µs for a short
+    message without ids, ~6 µs with a URL and a few numbers.
     """
     text = " ".join(message[:_MAX_FINGERPRINT].split())
     if _ANY.search(text) is not None:
-        text = _WORD.sub(_normalise_word, text)
+        kept = [
+            m.span("after") if m.group("after") else m.span("before")
+            for m in _STATUS.finditer(text)
+        ]
+        if not kept:
+            text = _WORD.sub(_normalise_word, text)
+        else:
+            # The text between kept codes is normalised piece by piece.
+            parts, last = [], 0
+            for start, end in kept:
+                parts.append(_WORD.sub(_normalise_word, text[last:start]))
+                parts.append(text[start:end])
+                last = end
+            parts.append(_WORD.sub(_normalise_word, text[last:]))
+            text = "".join(parts)
     return text[:_MAX_FINGERPRINT].rstrip()
 
 
@@ -411,9 +440,14 @@ class _Sample:
 
 def _message(exc: BaseException) -> str:
     try:
-        return str(exc)
+        text = str(exc)
     except Exception:  # a broken __str__ must not break the report
         return f"<unprintable {type(exc).__name__}>"
+    # httpx and aiohttp leave the method out of their messages; the report shows it.
+    method = method_of(exc)
+    if method and not text.startswith(method):
+        text = f"{method} {text}"
+    return text
 
 
 class ReportBuilder:
