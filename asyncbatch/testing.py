@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # provided lazily by __getattr__ below
     from ._demo_server import (
         ClientError,
         FlakyService,
+        Hit,
         HTTPStatusError,
         Response,
         ServerError,
@@ -51,6 +52,7 @@ __all__ = [
     "FaultStats",
     "FlakyService",
     "HTTPStatusError",
+    "Hit",
     "InjectedFatal",
     "InjectedFault",
     "InjectedOutage",
@@ -437,14 +439,15 @@ def _probability(p: float, name: str) -> float:
     return float(p)
 
 
-# A real flaky HTTP service on 127.0.0.1 (driven by a FaultInjector) and the
-# tiny client the demo uses: a test double for code that calls HTTP APIs.
-# Imported on first use so `import asyncbatch` stays light.
+# A real flaky HTTP service on 127.0.0.1 (aiohttp's server, driven by a
+# FaultInjector) and thin aiohttp client helpers: a test double for code that
+# calls HTTP APIs. Imported on first use so `import asyncbatch` stays light.
 _HTTP_DOUBLES = frozenset(
     {
         "ClientError",
         "FlakyService",
         "HTTPStatusError",
+        "Hit",
         "Response",
         "ServerError",
         "ServiceUnavailable",
