@@ -396,3 +396,27 @@ def test_importing_asyncbatch_imports_neither_http_client() -> None:
         "ab.http.classifier(); assert 'httpx' not in sys.modules and 'aiohttp' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_the_readme_result_rules_turn_a_200_with_an_error_body_into_failures() -> None:
+    def error_code(body: dict[str, Any]) -> str | None:
+        return (body.get("error") or {}).get("code") if body.get("ok") is False else None
+
+    classify = ab.http.classifier(
+        rules=[
+            ab.Rule(result=lambda body: error_code(body) == "overloaded", kind="recoverable"),
+            ab.Rule(result=lambda body: error_code(body) is not None, kind="permanent"),
+        ]
+    )
+    answers = {
+        "busy": [{"ok": False, "error": {"code": "overloaded"}}, {"ok": True, "text": "hi"}],
+        "bad": [{"ok": False, "error": {"code": "invalid_prompt"}}],
+    }
+
+    async def job(prompt: str) -> dict[str, Any]:
+        return answers[prompt][ab.current_job().attempt - 1]
+
+    result = await ab.run_batch(job, ["busy", "bad"], classify=classify, retry=NO_BACKOFF)
+    busy, bad = result.outcomes
+    assert (busy.status, busy.attempts, busy.result) == (S.SUCCEEDED, 2, {"ok": True, "text": "hi"})
+    assert (bad.status, bad.kind, bad.attempts) == (S.DEAD_LETTERED, K.PERMANENT, 1)
