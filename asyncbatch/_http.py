@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 __all__ = [
@@ -115,6 +114,8 @@ def parse_retry_after(value: str, now: float) -> float | None:
         pass
     else:
         return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    from email.utils import parsedate_to_datetime  # only for HTTP-dates: keeps the import light
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
