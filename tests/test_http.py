@@ -6,6 +6,7 @@ client; nothing is mocked. Waits are real but short (at most ~1.3 s).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import ssl
 import subprocess
@@ -19,6 +20,8 @@ import aiohttp
 import httpx
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 import asyncbatch as ab
 from asyncbatch._http import http_date
@@ -420,3 +423,55 @@ async def test_the_readme_result_rules_turn_a_200_with_an_error_body_into_failur
     busy, bad = result.outcomes
     assert (busy.status, busy.attempts, busy.result) == (S.SUCCEEDED, 2, {"ok": True, "text": "hi"})
     assert (bad.status, bad.kind, bad.attempts) == (S.DEAD_LETTERED, K.PERMANENT, 1)
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+async def test_a_malformed_response_is_a_recoverable_protocol_error(name: str) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 2x0 Nonsense\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with client(name) as get:
+            exc = await failure(get, f"http://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+    # aiohttp reports it as a ClientResponseError with status 400: not the server's 400.
+    assert ab.Classifier()(exc) is K.RECOVERABLE
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (httpx.PoolTimeout("no connection free"), K.TRANSIENT),
+        (httpx.ConnectTimeout("connect"), K.TRANSIENT),
+        (httpx.WriteTimeout("write"), K.TRANSIENT),
+        (httpx.ReadError("reset"), K.TRANSIENT),
+        (httpx.LocalProtocolError("bad header"), K.RECOVERABLE),
+        (httpx.UnsupportedProtocol("ftp://"), K.PERMANENT),
+        (httpx.TooManyRedirects("loop"), K.PERMANENT),
+        (httpx.DecodingError("gzip"), K.PERMANENT),
+        (httpx.InvalidURL("bad"), K.PERMANENT),
+    ],
+)
+def test_httpx_transport_errors_get_the_tables_kind(exc: BaseException, kind: ab.ErrorKind) -> None:
+    assert ab.Classifier()(exc) is kind
+
+
+@given(st.floats(0, 10**6, allow_nan=False), st.floats(0, 10**4, allow_nan=False))
+def test_retry_after_is_never_negative_and_never_above_the_cap(seconds: float, cap: float) -> None:
+    delay = ab.http.retry_after({"Retry-After": repr(seconds)}, max_retry_after=cap)
+    assert delay == min(seconds, cap)
+
+
+@given(st.integers(0, 3600), st.floats(1e9, 4e9, allow_nan=False))
+def test_an_http_date_round_trips_to_its_delay_in_whole_seconds(ahead: int, now: float) -> None:
+    date = http_date(math.floor(now) + ahead)
+    delay = ab.http.retry_after({"Retry-After": date}, now=now, max_retry_after=10**4)
+    assert delay is not None
+    assert ahead - 1 <= delay <= ahead
