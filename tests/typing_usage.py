@@ -31,3 +31,10 @@ async def typed_usage() -> None:
     assert_type(job.attempt, int)
     policy = ab.RetryPolicy({ab.ErrorKind.TRANSIENT: ab.Retry(attempts=3)}, seed=1)
     assert_type(policy[ab.ErrorKind.TRANSIENT], ab.Retry)
+
+    # asyncbatch.http through the lazy `ab.http` attribute.
+    classify = ab.http.classifier(max_retry_after=30, responses=True)
+    assert_type(classify, ab.Classifier)
+    assert_type(ab.http.retry_after({"Retry-After": "2"}), float | None)
+    assert_type(ab.http.rules(), tuple[ab.Rule, ...])
+    await ab.run_batch(fetch, ["e"], classify=classify)
