@@ -249,10 +249,13 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+_TLS_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
 def _tls_failure(exc: BaseException) -> bool:
     """A certificate or handshake failure somewhere in the chain (not a dropped handshake)."""
     for e in _chain(exc):
-        if isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        if isinstance(e, _TLS_DROPPED):
             return False
         if isinstance(e, ssl.SSLError | ssl.CertificateError):
             return True
@@ -323,7 +326,11 @@ def _aiohttp_kind(exc: BaseException, statuses: Statuses) -> str | None:
         if isinstance(exc, aiohttp.ContentTypeError) and exc.status < 400:
             return PERMANENT  # a 2xx that is not JSON: asking again gives the same body
         return statuses.kind(exc.status)
-    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch):
+    if isinstance(exc, aiohttp.ClientSSLError):
+        # aiohttp wraps every ssl.SSLError: a handshake cut short is the network's doing.
+        dropped = any(isinstance(e, _TLS_DROPPED) for e in _chain(exc))
+        return TRANSIENT if dropped else PERMANENT
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
         return PERMANENT
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return TRANSIENT

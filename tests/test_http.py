@@ -475,3 +475,20 @@ def test_an_http_date_round_trips_to_its_delay_in_whole_seconds(ahead: int, now:
     delay = ab.http.retry_after({"Retry-After": date}, now=now, max_retry_after=10**4)
     assert delay is not None
     assert ahead - 1 <= delay <= ahead
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+async def test_a_tls_handshake_the_server_cuts_short_is_transient(name: str) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(10)  # the ClientHello, then nothing
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with client(name) as get:
+            exc = await failure(get, f"https://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert ab.Classifier()(exc) is K.TRANSIENT, "a dropped connection, not a bad certificate"
