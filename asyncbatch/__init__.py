@@ -6,6 +6,8 @@ so a crashed run resumes, cut failing dependencies off with circuit breakers,
 and see what happened: reports, OpenTelemetry spans and metrics, events.
 """
 
+import typing as _typing
+
 from ._context import JobContext, current_job
 from ._deps import Breaker, Rate, guard
 from ._errors import (
@@ -69,6 +71,9 @@ from ._store import (
 from ._store._codec import ResultCodec
 from ._version import __version__
 
+if _typing.TYPE_CHECKING:
+    from . import http as http
+
 __all__ = [
     "AsyncBatchError",
     "AttemptRecord",
@@ -128,3 +133,12 @@ __all__ = [
     "rollback",
     "run_batch",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # `ab.http` on first use: the module is small, but `import asyncbatch` stays minimal.
+    if name == "http":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.http")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # provided lazily by __getattr__ below
     from ._testing._service import (
         ClientError,
         FlakyService,
+        Hit,
         HTTPStatusError,
         Response,
         ServerError,
@@ -52,6 +53,7 @@ __all__ = [
     "FaultStats",
     "FlakyService",
     "HTTPStatusError",
+    "Hit",
     "InjectedFatal",
     "InjectedFault",
     "InjectedOutage",
@@ -84,14 +86,15 @@ for _cls in (
     _cls.__module__ = __name__
 del _cls
 
-# A real flaky HTTP service on 127.0.0.1 (driven by a FaultInjector) and the
-# tiny client the demo uses: a test double for code that calls HTTP APIs.
-# Imported on first use so `import asyncbatch` stays light.
+# A real flaky HTTP service on 127.0.0.1 (aiohttp's server, driven by a
+# FaultInjector) and thin aiohttp client helpers: a test double for code that
+# calls HTTP APIs. Imported on first use so `import asyncbatch` stays light.
 _HTTP_DOUBLES = frozenset(
     {
         "ClientError",
         "FlakyService",
         "HTTPStatusError",
+        "Hit",
         "Response",
         "ServerError",
         "ServiceUnavailable",

@@ -8,7 +8,9 @@ import sys
 
 def main() -> None:
     argv = sys.argv[1:]
-    for name in ("bench_core", "bench_store", "bench_otel", "bench_crash", "bench_resume"):
+    for name in (
+        "bench_core", "bench_store", "bench_otel", "bench_crash", "bench_resume", "bench_http",
+    ):
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"\n## {name}", flush=True)
         try:

@@ -11,20 +11,22 @@ a slow webhook delays the alerts, never the jobs. Run it:
 from __future__ import annotations
 
 import asyncio
-import json
+
+import aiohttp
 
 import asyncbatch as ab
 
-# Local stand-ins, so the example runs offline: a flaky API, a webhook receiver
-# (POST /hooks) and a tiny HTTP client. In your code use httpx or aiohttp.
-from asyncbatch.testing import FaultInjector, FlakyService, get_json, http_request
+# Local stand-ins, so the example runs offline: a flaky API and a webhook
+# receiver (POST /hooks), both aiohttp servers on 127.0.0.1.
+from asyncbatch.testing import FaultInjector, FlakyService
 
 
 class WebhookAlerts:
     """An ``on_event`` hook that turns the events worth a human's attention into alerts."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
         self.url = url
+        self.session = session
         self.dead = 0
 
     async def __call__(self, event: ab.Event) -> None:
@@ -43,7 +45,8 @@ class WebhookAlerts:
         else:
             return
         body = {"run": event.run_id, "event": event.name, "text": text}
-        await http_request("POST", self.url, body=json.dumps(body).encode())
+        async with self.session.post(self.url, json=body) as response:
+            response.raise_for_status()
 
 
 async def main() -> None:
@@ -54,10 +57,16 @@ async def main() -> None:
         outages=[(0.1, 0.4)],  # the API is down for 0.3 s
         poison=lambda key: key.endswith("7"),  # items 7, 17, 27, ... are malformed: 422
     )
-    async with FlakyService(faults) as api, FlakyService() as webhook:
+    async with (
+        FlakyService(faults) as api,
+        FlakyService() as webhook,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=10)) as session,
+    ):
 
         async def fetch(item_id: int) -> object:
-            return await get_json(f"{api.url}/items/{item_id}")
+            async with session.get(f"{api.url}/items/{item_id}") as response:
+                response.raise_for_status()  # 422 for poison items: dead-lettered at once
+                return await response.json()
 
         result = await ab.run_batch(
             fetch,
@@ -67,7 +76,7 @@ async def main() -> None:
             breakers={"api": ab.Breaker(fail_max=4, reset_timeout=0.2)},
             uses=["api"],
             budget=ab.ErrorBudget(max_failure_rate=0.05, min_jobs=50, action="alert"),
-            on_event=WebhookAlerts(f"{webhook.url}/hooks"),
+            on_event=WebhookAlerts(f"{webhook.url}/hooks", session),
         )
         # The run's hooks have all been delivered when run_batch returns.
         alerts = list(webhook.received)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 import asyncbatch as ab
@@ -57,12 +58,20 @@ async def test_webhook_endpoint_records_posted_json() -> None:
     assert service.received == [{"alert": 1}]
 
 
-async def test_a_refused_connection_is_a_connection_error() -> None:
+async def test_a_refused_connection_is_aiohttps_connector_error_and_transient() -> None:
     async with FlakyService() as service:
         url = service.url
-    with pytest.raises(ConnectionError):
+    # get_json is a thin wrapper over aiohttp now: transport failures are aiohttp's own.
+    with pytest.raises(aiohttp.ClientConnectorError) as info:
         await get_json(f"{url}/items/1")
-    assert ab.Classifier()(ConnectionRefusedError()) is ab.ErrorKind.TRANSIENT
+    assert ab.Classifier()(info.value) is ab.ErrorKind.TRANSIENT
+
+
+async def test_helpers_reuse_the_connections_of_a_session_they_are_given() -> None:
+    async with FlakyService() as service, aiohttp.ClientSession() as session:
+        for i in range(5):
+            assert (await get_json(f"{service.url}/items/{i}", session=session))["id"] == str(i)
+    assert (service.requests, service.connections) == (5, 1)
 
 
 def test_the_outage_falls_inside_the_batch_for_every_size() -> None:
@@ -109,7 +118,12 @@ def test_demo_runs_end_to_end_and_its_dead_letters_can_be_redriven(tmp_path: Pat
     run_id = re.search(r"asyncbatch report (\S+) --db", out)
     assert run_id, out
     assert "Error report" in out
-    assert "ClientError" in out, "the report names the failures"
+    # The real client's errors, with the status and method in the report (issue 13).
+    assert "ClientResponseError" in out, "the report names the failures"
+    assert "GET 422, message=" in out
+    served = re.search(r"the service saw (\d+) requests over (\d+) connection", out)
+    assert served, out
+    assert int(served.group(2)) <= 32 < int(served.group(1)), "one kept-alive pool per run"
 
     listed = _asyncbatch("dlq", "list", "--json", "--db", db, cwd=tmp_path)
     assert len(listed.stdout.splitlines()) == dead

@@ -69,7 +69,8 @@ class LookupFailed(Exception):
         (
             "HTTP 503 Service Unavailable from http://127.0.0.1:54321/items/17",
             "HTTP 503 Service Unavailable from http://127.0.0.1:1234/items/4242",
-            "HTTP <n> Service Unavailable from http://<ip>:<n>/items/<n>",
+            # HTTP statuses are kept (issue 13): the report must show which status it was.
+            "HTTP 503 Service Unavailable from http://<ip>:<n>/items/<n>",
         ),
         ("'user_42'", "'user_7'", "'user_<n>'"),
         ("row 1\n  column 7", "row 22  column 3", "row <n> column <n>"),
@@ -91,6 +92,8 @@ def test_messages_that_differ_only_in_ids_share_a_fingerprint(
     [
         ("user 1 not found", "user 1 is locked"),
         ("HTTP 503 Service Unavailable", "HTTP 429 Too Many Requests"),
+        ("HTTP 503", "HTTP 502"),
+        ("404 Not Found", "410 Gone"),
         ("missing field 'email'", "missing field 'name'"),
         ("connection refused", "connection reset"),
         ("Foo::bar failed", "Foo::baz failed"),
@@ -108,11 +111,52 @@ def test_fingerprint_keeps_text_without_ids_and_cuts_long_messages() -> None:
 
 
 @given(st.text(max_size=700))
-def test_fingerprint_is_idempotent_and_holds_no_digits(message: str) -> None:
+def test_fingerprint_is_idempotent_and_holds_no_digits_but_http_statuses(message: str) -> None:
     fp = fingerprint(message)
     assert fingerprint(fp) == fp
-    assert not re.search(r"\d", fp)
+    # Issue 13: HTTP statuses stay; every other digit is still normalised away.
+    assert all(re.fullmatch("[1-5][0-9]{2}", d) for d in re.findall(r"\d+", fp)), fp
     assert len(fp) <= 512
+
+
+_http_messages = st.builds(
+    "{}{}{}{}{}".format,
+    st.text(max_size=30),
+    st.sampled_from(["HTTP ", "HTTP/1.1 ", "status=", "status: ", "'", "", "x", "-", "1."]),
+    st.integers(0, 9999).map(str),
+    st.sampled_from([" Not Found", ", message='Gone'", " Service Unavailable'", " ms", "", "1"]),
+    st.text(max_size=30),
+)
+
+
+@given(_http_messages)
+def test_http_statuses_in_context_stay_and_the_fingerprint_is_idempotent(message: str) -> None:
+    fp = fingerprint(message)
+    assert fingerprint(fp) == fp
+    assert all(re.fullmatch("[1-5][0-9]{2}", d) for d in re.findall(r"\d+", fp)), fp
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("HTTP/1.1 404 Not Found", "HTTP/<n> 404 Not Found"),
+        (
+            "Client error '429 Too Many Requests' for url 'http://10.0.0.1:80/v1/x/17'",
+            "Client error '429 Too Many Requests' for url 'http://<ip>:<n>/v<n>/x/<n>'",
+        ),
+        (
+            "503, message='Service Unavailable', url='http://10.0.0.1:80/items/3'",
+            "503, message='Service Unavailable', url='http://<ip>:<n>/items/<n>'",
+        ),
+        ("upstream status=502 after 3 tries", "upstream status=502 after <n> tries"),
+        ("took 503 ms", "took <n> ms"),
+        ("user 404 not found", "user <n> not found"),
+    ],
+)
+def test_fingerprint_keeps_http_statuses_only_where_the_text_says_so(
+    message: str, expected: str
+) -> None:
+    assert fingerprint(message) == expected
 
 
 _id_messages = st.builds(

@@ -32,6 +32,12 @@ async def typed_usage() -> None:
     policy = ab.RetryPolicy({ab.ErrorKind.TRANSIENT: ab.Retry(attempts=3)}, seed=1)
     assert_type(policy[ab.ErrorKind.TRANSIENT], ab.Retry)
 
+    # asyncbatch.http through the lazy `ab.http` attribute.
+    classify = ab.http.classifier(max_retry_after=30, responses=True)
+    assert_type(classify, ab.Classifier)
+    assert_type(ab.http.retry_after({"Retry-After": "2"}), float | None)
+    assert_type(ab.http.rules(), tuple[ab.Rule, ...])
+    await ab.run_batch(fetch, ["e"], classify=classify)
 
 async def typed_options() -> None:
     # Options are typed keywords (PEP 692): a misspelt one is an error, so

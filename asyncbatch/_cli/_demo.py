@@ -6,15 +6,24 @@ breaker opens, probes, and closes again), rejects a few poison items with
 422 and never serves a few "stuck" ones. The batch runs with a rate limit,
 a circuit breaker and SQLite checkpoints, shows live progress, then prints
 the error report and the commands to look at the DLQ, resume and redrive.
+
+The job is what a user's code looks like: one ``aiohttp.ClientSession`` per
+run (its pool sized to the batch's concurrency, connections kept alive), the
+job closing over it, ``raise_for_status()``, and no classification rules of
+its own: asyncbatch's built-in HTTP rules (`asyncbatch.http`) know that a 422
+is permanent and that a 429/503 with ``Retry-After`` says when to come back.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from rich.console import Console
 from rich.markup import escape
 
@@ -27,7 +36,7 @@ from asyncbatch._result import BatchResult, JobStatus
 from asyncbatch._run._batch import Batch, new_run_id, redrive
 from asyncbatch._store import open_store
 from asyncbatch._testing._faults import FaultInjector
-from asyncbatch._testing._service import FlakyService, get_json
+from asyncbatch._testing._service import FlakyService
 
 from ._input import store_url
 from ._live import LiveProgress, render_report
@@ -60,13 +69,24 @@ class DemoOptions:
 
 
 class DemoJob:
-    """The job: fetch one item from the service (``GET /items/<id>``)."""
+    """The job: fetch one item from the service (``GET /items/<id>``) over a shared session."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
         self.base_url = base_url
+        self.session = session
 
     async def __call__(self, item: dict[str, Any]) -> Any:
-        return await get_json(f"{self.base_url}/items/{item['id']}")
+        async with self.session.get(f"{self.base_url}/items/{item['id']}") as response:
+            response.raise_for_status()  # 4xx/5xx: asyncbatch's HTTP rules classify it
+            return await response.json()
+
+
+@asynccontextmanager
+async def client(concurrency: int) -> AsyncIterator[aiohttp.ClientSession]:
+    """One session for the whole run: a pool of ``concurrency`` kept-alive connections."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
 
 
 def _key(item: dict[str, Any]) -> str:
@@ -118,7 +138,7 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         return await _redrive(opts, console)
     run_id = opts.run_id or new_run_id().replace("run-", "demo-", 1)  # the CLI names it
     items = [{"id": i} for i in range(opts.jobs)]
-    async with demo_service(opts.jobs, opts.seed) as service:
+    async with demo_service(opts.jobs, opts.seed) as service, client(opts.concurrency) as session:
         say = console.print
         say(
             f"[bold]asyncbatch demo[/]: {opts.jobs} jobs against a flaky HTTP service at "
@@ -149,7 +169,7 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         )
         with telemetry(opts.otel, opts.prometheus_port, service="asyncbatch-demo") as otel:
             batch: Batch[dict[str, Any], Any] = Batch(
-                progress.wrap(DemoJob(service.url)),
+                progress.wrap(DemoJob(service.url, session)),
                 key=_key,
                 run_id=run_id,
                 store=store_url(opts.db),
@@ -187,7 +207,7 @@ async def _epilogue(
         + (f", {skipped} skipped (finished before)" if skipped else "")
         + f", [red]{counts[JobStatus.DEAD_LETTERED]} dead-lettered[/], "
         f"{progress.retries} retries, breaker opened {progress.breaker_trips}x; "
-        f"the service saw {service.requests} requests"
+        f"the service saw {service.requests} requests over {service.connections} connection(s)"
     )
     say(f"DLQ: {len(dead)} dead letter(s) for this run in {escape(opts.db)}")
     for entry in dead[:5]:
@@ -217,7 +237,10 @@ async def _epilogue(
 async def _redrive(opts: DemoOptions, console: Console) -> int:
     assert opts.redrive is not None
     run_id = opts.redrive
-    async with demo_service(opts.jobs, opts.seed, healed=True) as service:
+    async with (
+        demo_service(opts.jobs, opts.seed, healed=True) as service,
+        client(opts.concurrency) as session,
+    ):
         console.print(
             "[bold]asyncbatch demo[/]: redriving the dead letters of run "
             f"[bold]{escape(run_id)}[/] "
@@ -227,7 +250,7 @@ async def _redrive(opts: DemoOptions, console: Console) -> int:
         with telemetry(opts.otel, opts.prometheus_port, service="asyncbatch-demo") as otel:
             started = time.perf_counter()
             result = await redrive(
-                DemoJob(service.url),
+                DemoJob(service.url, session),
                 store=store_url(opts.db),
                 run_id=run_id,
                 on_event=progress.on_event,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 
 __all__ = ["fingerprint"]
 
 _MAX_FINGERPRINT = 512
-_MAX_EXAMPLE = 500
 _H = "[0-9a-fA-F]"
 _L, _R = "(?<![0-9A-Za-z])", "(?![0-9A-Za-z])"  # an id's edges: "_" and "-" separate
 _C = r"[\w.:@+\-]"  # characters of a "word" that may hold ids: host:port, a.b@c.d, x-1
@@ -31,6 +31,26 @@ _HEX = re.compile(
 )
 _ID = re.compile(rf"{_L}(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{{16,}}{_R}")
 _NUM = re.compile(r"(?:(?<![\w)\]>])-)?\d+(?:\.\d+)*")
+# HTTP statuses are kept: "HTTP 503", "'404 Not Found'" (httpx), "429, message=" (aiohttp),
+# "status=429". Only in such a context, so other three-digit numbers still vary.
+_PHRASES = "|".join(
+    sorted({re.escape(s.phrase) for s in HTTPStatus if 100 <= s < 600}, key=len, reverse=True)
+)
+_CODE = re.compile(r"(?<![\w.])[1-5][0-9]{2}(?![\w.])")  # a candidate; its context decides
+_CODE_BEFORE = re.compile(
+    r"(?:(?<![\w/])HTTP(?:/[0-9.]+|/<n>)?[ :]+|\bstatus(?:[ _]?code)?['\"]?(?: ?[=:] ?| ))\Z"
+)
+_CODE_AFTER = re.compile(rf", message=| (?:{_PHRASES})(?![A-Za-z])")
+
+
+def _status_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds HTTP status codes to keep (usually nowhere: one cheap scan)."""
+    spans = []
+    for m in _CODE.finditer(text):
+        start, end = m.span()
+        if _CODE_AFTER.match(text, end) or _CODE_BEFORE.search(text, max(0, start - 24), start):
+            spans.append((start, end))
+    return spans
 
 
 def _normalise_word(match: re.Match[str]) -> str:
@@ -68,13 +88,28 @@ def fingerprint(message: str) -> str:
     also inside words (``<n>``: ``job_17`` → ``job_<n>``, ``v1.2`` → ``v<n>``).
     Quoted text is kept: it is often what tells failures apart (a missing
     field's name, an HTTP reason phrase); ids inside quotes are normalised like
-    anywhere else. Only the first 512 characters count.
+    anywhere else. HTTP status codes are kept where the text says they are one
+    (``"HTTP 503"``, ``"'404 Not Found'"``, ``"429, message="``,
+    ``"status=429"``): the status is what tells those failures apart. Only
+    the first 512 characters count.
 
-    The result holds no digits, and ``fingerprint(fingerprint(m)) ==
-    fingerprint(m)``. Costs ~1 µs for a short message without ids, ~6 µs with
-    a URL and a few numbers.
+    The result holds no digits but those status codes, and
+    ``fingerprint(fingerprint(m)) == fingerprint(m)``. Costs ~1 µs for a short
+    message without ids, ~6 µs with a URL and a few numbers (looking for
+    status codes adds one scan for three-digit numbers, about 1 µs).
     """
     text = " ".join(message[:_MAX_FINGERPRINT].split())
     if _ANY.search(text) is not None:
-        text = _WORD.sub(_normalise_word, text)
+        kept = _status_spans(text)
+        if not kept:
+            text = _WORD.sub(_normalise_word, text)
+        else:
+            # The text between kept codes is normalised piece by piece.
+            parts, last = [], 0
+            for start, end in kept:
+                parts.append(_WORD.sub(_normalise_word, text[last:start]))
+                parts.append(text[start:end])
+                last = end
+            parts.append(_WORD.sub(_normalise_word, text[last:]))
+            text = "".join(parts)
     return text[:_MAX_FINGERPRINT].rstrip()

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from asyncbatch._errors import ErrorKind, qualname
+from asyncbatch._policy._http import method_of
 from asyncbatch._result import JobOutcome, JobStatus
 
 from ._fingerprint import fingerprint
@@ -142,9 +143,14 @@ class _Sample:
 
 def _message(exc: BaseException) -> str:
     try:
-        return str(exc)
+        text = str(exc)
     except Exception:  # a broken __str__ must not break the report
         return f"<unprintable {type(exc).__name__}>"
+    # httpx and aiohttp leave the method out of their messages; the report shows it.
+    method = method_of(exc)
+    if method and not text.startswith(method):
+        text = f"{method} {text}"
+    return text
 
 
 class ReportBuilder:

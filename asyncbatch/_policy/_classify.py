@@ -1,7 +1,8 @@
 """Failure classification: every exception (or rejected result) gets an `ErrorKind`.
 
 A `Classifier` tries its rules in order, first match wins; then the built-in
-rules (the marker exceptions, timeouts, connection errors, programming errors);
+rules (the marker exceptions, httpx and aiohttp errors by status and cause,
+timeouts, connection errors, programming errors);
 then its default kind. Rules may look at the job through `current_job()`
 (attempt number, item, the dependency the failure came from).
 """
@@ -23,6 +24,8 @@ from asyncbatch._errors import (
     TransientError,
 )
 
+from ._http import matcher as _http_matcher
+
 __all__ = [
     "BUILTIN_RULES",
     "Classifier",
@@ -42,6 +45,11 @@ class RejectedResult(AsyncBatchError):
 
     def __init__(self, result: object) -> None:
         self.result = result
+        # A rejected value that says when to come back (an HTTP response with
+        # Retry-After, see asyncbatch.http) delays the retry like an exception would.
+        delay = getattr(result, "retry_after", None)
+        if isinstance(delay, int | float) and not isinstance(delay, bool):
+            self.retry_after = float(delay)
         super().__init__(f"result rejected by a classifier rule: {result!r:.200}")
 
 
@@ -109,6 +117,11 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule(RecoverableError, kind=ErrorKind.RECOVERABLE),
     Rule(TransientError, kind=ErrorKind.TRANSIENT),
     Rule(MemoryError, kind=ErrorKind.FATAL),
+    # httpx and aiohttp errors by status and cause (asyncbatch.http has the table);
+    # recognised by module name, so neither library is imported here.
+    Rule(Exception, kind=ErrorKind.TRANSIENT, when=_http_matcher("transient")),
+    Rule(Exception, kind=ErrorKind.RECOVERABLE, when=_http_matcher("recoverable")),
+    Rule(Exception, kind=ErrorKind.PERMANENT, when=_http_matcher("permanent")),
     # A server that says when to come back is overloaded, not broken.
     Rule(Exception, kind=ErrorKind.RECOVERABLE, when=_has_retry_after),
     Rule(TimeoutError, asyncio.TimeoutError, kind=ErrorKind.TRANSIENT),

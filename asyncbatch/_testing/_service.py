@@ -1,29 +1,39 @@
-"""A real flaky HTTP service on 127.0.0.1 and a tiny client for it (demo and examples).
+"""A real flaky HTTP service on 127.0.0.1 (aiohttp's server), and thin client helpers.
 
 The service answers ``GET /items/<id>`` with JSON. How it misbehaves is decided
 by a `FaultInjector` keyed by the item id: poison items get 422, injected
 TRANSIENT failures 503 with ``Retry-After``, RECOVERABLE ones 429 with
 ``Retry-After``, outages 503 without it (the service is "down"), plus
 latency. Items listed as ``stuck`` always get 503, so they exhaust their
-retries.
+retries. A few more routes make it a local httpbin for tests: ``/status/<code>``
+(query parameters come back as response headers), ``/delay/<seconds>``,
+``/drop`` (closes the connection without answering) and ``POST /hooks``.
 
-The client speaks just enough HTTP/1.1 (one request per connection) to map
-statuses onto asyncbatch's error kinds, with no dependency beyond asyncio:
-5xx → `ServiceUnavailable` (TRANSIENT) or `ServerError` (RECOVERABLE), 429 →
-`TooManyRequests` (RECOVERABLE), other 4xx → `ClientError` (PERMANENT); each
-carries the server's ``Retry-After`` as ``retry_after`` seconds.
+It is served by aiohttp's web server with HTTP/1.1 keep-alive, and counts
+the TCP connections it accepts (`FlakyService.connections`) so a test can
+prove a client reuses them.
+
+`get_json` and `http_request` are thin wrappers over an ``aiohttp.ClientSession``
+kept for code written against the earlier hand-written client: pass
+``session=`` to reuse connections (without it each call opens a session of
+its own). Error statuses raise the `HTTPStatusError` subclasses below; transport
+failures raise aiohttp's own exceptions, which ``asyncbatch.http`` classifies.
+New code should use aiohttp or httpx directly (see the README).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import ssl as _ssl
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
 
 from asyncbatch._errors import PermanentError, RecoverableError, TransientError
 
@@ -40,6 +50,7 @@ __all__ = [
     "ClientError",
     "FlakyService",
     "HTTPStatusError",
+    "Hit",
     "Response",
     "ServerError",
     "ServiceUnavailable",
@@ -48,27 +59,16 @@ __all__ = [
     "http_request",
 ]
 
-_REASONS = {
-    200: "OK",
-    202: "Accepted",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    422: "Unprocessable Entity",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
 
 # ------------------------------------------------------------------ client
 
 
 class HTTPStatusError(Exception):
-    """The server answered with an error status.
+    """The server answered with an error status (raised by `get_json`).
 
     Attributes:
         status: the HTTP status code.
+        url: the URL requested.
         retry_after: seconds from the ``Retry-After`` header, or None.
     """
 
@@ -76,8 +76,7 @@ class HTTPStatusError(Exception):
         self.status = status
         self.url = url
         self.retry_after = retry_after
-        reason = _REASONS.get(status, "")
-        super().__init__(f"HTTP {status} {reason} from {url}".replace("  ", " "))
+        super().__init__(f"HTTP {status} {_reason(status)} from {url}".replace("  ", " "))
 
 
 class ServiceUnavailable(HTTPStatusError, TransientError):
@@ -98,7 +97,7 @@ class ClientError(HTTPStatusError, PermanentError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
-    """An HTTP response: status, lower-cased headers, body bytes."""
+    """An HTTP response read in full: status, lower-cased headers, body bytes."""
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
@@ -110,49 +109,41 @@ class Response:
 
 
 async def http_request(
-    method: str, url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> Response:
-    """Send one HTTP/1.1 request over a fresh connection and read the response.
+    """Send one request with aiohttp and read the whole response.
+
+    Args:
+        method: ``"GET"``, ``"POST"``, ...
+        url: the absolute URL.
+        body: the request body.
+        headers: extra request headers.
+        session: the session (and so the connection pool) to use; without it
+            a session is opened for this one call.
 
     Raises:
-        ConnectionError: the connection was refused or dropped.
-        ValueError: the URL is not ``http://host:port/path``.
+        aiohttp.ClientError: the connection failed (refused, reset, timed out).
     """
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"only http://host:port/path URLs are supported, got {url!r}")
-    host, port = parts.hostname, parts.port or 80
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
-        for name, value in (headers or {}).items():
-            lines.append(f"{name}: {value}")
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
-        await writer.drain()
-        status_line = await reader.readline()
-        if not status_line:
-            raise ConnectionResetError(f"{url}: connection closed before a response")
-        status = int(status_line.split()[1])
-        response_headers = await _read_headers(reader)
-        length = int(response_headers.get("content-length", "0"))
-        data = await reader.readexactly(length) if length else b""
-    except asyncio.IncompleteReadError as exc:
-        raise ConnectionResetError(f"{url}: connection closed mid-response") from exc
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return Response(status=status, headers=response_headers, body=data)
+    if session is None:
+        async with aiohttp.ClientSession() as own:
+            return await http_request(method, url, body=body, headers=headers, session=own)
+    async with session.request(method, url, data=body, headers=headers) as response:
+        data = await response.read()
+        return Response(
+            status=response.status,
+            headers={k.lower(): v for k, v in response.headers.items()},
+            body=data,
+        )
 
 
-async def get_json(url: str) -> Any:
+async def get_json(url: str, *, session: aiohttp.ClientSession | None = None) -> Any:
     """``GET url`` and return the JSON body; error statuses raise `HTTPStatusError`s."""
-    response = await http_request("GET", url)
+    response = await http_request("GET", url, session=session)
     raise_for_status(response, url)
     return response.json()
 
@@ -165,8 +156,10 @@ def raise_for_status(response: Response, url: str) -> None:
     retry_after: float | None = None
     raw = response.headers.get("retry-after")
     if raw is not None:
-        with contextlib.suppress(ValueError):
+        try:
             retry_after = float(raw)
+        except ValueError:
+            retry_after = None
     cls: type[HTTPStatusError]
     if status in (502, 503, 504):
         cls = ServiceUnavailable
@@ -179,48 +172,101 @@ def raise_for_status(response: Response, url: str) -> None:
     raise cls(status, url, retry_after=retry_after)
 
 
-async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            return headers
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 # ------------------------------------------------------------------ server
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hit:
+    """One request the service answered: when (loop clock), what, and the status."""
+
+    at: float
+    method: str
+    path: str
+    status: int
 
 
 class FlakyService:
     """An HTTP service on 127.0.0.1 (random port) that fails on purpose.
 
     ``async with FlakyService(faults) as service:`` serves until the block
-    ends; ``service.url`` is its base URL. ``GET /items/<id>`` answers
-    ``{"id": ..., "value": ...}``; ``POST /hooks`` records the JSON body in
-    `received` (for the webhook example).
+    ends; ``service.url`` is its base URL. Routes:
+
+    - ``GET /items/<id>``: ``{"id": ..., "value": ...}``, or the failure the
+      `FaultInjector` picks for that id (see the module docstring).
+    - ``POST /hooks``: records the JSON body in `received` (202).
+    - ``GET /status/<code>``: answers ``code``; every query parameter comes
+      back as a response header (``/status/503?Retry-After=1``).
+    - ``GET /delay/<seconds>``: answers 200 after that long.
+    - ``GET /drop``: closes the connection without an answer.
 
     Args:
-        faults: decides each request's fate, keyed by the item id.
+        faults: decides each ``/items`` request's fate, keyed by the item id.
         stuck: item ids that always get 503 (they exhaust their retries).
+        ssl: serve HTTPS with this server context (``service.url`` is then
+            ``https://``).
+
+    Attributes:
+        requests: requests answered.
+        statuses: ``{status: count}`` of the answers.
+        connections: TCP connections accepted (fewer than `requests` when
+            clients keep connections alive).
+        hits: every answered request, in order (`Hit`).
+        received: JSON bodies posted to ``/hooks``.
     """
 
-    def __init__(self, faults: FaultInjector | None = None, *, stuck: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        faults: FaultInjector | None = None,
+        *,
+        stuck: Collection[str] = (),
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None:
         self.faults = faults or FaultInjector()
         self.stuck = frozenset(stuck)
+        self.ssl = ssl
         self.requests = 0
+        self.connections = 0
         self.statuses: dict[int, int] = {}
+        self.hits: list[Hit] = []
         self.received: list[Any] = []
-        self._server: asyncio.Server | None = None
         self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
         """The base URL, e.g. ``http://127.0.0.1:43121``."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> FlakyService:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        app = web.Application(middlewares=[self._count])
+        app.router.add_get("/items/{id}", self._item)
+        app.router.add_post("/hooks", self._hook)
+        app.router.add_get("/status/{code:[0-9]{3}}", self._status)
+        app.router.add_get("/delay/{seconds}", self._delay)
+        app.router.add_get("/drop", self._drop)
+        # A short shutdown: a client still waiting on /delay must not hold up the exit.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
+        await runner.setup()
+        self._runner = runner
+        handler_factory = runner.server
+        assert handler_factory is not None
+
+        def protocol() -> asyncio.BaseProtocol:
+            self.connections += 1
+            return handler_factory()
+
+        loop = asyncio.get_running_loop()
+        # aiohttp's own factory on a server we own, so every accepted connection is counted.
+        self._server = await loop.create_server(protocol, "127.0.0.1", 0, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -232,63 +278,66 @@ class FlakyService:
     ) -> None:
         if self._server is not None:
             self._server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes the kept-alive connections too
+        if self._server is not None:
             await self._server.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            request_line = await reader.readline()
-            if not request_line:
-                return
-            method, target, _ = request_line.decode("latin-1").split(" ", 2)
-            headers = await _read_headers(reader)
-            length = int(headers.get("content-length", "0"))
-            body = await reader.readexactly(length) if length else b""
-            status, extra, payload = await self._respond(method, target, body)
-            self.requests += 1
-            self.statuses[status] = self.statuses.get(status, 0) + 1
-            data = json.dumps(payload).encode()
-            head = [
-                f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-                "Content-Type: application/json",
-                f"Content-Length: {len(data)}",
-                "Connection: close",
-                *(f"{k}: {v}" for k, v in extra.items()),
-            ]
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass  # the client went away or sent garbage; nothing to answer
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:  # unknown routes: 404, wrong method: 405
+            response = web.json_response({"error": exc.reason}, status=exc.status)
+        self.requests += 1
+        self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+        loop = asyncio.get_running_loop()
+        self.hits.append(
+            Hit(at=loop.time(), method=request.method, path=request.path, status=response.status)
+        )
+        return response
 
-    async def _respond(
-        self, method: str, target: str, body: bytes
-    ) -> tuple[int, dict[str, str], Any]:
-        path = urlsplit(target).path
-        if method == "POST" and path == "/hooks":
-            self.received.append(json.loads(body or b"null"))
-            return 202, {}, {"accepted": True}
-        prefix = "/items/"
-        if method != "GET" or not path.startswith(prefix):
-            return 404, {}, {"error": f"no route for {method} {path}"}
-        item_id = path[len(prefix) :]
+    async def _item(self, request: web.Request) -> web.StreamResponse:
+        item_id = request.match_info["id"]
         if item_id in self.stuck:
-            return 503, {"Retry-After": "1"}, {"error": "this item's shard is unavailable"}
+            return _json(503, {"error": "this item's shard is unavailable"}, {"Retry-After": "1"})
         try:
             await self.faults.maybe_fail(item_id)
         except InjectedPermanent:
-            return 422, {}, {"error": f"item {item_id} is malformed"}
+            return _json(422, {"error": f"item {item_id} is malformed"})
         except InjectedOutage:
-            return 503, {}, {"error": "service is down"}
+            return _json(503, {"error": "service is down"})
         except InjectedRecoverable as exc:
-            return 429, _retry_after(exc), {"error": "too many requests"}
+            return _json(429, {"error": "too many requests"}, _retry_after(exc))
         except InjectedFatal:
-            return 401, {}, {"error": "credentials revoked"}
+            return _json(401, {"error": "credentials revoked"})
         except InjectedFault as exc:
-            return 503, _retry_after(exc), {"error": "temporarily unavailable"}
-        return 200, {}, {"id": item_id, "value": _value(item_id)}
+            return _json(503, {"error": "temporarily unavailable"}, _retry_after(exc))
+        return _json(200, {"id": item_id, "value": _value(item_id)})
+
+    async def _hook(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append(json.loads(body or b"null"))
+        return _json(202, {"accepted": True})
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        status = int(request.match_info["code"])
+        return _json(status, {"status": status}, dict(request.query))
+
+    async def _delay(self, request: web.Request) -> web.StreamResponse:
+        seconds = float(request.match_info["seconds"])
+        await asyncio.sleep(seconds)
+        return _json(200, {"delayed": seconds})
+
+    async def _drop(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        return web.Response(status=204)  # never reaches the client
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(payload, status=status, headers=headers)
 
 
 def _retry_after(exc: InjectedFault) -> dict[str, str]:
