@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import asyncbatch as ab
@@ -271,6 +272,54 @@ async def test_a_result_that_is_not_json_is_not_stored_and_does_not_fail(store: 
     }
 
 
+async def test_a_lone_surrogate_anywhere_in_a_group_does_not_fail_the_group(
+    store: Store,
+) -> None:
+    await begin(store)
+    bad = "\udcff"  # os.fsdecode(b"\xff"): not UTF-8, refused by a database driver as is
+    await store.commit(
+        [
+            ok("plain", 1),
+            ok("result", {"file": bad}),
+            ok(f"key-{bad}", 2),
+            dead("payload", payload=[bad]),
+            dead("message", message=f"cannot open {bad}", error_type=f"Err{bad}"),
+            ok("after", 3),
+        ]
+    )
+
+    finished = await store.finished_jobs("r1")
+    assert {k: j.result for k, j in finished.items() if j.status is S} == {
+        "plain": 1,
+        "result": {"file": bad},  # JSON escapes: the very same string comes back
+        "key-\\udcff": 2,  # keys and texts are stored with the surrogate escaped
+        "after": 3,
+    }
+    entries = {e.key: e for e in await store.dlq.list()}
+    assert entries["payload"].payload == [bad]
+    assert entries["message"].message == "cannot open \\udcff"
+    assert entries["message"].error_type == "Err\\udcff"
+    assert entries["message"].traceback == "Traceback ...\nErr\\udcff: cannot open \\udcff\n"
+
+
+async def test_a_value_nested_too_deep_is_stored_without_a_recursion_error(
+    store: Store,
+) -> None:
+    await begin(store)
+    deep: list[Any] = []
+    node = deep
+    for _ in range(10_000):
+        node.append([])
+        node = node[0]
+    await store.commit([ok("deep", deep), dead("d", payload=deep), ok("after", 1)])
+
+    finished = await store.finished_jobs("r1")
+    assert (finished["deep"].has_result, finished["after"].result) == (False, 1)
+    (entry,) = await store.dlq.list()
+    assert entry.payload_is_repr
+    assert entry.payload.startswith("[[[[")
+
+
 async def test_no_result_is_stored_without_has_result(store: Store) -> None:
     await begin(store)
     await store.commit([JobRecord(run_id="r1", key="k", status=S, result="ignored")])
@@ -490,6 +539,67 @@ async def test_dlq_export_writes_one_json_object_per_line(
     assert [json.loads(line) for line in lines] == expected
     assert await store.dlq.export(out, kind="fatal") == 0
     assert out.read_text() == ""
+
+
+async def test_dlq_export_of_many_entries_is_complete_and_read_in_pages(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await begin(store)
+    await store.commit([dead(f"k{i}", payload={"i": i, "pad": "x" * 100}) for i in range(1234)])
+    pages: list[int] = []
+    page = type(store.dlq)._page  # type: ignore[attr-defined]
+
+    async def spy(self: Any, f: Any, after: int | None, size: int) -> Any:
+        found = await page(self, f, after, size)
+        pages.append(len(found))
+        return found
+
+    monkeypatch.setattr(type(store.dlq), "_page", spy)
+    out = tmp_path / "dlq.jsonl"
+
+    assert await store.dlq.export(out) == 1234
+
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["key"] for line in lines] == [f"k{i}" for i in range(1234)]
+    assert pages == [500, 500, 234]  # never every entry at once
+    assert await store.dlq.export(out, limit=501) == 501
+    assert len(out.read_text().splitlines()) == 501
+
+
+async def test_a_failed_dlq_export_leaves_the_previous_file_intact(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await begin(store)
+    await store.commit([dead(f"k{i}") for i in range(1200)])
+    out = tmp_path / "dlq.jsonl"
+    out.write_text("the previous export\n")
+    page = type(store.dlq)._page  # type: ignore[attr-defined]
+
+    async def disk_fails_midway(self: Any, f: Any, after: int | None, size: int) -> Any:
+        if after is not None:  # the first page is already written to the temporary file
+            raise OSError(28, "No space left on device")
+        return await page(self, f, after, size)
+
+    monkeypatch.setattr(type(store.dlq), "_page", disk_fails_midway)
+
+    with pytest.raises(OSError, match="No space left"):
+        await store.dlq.export(out)
+
+    assert out.read_text() == "the previous export\n"  # not a torn half-export
+    leftovers = [p.name async for p in anyio.Path(tmp_path).iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []  # the temporary file is gone too
+
+
+async def test_dlq_export_writes_surrogates_as_json_escapes(store: Store, tmp_path: Path) -> None:
+    await begin(store)
+    await store.commit([dead("k", payload={"file": "\udcff"}, message="bad \udcff")])
+    out = tmp_path / "dlq.jsonl"
+
+    assert await store.dlq.export(out) == 1
+
+    (line,) = out.read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["payload"] == {"file": "\udcff"}
+    assert json.loads(line)["message"] == "bad \\udcff"
 
 
 async def test_dlq_purge_deletes_what_list_would_show(store: Store, clock: Clock) -> None:

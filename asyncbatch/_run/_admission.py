@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncbatch._result import JobOutcome, JobStatus
-from asyncbatch._store import FinishedJob
+from asyncbatch._store import FinishedJob, storable_key
 
 from ._entry import Entry
 from ._options import Options
@@ -48,7 +48,8 @@ class Admission:
             key = str(index)
         else:
             k = keyfn(item)
-            key = k if isinstance(k, str) else str(k)
+            # Stored and looked up in the same form (lone surrogates escaped).
+            key = storable_key(k if isinstance(k, str) else str(k))
         if self.finished:
             done = self.finished.get(key)
             if done is not None and not (

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 
 from asyncbatch._errors import ConfigError, StoreError
 
-from ._common import check_durability
+from ._common import check_durability, safe_repr, storable_key, storable_text
 from ._memory import MemoryDeadLetterQueue, MemoryStore
 from ._protocol import (
     DeadLetterQueue,
@@ -43,6 +43,9 @@ __all__ = [
     "Store",
     "as_store",
     "open_store",
+    "safe_repr",
+    "storable_key",
+    "storable_text",
 ]
 
 _FORMS = (

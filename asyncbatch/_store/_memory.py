@@ -7,6 +7,7 @@ and decoded on every read, so callers never share state with the store.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from ._common import (
     is_compensation,
     job_row,
     merge_history,
+    storable_record,
     wall_clock,
     zero_counts,
 )
@@ -141,6 +143,19 @@ class MemoryDeadLetterQueue(DeadLetterQueueBase):
     async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
         return [d.value() for d in self._matching(f)]
 
+    async def _page(self, f: DeadLetterFilter, after: int | None, size: int) -> list[DeadLetter]:
+        dlq = self._store._dlq
+        ids = list(dlq)  # ascending: ids are handed out in order and never reused
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        page: list[DeadLetter] = []
+        for id_ in ids[start:]:
+            value = dlq[id_].value()
+            if f.matches(value):
+                page.append(value)
+                if len(page) == size:
+                    break
+        return page
+
     async def _delete(self, f: DeadLetterFilter) -> int:
         store = self._store
         doomed = self._matching(f)
@@ -247,6 +262,7 @@ class MemoryStore:
         runs = {r.run_id: self._run(r.run_id) for r in records}  # all-or-nothing: check first
         now = self._clock()
         for r in records:
+            r = storable_record(r)
             run = runs[r.run_id]
             old = run.jobs.get(r.key)
             if old is not None and is_compensation(r):

@@ -45,6 +45,7 @@ from ._common import (
     is_plain_success,
     job_row,
     merge_history,
+    storable_record,
     success_row,
     wall_clock,
     zero_counts,
@@ -487,6 +488,7 @@ class SQLiteStore:
         by_id: list[tuple[float, int]] = []
         by_key: list[tuple[float, str, str]] = []
         for r in records:
+            r = storable_record(r)
             cache = caches[r.run_id]
             cache.seq += 1
             status = r.status
