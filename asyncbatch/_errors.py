@@ -8,7 +8,8 @@
      │    ├── CircuitOpen                a dependency's breaker rejected the call
      │    ├── DeadlineExceeded (TimeoutError)  a job ran out of its ``deadline=``
      │    ├── StoreError                 the store cannot be opened, read or written
-     │    │    └── UnknownRun            no run with that id in the store
+     │    │    ├── UnknownRun            no run with that id in the store
+     │    │    └── RunOwned              another process owns (is running) that run
      │    └── ConfigError (ValueError)   bad options: the message says how to fix them
      │
      │   Markers a job raises (or subclasses) to classify its failure explicitly:
@@ -24,6 +25,7 @@ classified, retried or wrapped: they propagate.
 from __future__ import annotations
 
 import enum
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ __all__ = [
     "FatalError",
     "PermanentError",
     "RecoverableError",
+    "RunOwned",
     "StoreError",
     "TransientError",
     "UnknownRun",
@@ -90,6 +93,31 @@ class UnknownRun(StoreError, LookupError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"no run {run_id!r} in this store (list runs with `asyncbatch runs`)")
+
+
+class RunOwned(StoreError):
+    """Another process owns this run: a run is run by one process at a time.
+
+    The owner holds a lease on the run that it renews while it runs; a lease
+    that is not renewed (or whose process is gone) is taken over at once.
+
+    Attributes:
+        run_id: the run.
+        owner: who holds it, ``host:pid:token``.
+        since: epoch seconds since which it has held it (None when unknown).
+    """
+
+    def __init__(self, run_id: str, owner: str, since: float | None = None) -> None:
+        self.run_id = run_id
+        self.owner = owner
+        self.since = since
+        when = ""
+        if since is not None:
+            when = time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+        super().__init__(
+            f"run {run_id!r} is owned by another process, {owner}{when}: wait for it to "
+            "finish or stop it (a stopped owner is taken over at once), or use another run id"
+        )
 
 
 class BatchAborted(AsyncBatchError):

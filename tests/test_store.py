@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,119 @@ async def test_begin_run_again_returns_the_previous_state_and_runs_again(
     assert run.status == "running"
     assert (run.created_at, run.updated_at) == (created, clock.now)
     assert run.config == {"concurrency": 4}  # an empty config keeps the stored one
+
+
+# --------------------------------------------------------------- ownership
+
+A = "host-a:101:aaaa"  # owners on other hosts: only their lease says whether they live
+B = "host-b:202:bbbb"
+
+
+async def take(store: Store, owner: str, run_id: str = "r1") -> RunInfo | None:
+    return await store.begin_run(RunInfo(run_id=run_id, job="m:f"), owner=owner, lease=15)
+
+
+async def test_a_run_with_a_fresh_lease_is_refused_to_another_owner(
+    store: Store, clock: Clock
+) -> None:
+    await take(store, A)
+    clock.now += 5
+
+    with pytest.raises(ab.RunOwned) as refused:
+        await take(store, B)
+
+    assert (refused.value.run_id, refused.value.owner, refused.value.since) == ("r1", A, 1.7e9)
+    assert str(refused.value).startswith(
+        "run 'r1' is owned by another process, host-a:101:aaaa since 2023-11-14 22:13:20 UTC"
+    )
+    assert "\n" not in str(refused.value)
+    assert isinstance(refused.value, ab.StoreError)
+    await store.heartbeat("r1", A)  # the owner was not disturbed
+
+
+async def test_the_owner_may_begin_its_run_again(store: Store) -> None:
+    await take(store, A)
+    assert await take(store, A) is not None
+
+
+async def test_heartbeats_keep_the_lease_and_a_stale_one_is_taken_over(
+    store: Store, clock: Clock
+) -> None:
+    await take(store, A)
+    for _ in range(4):  # 40 s, longer than the lease, but renewed every 10 s
+        clock.now += 10
+        await store.heartbeat("r1", A)
+    with pytest.raises(ab.RunOwned):
+        await take(store, B)
+
+    clock.now += 16  # A stopped beating (a paused or vanished process)
+    await take(store, B)
+
+    with pytest.raises(ab.RunOwned, match="host-b:202:bbbb") as lost:
+        await store.heartbeat("r1", A)
+    assert lost.value.owner == B
+
+
+async def test_an_owner_process_of_this_host_that_is_gone_is_taken_over_at_once(
+    store: Store,
+) -> None:
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()  # exited and reaped: no process has this pid now
+    await take(store, f"{socket.gethostname()}:{gone.pid}:cccc")
+
+    await take(store, B)  # no waiting for the lease to expire
+
+    await store.heartbeat("r1", B)
+
+
+async def test_end_run_releases_the_lease_and_only_its_owner_may_end_it(
+    store: Store, clock: Clock
+) -> None:
+    await take(store, A)
+    await store.end_run("r1", "finished", {}, owner=A)
+    await take(store, B)  # at once
+
+    with pytest.raises(ab.RunOwned):
+        await store.end_run("r1", "interrupted", {}, owner=A)
+    assert (await store.get_run("r1")).status == "running"  # B's run is left alone
+
+
+async def test_a_run_rolling_back_keeps_its_lease(store: Store) -> None:
+    await take(store, A)
+    await store.end_run("r1", "compensating", {})  # the abort's rollback has begun
+
+    with pytest.raises(ab.RunOwned):
+        await take(store, B)
+    await store.heartbeat("r1", A)
+
+
+async def test_taking_a_run_puts_dead_letters_stranded_by_a_dead_redrive_back(
+    store: Store,
+) -> None:
+    await take(store, A)
+    await store.commit([dead("k"), dead("m")])
+    entries = await store.dlq.list()
+    await store.dlq.mark_redriven([entries[0].id])  # what a redrive killed midway left
+
+    await take(store, A)
+
+    assert [e.key for e in await store.dlq.list()] == ["k", "m"]
+
+
+async def test_a_redriven_job_that_fails_again_counts_a_redrive_of_a_dead_entry(
+    store: Store,
+) -> None:
+    # ab.redrive leaves entries "dead" while it runs: the outcome's commit counts the redrive.
+    await begin(store)
+    await store.commit([dead("k"), dead("m")])
+    k, m = await store.dlq.list()
+
+    await store.commit([dead("k", redrive_of=k.id), ok("m", 1, redrive_of=m.id)])
+
+    assert [(e.status, e.redrive_count) for e in await store.dlq.list(status=None)] == [
+        ("dead", 1),
+        ("resolved", 1),
+    ]
 
 
 async def test_end_run_records_status_counts_and_report(store: Store) -> None:
@@ -805,6 +920,27 @@ async def test_sqlite_migrates_an_older_schema_on_open(
     assert _pragma(path, "user_version") == _schema.SCHEMA_VERSION + 1
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+
+
+async def test_a_store_from_before_ownership_is_migrated_and_its_runs_can_be_owned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    with monkeypatch.context() as old:  # the schema of the first release
+        old.setattr(_sqlite, "MIGRATIONS", _schema.MIGRATIONS[:1])
+        old.setattr(_sqlite, "SCHEMA_VERSION", 1)
+        async with open_store(str(path)) as store:
+            await begin(store)
+            await store.commit([ok("a", 1)])
+    assert _pragma(path, "user_version") == 1
+
+    async with open_store(str(path)) as store:
+        await take(store, A)
+        with pytest.raises(ab.RunOwned):
+            await take(store, B)
+        assert (await store.finished_jobs("r1"))["a"].result == 1
+
+    assert _pragma(path, "user_version") == _schema.SCHEMA_VERSION == 2
 
 
 async def test_sqlite_from_a_newer_asyncbatch_asks_to_upgrade(tmp_path: Path) -> None:

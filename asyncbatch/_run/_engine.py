@@ -41,6 +41,7 @@ from asyncbatch._store import RunInfo, Store
 from ._abort import Abort, Rollback
 from ._admission import Admission
 from ._checkpoint import Checkpointer
+from ._lease import Lease
 from ._options import Options
 from ._outcomes import Outcomes
 from ._ready import ReadyQueue
@@ -76,6 +77,7 @@ class Engine(Generic[R]):
         self._inst: Instrumentation | None = None
         self._deps: Any = None
         self._checkpointer: Checkpointer | None = None
+        self._lease: Lease | None = None
         self._rollback_only = rollback_only
         self._admission = Admission(opts, run_id, self._ack)
         self._queue = ReadyQueue(
@@ -135,6 +137,8 @@ class Engine(Generic[R]):
                     services.start_soon(self._dispatcher.run)
                 if self._checkpointer is not None:
                     services.start_soon(self._checkpointer.run)
+                if self._lease is not None:
+                    services.start_soon(self._lease.run)
                 self._emit(RunStarted(run_id=self.run_id, resumed=self.resumed))
                 try:
                     span = self._inst.run_span(self._span_attrs()) if self._inst else nullcontext()
@@ -166,7 +170,8 @@ class Engine(Generic[R]):
         store = self.store
         if store is None:
             return
-        prev = await store.begin_run(self._run_info())
+        self._lease = Lease(store, self.run_id)
+        prev = await self._lease.begin(self._run_info())
         self.resumed = prev is not None
         if prev is not None and not redriving:
             self._admission.finished = await store.finished_jobs(self.run_id)
@@ -196,6 +201,9 @@ class Engine(Generic[R]):
     async def _close(self, status: str, duration: float) -> None:
         """Commit what is pending, record how the run ended, deliver final events."""
         self.finished_at = time.time()
+        lease = self._lease
+        if lease is not None:
+            lease.stop()
         if self._checkpointer is not None:
             self._checkpointer.close()
             with anyio.move_on_after(60):
@@ -214,9 +222,9 @@ class Engine(Generic[R]):
             aborted=self._abort.report(),
         )
         counts = {s.value: n for s, n in self.counts.items()}
-        if self.store is not None:
+        if lease is not None:  # there is a store
             stored = await self._whole_run_counts() if self.resumed else counts
-            await self.store.end_run(self.run_id, status, stored, self._report.to_dict())  # type: ignore[arg-type]
+            await lease.end(status, stored, self._report.to_dict())  # type: ignore[arg-type]
         ok = status == "finished" and all_ok(self.counts)
         self._emit(RunFinished(run_id=self.run_id, counts=counts, duration=duration, ok=ok))
         self._dispatcher.close()

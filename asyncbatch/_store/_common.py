@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import reprlib
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -22,12 +24,13 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 
-from asyncbatch._errors import ConfigError, ErrorKind
+from asyncbatch._errors import ConfigError, ErrorKind, RunOwned
 from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
 
-from ._protocol import FinishedJob, JobRecord
+from ._protocol import DEFAULT_LEASE, FinishedJob, JobRecord
 
 __all__ = [
+    "DEFAULT_LEASE",
     "DLQ_STATUSES",
     "EXPORT_PAGE",
     "FINISHED",
@@ -38,6 +41,7 @@ __all__ = [
     "Durability",
     "JobRow",
     "check_durability",
+    "check_lease",
     "dead_letter",
     "decode",
     "encode",
@@ -49,6 +53,8 @@ __all__ = [
     "is_plain_success",
     "job_row",
     "merge_history",
+    "owner_is_gone",
+    "owning_here",
     "safe_repr",
     "storable_key",
     "storable_record",
@@ -591,6 +597,73 @@ def dead_letter(
         status=status,  # type: ignore[arg-type]  # only DLQ_STATUSES are ever written
         created_at=created_at,
     )
+
+
+_OWNERS_HERE: set[str] = set()
+"""Owners of this process whose engine is still running (see `owning_here`)."""
+
+
+def owning_here(owner: str, running: bool) -> None:
+    """Note that an engine of THIS process starts (or stops) running as ``owner``.
+
+    An owner of this process that is not running any more (its engine ended
+    without releasing the lease: the store failed, say) is gone, exactly like
+    a killed process, and its run is taken over at once.
+    """
+    if running:
+        _OWNERS_HERE.add(owner)
+    else:
+        _OWNERS_HERE.discard(owner)
+
+
+def owner_is_gone(owner: str) -> bool:
+    """Whether ``owner`` (``host:pid:...``) is of THIS host and no longer runs.
+
+    Such an owner (killed, crashed) is taken over at once rather than after
+    its lease expires. An owner on another host, or whose pid answers (or
+    belongs to another user), counts as alive; one of this very process
+    as long as its engine runs (`owning_here`).
+    """
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process there
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return owner not in _OWNERS_HERE
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, someone else's
+        return False
+    return False
+
+
+def check_lease(
+    run_id: str,
+    *,
+    holder: str | None,
+    since: float | None,
+    heartbeat_at: float | None,
+    owner: str,
+    lease: float,
+    now: float,
+) -> None:
+    """Raise `RunOwned` unless ``owner`` may take the run (the rule every store applies).
+
+    The run may be taken when nobody holds it, ``owner`` already does, the
+    holder's last heartbeat is older than ``lease`` seconds, or the holder is
+    a process of this host that is gone (`owner_is_gone`).
+    """
+    if holder is None or holder == owner:
+        return
+    if heartbeat_at is None or heartbeat_at <= now - lease:
+        return
+    if owner_is_gone(holder):
+        return
+    raise RunOwned(run_id, holder, since)
 
 
 def wall_clock() -> float:

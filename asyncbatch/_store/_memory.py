@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from asyncbatch._errors import StoreError, UnknownRun
+from asyncbatch._errors import RunOwned, StoreError, UnknownRun
 from asyncbatch._result import DeadLetter, JobStatus
 
 from ._common import (
@@ -22,6 +22,7 @@ from ._common import (
     DeadLetterQueueBase,
     JobRow,
     check_durability,
+    check_lease,
     dead_letter,
     decode,
     encode,
@@ -36,6 +37,7 @@ from ._common import (
     zero_counts,
 )
 from ._protocol import (
+    DEFAULT_LEASE,
     DeadLetterQueue,
     FinishedJob,
     JobRecord,
@@ -61,6 +63,9 @@ class _Run:
     updated_at: float
     jobs: dict[str, JobRow]
     seq: int = 0
+    owner: str | None = None
+    owned_since: float | None = None
+    heartbeat_at: float | None = None
 
     def count_jobs(self) -> dict[str, int]:
         counts = zero_counts()
@@ -225,14 +230,21 @@ class MemoryStore:
         except KeyError:
             raise UnknownRun(run_id) from None
 
-    async def begin_run(self, run: RunInfo) -> RunInfo | None:
-        """Create the run, or mark an existing one running again; returns the previous state."""
+    async def begin_run(
+        self, run: RunInfo, *, owner: str | None = None, lease: float = DEFAULT_LEASE
+    ) -> RunInfo | None:
+        """Create the run, or mark an existing one running again; returns the previous state.
+
+        With ``owner``, takes the run's lease or raises `RunOwned` (see
+        `Store.begin_run`): a second engine on a run of this store while the
+        first still runs it is refused.
+        """
         if self._closed:
             raise StoreError("the store is closed")
         now = self._clock()
         old = self._runs.get(run.run_id)
         if old is None:
-            self._runs[run.run_id] = _Run(
+            new = self._runs[run.run_id] = _Run(
                 run_id=run.run_id,
                 job=run.job,
                 status="running",
@@ -243,7 +255,25 @@ class MemoryStore:
                 updated_at=now,
                 jobs={},
             )
+            if owner is not None:
+                new.owner, new.owned_since, new.heartbeat_at = owner, now, now
             return None
+        if owner is not None:
+            check_lease(
+                run.run_id,
+                holder=old.owner,
+                since=old.owned_since,
+                heartbeat_at=old.heartbeat_at,
+                owner=owner,
+                lease=lease,
+                now=now,
+            )
+            for d in self._dlq.values():  # only a redrive that died leaves these
+                if d.run_id == run.run_id and d.status == "redriven":
+                    d.status, d.updated_at = "dead", now
+            if old.owner != owner:
+                old.owner, old.owned_since = owner, now
+            old.heartbeat_at = now
         before = old.info()
         old.status = "running"
         old.job = run.job or old.job
@@ -251,6 +281,13 @@ class MemoryStore:
             old.config = encode(run.config) or old.config
         old.updated_at = now
         return before
+
+    async def heartbeat(self, run_id: str, owner: str) -> None:
+        """Renew ``owner``'s lease on the run; raises `RunOwned` when it was lost."""
+        run = self._run(run_id)
+        if run.owner != owner:
+            raise RunOwned(run_id, run.owner or "nobody (the lease was released)", run.owned_since)
+        run.heartbeat_at = self._clock()
 
     async def commit(
         self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
@@ -353,9 +390,15 @@ class MemoryStore:
         status: RunStatus,
         counts: dict[str, int],
         report: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
     ) -> None:
-        """Record how the run ended (and its report)."""
+        """Record how the run ended (and its report), releasing its lease; see `Store.end_run`."""
         run = self._run(run_id)
+        if owner is not None and run.owner is not None and run.owner != owner:
+            raise RunOwned(run_id, run.owner, run.owned_since)
+        if status != "compensating":  # a rollback goes on: it keeps the lease
+            run.owner = run.owned_since = run.heartbeat_at = None
         run.status = status
         run.counts = encode(counts) or "{}"
         run.report = encode(report) if report is not None else None
