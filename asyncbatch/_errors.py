@@ -46,6 +46,7 @@ __all__ = [
     "TransientError",
     "UnknownRun",
     "qualname",
+    "tame_message",
 ]
 
 
@@ -69,6 +70,22 @@ def qualname(exc_type: type[BaseException]) -> str:
     """``module.QualName`` of an exception type (builtins without module)."""
     mod = exc_type.__module__
     return exc_type.__qualname__ if mod == "builtins" else f"{mod}.{exc_type.__qualname__}"
+
+
+def tame_message(exc: BaseException) -> None:
+    """Make ``str(exc)`` safe to call: an argument nested too deeply to print is replaced.
+
+    A job may raise with an argument nested deeper than the recursion limit
+    (``ValueError(item)`` for a deeply nested item); every ``str(exc)`` on
+    the way to the report, the DLQ and the trace would then raise
+    `RecursionError` and crash the run. Such an exception's arguments become
+    one short line naming what they were; any other exception is untouched.
+    """
+    try:
+        str(exc)
+    except RecursionError:
+        kinds = ", ".join(type(a).__name__ for a in exc.args)
+        exc.args = (f"<{type(exc).__name__}({kinds}) nested too deeply to show>",)
 
 
 class AsyncBatchError(Exception):

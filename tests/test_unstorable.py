@@ -111,3 +111,19 @@ async def test_a_result_too_deep_to_store_is_not_stored_and_fails_nothing(
     assert stored["0"].result == 0
     assert stored["2"].result == 2
     assert not stored["1"].has_result
+
+
+async def test_an_error_whose_message_is_too_deep_to_print_fails_only_its_job(
+    store: ab.Store,
+) -> None:
+    async def job(x: int) -> int:
+        if x == 1:
+            raise ab.PermanentError(_deep(10_000))  # str() of it raises RecursionError
+        return x
+
+    result = await ab.run_batch(job, range(3), store=store, run_id="deep-error")
+
+    assert (result.counts[S], result.counts[D]) == (2, 1)
+    (dead,) = await store.dlq.list(run_id="deep-error")
+    assert dead.message == "<PermanentError(list) nested too deeply to show>"
+    assert (await store.get_run("deep-error")).status == "finished"
