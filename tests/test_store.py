@@ -853,6 +853,51 @@ def _pragma(path: Path, name: str) -> Any:
         return db.execute(f"PRAGMA {name}").fetchone()[0]
 
 
+EXPORT_KILLED_MIDWAY = """
+import asyncio, sys
+import asyncbatch as ab
+from asyncbatch._store._sqlite_dlq import SQLiteDeadLetterQueue
+
+page = SQLiteDeadLetterQueue._page
+
+async def stall_after_the_first_page(self, f, after, size):
+    if after is not None:
+        print("midway", flush=True)
+        await asyncio.sleep(3600)
+    return await page(self, f, after, size)
+
+SQLiteDeadLetterQueue._page = stall_after_the_first_page
+
+async def main():
+    async with ab.open_store(sys.argv[1]) as store:
+        await store.dlq.export(sys.argv[2])
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_a_dlq_export_killed_midway_leaves_no_torn_file(tmp_path: Path) -> None:
+    path, out = tmp_path / "s.db", tmp_path / "dlq.jsonl"
+    async with open_store(str(path)) as store:
+        await begin(store)
+        await store.commit([dead(f"k{i}", payload={"pad": "x" * 200}) for i in range(1200)])
+    await anyio.Path(out).write_text("the previous export\n")
+
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", EXPORT_KILLED_MIDWAY, str(path), str(out),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdout is not None
+    assert await asyncio.wait_for(child.stdout.readline(), 30) == b"midway\n"
+    child.kill()
+    await child.wait()
+
+    assert await anyio.Path(out).read_text() == "the previous export\n"
+    (partial,) = [p async for p in anyio.Path(tmp_path).glob(".dlq.jsonl.*.tmp")]
+    assert (await partial.stat()).st_size > 0  # the kill did land mid-export
+
+
 async def test_sqlite_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with await open_store(str(path)) as store:

@@ -106,7 +106,7 @@ def encode(value: Any) -> str | None:
         text = _dumps(value)
     except (TypeError, ValueError, RecursionError):
         return None
-    return text if _utf8(text) else _dumps_ascii(value)
+    return text if text.isascii() or _utf8(text) else _dumps_ascii(value)
 
 
 def safe_repr(value: Any) -> str:
