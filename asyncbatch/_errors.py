@@ -136,6 +136,9 @@ class RunOwned(StoreError):
             "finish or stop it (a stopped owner is taken over at once), or use another run id"
         )
 
+    def __reduce__(self) -> tuple[type[RunOwned], tuple[str, str, float | None]]:
+        return (RunOwned, (self.run_id, self.owner, self.since))  # survives pickling
+
 
 class BatchAborted(AsyncBatchError):
     """A FATAL error or an exhausted error budget aborted the batch.

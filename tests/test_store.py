@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pickle
 import socket
 import sqlite3
 import sys
@@ -173,6 +175,7 @@ async def test_a_run_with_a_fresh_lease_is_refused_to_another_owner(
     )
     assert "\n" not in str(refused.value)
     assert isinstance(refused.value, ab.StoreError)
+    assert str(pickle.loads(pickle.dumps(refused.value))) == str(refused.value)
     await store.heartbeat("r1", A)  # the owner was not disturbed
 
 
@@ -703,6 +706,24 @@ async def test_a_failed_dlq_export_leaves_the_previous_file_intact(
     assert out.read_text() == "the previous export\n"  # not a torn half-export
     leftovers = [p.name async for p in anyio.Path(tmp_path).iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []  # the temporary file is gone too
+
+
+async def test_dlq_export_file_has_the_mode_a_plain_write_would_give(
+    store: Store, tmp_path: Path
+) -> None:
+    await begin(store)
+    await store.commit([dead("k")])
+    fresh, kept = anyio.Path(tmp_path / "new.jsonl"), anyio.Path(tmp_path / "kept.jsonl")
+    await kept.write_text("old\n")
+    await kept.chmod(0o600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    await store.dlq.export(fresh)
+    await store.dlq.export(kept)
+
+    assert (await fresh.stat()).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert (await kept.stat()).st_mode & 0o777 == 0o600  # a replaced file keeps its mode
 
 
 async def test_dlq_export_writes_surrogates_as_json_escapes(store: Store, tmp_path: Path) -> None:

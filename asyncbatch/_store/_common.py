@@ -398,7 +398,15 @@ def _jsonl_line(entry: DeadLetter) -> str:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)
+    """The process umask, read without changing it where the OS says it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly process-wide)
     os.umask(mask)
     return mask
 
@@ -454,7 +462,8 @@ async def export_jsonl(
     Atomic and bounded: the lines go to a temporary file in the target's
     directory, page by page as ``pages`` yields them, which is fsynced and
     renamed over ``path`` only when complete. An export that fails or is
-    killed midway leaves ``path`` as it was (absent, or the previous export).
+    killed midway leaves ``path`` as it was (absent, or the previous export);
+    a killed one also leaves its hidden ``.NAME.*.tmp`` file beside it.
     """
     out = await anyio.to_thread.run_sync(_AtomicFile, os.fspath(path))
     written = 0
