@@ -271,3 +271,25 @@ async def test_a_run_whose_engine_ended_without_releasing_is_taken_over_in_proce
     again = await ab.run_batch(job, range(3), store=store, run_id="r")  # no 15 s wait
 
     assert again.counts[ab.JobStatus.SKIPPED] == 3
+
+
+@pytest.mark.looptime
+async def test_a_heartbeat_the_store_fails_to_write_does_not_fail_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    beats: list[str] = []
+
+    async def locked(self: ab.MemoryStore, run_id: str, owner: str) -> None:
+        beats.append(owner)
+        raise ab.StoreError("database is locked by another writer")
+
+    monkeypatch.setattr(ab.MemoryStore, "heartbeat", locked)
+
+    async def job(x: int) -> int:
+        await asyncio.sleep(32)  # beats at 5, 10, ... 30 s
+        return x
+
+    result = await ab.run_batch(job, range(2), store=ab.MemoryStore(), run_id="r")
+
+    assert result.counts[ab.JobStatus.SUCCEEDED] == 2
+    assert len(beats) == 6

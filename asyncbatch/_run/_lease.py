@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from asyncbatch._errors import RunOwned
+from asyncbatch._errors import RunOwned, StoreError
 from asyncbatch._store import DEFAULT_LEASE, RunInfo, RunStatus, Store, owning_here
 
 __all__ = ["LEASE", "Lease"]
@@ -59,7 +59,13 @@ class Lease:
             raise
 
     async def run(self) -> None:
-        """Renew the lease until `stop`; raises `RunOwned` if it was lost."""
+        """Renew the lease until `stop`; raises `RunOwned` if it was lost.
+
+        A renewal the store fails to write (disk full, database locked) is
+        retried at the next beat: the commit path reports a broken store
+        with the error that matters, and one missed beat still leaves the
+        lease two thirds of its duration.
+        """
         with self._scope:
             while True:
                 await anyio.sleep(self.duration / 3)
@@ -68,6 +74,8 @@ class Lease:
                 except RunOwned as exc:
                     self.lost = exc
                     raise
+                except StoreError:
+                    continue
 
     def stop(self) -> None:
         """Stop renewing (before the lease is released)."""
