@@ -152,7 +152,13 @@ class DeadLetterQueue(Protocol):
         ...
 
     async def export(self, path: str, **filters: Any) -> int:
-        """Write matching entries as JSONL to ``path``; returns how many."""
+        """Write matching entries as JSONL to ``path``; returns how many.
+
+        Atomic and bounded: written to a temporary file beside ``path``,
+        fsynced and renamed into place, reading entries a page at a time.
+        `_common.DeadLetterQueueBase` does this over a store's ``_page``
+        query (keyset pagination by id).
+        """
         ...
 
     async def purge(self, *, run_id: str | None = None, **filters: Any) -> int:
