@@ -8,7 +8,8 @@
      │    ├── CircuitOpen                a dependency's breaker rejected the call
      │    ├── DeadlineExceeded (TimeoutError)  a job ran out of its ``deadline=``
      │    ├── StoreError                 the store cannot be opened, read or written
-     │    │    └── UnknownRun            no run with that id in the store
+     │    │    ├── UnknownRun            no run with that id in the store
+     │    │    └── RunOwned              another process owns (is running) that run
      │    └── ConfigError (ValueError)   bad options: the message says how to fix them
      │         └── DuplicateKey          two items of one run have the same job key
      │
@@ -25,6 +26,7 @@ classified, retried or wrapped: they propagate.
 from __future__ import annotations
 
 import enum
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,10 +43,12 @@ __all__ = [
     "FatalError",
     "PermanentError",
     "RecoverableError",
+    "RunOwned",
     "StoreError",
     "TransientError",
     "UnknownRun",
     "qualname",
+    "tame_message",
 ]
 
 
@@ -68,6 +72,22 @@ def qualname(exc_type: type[BaseException]) -> str:
     """``module.QualName`` of an exception type (builtins without module)."""
     mod = exc_type.__module__
     return exc_type.__qualname__ if mod == "builtins" else f"{mod}.{exc_type.__qualname__}"
+
+
+def tame_message(exc: BaseException) -> None:
+    """Make ``str(exc)`` safe to call: an argument nested too deeply to print is replaced.
+
+    A job may raise with an argument nested deeper than the recursion limit
+    (``ValueError(item)`` for a deeply nested item); every ``str(exc)`` on
+    the way to the report, the DLQ and the trace would then raise
+    `RecursionError` and crash the run. Such an exception's arguments become
+    one short line naming what they were; any other exception is untouched.
+    """
+    try:
+        str(exc)
+    except RecursionError:
+        kinds = ", ".join(type(a).__name__ for a in exc.args)
+        exc.args = (f"<{type(exc).__name__}({kinds}) nested too deeply to show>",)
 
 
 class AsyncBatchError(Exception):
@@ -117,6 +137,34 @@ class UnknownRun(StoreError, LookupError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"no run {run_id!r} in this store (list runs with `asyncbatch runs`)")
+
+
+class RunOwned(StoreError):
+    """Another process owns this run: a run is run by one process at a time.
+
+    The owner holds a lease on the run that it renews while it runs; a lease
+    that is not renewed (or whose process is gone) is taken over at once.
+
+    Attributes:
+        run_id: the run.
+        owner: who holds it, ``host:pid:token``.
+        since: epoch seconds since which it has held it (None when unknown).
+    """
+
+    def __init__(self, run_id: str, owner: str, since: float | None = None) -> None:
+        self.run_id = run_id
+        self.owner = owner
+        self.since = since
+        when = ""
+        if since is not None:
+            when = time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+        super().__init__(
+            f"run {run_id!r} is owned by another process, {owner}{when}: wait for it to "
+            "finish or stop it (a stopped owner is taken over at once), or use another run id"
+        )
+
+    def __reduce__(self) -> tuple[type[RunOwned], tuple[str, str, float | None]]:
+        return (RunOwned, (self.run_id, self.owner, self.since))  # survives pickling
 
 
 class BatchAborted(AsyncBatchError):

@@ -20,11 +20,11 @@ import aiohttp
 import httpx
 import pytest
 import trustme
-from asyncbatch._policy._http import http_date
 from hypothesis import given
 from hypothesis import strategies as st
 
 import asyncbatch as ab
+from asyncbatch._policy._http import http_date
 from asyncbatch.testing import FlakyService, set_testing
 
 K = ab.ErrorKind

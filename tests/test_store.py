@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pickle
+import socket
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import asyncbatch as ab
@@ -146,6 +151,120 @@ async def test_begin_run_again_returns_the_previous_state_and_runs_again(
     assert run.config == {"concurrency": 4}  # an empty config keeps the stored one
 
 
+# --------------------------------------------------------------- ownership
+
+A = "host-a:101:aaaa"  # owners on other hosts: only their lease says whether they live
+B = "host-b:202:bbbb"
+
+
+async def take(store: Store, owner: str, run_id: str = "r1") -> RunInfo | None:
+    return await store.begin_run(RunInfo(run_id=run_id, job="m:f"), owner=owner, lease=15)
+
+
+async def test_a_run_with_a_fresh_lease_is_refused_to_another_owner(
+    store: Store, clock: Clock
+) -> None:
+    await take(store, A)
+    clock.now += 5
+
+    with pytest.raises(ab.RunOwned) as refused:
+        await take(store, B)
+
+    assert (refused.value.run_id, refused.value.owner, refused.value.since) == ("r1", A, 1.7e9)
+    assert str(refused.value).startswith(
+        "run 'r1' is owned by another process, host-a:101:aaaa since 2023-11-14 22:13:20 UTC"
+    )
+    assert "\n" not in str(refused.value)
+    assert isinstance(refused.value, ab.StoreError)
+    assert str(pickle.loads(pickle.dumps(refused.value))) == str(refused.value)
+    await store.heartbeat("r1", A)  # the owner was not disturbed
+
+
+async def test_the_owner_may_begin_its_run_again(store: Store) -> None:
+    await take(store, A)
+    assert await take(store, A) is not None
+
+
+async def test_heartbeats_keep_the_lease_and_a_stale_one_is_taken_over(
+    store: Store, clock: Clock
+) -> None:
+    await take(store, A)
+    for _ in range(4):  # 40 s, longer than the lease, but renewed every 10 s
+        clock.now += 10
+        await store.heartbeat("r1", A)
+    with pytest.raises(ab.RunOwned):
+        await take(store, B)
+
+    clock.now += 16  # A stopped beating (a paused or vanished process)
+    await take(store, B)
+
+    with pytest.raises(ab.RunOwned, match="host-b:202:bbbb") as lost:
+        await store.heartbeat("r1", A)
+    assert lost.value.owner == B
+
+
+async def test_an_owner_process_of_this_host_that_is_gone_is_taken_over_at_once(
+    store: Store,
+) -> None:
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()  # exited and reaped: no process has this pid now
+    await take(store, f"{socket.gethostname()}:{gone.pid}:cccc")
+
+    await take(store, B)  # no waiting for the lease to expire
+
+    await store.heartbeat("r1", B)
+
+
+async def test_end_run_releases_the_lease_and_only_its_owner_may_end_it(
+    store: Store, clock: Clock
+) -> None:
+    await take(store, A)
+    await store.end_run("r1", "finished", {}, owner=A)
+    await take(store, B)  # at once
+
+    with pytest.raises(ab.RunOwned):
+        await store.end_run("r1", "interrupted", {}, owner=A)
+    assert (await store.get_run("r1")).status == "running"  # B's run is left alone
+
+
+async def test_a_run_rolling_back_keeps_its_lease(store: Store) -> None:
+    await take(store, A)
+    await store.end_run("r1", "compensating", {})  # the abort's rollback has begun
+
+    with pytest.raises(ab.RunOwned):
+        await take(store, B)
+    await store.heartbeat("r1", A)
+
+
+async def test_taking_a_run_puts_dead_letters_stranded_by_a_dead_redrive_back(
+    store: Store,
+) -> None:
+    await take(store, A)
+    await store.commit([dead("k"), dead("m")])
+    entries = await store.dlq.list()
+    await store.dlq.mark_redriven([entries[0].id])  # what a redrive killed midway left
+
+    await take(store, A)
+
+    assert [e.key for e in await store.dlq.list()] == ["k", "m"]
+
+
+async def test_a_redriven_job_that_fails_again_counts_a_redrive_of_a_dead_entry(
+    store: Store,
+) -> None:
+    # ab.redrive leaves entries "dead" while it runs: the outcome's commit counts the redrive.
+    await begin(store)
+    await store.commit([dead("k"), dead("m")])
+    k, m = await store.dlq.list()
+
+    await store.commit([dead("k", redrive_of=k.id), ok("m", 1, redrive_of=m.id)])
+
+    assert [(e.status, e.redrive_count) for e in await store.dlq.list(status=None)] == [
+        ("dead", 1),
+        ("resolved", 1),
+    ]
+
+
 async def test_end_run_records_status_counts_and_report(store: Store) -> None:
     await begin(store)
     await store.end_run("r1", "finished", {"succeeded": 2, "dead_lettered": 1}, {"total": 3})
@@ -272,6 +391,54 @@ async def test_a_result_that_is_not_json_is_not_stored_and_does_not_fail(store: 
         "obj": (S, False, None),
         "cycle": (S, False, None),
     }
+
+
+async def test_a_lone_surrogate_anywhere_in_a_group_does_not_fail_the_group(
+    store: Store,
+) -> None:
+    await begin(store)
+    bad = "\udcff"  # os.fsdecode(b"\xff"): not UTF-8, refused by a database driver as is
+    await store.commit(
+        [
+            ok("plain", 1),
+            ok("result", {"file": bad}),
+            ok(f"key-{bad}", 2),
+            dead("payload", payload=[bad]),
+            dead("message", message=f"cannot open {bad}", error_type=f"Err{bad}"),
+            ok("after", 3),
+        ]
+    )
+
+    finished = await store.finished_jobs("r1")
+    assert {k: j.result for k, j in finished.items() if j.status is S} == {
+        "plain": 1,
+        "result": {"file": bad},  # JSON escapes: the very same string comes back
+        "key-\\udcff": 2,  # keys and texts are stored with the surrogate escaped
+        "after": 3,
+    }
+    entries = {e.key: e for e in await store.dlq.list()}
+    assert entries["payload"].payload == [bad]
+    assert entries["message"].message == "cannot open \\udcff"
+    assert entries["message"].error_type == "Err\\udcff"
+    assert entries["message"].traceback == "Traceback ...\nErr\\udcff: cannot open \\udcff\n"
+
+
+async def test_a_value_nested_too_deep_is_stored_without_a_recursion_error(
+    store: Store,
+) -> None:
+    await begin(store)
+    deep: list[Any] = []
+    node = deep
+    for _ in range(10_000):
+        node.append([])
+        node = node[0]
+    await store.commit([ok("deep", deep), dead("d", payload=deep), ok("after", 1)])
+
+    finished = await store.finished_jobs("r1")
+    assert (finished["deep"].has_result, finished["after"].result) == (False, 1)
+    (entry,) = await store.dlq.list()
+    assert entry.payload_is_repr
+    assert entry.payload.startswith("[[[[")
 
 
 async def test_no_result_is_stored_without_has_result(store: Store) -> None:
@@ -495,6 +662,85 @@ async def test_dlq_export_writes_one_json_object_per_line(
     assert out.read_text() == ""
 
 
+async def test_dlq_export_of_many_entries_is_complete_and_read_in_pages(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await begin(store)
+    await store.commit([dead(f"k{i}", payload={"i": i, "pad": "x" * 100}) for i in range(1234)])
+    pages: list[int] = []
+    page = type(store.dlq)._page  # type: ignore[attr-defined]
+
+    async def spy(self: Any, f: Any, after: int | None, size: int) -> Any:
+        found = await page(self, f, after, size)
+        pages.append(len(found))
+        return found
+
+    monkeypatch.setattr(type(store.dlq), "_page", spy)
+    out = tmp_path / "dlq.jsonl"
+
+    assert await store.dlq.export(out) == 1234
+
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["key"] for line in lines] == [f"k{i}" for i in range(1234)]
+    assert pages == [500, 500, 234]  # never every entry at once
+    assert await store.dlq.export(out, limit=501) == 501
+    assert len(out.read_text().splitlines()) == 501
+
+
+async def test_a_failed_dlq_export_leaves_the_previous_file_intact(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await begin(store)
+    await store.commit([dead(f"k{i}") for i in range(1200)])
+    out = tmp_path / "dlq.jsonl"
+    out.write_text("the previous export\n")
+    page = type(store.dlq)._page  # type: ignore[attr-defined]
+
+    async def disk_fails_midway(self: Any, f: Any, after: int | None, size: int) -> Any:
+        if after is not None:  # the first page is already written to the temporary file
+            raise OSError(28, "No space left on device")
+        return await page(self, f, after, size)
+
+    monkeypatch.setattr(type(store.dlq), "_page", disk_fails_midway)
+
+    with pytest.raises(OSError, match="No space left"):
+        await store.dlq.export(out)
+
+    assert out.read_text() == "the previous export\n"  # not a torn half-export
+    leftovers = [p.name async for p in anyio.Path(tmp_path).iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []  # the temporary file is gone too
+
+
+async def test_dlq_export_file_has_the_mode_a_plain_write_would_give(
+    store: Store, tmp_path: Path
+) -> None:
+    await begin(store)
+    await store.commit([dead("k")])
+    fresh, kept = anyio.Path(tmp_path / "new.jsonl"), anyio.Path(tmp_path / "kept.jsonl")
+    await kept.write_text("old\n")
+    await kept.chmod(0o600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    await store.dlq.export(fresh)
+    await store.dlq.export(kept)
+
+    assert (await fresh.stat()).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert (await kept.stat()).st_mode & 0o777 == 0o600  # a replaced file keeps its mode
+
+
+async def test_dlq_export_writes_surrogates_as_json_escapes(store: Store, tmp_path: Path) -> None:
+    await begin(store)
+    await store.commit([dead("k", payload={"file": "\udcff"}, message="bad \udcff")])
+    out = tmp_path / "dlq.jsonl"
+
+    assert await store.dlq.export(out) == 1
+
+    (line,) = out.read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["payload"] == {"file": "\udcff"}
+    assert json.loads(line)["message"] == "bad \\udcff"
+
+
 async def test_dlq_purge_deletes_what_list_would_show(store: Store, clock: Clock) -> None:
     await _three_runs_of_dead_letters(store, clock)
 
@@ -631,6 +877,51 @@ def _pragma(path: Path, name: str) -> Any:
         return db.execute(f"PRAGMA {name}").fetchone()[0]
 
 
+EXPORT_KILLED_MIDWAY = """
+import asyncio, sys
+import asyncbatch as ab
+from asyncbatch._store._sqlite_dlq import SQLiteDeadLetterQueue
+
+page = SQLiteDeadLetterQueue._page
+
+async def stall_after_the_first_page(self, f, after, size):
+    if after is not None:
+        print("midway", flush=True)
+        await asyncio.sleep(3600)
+    return await page(self, f, after, size)
+
+SQLiteDeadLetterQueue._page = stall_after_the_first_page
+
+async def main():
+    async with ab.open_store(sys.argv[1]) as store:
+        await store.dlq.export(sys.argv[2])
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_a_dlq_export_killed_midway_leaves_no_torn_file(tmp_path: Path) -> None:
+    path, out = tmp_path / "s.db", tmp_path / "dlq.jsonl"
+    async with open_store(str(path)) as store:
+        await begin(store)
+        await store.commit([dead(f"k{i}", payload={"pad": "x" * 200}) for i in range(1200)])
+    await anyio.Path(out).write_text("the previous export\n")
+
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", EXPORT_KILLED_MIDWAY, str(path), str(out),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdout is not None
+    assert await asyncio.wait_for(child.stdout.readline(), 30) == b"midway\n"
+    child.kill()
+    await child.wait()
+
+    assert await anyio.Path(out).read_text() == "the previous export\n"
+    (partial,) = [p async for p in anyio.Path(tmp_path).glob(".dlq.jsonl.*.tmp")]
+    assert (await partial.stat()).st_size > 0  # the kill did land mid-export
+
+
 async def test_sqlite_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with await open_store(str(path)) as store:
@@ -698,6 +989,27 @@ async def test_sqlite_migrates_an_older_schema_on_open(
     assert _pragma(path, "user_version") == _schema.SCHEMA_VERSION + 1
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+
+
+async def test_a_store_from_before_ownership_is_migrated_and_its_runs_can_be_owned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    with monkeypatch.context() as old:  # the schema of the first release
+        old.setattr(_sqlite, "MIGRATIONS", _schema.MIGRATIONS[:1])
+        old.setattr(_sqlite, "SCHEMA_VERSION", 1)
+        async with open_store(str(path)) as store:
+            await begin(store)
+            await store.commit([ok("a", 1)])
+    assert _pragma(path, "user_version") == 1
+
+    async with open_store(str(path)) as store:
+        await take(store, A)
+        with pytest.raises(ab.RunOwned):
+            await take(store, B)
+        assert (await store.finished_jobs("r1"))["a"].result == 1
+
+    assert _pragma(path, "user_version") == _schema.SCHEMA_VERSION == 2
 
 
 async def test_sqlite_from_a_newer_asyncbatch_asks_to_upgrade(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from asyncbatch._errors import DuplicateKey
 from asyncbatch._result import JobOutcome, JobStatus, fast_outcome
-from asyncbatch._store import FinishedJob, Store
+from asyncbatch._store import FinishedJob, Store, storable_key
 
 from ._entry import Entry
 from ._options import Options
@@ -184,7 +184,8 @@ class Admission:
         if keyfn is None:
             return str(index)
         k = keyfn(item)
-        return k if isinstance(k, str) else str(k)
+        # Stored and looked up in the same form (lone surrogates escaped).
+        return storable_key(k if isinstance(k, str) else str(k))
 
     def __call__(self, index: int | None, item: Any) -> Entry | None:
         """Make an entry for a new item (None: it was acknowledged SKIPPED instead)."""

@@ -249,9 +249,12 @@ async def redrive(
 ) -> BatchResult[R]:
     """Run dead-lettered jobs of ``run_id`` again from their stored payloads.
 
-    Entries that now succeed become ``"resolved"``; those that fail again go
-    back to ``"dead"`` with the new attempts appended to their history and
-    their ``redrive_count`` raised.
+    Entries that now succeed become ``"resolved"``; those that fail again stay
+    ``"dead"`` with the new attempts appended to their history and their
+    ``redrive_count`` raised. Each entry changes only when its job's outcome
+    is committed, so a redrive that is interrupted or killed midway is
+    resumed by redriving again: what did not finish is still ``"dead"``.
+    The run is owned by the redrive while it runs (`RunOwned` otherwise).
 
     Args:
         job: the job coroutine function (usually the one that failed).
@@ -281,7 +284,8 @@ async def redrive(
                 stacklevel=2,
             )
         entries = [e for e in entries if not e.payload_is_repr]
-        await st.dlq.mark_redriven([e.id for e in entries])
+        # Entries stay "dead" until their job's outcome commits (resolved, or
+        # dead again with redrive_count + 1): a redrive that dies strands none.
         outcomes: list[JobOutcome[R]] = []
         engine = batch._engine(st, outcomes.append, run_id=run_id)
         plan = {i: (e.id, e.key) for i, e in enumerate(entries)}

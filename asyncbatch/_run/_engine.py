@@ -44,6 +44,7 @@ from ._abort import Abort, Rollback
 from ._admission import Admission
 from ._checkpoint import Checkpointer
 from ._identity import callable_name, check_identity, key_spec
+from ._lease import Lease
 from ._options import Options
 from ._outcomes import Outcomes
 from ._ready import ReadyQueue
@@ -79,6 +80,7 @@ class Engine(Generic[R]):
         self._inst: Instrumentation | None = None
         self._deps: Any = None
         self._checkpointer: Checkpointer | None = None
+        self._lease: Lease | None = None
         self._rollback_only = rollback_only
         self._admission = Admission(opts, run_id, self._ack)
         self._queue = ReadyQueue(
@@ -140,6 +142,8 @@ class Engine(Generic[R]):
                     services.start_soon(self._dispatcher.run)
                 if self._checkpointer is not None:
                     services.start_soon(self._checkpointer.run)
+                if self._lease is not None:
+                    services.start_soon(self._lease.run)
                 self._emit(RunStarted(run_id=self.run_id, resumed=self.resumed))
                 try:
                     span = self._inst.run_span(self._span_attrs()) if self._inst else nullcontext()
@@ -186,15 +190,21 @@ class Engine(Generic[R]):
             # A redrive runs the stored payloads, usually with a fixed job: it
             # neither checks nor replaces the identity a resume is held to.
             info = replace(info, job=stored.job, config=stored.config)
-        elif stored is not None and not self._rollback_only:
-            if not self.opts.force_resume:
-                check_identity(self.run_id, stored.config, info.config)
-            if stored.status == "compensating" and self.opts.compensate is None:
-                raise ConfigError(
-                    f"run {self.run_id!r} was rolling back when it stopped; pass the same "
-                    "compensate= to finish the rollback (or call ab.rollback(undo, ...))"
-                )
-        prev = self._prev = await store.begin_run(info)
+        elif stored is not None and not self.opts.force_resume:
+            # The run keeps the identity it was made with (checked below).
+            kept: dict[str, Any] = {
+                f: stored.config[f] for f in ("key", "job") if f in stored.config
+            }
+            info = replace(info, config={**info.config, **kept})
+        self._lease = Lease(store, self.run_id)
+        prev = self._prev = await self._lease.begin(info)  # RunOwned first: it is the reason
+        if prev is not None and not redriving and not self._rollback_only:
+            try:
+                self._check_resume(prev)
+            except ConfigError:
+                # Refused: leave the run as it was (status, counts, report) and let it go.
+                await self._lease.end(prev.status, prev.counts, prev.report)
+                raise
         self.resumed = prev is not None
         if prev is not None:
             self._seq0 = await store.last_seq(self.run_id)
@@ -211,6 +221,16 @@ class Engine(Generic[R]):
         # New items wait while the writer falls behind (memory stays bounded).
         self._queue.watch(self._checkpointer)
 
+    def _check_resume(self, prev: RunInfo) -> None:
+        """Refuse a resume pairing stored outcomes with the wrong items, or dropping a rollback."""
+        if not self.opts.force_resume:
+            check_identity(self.run_id, prev.config, self._run_info().config)
+        if prev.status == "compensating" and self.opts.compensate is None:
+            raise ConfigError(
+                f"run {self.run_id!r} was rolling back when it stopped; pass the same "
+                "compensate= to finish the rollback (or call ab.rollback(undo, ...))"
+            )
+
     def result(self, duration: float, outcomes: list[JobOutcome[R]]) -> BatchResult[R]:
         """The `BatchResult` with these outcomes (the caller orders them)."""
         assert self._report is not None
@@ -226,6 +246,9 @@ class Engine(Generic[R]):
         """Commit what is pending, record how the run ended, deliver final events."""
         self.finished_at = time.time()
         cp = self._checkpointer
+        lease = self._lease
+        if lease is not None:
+            lease.stop()
         if cp is not None:
             cp.close()
             with anyio.move_on_after(60):
@@ -244,7 +267,7 @@ class Engine(Generic[R]):
             aborted=self._abort.report(),
         )
         counts = {s.value: n for s, n in self.counts.items()}
-        if self.store is not None:
+        if lease is not None:  # there is a store
             try:
                 await self._end_run(status, counts)
             except StoreError:
@@ -268,7 +291,8 @@ class Engine(Generic[R]):
                 report, counts=stored, dead_lettered=stored.get(JobStatus.DEAD_LETTERED.value, 0)
             )
             report = merge_reports(ErrorReport.from_dict(earlier), whole) if earlier else whole
-        await self.store.end_run(self.run_id, status, stored, report.to_dict())  # type: ignore[arg-type]
+        assert self._lease is not None
+        await self._lease.end(status, stored, report.to_dict())  # type: ignore[arg-type]
 
     async def _whole_run_counts(self) -> dict[str, int]:
         """Counts of every job of a resumed (or redriven) run, not just this invocation's.

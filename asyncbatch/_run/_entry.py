@@ -13,24 +13,30 @@ from typing import Any
 from asyncbatch._context import JobContext
 from asyncbatch._errors import ErrorKind, qualname
 from asyncbatch._result import AttemptRecord, JobOutcome, JobStatus
-from asyncbatch._store import JobRecord
+from asyncbatch._store import JobRecord, safe_repr
 from asyncbatch._store._codec import ResultCodec
 
 __all__ = ["Entry", "json_payload"]
 
 
 def json_payload(item: Any, key: str) -> tuple[Any, bool]:
-    """The item as JSON-safe payload, or its repr (with a warning) when it is not."""
+    """The item as JSON-safe payload, or a safe repr (with a warning) when it is not.
+
+    Never raises: an item nested deeper than the recursion limit (which
+    breaks `json` and `repr` alike) is kept as a short `safe_repr`, so it
+    fails only its own redrive, never the commit or the run.
+    """
     try:
         return json.loads(json.dumps(item)), False
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON-serialisable"
         warnings.warn(
-            f"asyncbatch: payload of job {key!r} is not JSON-serialisable; "
+            f"asyncbatch: payload of job {key!r} is {why}; "
             "the dead letter keeps its repr and cannot be redriven as is",
             RuntimeWarning,
             stacklevel=2,
         )
-        return repr(item), True
+        return safe_repr(item), True
 
 
 class Entry(JobContext):

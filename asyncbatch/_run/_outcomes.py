@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from asyncbatch._errors import CircuitOpen, DeadlineExceeded, ErrorKind, qualname
+from asyncbatch._errors import CircuitOpen, DeadlineExceeded, ErrorKind, qualname, tame_message
 from asyncbatch._observe._events import Event, JobDeadLettered, RetryScheduled
 from asyncbatch._observe._report_builder import ReportBuilder
 from asyncbatch._policy._budget import BudgetTracker
@@ -161,6 +161,7 @@ class Outcomes:
 
         Returns the kind and the retry delay (None when not retried).
         """
+        tame_message(exc)  # a message too deep to print must not crash the run
         now = time.time()
         if kind is None:
             kind = ErrorKind.TRANSIENT if isinstance(exc, DeadlineExceeded) else self.classify(exc)

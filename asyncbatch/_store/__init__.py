@@ -17,9 +17,10 @@ from urllib.parse import parse_qsl
 
 from asyncbatch._errors import ConfigError, StoreError
 
-from ._common import check_durability
+from ._common import check_durability, owning_here, safe_repr, storable_key, storable_text
 from ._memory import MemoryDeadLetterQueue, MemoryStore
 from ._protocol import (
+    DEFAULT_LEASE,
     DeadLetterQueue,
     FinishedJob,
     JobRecord,
@@ -31,6 +32,7 @@ from ._sqlite import SQLiteStore
 from ._sqlite_dlq import SQLiteDeadLetterQueue
 
 __all__ = [
+    "DEFAULT_LEASE",
     "DeadLetterQueue",
     "FinishedJob",
     "JobRecord",
@@ -43,6 +45,10 @@ __all__ = [
     "Store",
     "as_store",
     "open_store",
+    "owning_here",
+    "safe_repr",
+    "storable_key",
+    "storable_text",
 ]
 
 _FORMS = (

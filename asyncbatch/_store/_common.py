@@ -8,24 +8,32 @@ in-memory store behaves exactly like SQLite (a tuple comes back as a list).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
+import reprlib
+import socket
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
 import anyio
+import anyio.to_thread
 
-from asyncbatch._errors import ConfigError, ErrorKind
+from asyncbatch._errors import ConfigError, ErrorKind, RunOwned
 from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
 
 from ._codec import warn_unstorable
-from ._protocol import FinishedJob, JobRecord
+from ._protocol import DEFAULT_LEASE, FinishedJob, JobRecord
 
 __all__ = [
+    "DEFAULT_LEASE",
     "DLQ_STATUSES",
+    "EXPORT_PAGE",
     "FINISHED",
     "JOB_COLUMNS",
     "Clock",
@@ -34,6 +42,7 @@ __all__ = [
     "Durability",
     "JobRow",
     "check_durability",
+    "check_lease",
     "dead_letter",
     "decode",
     "encode",
@@ -45,6 +54,12 @@ __all__ = [
     "is_plain_success",
     "job_row",
     "merge_history",
+    "owner_is_gone",
+    "owning_here",
+    "safe_repr",
+    "storable_key",
+    "storable_record",
+    "storable_text",
     "success_row",
     "wall_clock",
     "zero_counts",
@@ -57,30 +72,92 @@ DLQ_STATUSES: tuple[DeadLetterStatus, ...] = ("dead", "redriven", "resolved")
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.COMPENSATED})
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 _loads = json.loads
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel = 4
+_short_repr.maxstring = _short_repr.maxother = 200
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogates)."""
+    if text.isascii():  # O(1) in CPython: the commonest case costs nothing
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode(value: Any) -> str | None:
     """``value`` as JSON text, or None when it cannot be (never raises).
 
     The executor already passes JSON-safe values; this only keeps a store
-    from crashing on one that slipped through (a set, an object, a cycle).
+    from crashing on one that slipped through (a set, an object, a cycle,
+    nesting deeper than the recursion limit, an int too long for `str`).
+    Text holding a lone surrogate (what `os.fsdecode` makes of a non-UTF-8
+    name) is not UTF-8 and a SQLite or PostgreSQL driver refuses it: such a
+    value is written with ASCII escapes (``"\\udcff"``), which `decode`
+    turns back into exactly the same string.
     """
-    if type(value) is int:  # the commonest result; str() is its exact JSON form
-        return str(value)
     try:
-        return _dumps(value)
+        if type(value) is int:  # the commonest result; str() is its exact JSON form
+            return str(value)
+        text = _dumps(value)
     except (TypeError, ValueError, RecursionError):
         return None
+    return text if text.isascii() or _utf8(text) else _dumps_ascii(value)
+
+
+def safe_repr(value: Any) -> str:
+    """The repr of ``value``, made safe to store: never raises, never recurses without bound.
+
+    Used for what cannot be stored as JSON. A value nested deeper than the
+    recursion limit (which breaks `repr` as it breaks `json`) gets a
+    `reprlib` summary of its first levels; one whose ``__repr__`` fails is
+    named by its type. Lone surrogates are escaped (`storable_text`).
+    """
+    try:
+        text = repr(value)
+    except RecursionError:
+        try:
+            text = _short_repr.repr(value)
+        except Exception:  # RecursionError too: a custom __repr__ deep inside
+            text = f"<{type(value).__name__} too deep to store>"
+    except Exception:
+        text = f"<{type(value).__name__} (repr failed)>"
+    return storable_text(text)
+
+
+def storable_text(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udcff`` escapes (UTF-8 writable).
+
+    For messages, tracebacks, error types and keys: readable, and applied on
+    every write and every lookup, so the same text always maps to the same
+    stored text (``storable_text(storable_text(t)) == storable_text(t)``).
+    """
+    if _utf8(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def storable_key(key: str) -> str:
+    """The job key as stored and looked up: `storable_text` (a key is made once, then kept)."""
+    return storable_text(key)
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else storable_text(value)
 
 
 def encode_payload(payload: Any, is_repr: bool) -> tuple[str | None, bool]:
-    """A job's payload as JSON text; its repr when it is not JSON-serialisable."""
+    """A job's payload as JSON text; a safe repr when it is not JSON-serialisable."""
     if payload is None:
         return None, is_repr
     text = encode(payload)
     if text is None:
-        return _dumps(repr(payload)), True
+        return _dumps(safe_repr(payload)), True
     return text, is_repr
 
 
@@ -95,7 +172,8 @@ def decode(text: str | None) -> Any:
 
 def encode_history(history: tuple[AttemptRecord, ...] | list[dict[str, Any]]) -> str:
     """Attempt history as a JSON array."""
-    return _dumps([a if isinstance(a, dict) else a.to_dict() for a in history])
+    text = encode([a if isinstance(a, dict) else a.to_dict() for a in history])
+    return "[]" if text is None else text
 
 
 def merge_history(old: str | None, new: tuple[AttemptRecord, ...]) -> str:
@@ -173,6 +251,33 @@ def finished_job(
         seq=seq,
         payload=decode(payload),
         index=index,
+    )
+
+
+def storable_record(r: JobRecord) -> JobRecord:
+    """``r`` with its key and texts UTF-8 writable (`storable_text`); ``r`` itself when they are.
+
+    Both stores apply it to every record they commit, so a lone surrogate in
+    one job's key, message or traceback is stored escaped instead of failing
+    the whole group's transaction. (Results and payloads are JSON: `encode`
+    escapes them losslessly.)
+    """
+    m, tb, et, ce = r.message, r.traceback, r.error_type, r.compensation_error
+    if (
+        r.key.isascii()
+        and (m is None or m.isascii())
+        and (tb is None or tb.isascii())
+        and (et is None or et.isascii())
+        and (ce is None or ce.isascii())
+    ):
+        return r
+    return replace(
+        r,
+        key=storable_key(r.key),
+        message=_text(m),
+        traceback=_text(tb),
+        error_type=_text(et),
+        compensation_error=_text(ce),
     )
 
 
@@ -296,15 +401,107 @@ class DeadLetterFilter:
         )
 
 
-async def export_jsonl(entries: list[DeadLetter], path: str | os.PathLike[str]) -> int:
-    """Write entries to ``path``, one `DeadLetter.to_dict` JSON object a line."""
-    lines = [json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in entries]
-    await anyio.Path(path).write_text("".join(lines), encoding="utf-8")
-    return len(lines)
+EXPORT_PAGE = 500
+"""Entries read per query while exporting: memory stays bounded by one page."""
+
+
+def _jsonl_line(entry: DeadLetter) -> str:
+    d = entry.to_dict()
+    text = json.dumps(d, ensure_ascii=False)
+    if not _utf8(text):  # a lone surrogate: escape it (json.loads gives it back exactly)
+        text = json.dumps(d)
+    return text + "\n"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS says it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+class _AtomicFile:
+    """A temporary file beside ``target`` that replaces it only once complete and synced."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        directory = os.path.dirname(os.path.abspath(target))
+        fd, self.temp = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp"
+        )
+        try:
+            try:
+                mode = os.stat(target).st_mode & 0o777  # replacing a file keeps its mode
+            except FileNotFoundError:
+                mode = 0o666 & ~_umask()  # what open(target, "w") would have made
+            os.fchmod(fd, mode)
+            self.file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.temp)
+            raise
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.temp, self.target)
+        try:  # make the rename itself durable
+            dir_fd = os.open(os.path.dirname(os.path.abspath(self.target)), os.O_RDONLY)
+        except OSError:  # pragma: no cover - a platform without directory fds
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:  # pragma: no cover - some filesystems refuse it
+            pass
+        finally:
+            os.close(dir_fd)
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp)
+
+
+async def export_jsonl(
+    pages: AsyncIterator[builtins.list[DeadLetter]], path: str | os.PathLike[str]
+) -> int:
+    """Write entries to ``path``, one `DeadLetter.to_dict` JSON object a line; returns how many.
+
+    Atomic and bounded: the lines go to a temporary file in the target's
+    directory, page by page as ``pages`` yields them, which is fsynced and
+    renamed over ``path`` only when complete. An export that fails or is
+    killed midway leaves ``path`` as it was (absent, or the previous export);
+    a killed one also leaves its hidden ``.NAME.*.tmp`` file beside it.
+    """
+    out = await anyio.to_thread.run_sync(_AtomicFile, os.fspath(path))
+    written = 0
+    try:
+        async for page in pages:
+            text = "".join(_jsonl_line(d) for d in page)
+            await anyio.to_thread.run_sync(out.file.write, text)
+            written += len(page)
+        await anyio.to_thread.run_sync(out.commit)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(out.discard)
+        raise
+    return written
 
 
 class DeadLetterQueueBase:
-    """The validated public DLQ API; a store implements the four queries below it."""
+    """The validated public DLQ API; a store implements the queries below it.
+
+    ``get``, ``mark_redriven``, ``_select`` (every match, oldest first),
+    ``_page`` (one page of matches after an id, for ``export``) and ``_delete``.
+    """
 
     async def list(
         self,
@@ -340,8 +537,29 @@ class DeadLetterQueueBase:
         """Write matching entries (filters as for `list`) to ``path`` as JSONL.
 
         One `DeadLetter.to_dict` object a line. Returns how many were written.
+        The file appears at ``path`` only complete (written to a temporary
+        file beside it, fsynced, renamed into place), and entries are read
+        `EXPORT_PAGE` at a time, so memory stays bounded however many there are.
         """
-        return await export_jsonl(await self._select(DeadLetterFilter.of("export", filters)), path)
+        f = DeadLetterFilter.of("export", filters)
+        return await export_jsonl(self._pages(f), path)
+
+    async def _pages(
+        self, f: DeadLetterFilter, size: int = EXPORT_PAGE
+    ) -> AsyncIterator[builtins.list[DeadLetter]]:
+        """The entries `list` would return, in pages of ``size`` (keyset pagination by id)."""
+        after: int | None = None
+        remaining = f.limit
+        while remaining is None or remaining > 0:
+            n = size if remaining is None else min(size, remaining)
+            page = await self._page(f, after, n)
+            if page:
+                yield page
+            if len(page) < n:
+                return
+            after = page[-1].id
+            if remaining is not None:
+                remaining -= len(page)
 
     async def purge(self, *, run_id: str | None = None, **filters: Any) -> int:
         """Delete the entries `list` would return for these filters; returns how many.
@@ -360,6 +578,12 @@ class DeadLetterQueueBase:
         raise NotImplementedError
 
     async def _select(self, f: DeadLetterFilter) -> builtins.list[DeadLetter]:
+        raise NotImplementedError
+
+    async def _page(
+        self, f: DeadLetterFilter, after: int | None, size: int
+    ) -> builtins.list[DeadLetter]:
+        """Up to ``size`` entries matching ``f`` (but its ``limit``) with id > ``after``, by id."""
         raise NotImplementedError
 
     async def _delete(self, f: DeadLetterFilter) -> int:
@@ -398,6 +622,73 @@ def dead_letter(
         status=status,  # type: ignore[arg-type]  # only DLQ_STATUSES are ever written
         created_at=created_at,
     )
+
+
+_OWNERS_HERE: set[str] = set()
+"""Owners of this process whose engine is still running (see `owning_here`)."""
+
+
+def owning_here(owner: str, running: bool) -> None:
+    """Note that an engine of THIS process starts (or stops) running as ``owner``.
+
+    An owner of this process that is not running any more (its engine ended
+    without releasing the lease: the store failed, say) is gone, exactly like
+    a killed process, and its run is taken over at once.
+    """
+    if running:
+        _OWNERS_HERE.add(owner)
+    else:
+        _OWNERS_HERE.discard(owner)
+
+
+def owner_is_gone(owner: str) -> bool:
+    """Whether ``owner`` (``host:pid:...``) is of THIS host and no longer runs.
+
+    Such an owner (killed, crashed) is taken over at once rather than after
+    its lease expires. An owner on another host, or whose pid answers (or
+    belongs to another user), counts as alive; one of this very process
+    as long as its engine runs (`owning_here`).
+    """
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process there
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return owner not in _OWNERS_HERE
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, someone else's
+        return False
+    return False
+
+
+def check_lease(
+    run_id: str,
+    *,
+    holder: str | None,
+    since: float | None,
+    heartbeat_at: float | None,
+    owner: str,
+    lease: float,
+    now: float,
+) -> None:
+    """Raise `RunOwned` unless ``owner`` may take the run (the rule every store applies).
+
+    The run may be taken when nobody holds it, ``owner`` already does, the
+    holder's last heartbeat is older than ``lease`` seconds, or the holder is
+    a process of this host that is gone (`owner_is_gone`).
+    """
+    if holder is None or holder == owner:
+        return
+    if heartbeat_at is None or heartbeat_at <= now - lease:
+        return
+    if owner_is_gone(holder):
+        return
+    raise RunOwned(run_id, holder, since)
 
 
 def wall_clock() -> float:

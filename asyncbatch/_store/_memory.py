@@ -7,11 +7,12 @@ and decoded on every read, so callers never share state with the store.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from asyncbatch._errors import StoreError, UnknownRun
+from asyncbatch._errors import RunOwned, StoreError, UnknownRun
 from asyncbatch._result import DeadLetter, JobStatus
 
 from ._common import (
@@ -21,6 +22,7 @@ from ._common import (
     DeadLetterQueueBase,
     JobRow,
     check_durability,
+    check_lease,
     dead_letter,
     decode,
     encode,
@@ -30,10 +32,12 @@ from ._common import (
     is_compensation,
     job_row,
     merge_history,
+    storable_record,
     wall_clock,
     zero_counts,
 )
 from ._protocol import (
+    DEFAULT_LEASE,
     DeadLetterQueue,
     FinishedJob,
     JobRecord,
@@ -61,6 +65,9 @@ class _Run:
     updated_at: float
     jobs: dict[str, JobRow]
     seq: int = 0
+    owner: str | None = None
+    owned_since: float | None = None
+    heartbeat_at: float | None = None
 
     def count_jobs(self) -> dict[str, int]:
         counts = zero_counts()
@@ -144,6 +151,19 @@ class MemoryDeadLetterQueue(DeadLetterQueueBase):
     async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
         return [d.value() for d in self._matching(f)]
 
+    async def _page(self, f: DeadLetterFilter, after: int | None, size: int) -> list[DeadLetter]:
+        dlq = self._store._dlq
+        ids = list(dlq)  # ascending: ids are handed out in order and never reused
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        page: list[DeadLetter] = []
+        for id_ in ids[start:]:
+            value = dlq[id_].value()
+            if f.matches(value):
+                page.append(value)
+                if len(page) == size:
+                    break
+        return page
+
     async def _delete(self, f: DeadLetterFilter) -> int:
         store = self._store
         doomed = self._matching(f)
@@ -213,14 +233,21 @@ class MemoryStore:
         except KeyError:
             raise UnknownRun(run_id) from None
 
-    async def begin_run(self, run: RunInfo) -> RunInfo | None:
-        """Create the run, or mark an existing one running again; returns the previous state."""
+    async def begin_run(
+        self, run: RunInfo, *, owner: str | None = None, lease: float = DEFAULT_LEASE
+    ) -> RunInfo | None:
+        """Create the run, or mark an existing one running again; returns the previous state.
+
+        With ``owner``, takes the run's lease or raises `RunOwned` (see
+        `Store.begin_run`): a second engine on a run of this store while the
+        first still runs it is refused.
+        """
         if self._closed:
             raise StoreError("the store is closed")
         now = self._clock()
         old = self._runs.get(run.run_id)
         if old is None:
-            self._runs[run.run_id] = _Run(
+            new = self._runs[run.run_id] = _Run(
                 run_id=run.run_id,
                 job=run.job,
                 status="running",
@@ -231,7 +258,25 @@ class MemoryStore:
                 updated_at=now,
                 jobs={},
             )
+            if owner is not None:
+                new.owner, new.owned_since, new.heartbeat_at = owner, now, now
             return None
+        if owner is not None:
+            check_lease(
+                run.run_id,
+                holder=old.owner,
+                since=old.owned_since,
+                heartbeat_at=old.heartbeat_at,
+                owner=owner,
+                lease=lease,
+                now=now,
+            )
+            for d in self._dlq.values():  # only a redrive that died leaves these
+                if d.run_id == run.run_id and d.status == "redriven":
+                    d.status, d.updated_at = "dead", now
+            if old.owner != owner:
+                old.owner, old.owned_since = owner, now
+            old.heartbeat_at = now
         before = old.info()
         old.status = "running"
         old.job = run.job or old.job
@@ -239,6 +284,13 @@ class MemoryStore:
             old.config = encode(run.config) or old.config
         old.updated_at = now
         return before
+
+    async def heartbeat(self, run_id: str, owner: str) -> None:
+        """Renew ``owner``'s lease on the run; raises `RunOwned` when it was lost."""
+        run = self._run(run_id)
+        if run.owner != owner:
+            raise RunOwned(run_id, run.owner or "nobody (the lease was released)", run.owned_since)
+        run.heartbeat_at = self._clock()
 
     async def commit(
         self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
@@ -250,6 +302,7 @@ class MemoryStore:
         runs = {r.run_id: self._run(r.run_id) for r in records}  # all-or-nothing: check first
         now = self._clock()
         for r in records:
+            r = storable_record(r)
             run = runs[r.run_id]
             old = run.jobs.get(r.key)
             if old is not None and is_compensation(r):
@@ -355,9 +408,15 @@ class MemoryStore:
         status: RunStatus,
         counts: dict[str, int],
         report: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
     ) -> None:
-        """Record how the run ended (and its report)."""
+        """Record how the run ended (and its report), releasing its lease; see `Store.end_run`."""
         run = self._run(run_id)
+        if owner is not None and run.owner is not None and run.owner != owner:
+            raise RunOwned(run_id, run.owner, run.owned_since)
+        if status != "compensating":  # a rollback goes on: it keeps the lease
+            run.owner = run.owned_since = run.heartbeat_at = None
         run.status = status
         run.counts = encode(counts) or "{}"
         run.report = encode(report) if report is not None else None

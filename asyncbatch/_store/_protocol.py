@@ -5,6 +5,15 @@ hands them every pending state change at once: `Store.commit` must apply a
 whole sequence in ONE transaction (group commit), and only return once it is
 durable to the run's ``durability`` level. Nothing here is SQLite-specific so
 a PostgreSQL store can implement the same protocol.
+
+Ownership: a run is run by one process at a time. The engine passes an
+``owner`` (``host:pid:token``) to `Store.begin_run`, which takes the run's
+lease in the same transaction that marks it running (or raises `RunOwned`);
+it renews the lease with `Store.heartbeat` every ``lease / 3`` seconds and
+releases it with `Store.end_run`. A store keeps three values per run for
+this: the owner, since when it has owned the run, and its last heartbeat
+(the SQLite store: columns ``owner``, ``owned_since``, ``heartbeat_at`` of
+``runs``); `_common.check_lease` is the rule for taking a run over.
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from asyncbatch._errors import ErrorKind
 from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobStatus
 
-__all__ = ["DeadLetterQueue", "FinishedJob", "JobRecord", "RunInfo", "Store"]
+__all__ = ["DEFAULT_LEASE", "DeadLetterQueue", "FinishedJob", "JobRecord", "RunInfo", "Store"]
+
+DEFAULT_LEASE = 15.0
+"""Seconds a run's owner may go without a heartbeat before another process may take it over."""
 
 RunStatus = Literal["running", "finished", "aborted", "compensating", "interrupted"]
 
@@ -142,7 +154,13 @@ class DeadLetterQueue(Protocol):
         ...
 
     async def export(self, path: str, **filters: Any) -> int:
-        """Write matching entries as JSONL to ``path``; returns how many."""
+        """Write matching entries as JSONL to ``path``; returns how many.
+
+        Atomic and bounded: written to a temporary file beside ``path``,
+        fsynced and renamed into place, reading entries a page at a time.
+        `_common.DeadLetterQueueBase` does this over a store's ``_page``
+        query (keyset pagination by id).
+        """
         ...
 
     async def purge(self, *, run_id: str | None = None, **filters: Any) -> int:
@@ -150,7 +168,14 @@ class DeadLetterQueue(Protocol):
         ...
 
     async def mark_redriven(self, ids: Sequence[int]) -> None:
-        """Set status ``"redriven"`` and bump ``redrive_count`` (redrive start)."""
+        """Set status ``"redriven"`` and bump ``redrive_count``.
+
+        `ab.redrive` does not call it: its entries stay ``"dead"`` until the
+        redriven job's outcome commits (``"resolved"``, or ``"dead"`` again
+        with ``redrive_count`` raised), so a redrive that dies strands none.
+        Entries left ``"redriven"`` go back to ``"dead"`` when a process
+        next takes the run (`Store.begin_run`).
+        """
         ...
 
 
@@ -161,10 +186,35 @@ class Store(Protocol):
     url: str
     dlq: DeadLetterQueue
 
-    async def begin_run(self, run: RunInfo) -> RunInfo | None:
+    async def begin_run(
+        self, run: RunInfo, *, owner: str | None = None, lease: float = DEFAULT_LEASE
+    ) -> RunInfo | None:
         """Create the run, or mark an existing one running again.
 
+        With ``owner``, also take the run's lease in the SAME transaction:
+        record ``owner``, since-when (now, unless it already owned the run)
+        and a heartbeat (now). The run is refused with `RunOwned` (and
+        nothing changes) while another owner holds a fresh lease: its last
+        heartbeat newer than ``now - lease``, and not a process of this host
+        that is gone (see `_common.check_lease`). Taking a run also puts its
+        DLQ entries left ``"redriven"`` (by a redrive that died) back to
+        ``"dead"``, so they can be redriven again. ``owner=None`` takes no
+        lease and checks none (tools that inspect or repair a store).
+
         Returns the stored `RunInfo` as it was before (None for a new run).
+
+        Raises:
+            RunOwned: another live owner holds the run.
+        """
+        ...
+
+    async def heartbeat(self, run_id: str, owner: str) -> None:
+        """Renew ``owner``'s lease on the run (its heartbeat becomes now).
+
+        Raises:
+            RunOwned: the run is now owned by someone else (the lease was
+                lost: it went stale and another process took the run over).
+            UnknownRun: no such run.
         """
         ...
 
@@ -201,8 +251,21 @@ class Store(Protocol):
         status: RunStatus,
         counts: dict[str, int],
         report: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
     ) -> None:
-        """Record how the run ended (and its report, JSON-safe)."""
+        """Record how the run ended (and its report, JSON-safe), releasing its lease.
+
+        The lease is released (owner cleared) in the same transaction,
+        except with status ``"compensating"``: the run is rolling back, not
+        over, and its owner keeps it (and heartbeats) until it ends. With
+        ``owner``, only that owner may end the run: if another owner holds
+        it, nothing changes and `RunOwned` is raised.
+
+        Raises:
+            RunOwned: ``owner`` was given and another owner holds the run.
+            UnknownRun: no such run.
+        """
         ...
 
     async def get_run(self, run_id: str) -> RunInfo:

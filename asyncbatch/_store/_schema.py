@@ -79,6 +79,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX dlq_run_status ON dlq (run_id, status)",
         "CREATE INDEX dlq_run_key ON dlq (run_id, key)",
     ),
+    # 2: run ownership: the lease of the one process running the run.
+    (
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN owned_since REAL",
+        "ALTER TABLE runs ADD COLUMN heartbeat_at REAL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 import anyio.to_thread
 
-from asyncbatch._errors import ConfigError, StoreError, UnknownRun
+from asyncbatch._errors import ConfigError, RunOwned, StoreError, UnknownRun
 from asyncbatch._result import JobStatus
 
 from ._common import (
@@ -36,6 +36,7 @@ from ._common import (
     Clock,
     JobRow,
     check_durability,
+    check_lease,
     decode,
     encode,
     encode_history,
@@ -45,11 +46,13 @@ from ._common import (
     is_plain_success,
     job_row,
     merge_history,
+    storable_record,
     success_row,
     wall_clock,
     zero_counts,
 )
 from ._protocol import (
+    DEFAULT_LEASE,
     DeadLetterQueue,
     FinishedJob,
     JobRecord,
@@ -78,6 +81,7 @@ _FINISHED_SQL = ", ".join(f"'{s.value}'" for s in FINISHED)
 _RUN_COLUMNS = "id, job, status, config, counts, report, created_at, updated_at"
 _JOB_COLUMNS = "key, status, result, has_result, attempts, seq, payload, idx"  # finished_job's
 _LOOKUP_COLUMNS = "key, status, result, has_result, attempts, seq, NULL, idx"  # ... no payload
+_RELEASE = ", owner = NULL, owned_since = NULL, heartbeat_at = NULL"
 _CHUNK = 500  # bound variables per IN (...) query, far below SQLite's limit
 _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
 
@@ -350,8 +354,15 @@ class SQLiteStore:
             live = (await self._live_counts("run_id = ?", (run_id,))).get(run_id, zero_counts())
         return self._run_info(rows[0], live)
 
-    async def begin_run(self, run: RunInfo) -> RunInfo | None:
-        """Create the run, or mark an existing one running again; returns the previous state."""
+    async def begin_run(
+        self, run: RunInfo, *, owner: str | None = None, lease: float = DEFAULT_LEASE
+    ) -> RunInfo | None:
+        """Create the run, or mark an existing one running again; returns the previous state.
+
+        With ``owner``, takes the run's lease in the same ``BEGIN IMMEDIATE``
+        transaction (so two processes cannot both take it), or raises
+        `RunOwned`; see `Store.begin_run`.
+        """
 
         async def body() -> RunInfo | None:
             now = self._clock()
@@ -363,14 +374,65 @@ class SQLiteStore:
                      run.created_at or now, now),
                 )  # fmt: skip
             else:
+                if owner is not None:
+                    (holder, since, beat), *_ = await self._db.execute_fetchall(
+                        "SELECT owner, owned_since, heartbeat_at FROM runs WHERE id = ?",
+                        (run.run_id,),
+                    )
+                    check_lease(
+                        run.run_id,
+                        holder=holder,
+                        since=since,
+                        heartbeat_at=beat,
+                        owner=owner,
+                        lease=lease,
+                        now=now,
+                    )
+                    # Only a redrive that died leaves entries "redriven" (see mark_redriven).
+                    await self._db.execute(
+                        "UPDATE dlq SET status = 'dead', updated_at = ? "
+                        "WHERE run_id = ? AND status = 'redriven'",
+                        (now, run.run_id),
+                    )
+                    self._cache.pop(run.run_id, None)
                 await self._db.execute(
                     "UPDATE runs SET status = 'running', job = ?, config = ?, updated_at = ? "
                     "WHERE id = ?",
                     (run.job or old.job, encode(run.config or old.config) or "{}", now, run.run_id),
                 )
+            if owner is not None:
+                await self._db.execute(
+                    "UPDATE runs SET owned_since = CASE WHEN owner IS ? THEN owned_since ELSE ? "
+                    "END, owner = ?, heartbeat_at = ? WHERE id = ?",
+                    (owner, now, owner, now, run.run_id),
+                )
             return old
 
         return await self._transaction(body)
+
+    async def _holder(self, run_id: str) -> tuple[str | None, float | None]:
+        rows = list(
+            await self._db.execute_fetchall(
+                "SELECT owner, owned_since FROM runs WHERE id = ?", (run_id,)
+            )
+        )
+        if not rows:
+            raise UnknownRun(run_id)
+        return rows[0][0], rows[0][1]
+
+    async def heartbeat(self, run_id: str, owner: str) -> None:
+        """Renew ``owner``'s lease on the run; raises `RunOwned` when it was lost."""
+
+        async def body() -> None:
+            cursor = await self._db.execute(
+                "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND owner = ?",
+                (self._clock(), run_id, owner),
+            )
+            if cursor.rowcount == 0:
+                holder, since = await self._holder(run_id)
+                raise RunOwned(run_id, holder or "nobody (the lease was released)", since)
+
+        await self._transaction(body)
 
     async def end_run(
         self,
@@ -378,12 +440,20 @@ class SQLiteStore:
         status: RunStatus,
         counts: dict[str, int],
         report: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
     ) -> None:
-        """Record how the run ended (and its report)."""
+        """Record how the run ended (and its report), releasing its lease; see `Store.end_run`."""
 
         async def body() -> None:
+            if owner is not None:
+                holder, since = await self._holder(run_id)
+                if holder is not None and holder != owner:
+                    raise RunOwned(run_id, holder, since)
+            release = "" if status == "compensating" else _RELEASE
             cursor = await self._db.execute(
-                "UPDATE runs SET status = ?, counts = ?, report = ?, updated_at = ? WHERE id = ?",
+                f"UPDATE runs SET status = ?, counts = ?, report = ?, updated_at = ?{release} "
+                "WHERE id = ?",
                 (status, encode(counts) or "{}", None if report is None else encode(report),
                  self._clock(), run_id),
             )  # fmt: skip
@@ -505,6 +575,7 @@ class SQLiteStore:
         by_id: list[tuple[float, int]] = []
         by_key: list[tuple[float, str, str]] = []
         for r in records:
+            r = storable_record(r)
             cache = caches[r.run_id]
             cache.seq += 1
             status = r.status

@@ -48,7 +48,7 @@ class SQLiteDeadLetterQueue(DeadLetterQueueBase):
         self._clock = clock
 
     @staticmethod
-    def _where(f: DeadLetterFilter) -> tuple[str, list[Any]]:
+    def _clauses(f: DeadLetterFilter) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("run_id", f.run_id), ("kind", f.kind), ("status", f.status)):
@@ -64,6 +64,11 @@ class SQLiteDeadLetterQueue(DeadLetterQueueBase):
         if f.until is not None:
             clauses.append("created_at < ?")
             params.append(f.until)
+        return clauses, params
+
+    @classmethod
+    def _where(cls, f: DeadLetterFilter) -> tuple[str, list[Any]]:
+        clauses, params = cls._clauses(f)
         sql = (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
         if f.limit is not None:
             sql += " LIMIT ?"
@@ -73,6 +78,17 @@ class SQLiteDeadLetterQueue(DeadLetterQueueBase):
     async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
         where, params = self._where(f)
         rows = await self._read(f"SELECT {DLQ_COLUMNS} FROM dlq{where}", params)
+        return [self._value(row) for row in rows]
+
+    async def _page(self, f: DeadLetterFilter, after: int | None, size: int) -> list[DeadLetter]:
+        clauses, params = self._clauses(f)
+        if after is not None:  # keyset pagination: the primary key, never OFFSET
+            clauses.append("id > ?")
+            params.append(after)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        rows = await self._read(
+            f"SELECT {DLQ_COLUMNS} FROM dlq{where} ORDER BY id LIMIT ?", [*params, size]
+        )
         return [self._value(row) for row in rows]
 
     @staticmethod
