@@ -114,3 +114,21 @@ def pg_url(pg_server: str) -> Iterator[str]:
         yield with_schema(pg_server, schema)
     finally:
         drop_schema(pg_server, schema)
+
+
+@pytest.fixture(scope="module")
+def pg_temp_server() -> Iterator[Any]:
+    """A private PostgreSQL server (tests/pg_server.py) that a test may restart or stop."""
+    from pg_server import TempServer, find_binaries
+
+    bindir = find_binaries()
+    if bindir is None:
+        message = "PostgreSQL is not installed here (no initdb/pg_ctl): apt-get install postgresql"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    server = TempServer(bindir)
+    try:
+        yield server
+    finally:
+        server.close()

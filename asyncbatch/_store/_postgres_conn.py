@@ -54,6 +54,20 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT) and not isinstance(exc, asyncpg.QueryCanceledError)
 
 
+def _closed(conn: asyncpg.Connection) -> bool:
+    """Whether a body failed because its connection went away.
+
+    A server that terminates its backends (a restart) can leave asyncpg's
+    protocol mid-operation, so the failure surfaces as some other error
+    (``InternalClientError``, "another operation is in progress"); the
+    connection being closed says what it really was.
+    """
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool already released the dead connection
+        return True
+
+
 def _connect_error(target: PostgresTarget, exc: BaseException) -> StoreError:
     """Why a first connection failed, and what to do about it, in one line."""
     where = target.where
@@ -72,6 +86,16 @@ def _connect_error(target: PostgresTarget, exc: BaseException) -> StoreError:
     return StoreError(f"cannot connect to PostgreSQL at {where}: {text} ({hint})")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own rollback of a transaction.
+
+    The default also runs ``RESET ALL; UNLISTEN *; ...``: a round trip per
+    store call, for session state the store never changes (no SET, no LISTEN,
+    only transaction-level advisory locks). Settings given at connect
+    (search_path, synchronous_commit) are the session's defaults anyway.
+    """
+
+
 async def connect(
     target: PostgresTarget, *, max_size: int, server_settings: Mapping[str, str]
 ) -> asyncpg.Pool:
@@ -87,6 +111,7 @@ async def connect(
             max_size=max_size,
             timeout=10.0,
             server_settings=dict(server_settings),
+            reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _connect_error(target, exc) from exc
@@ -118,8 +143,24 @@ class Connector:
         """``body`` in one transaction: committed as a whole or not at all."""
 
         async def in_transaction(conn: asyncpg.Connection) -> T:
-            async with conn.transaction():
-                return await body(conn)
+            # Not `async with conn.transaction()`: when the connection died
+            # mid-body its ROLLBACK fails with an error of its own, which would
+            # hide the lost connection (the error that makes us retry).
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                result = await body(conn)
+            except BaseException:
+                try:
+                    await transaction.rollback()
+                except Exception:
+                    try:
+                        conn.terminate()  # broken: the pool replaces it
+                    except asyncpg.InterfaceError:
+                        pass  # the pool has already let go of it
+                raise
+            await transaction.commit()
+            return result
 
         return await self._retrying(in_transaction)
 
@@ -131,11 +172,16 @@ class Connector:
         deadline: float | None = None
         delay = _FIRST_DELAY
         while True:
+            lost = False
             try:
                 async with self._pool.acquire() as conn:
-                    return await body(conn)
+                    try:
+                        return await body(conn)
+                    except Exception:
+                        lost = _closed(conn)
+                        raise
             except Exception as exc:
-                if not _is_transient(exc):
+                if not (lost or _is_transient(exc)):
                     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                         raise StoreError(
                             f"PostgreSQL store {self._target.url}: {one_line(exc)}"
