@@ -131,8 +131,11 @@ def test_crash_during_rollback_resumes_the_rollback_not_the_batch(tmp_path: Path
     asyncio.run(check())
 
 
-async def test_rollback_on_request_undoes_a_finished_run(tmp_path: Path) -> None:
-    db = str(tmp_path / "r.db")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_rollback_on_request_undoes_a_finished_run(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    db = str(tmp_path / "r.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
     undone: list[int] = []
 
     async def job(x: int) -> int:
