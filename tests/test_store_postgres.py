@@ -177,6 +177,22 @@ async def test_a_group_commit_is_a_few_statements_whatever_its_size(
     assert len(await store.jobs("r1")) == 2001
 
 
+async def test_a_fresh_run_whose_job_has_a_row_after_all_is_upserted(
+    store: PostgresStore,
+) -> None:
+    # r1 was created by this store: plain successes go in by plain INSERT...
+    assert "r1" in store._fresh
+    await store.commit([JobRecord(run_id="r1", key="a", status=JobStatus.CANCELLED)])
+    await store.commit([ok("b")])
+    # ...until one conflicts: the commit is redone whole with the upsert.
+    await store.commit([ok("a"), ok("c")])
+
+    assert "r1" not in store._fresh
+    assert [(j.key, j.status) for j in await store.jobs("r1")] == [("b", S), ("a", S), ("c", S)]
+    await store.begin_run(RunInfo(run_id="r1"))  # a resumed run is never taken for fresh
+    assert "r1" not in store._fresh
+
+
 async def test_a_cancelled_commit_still_lands_whole(store: PostgresStore) -> None:
     task = asyncio.create_task(store.commit([ok(str(i)) for i in range(3000)]))
     await asyncio.sleep(0)

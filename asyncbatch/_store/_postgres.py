@@ -48,7 +48,9 @@ from ._common import (
     encode_payload,
     finished_job,
     is_compensation,
+    is_plain_success,
     job_row,
+    success_row,
     wall_clock,
     zero_counts,
 )
@@ -90,14 +92,33 @@ class _Segment:
     and its compensation) land in the order they were made.
     """
 
-    jobs: list[JobRow] = field(default_factory=list)
+    jobs: list[JobRecord] = field(default_factory=list)
     compensations: list[JobRow] = field(default_factory=list)
     dead: list[JobRecord] = field(default_factory=list)
     resolve_ids: list[int] = field(default_factory=list)
     resolve_keys: list[tuple[str, str]] = field(default_factory=list)
+    plain: bool = True
+    """Every job record is a plain success (see `is_plain_success`)."""
+    upsert: tuple[str, list[Any]] = ("", [])
+    """The statement writing ``jobs`` and its parameters (see `_Segment.seal`)."""
+    run_id: str | None = None
+    """The run of every job record, when they are all plain successes of one run."""
+
+    def seal(self, now: float) -> None:
+        """Choose and build the jobs statement: `job_success` when it can, else `job_upsert`."""
+        if not self.jobs:
+            return
+        runs = {r.run_id for r in self.jobs}
+        if self.plain and len(runs) == 1:
+            self.run_id = runs.pop()
+            columns = list(zip(*(success_row(r, 0, now) for r in self.jobs), strict=True))
+            self.upsert = (Q.job_success, [self.run_id, *columns[1:6], now])
+        else:
+            self.upsert = (Q.job_upsert, [*_columns([job_row(r, 0, now) for r in self.jobs]), now])
 
 
 def _segments(records: Sequence[JobRecord], now: float) -> list[_Segment]:
+    """The records split into segments, every statement's parameters built (once, for retries)."""
     segments = [_Segment()]
     seen: set[tuple[str, str]] = set()
     for r in records:
@@ -107,11 +128,12 @@ def _segments(records: Sequence[JobRecord], now: float) -> list[_Segment]:
             seen.clear()
         seen.add(job)
         seg = segments[-1]
-        row = job_row(r, 0, now)
         if is_compensation(r):
-            seg.compensations.append(row)
+            seg.compensations.append(job_row(r, 0, now))
             continue
-        seg.jobs.append(row)
+        seg.jobs.append(r)
+        if seg.plain and not is_plain_success(r):
+            seg.plain = False
         if r.status is _DEAD:
             seg.dead.append(r)
         elif r.status is _SUCCEEDED:
@@ -119,6 +141,8 @@ def _segments(records: Sequence[JobRecord], now: float) -> list[_Segment]:
                 seg.resolve_ids.append(r.redrive_of)
             else:
                 seg.resolve_keys.append(job)
+    for seg in segments:
+        seg.seal(now)
     return segments
 
 
@@ -143,6 +167,10 @@ def _dead_columns(dead: list[JobRecord]) -> list[Any]:
         [r.traceback for r in dead],
         [encode_history(r.history) for r in dead],
     ]
+
+
+class _Redo(Exception):
+    """A fresh run's job already had a row: roll back and commit again with the upsert."""
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -170,6 +198,8 @@ class PostgresStore:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._touched: dict[str, float] = {}
+        self._fresh: set[str] = set()
+        """Runs this store created: their jobs have no rows yet (see `job_insert`)."""
         self._forgotten = time.monotonic()
         self._closed = False
         self.dlq: DeadLetterQueue = PostgresDeadLetterQueue(self)
@@ -347,7 +377,9 @@ class PostgresStore:
                     Q.run_insert, run.run_id, run.job, encode(run.config) or "{}",
                     encode(run.counts) or "{}", run.created_at or now, now,
                 )  # fmt: skip
+                self._fresh.add(run.run_id)
                 return None
+            self._fresh.discard(run.run_id)
             old = await self._with_live(conn, row)
             await conn.execute(
                 Q.run_restart, run.run_id, run.job or old.job,
@@ -447,7 +479,10 @@ class PostgresStore:
         segments = _segments(records, now)
         run_ids = list({r.run_id: None for r in records})
         token = uuid.uuid4().hex
-        await self._write(lambda conn: self._apply(conn, token, run_ids, segments, now))
+        try:
+            await self._write(lambda conn: self._apply(conn, token, run_ids, segments, now))
+        except _Redo:  # rolled back whole; the run is no longer taken for fresh
+            await self._write(lambda conn: self._apply(conn, token, run_ids, segments, now))
 
     async def _apply(
         self,
@@ -458,23 +493,32 @@ class PostgresStore:
         now: float,
     ) -> None:
         """The group commit's statements, inside its transaction (see postgres_queries.sql)."""
-        fresh, missing = await conn.fetchrow(Q.commit_begin, token, run_ids)
+        fresh, missing, open_runs = await conn.fetchrow(Q.commit_begin, token, run_ids)
         if missing:
             raise UnknownRun(missing[0])
         if not fresh:
             return  # an earlier attempt of this very commit landed before its connection died
         for seg in segments:
-            if seg.jobs:
-                await conn.execute(Q.job_upsert, *_columns(seg.jobs), now)
+            if seg.run_id is not None and seg.run_id in self._fresh:
+                try:
+                    await conn.execute(Q.job_insert, *seg.upsert[1])
+                except asyncpg.UniqueViolationError:
+                    self._fresh.discard(seg.run_id)
+                    raise _Redo from None
+            elif seg.jobs:
+                await conn.execute(seg.upsert[0], *seg.upsert[1])
             if seg.compensations:
                 await conn.execute(Q.job_compensate, *_columns(seg.compensations), now)
             if seg.dead:
                 await conn.execute(Q.dlq_dead, *_dead_columns(seg.dead), now)
             if seg.resolve_ids:
                 await conn.execute(Q.dlq_resolve_by_id, seg.resolve_ids, now)
-            if seg.resolve_keys:
-                runs, keys = zip(*seg.resolve_keys, strict=True)
+            resolve = [k for k in seg.resolve_keys if k[0] in open_runs] if open_runs else ()
+            if resolve:
+                runs, keys = zip(*resolve, strict=True)
                 await conn.execute(Q.dlq_resolve_by_key, runs, keys, now)
+            if seg.dead:  # their entries are open now: a success later in this commit resolves
+                open_runs = [*open_runs, *(r.run_id for r in seg.dead)]
         # A run's updated_at says "still making progress": once a second is enough.
         stale = [r for r in run_ids if now - self._touched.get(r, float("-inf")) >= 1.0]
         if stale:

@@ -45,6 +45,8 @@ class Queries:
     jobs_in_order: str
     commit_begin: str
     job_upsert: str
+    job_success: str
+    job_insert: str
     job_compensate: str
     dlq_dead: str
     dlq_resolve_by_id: str
