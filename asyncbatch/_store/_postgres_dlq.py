@@ -7,6 +7,7 @@ changes go through the store's writer, so they never interleave with a commit.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +59,9 @@ class PostgresDeadLetterQueue(DeadLetterQueueBase):
     async def mark_redriven(self, ids: Sequence[int]) -> None:
         """Set status ``"redriven"`` and bump ``redrive_count`` (unknown ids are ignored)."""
         now = self._store._clock()
+        token = uuid.uuid4().hex
 
         async def body(conn: asyncpg.Connection) -> None:
-            await conn.execute(QUERIES.dlq_mark_redriven, list(ids), now)
+            await conn.execute(QUERIES.dlq_mark_redriven, list(ids), now, token)
 
         await self._store._write(body)

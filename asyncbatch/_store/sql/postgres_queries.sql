@@ -282,6 +282,11 @@ SELECT id, run_id, key, payload, payload_is_repr, kind, error_type, message, tra
 FROM dlq WHERE id = $1
 
 -- name: dlq_mark_redriven
--- redrive() starts: the entries leave "dead" (unknown ids are ignored).
+-- redrive() starts: the entries leave "dead" (unknown ids are ignored). Like
+-- a group commit it claims a token ($3) in the same transaction, so a retry
+-- after a lost connection does not count the redrive twice.
+WITH token AS (
+    INSERT INTO commits (token) VALUES ($3) ON CONFLICT DO NOTHING RETURNING 1
+)
 UPDATE dlq SET status = 'redriven', redrive_count = redrive_count + 1, updated_at = $2
-WHERE id = ANY($1::bigint[])
+WHERE id = ANY($1::bigint[]) AND EXISTS (SELECT 1 FROM token)
