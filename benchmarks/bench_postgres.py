@@ -156,7 +156,8 @@ async def single_rate(url: str, n: int) -> float:
 async def measure(server: str, n: int, singles: int, repeat: int) -> dict[str, float]:
     schemas = Schemas(server)
     best: dict[str, float] = {}
-    tmp = tempfile.mkdtemp(prefix="ab-bench-pg-")
+    tmpdir = tempfile.TemporaryDirectory(prefix="ab-bench-pg-")
+    tmp = tmpdir.name
     try:
         for attempt in range(repeat):
             rates = {
@@ -170,6 +171,7 @@ async def measure(server: str, n: int, singles: int, repeat: int) -> dict[str, f
                 best[name] = max(best.get(name, 0.0), rate)
     finally:
         await schemas.drop_all()
+        tmpdir.cleanup()
     return best
 
 
