@@ -640,3 +640,12 @@ def test_an_unusable_postgresql_store_is_one_line(
     url = url.format(server=pg_server.rsplit("/", 1)[0])
     for args in (("runs",), ("report", "r1"), ("dlq", "list")):
         assert expected in assert_one_error_line(invoke(*args, "--db", url))
+
+
+def test_a_wrong_postgresql_password_is_one_line_without_the_password(
+    jobs: str, pg_temp_server: Any
+) -> None:
+    url = pg_temp_server.url.replace(":s3cret@", ":not-it@")
+    line = assert_one_error_line(invoke("runs", "--db", url))
+    assert "password authentication failed" in line
+    assert "not-it" not in line
