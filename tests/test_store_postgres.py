@@ -158,6 +158,24 @@ async def test_a_retried_commit_that_had_landed_is_not_applied_twice(
     assert [j.key for j in await store.jobs("r1")] == ["a", "b"]
 
 
+def test_the_fast_plan_of_plain_successes_equals_the_general_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = [ok(str(i)) for i in range(50)]
+    (fast,) = _postgres._segments(records, 7.0)
+    monkeypatch.setattr(_postgres, "_plain_segment", lambda records, now: None)
+    (general,) = _postgres._segments(records, 7.0)
+
+    def plain(seg: Any) -> Any:
+        return (seg.upsert[0], [list(p) if isinstance(p, list | tuple) else p
+                                for p in seg.upsert[1]], seg.resolve_keys, seg.run_id)  # fmt: skip
+
+    assert plain(fast) == plain(general)
+    assert fast.upsert[0] is _postgres_sql.QUERIES.job_success
+    assert _postgres._plain_segment([*records, ok("1")], 7.0) is None  # a job twice
+    assert _postgres._plain_segment([*records, dead("x")], 7.0) is None
+
+
 async def test_a_group_commit_is_a_few_statements_whatever_its_size(
     store: PostgresStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
