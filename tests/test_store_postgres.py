@@ -21,7 +21,7 @@ from asyncbatch._store import JobRecord, RunInfo, open_store
 
 asyncpg = pytest.importorskip("asyncpg")
 
-from asyncbatch._store import _postgres, _postgres_sql  # noqa: E402 - needs asyncpg
+from asyncbatch._store import _postgres, _postgres_plan, _postgres_sql  # noqa: E402 - asyncpg
 from asyncbatch._store._postgres import PostgresStore  # noqa: E402
 
 S = JobStatus.SUCCEEDED
@@ -149,7 +149,7 @@ async def test_a_retried_commit_that_had_landed_is_not_applied_twice(
     store: PostgresStore,
 ) -> None:
     # What a COMMIT whose reply was lost looks like: the same commit, applied again.
-    segments = _postgres._segments([dead("a"), ok("b")], 5.0)
+    segments = _postgres_plan.plan([dead("a"), ok("b")], 5.0)
     for _ in range(2):
         await store._write(lambda c: store._apply(c, "token-1", ["r1"], segments, 5.0))
 
@@ -162,9 +162,9 @@ def test_the_fast_plan_of_plain_successes_equals_the_general_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     records = [ok(str(i)) for i in range(50)]
-    (fast,) = _postgres._segments(records, 7.0)
-    monkeypatch.setattr(_postgres, "_plain_segment", lambda records, now: None)
-    (general,) = _postgres._segments(records, 7.0)
+    (fast,) = _postgres_plan.plan(records, 7.0)
+    monkeypatch.setattr(_postgres_plan, "plain_segment", lambda records, now: None)
+    (general,) = _postgres_plan.plan(records, 7.0)
 
     def plain(seg: Any) -> Any:
         return (seg.upsert[0], [list(p) if isinstance(p, list | tuple) else p
@@ -172,8 +172,8 @@ def test_the_fast_plan_of_plain_successes_equals_the_general_one(
 
     assert plain(fast) == plain(general)
     assert fast.upsert[0] is _postgres_sql.QUERIES.job_success
-    assert _postgres._plain_segment([*records, ok("1")], 7.0) is None  # a job twice
-    assert _postgres._plain_segment([*records, dead("x")], 7.0) is None
+    assert _postgres_plan.plain_segment([*records, ok("1")], 7.0) is None  # a job twice
+    assert _postgres_plan.plain_segment([*records, dead("x")], 7.0) is None
 
 
 async def test_a_group_commit_is_a_few_statements_whatever_its_size(

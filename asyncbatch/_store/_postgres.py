@@ -3,7 +3,8 @@
 The same `Store` protocol, semantics and DLQ API as `SQLiteStore` (one test
 suite runs against memory, SQLite and PostgreSQL). Every statement is in
 ``sql/postgres_queries.sql``, the schema's migration steps in
-``sql/postgres_schema.sql``; this module decides which to run, with what.
+``sql/postgres_schema.sql``; this module decides which to run, with the
+parameters `_postgres_plan` builds.
 
 The hot path is `PostgresStore.commit`: every pending record of a flush goes
 into ONE transaction of set-based statements (``INSERT ... SELECT FROM
@@ -25,38 +26,29 @@ transaction commits or rolls back, and `aclose` waits for it.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import asyncpg
 
 from asyncbatch._errors import StoreError, UnknownRun
-from asyncbatch._result import JobStatus
 
 from ._common import (
     FINISHED,
     Clock,
-    JobRow,
     check_durability,
     decode,
     encode,
-    encode_history,
-    encode_payload,
     finished_job,
-    is_compensation,
-    is_plain_success,
-    job_row,
-    success_row,
     wall_clock,
     zero_counts,
 )
 from ._postgres_conn import Connector, connect
 from ._postgres_dlq import PostgresDeadLetterQueue
+from ._postgres_plan import Segment, columns, dead_columns, plan
 from ._postgres_sql import MIGRATIONS, QUERIES, SCHEMA_VERSION, quote_ident
 from ._postgres_url import PostgresTarget, parse_postgres_url
 from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus
@@ -67,10 +59,6 @@ T = TypeVar("T")
 Q = QUERIES
 
 _FINISHED = [s.value for s in FINISHED]
-_SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
-# The job_row columns job_upsert/job_compensate take as arrays, in their order
-# (seq is the sequence's, has_result is computed, updated_at is one value).
-_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 14)
 _FORGET_EVERY = 600.0  # seconds between deletions of old commit tokens
 
 
@@ -81,130 +69,6 @@ def _version() -> str:
         return version("asyncbatch")
     except PackageNotFoundError:  # running from a source tree
         return "unknown"
-
-
-@dataclass(slots=True)
-class _Segment:
-    """A stretch of a commit's records in which no job appears twice.
-
-    Each statement of the group commit then touches every row at most once
-    (``ON CONFLICT DO UPDATE`` may not update one row twice); segments are
-    applied in order, so several changes to one job in one flush (a success
-    and its compensation) land in the order they were made.
-    """
-
-    jobs: list[JobRecord] = field(default_factory=list)
-    compensations: list[JobRow] = field(default_factory=list)
-    dead: list[JobRecord] = field(default_factory=list)
-    resolve_ids: list[int] = field(default_factory=list)
-    resolve_keys: list[tuple[str, str]] = field(default_factory=list)
-    plain: bool = True
-    """Every job record is a plain success (see `is_plain_success`)."""
-    upsert: tuple[str, list[Any]] = ("", [])
-    """The statement writing ``jobs`` and its parameters (see `_Segment.seal`)."""
-    run_id: str | None = None
-    """The run of every job record, when they are all plain successes of one run."""
-
-    def seal(self, now: float) -> None:
-        """Choose and build the jobs statement: `job_success` when it can, else `job_upsert`."""
-        if not self.jobs:
-            return
-        runs = {r.run_id for r in self.jobs}
-        if self.plain and len(runs) == 1:
-            self.run_id = runs.pop()
-            columns = list(zip(*(success_row(r, 0, now) for r in self.jobs), strict=True))
-            self.upsert = (Q.job_success, [self.run_id, *columns[1:6], now])
-        else:
-            self.upsert = (Q.job_upsert, [*_columns([job_row(r, 0, now) for r in self.jobs]), now])
-
-
-def _plain_segment(records: Sequence[JobRecord], now: float) -> _Segment | None:
-    """The commonest flush, built fast: plain successes of one run, each job once; else None.
-
-    It runs on the event loop between two groups of jobs, so it matters: it
-    takes under a third of the general loop's time (0.4 instead of 1.3 µs a
-    record, measured on 4,000-record groups).
-    """
-    run_id = records[0].run_id
-    for r in records:
-        if (
-            r.status is not _SUCCEEDED
-            or r.run_id != run_id
-            or r.redrive_of is not None
-            or r.payload is not None
-            or r.compensation_error is not None
-            or r.error_type is not None
-            or r.message is not None
-            or r.kind is not None
-        ):
-            return None
-    keys = [r.key for r in records]
-    if len(set(keys)) != len(keys):
-        return None
-    results = [encode(r.result) if r.has_result else None for r in records]
-    columns = [keys, [r.index for r in records], [r.attempts for r in records],
-               [r.duration for r in records], results]  # fmt: skip
-    return _Segment(
-        jobs=list(records),
-        resolve_keys=list(zip(itertools.repeat(run_id), keys)),
-        run_id=run_id,
-        upsert=(Q.job_success, [run_id, *columns, now]),
-    )
-
-
-def _segments(records: Sequence[JobRecord], now: float) -> list[_Segment]:
-    """The records split into segments, every statement's parameters built (once, for retries)."""
-    plain = _plain_segment(records, now)
-    if plain is not None:
-        return [plain]
-    segments = [_Segment()]
-    seen: set[tuple[str, str]] = set()
-    for r in records:
-        job = (r.run_id, r.key)
-        if job in seen:
-            segments.append(_Segment())
-            seen.clear()
-        seen.add(job)
-        seg = segments[-1]
-        if is_compensation(r):
-            seg.compensations.append(job_row(r, 0, now))
-            continue
-        seg.jobs.append(r)
-        if seg.plain and not is_plain_success(r):
-            seg.plain = False
-        if r.status is _DEAD:
-            seg.dead.append(r)
-        elif r.status is _SUCCEEDED:
-            if r.redrive_of is not None:
-                seg.resolve_ids.append(r.redrive_of)
-            else:
-                seg.resolve_keys.append(job)
-    for seg in segments:
-        seg.seal(now)
-    return segments
-
-
-def _columns(rows: list[JobRow]) -> list[Any]:
-    """job_upsert's array parameters: one list per column."""
-    columns = list(zip(*rows, strict=True))
-    return [columns[i] for i in _ARRAY_COLUMNS]
-
-
-def _dead_columns(dead: list[JobRecord]) -> list[Any]:
-    """dlq_dead's array parameters."""
-    payloads = [encode_payload(r.payload, r.payload_is_repr) for r in dead]
-    return [
-        [r.run_id for r in dead],
-        [r.key for r in dead],
-        [r.redrive_of for r in dead],
-        [p for p, _ in payloads],
-        [is_repr for _, is_repr in payloads],
-        [None if r.kind is None else r.kind.value for r in dead],
-        [r.error_type for r in dead],
-        [r.message for r in dead],
-        [r.traceback for r in dead],
-        [encode_history(r.history) for r in dead],
-    ]
 
 
 class _Redo(Exception):
@@ -514,7 +378,7 @@ class PostgresStore:
             return
         self._check_open()
         now = self._clock()
-        segments = _segments(records, now)
+        segments = plan(records, now)
         run_ids = list({r.run_id: None for r in records})
         token = uuid.uuid4().hex
         try:
@@ -527,7 +391,7 @@ class PostgresStore:
         conn: asyncpg.Connection,
         token: str,
         run_ids: list[str],
-        segments: list[_Segment],
+        segments: list[Segment],
         now: float,
     ) -> None:
         """The group commit's statements, inside its transaction (see postgres_queries.sql)."""
@@ -546,9 +410,9 @@ class PostgresStore:
             elif seg.jobs:
                 await conn.execute(seg.upsert[0], *seg.upsert[1])
             if seg.compensations:
-                await conn.execute(Q.job_compensate, *_columns(seg.compensations), now)
+                await conn.execute(Q.job_compensate, *columns(seg.compensations), now)
             if seg.dead:
-                await conn.execute(Q.dlq_dead, *_dead_columns(seg.dead), now)
+                await conn.execute(Q.dlq_dead, *dead_columns(seg.dead), now)
             if seg.resolve_ids:
                 await conn.execute(Q.dlq_resolve_by_id, seg.resolve_ids, now)
             resolve = [k for k in seg.resolve_keys if k[0] in open_runs] if open_runs else ()
