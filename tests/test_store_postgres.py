@@ -384,3 +384,21 @@ def test_without_asyncpg_the_error_says_which_extra_to_install() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "pip install 'asyncbatch[postgres]'" in done.stdout, done.stderr
+
+
+async def test_a_role_that_may_not_create_schemas_uses_one_made_for_it(
+    pg_server: str, pg_url: str
+) -> None:
+    schema = pg_url.rpartition("=")[2]
+    role = f"r_{schema}"  # a new role: no CREATE on the database
+    await _sql(pg_server, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await _sql(pg_server, f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"')
+        url = pg_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+        async with await PostgresStore.open(url) as st:
+            await st.begin_run(RunInfo(run_id="r"))
+            await st.commit([ok("a", "r")])
+            assert [j.key for j in await st.jobs("r")] == ["a"]
+    finally:
+        await _sql(pg_server, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await _sql(pg_server, f'DROP ROLE "{role}"')

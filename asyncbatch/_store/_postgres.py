@@ -168,7 +168,7 @@ class PostgresStore:
         schema = self.schema
 
         async def version(conn: asyncpg.Connection) -> int:
-            versioned, tables = await conn.fetchrow(Q.schema_state, schema)
+            _, versioned, tables = await conn.fetchrow(Q.schema_state, schema)
             if not versioned:
                 if tables:
                     raise StoreError(
@@ -180,6 +180,8 @@ class PostgresStore:
 
         async def migrate(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.schema_lock, schema)
+            if not (await conn.fetchrow(Q.schema_state, schema))["present"]:
+                await conn.execute(Q.schema_create.format(schema=quote_ident(schema)))
             await conn.execute(Q.schema_bootstrap.format(schema=quote_ident(schema)))
             current = await version(conn)  # again, under the lock: another process may have won
             self._check_version(current)

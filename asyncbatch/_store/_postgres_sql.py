@@ -29,6 +29,7 @@ class Queries:
     schema_lock: str
     schema_state: str
     schema_version: str
+    schema_create: str
     schema_bootstrap: str
     schema_version_add: str
     run_get: str

@@ -15,16 +15,22 @@
 SELECT pg_advisory_xact_lock(1633837428, hashtext($1::text))
 
 -- name: schema_state
--- Whether the schema is versioned, and how many tables it holds.
-SELECT to_regclass(format('%I.schema_version', $1::text)) IS NOT NULL AS versioned,
+-- Whether the schema exists, is versioned, and how many tables it holds.
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1::text) AS present,
+       to_regclass(format('%I.schema_version', $1::text)) IS NOT NULL AS versioned,
        (SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = $1::text) AS tables
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_version
 
+-- name: schema_create
+-- Only when it is missing: CREATE SCHEMA needs the CREATE privilege on the
+-- database even with IF NOT EXISTS, and a DBA may have made the schema for
+-- a role that lacks it.
+CREATE SCHEMA {schema}
+
 -- name: schema_bootstrap
--- The schema and its version table: not a migration step, it records them.
-CREATE SCHEMA IF NOT EXISTS {schema};
+-- The version table: not a migration step, it records them.
 CREATE TABLE IF NOT EXISTS {schema}.schema_version (
     version    integer PRIMARY KEY,
     asyncbatch text NOT NULL,
