@@ -9,8 +9,9 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     for name in (
-        "bench_core", "bench_store", "bench_otel", "bench_crash", "bench_resume", "bench_http",
-    ):
+        "bench_core", "bench_store", "bench_postgres", "bench_otel", "bench_crash",
+        "bench_resume", "bench_http",
+    ):  # fmt: skip
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"\n## {name}", flush=True)
         try:

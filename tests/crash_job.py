@@ -1,6 +1,6 @@
 """A checkpointed batch that tests/test_crash.py SIGKILLs mid-run, then resumes.
 
-Usage: python tests/crash_job.py DB RAN_LOG N CONCURRENCY
+Usage: python tests/crash_job.py STORE RAN_LOG N CONCURRENCY  (STORE: a SQLite path or a store URL)
 
 Every job appends its key to RAN_LOG (append mode, one line) before it
 returns, so the log counts executions across the killed run and the resume.

@@ -1,6 +1,6 @@
 """A batch that aborts and rolls back slowly; tests/test_compensate.py kills it mid-rollback.
 
-Usage: python tests/rollback_job.py DB WORKDIR
+Usage: python tests/rollback_job.py STORE WORKDIR  (STORE: a SQLite path or a store URL)
 """
 
 from __future__ import annotations

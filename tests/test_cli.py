@@ -625,3 +625,65 @@ def test_results_json_cannot_hold_are_named_once_on_stderr_not_silently_reprd(jo
     assert "--output gets its repr" in warnings[0]
     first = json.loads(Path("out.jsonl").read_text().splitlines()[0])
     assert first["result"] == repr({0})
+
+
+# ------------------------------------------------------------------- PostgreSQL
+
+
+def test_every_store_command_takes_a_postgresql_url(jobs: str, pg_url: str) -> None:
+    result = run_square(jobs, "--run-id", "r1").exit_code  # SQLite, for contrast
+    assert result == 3
+    ran = invoke(
+        "run", f"{jobs}:square", "--input", "items.jsonl", "--key", "id", "--db", pg_url,
+        "--run-id", "pg", "--quiet",
+    )  # fmt: skip
+    assert ran.exit_code == 3, ran.output  # 3 dead letters
+    assert "pg" in invoke("runs", "--db", pg_url).stdout
+    assert json.loads(invoke("report", "pg", "--db", pg_url, "--json").stdout)["run_id"] == "pg"
+    dead = invoke("dlq", "list", "--db", pg_url, "--json").stdout.splitlines()
+    assert len(dead) == 3
+    entry = json.loads(dead[0])
+    assert invoke("dlq", "show", str(entry["id"]), "--db", pg_url).exit_code == 0
+    assert invoke("dlq", "export", "d.jsonl", "--db", pg_url).exit_code == 0
+    assert len(Path("d.jsonl").read_text().splitlines()) == 3
+    redriven = invoke("dlq", "redrive", f"{jobs}:fixed", "--run-id", "pg", "--db", pg_url)
+    assert redriven.exit_code == 0, redriven.output
+    assert invoke("dlq", "purge", "--db", pg_url, "--status", "resolved", "--yes").exit_code == 0
+    assert invoke("dlq", "list", "--db", pg_url, "--status", "all", "--json").stdout == ""
+
+
+def test_asyncbatch_db_is_the_default_store(
+    jobs: str, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCBATCH_DB", pg_url)
+    ran = invoke("run", f"{jobs}:square", "--input", "items.jsonl", "--run-id", "env", "--quiet")
+    assert ran.exit_code == 3, ran.output
+    assert not Path("asyncbatch.db").exists()
+    listed = json.loads(invoke("runs", "--json").stdout)
+    assert [r["run_id"] for r in listed] == ["env"]
+    assert "ASYNCBATCH_DB" in invoke("runs", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/test", "cannot connect to PostgreSQL at 127.0.0.1:1"),
+        ("{server}/no_such_database", 'database "no_such_database" does not exist'),
+        ("postgresql://db/x?schema=bad-name", "is not a plain SQL name"),
+    ],
+)
+def test_an_unusable_postgresql_store_is_one_line(
+    jobs: str, pg_server: str, url: str, expected: str
+) -> None:
+    url = url.format(server=pg_server.rsplit("/", 1)[0])
+    for args in (("runs",), ("report", "r1"), ("dlq", "list")):
+        assert expected in assert_one_error_line(invoke(*args, "--db", url))
+
+
+def test_a_wrong_postgresql_password_is_one_line_without_the_password(
+    jobs: str, pg_temp_server: Any
+) -> None:
+    url = pg_temp_server.url.replace(":s3cret@", ":not-it@")
+    line = assert_one_error_line(invoke("runs", "--db", url))
+    assert "password authentication failed" in line
+    assert "not-it" not in line

@@ -90,8 +90,11 @@ def _lines(path: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_crash_during_rollback_resumes_the_rollback_not_the_batch(tmp_path: Path) -> None:
-    db = str(tmp_path / "rb.db")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_crash_during_rollback_resumes_the_rollback_not_the_batch(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    db = str(tmp_path / "rb.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
     script = Path(__file__).with_name("rollback_job.py")
     proc = subprocess.Popen([sys.executable, str(script), db, str(tmp_path)])
     deadline = time.monotonic() + 30
@@ -131,8 +134,11 @@ def test_crash_during_rollback_resumes_the_rollback_not_the_batch(tmp_path: Path
     asyncio.run(check())
 
 
-async def test_rollback_on_request_undoes_a_finished_run(tmp_path: Path) -> None:
-    db = str(tmp_path / "r.db")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_rollback_on_request_undoes_a_finished_run(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    db = str(tmp_path / "r.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
     undone: list[int] = []
 
     async def job(x: int) -> int:

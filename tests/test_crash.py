@@ -1,4 +1,7 @@
-"""Crash safety end to end: SIGKILL a SQLite-checkpointed run at a random point, resume it.
+"""Crash safety end to end: SIGKILL a checkpointed run at a random point, resume it.
+
+Run against SQLite and PostgreSQL (the committed rows are read beside the
+writer: SQLite in WAL mode, PostgreSQL on a connection of the test's own).
 
 The promise under test (DESIGN, Persistence): at-least-once execution, and
 nothing acknowledged is lost. A job is acknowledged once its checkpoint is
@@ -12,6 +15,7 @@ committed, so after a kill and a resume with the same run id:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,19 +35,64 @@ CONCURRENCY = 8
 SCRIPT = Path(__file__).with_name("crash_job.py")
 
 
-def _committed(db: Path) -> list[tuple[str, str, float]]:
-    """(key, status, commit time) of every committed job, read beside the writer (WAL)."""
-    if not db.exists():
-        return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+class _SQLite:
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.url = str(db)
+
+    def committed(self) -> list[tuple[str, str, float]]:
+        """(key, status, commit time) of every committed job, read beside the writer (WAL)."""
+        if not self.db.exists():
+            return []
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            return con.execute(_COMMITTED).fetchall()
+        except sqlite3.OperationalError:  # tables not created yet
+            return []
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        pass
+
+
+class _Postgres:
+    def __init__(self, url: str) -> None:
+        import asyncpg
+
+        self.url = url
+        server, _, schema = url.partition("?schema=")
+        self._missing = asyncpg.UndefinedTableError
+        self._loop = asyncio.new_event_loop()
+        self._conn = self._loop.run_until_complete(
+            asyncpg.connect(server, server_settings={"search_path": schema})
+        )
+
+    def committed(self) -> list[tuple[str, str, float]]:
+        try:
+            rows = self._loop.run_until_complete(self._conn.fetch(_COMMITTED))
+        except self._missing:  # tables not created yet
+            return []
+        return [tuple(r) for r in rows]
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._conn.close())
+        self._loop.close()
+
+
+_COMMITTED = "SELECT key, status, updated_at FROM jobs WHERE run_id = 'crash'"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[_SQLite | _Postgres]:
+    if request.param == "sqlite":
+        store: _SQLite | _Postgres = _SQLite(tmp_path / "crash.db")
+    else:
+        store = _Postgres(request.getfixturevalue("pg_url"))
     try:
-        return con.execute(
-            "SELECT key, status, updated_at FROM jobs WHERE run_id = 'crash'"
-        ).fetchall()
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
+        yield store
     finally:
-        con.close()
+        store.close()
 
 
 def _executions(log: Path) -> list[str]:
@@ -51,18 +101,18 @@ def _executions(log: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_nothing_and_repeats_only_the_unacknowledged(
-    tmp_path: Path,
+    tmp_path: Path, backend: _SQLite | _Postgres
 ) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
     kill_after = random.Random(seed).randint(200, 2000)
-    db, log = tmp_path / "crash.db", tmp_path / "ran.log"
-    argv = [sys.executable, str(SCRIPT), str(db), str(log), str(N), str(CONCURRENCY)]
+    log = tmp_path / "ran.log"
+    argv = [sys.executable, str(SCRIPT), backend.url, str(log), str(N), str(CONCURRENCY)]
     note = f"(seed {seed}, kill after {kill_after} commits)"
 
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     try:
-        while len(_committed(db)) < kill_after:
+        while len(backend.committed()) < kill_after:
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before the kill {note}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
             assert time.monotonic() < deadline, f"the run made no progress {note}"
@@ -74,7 +124,7 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_only_the_unacknowledged(
         proc.stderr.close()  # type: ignore[union-attr]
     assert proc.returncode == -signal.SIGKILL
 
-    before_kill = _committed(db)  # what the killed run got acknowledged
+    before_kill = backend.committed()  # what the killed run got acknowledged
     acked = {key for key, _, _ in before_kill}
     ran_before = _executions(log)
     assert kill_after <= len(acked) < N, f"kill point missed {note}"
@@ -85,7 +135,7 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_only_the_unacknowledged(
     counts = json.loads(resumed.stdout.splitlines()[-1])
 
     # Every job ends succeeded or dead-lettered, exactly as without the crash.
-    final = {key: status for key, status, _ in _committed(db)}
+    final = {key: status for key, status, _ in backend.committed()}
     assert set(final) == {str(i) for i in range(N)}
     dead = {str(i) for i in range(N) if i % 97 == 0}
     assert {k for k, s in final.items() if s == "dead_lettered"} == dead

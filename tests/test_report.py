@@ -627,8 +627,15 @@ async def test_a_retry_ratio_budget_aborts_a_run_that_only_survives_by_retrying(
     assert verdict.retries >= 10
 
 
-async def test_the_stored_report_reads_back_equal(tmp_path: Any) -> None:
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_the_stored_report_reads_back_equal(
+    tmp_path: Any, backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'runs.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
     result = await ab.run_batch(malformed_from_100, range(110), run_id="stored", store=url)
     async with ab.open_store(url) as store:
         info = await store.get_run("stored")

@@ -14,9 +14,10 @@ import asyncbatch as ab
 FAST = ab.Retry(attempts=2, backoff=ab.Backoff.constant(0))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'runs.db'}"
+    urls = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'runs.db'}"}
+    url = urls.get(request.param) or request.getfixturevalue("pg_url")
     async with ab.open_store(url) as s:
         yield s
 
@@ -164,13 +165,15 @@ async def test_redrive_of_an_unknown_run_is_a_clear_error(store: ab.Store) -> No
         await ab.redrive(job, store=store, run_id="missing")
 
 
-async def test_full_durability_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_full_durability_runs(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     async def job(x: int) -> int:
         return x
 
-    result = await ab.run_batch(
-        job, range(100), store=str(tmp_path / "full.db"), run_id="f", durability="full"
-    )
+    url = str(tmp_path / "full.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    result = await ab.run_batch(job, range(100), store=url, run_id="f", durability="full")
     assert result.counts[ab.JobStatus.SUCCEEDED] == 100
 
 

@@ -116,20 +116,27 @@ def store_url(db: str) -> str:
 
 
 def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--db``, shared by every command that reads or writes the checkpoint store."""
+    """``--db``, shared by every command that reads or writes the checkpoint store.
+
+    ``ASYNCBATCH_DB`` is its default when set, so a team on PostgreSQL sets
+    it once instead of passing the URL to every command.
+    """
     return click.option(
         "--db",
         default=DEFAULT_DB,
         show_default=True,
-        metavar="PATH",
-        help="The SQLite checkpoint database (or a store URL).",
+        envvar="ASYNCBATCH_DB",
+        show_envvar=True,
+        metavar="PATH|URL",
+        help="The checkpoint store: a SQLite file, or a store URL such as "
+        "postgresql://user@host:5432/db.",
     )(f)
 
 
 def existing_db(db: str) -> str:
     """Read commands refuse to create a database that is not there."""
     if "://" not in db and not Path(db).is_file():
-        raise CLIError(f"no database at {db} (run a batch first, or pass --db PATH)")
+        raise CLIError(f"no database at {db} (run a batch first, or pass --db PATH|URL)")
     return db
 
 

@@ -19,6 +19,7 @@ from asyncbatch._errors import ConfigError, StoreError
 
 from ._common import check_durability, owning_here, safe_repr, storable_key, storable_text
 from ._memory import MemoryDeadLetterQueue, MemoryStore
+from ._postgres_url import PostgresTarget, parse_postgres_url
 from ._protocol import (
     DEFAULT_LEASE,
     DeadLetterQueue,
@@ -52,8 +53,8 @@ __all__ = [
 ]
 
 _FORMS = (
-    "use 'memory://', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db' "
-    "or a file path such as ./asyncbatch.db"
+    "use 'memory://', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db', "
+    "a file path such as ./asyncbatch.db, or 'postgresql://user@host:5432/db'"
 )
 _POSTGRES = ("postgresql:", "postgres:", "postgresql+")
 
@@ -86,11 +87,16 @@ class _OpenStore(contextlib.AbstractAsyncContextManager[Store]):
     def __init__(self, url: str, durability: Literal["normal", "full"], busy_timeout: float | None):
         self.url = url
         self._durability = durability
+        self._sqlite: tuple[str, float] | None = None
+        self._postgres: PostgresTarget | None = None
+        self._store: Store | None = None
         if url == "memory://":
-            self._sqlite: tuple[str, float] | None = None
             return
         if url.startswith(_POSTGRES):
-            raise StoreError("PostgreSQL store is not available yet; use sqlite:///path.db")
+            if busy_timeout is not None:
+                raise ConfigError("busy_timeout= is a SQLite option; PostgreSQL waits for locks")
+            self._postgres = parse_postgres_url(url)
+            return
         if not url or ("://" in url and not url.startswith("sqlite:")):
             raise ConfigError(f"unsupported store URL {url!r}: {_FORMS}")
         path, options = _sqlite_target(url)
@@ -105,9 +111,10 @@ class _OpenStore(contextlib.AbstractAsyncContextManager[Store]):
             except ValueError:
                 raise ConfigError(f"busy_timeout in {url!r} must be seconds") from None
         self._sqlite = (path, busy_timeout)
-        self._store: Store | None = None
 
     async def _open(self) -> Store:
+        if self._postgres is not None:
+            return await _open_postgres(self.url, self._durability)
         if self._sqlite is None:
             return MemoryStore()
         path, busy_timeout = self._sqlite
@@ -126,6 +133,19 @@ class _OpenStore(contextlib.AbstractAsyncContextManager[Store]):
             await store.aclose()
 
 
+async def _open_postgres(url: str, durability: Literal["normal", "full"]) -> Store:
+    """The PostgreSQL store; asyncpg is imported only now (``import asyncbatch`` stays light)."""
+    try:
+        from ._postgres import PostgresStore
+    except ModuleNotFoundError as exc:
+        if exc.name != "asyncpg":
+            raise
+        raise StoreError(
+            "the PostgreSQL store needs asyncpg: pip install 'asyncbatch[postgres]'"
+        ) from None
+    return await PostgresStore.open(url, durability=durability)
+
+
 def open_store(
     url: str | os.PathLike[str],
     *,
@@ -137,11 +157,14 @@ def open_store(
     Args:
         url: ``"memory://"``; ``"sqlite:///relative.db"`` or
             ``"sqlite:////absolute/path.db"`` (optionally ``?busy_timeout=SECONDS``);
-            or a plain file path, which is a SQLite database.
-            ``"postgresql://..."`` is reserved for the coming PostgreSQL store.
+            or a plain file path, which is a SQLite database; or
+            ``"postgresql://user[:password]@host[:port]/database"`` (also
+            ``postgres://``), optionally ``?schema=NAME`` (default
+            ``asyncbatch``) and ``?retry_timeout=SECONDS`` (how long a lost
+            database is waited for, default 30); needs ``asyncbatch[postgres]``.
         durability: the store's default ``"normal"`` (survives a process
             crash) or ``"full"`` (fsync per commit, survives power loss).
-        busy_timeout: seconds to wait for another writer (default 5, or the URL's).
+        busy_timeout: SQLite: seconds to wait for another writer (default 5, or the URL's).
 
     Returns:
         An async context manager yielding the `Store` and closing it at exit.
@@ -149,7 +172,9 @@ def open_store(
 
     Raises:
         ConfigError: the URL is not one of the accepted forms.
-        StoreError: the store cannot be opened (on entering), or is PostgreSQL.
+        StoreError: the store cannot be opened (on entering): unreachable, a
+            wrong password, an unknown database, not an asyncbatch store, or
+            written by a newer asyncbatch; or asyncpg is not installed.
     """
     return _OpenStore(os.fspath(url), check_durability(durability), busy_timeout)
 

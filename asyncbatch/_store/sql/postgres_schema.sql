@@ -1,0 +1,86 @@
+-- The asyncbatch PostgreSQL schema, as migration steps applied in order.
+--
+-- Each step starts with a "-- migration: N <what it does>" line and runs in
+-- one transaction, under pg_advisory_xact_lock, with search_path set to the
+-- store's schema (?schema=NAME, default asyncbatch). The schema version is
+-- the highest N in schema_version. To change the schema, APPEND a step:
+-- never edit a released one. A database migrated by a newer asyncbatch
+-- (a version above the last step here) is refused with a hint to upgrade.
+--
+-- Values (results, payloads, configs, reports, attempt histories) are JSON
+-- TEXT, exactly as the SQLite store keeps them: they come back byte for byte
+-- (key order, number spelling), and the server never parses them.
+-- Timestamps are epoch seconds (double precision) from the store's clock.
+
+-- migration: 1 runs, jobs, the dead-letter queue, commit tokens
+CREATE TABLE runs (
+    id          text PRIMARY KEY,
+    job         text NOT NULL DEFAULT '',
+    status      text NOT NULL,
+    config      text NOT NULL DEFAULT '{}',
+    counts      text NOT NULL DEFAULT '{}',
+    report      text,
+    created_at  double precision NOT NULL,
+    updated_at  double precision NOT NULL,
+    -- list_runs' tie-break: later rows first when created_at is equal
+    created_seq bigint GENERATED ALWAYS AS IDENTITY
+);
+
+-- Completion order of every job of every run. One sequence, not a counter
+-- row: concurrent writers never queue on one hot row for their seq.
+CREATE SEQUENCE job_seq AS bigint CACHE 1;
+
+-- No foreign key from jobs to runs: its trigger runs once per inserted row
+-- and measured a quarter of a group commit's server time. Each commit checks
+-- instead, once, that its runs exist (commit_begin), and asyncbatch never
+-- deletes a run. (dlq keeps its foreign key: it is written rarely.)
+CREATE TABLE jobs (
+    run_id             text NOT NULL,
+    key                text NOT NULL,
+    idx                bigint,
+    status             text NOT NULL,
+    attempts           integer NOT NULL DEFAULT 0,
+    duration           double precision NOT NULL DEFAULT 0,
+    result             text,
+    has_result         boolean NOT NULL DEFAULT false,
+    payload            text,
+    payload_is_repr    boolean NOT NULL DEFAULT false,
+    seq                bigint NOT NULL,
+    kind               text,
+    error_type         text,
+    message            text,
+    compensation_error text,
+    updated_at         double precision NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+-- jobs in completion order (rollback walks it backwards)
+CREATE INDEX jobs_run_seq ON jobs (run_id, seq);
+
+CREATE TABLE dlq (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id          text NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    key             text NOT NULL,
+    payload         text,
+    payload_is_repr boolean NOT NULL DEFAULT false,
+    kind            text,
+    error_type      text,
+    message         text,
+    traceback       text,
+    attempts        text NOT NULL DEFAULT '[]',
+    redrive_count   integer NOT NULL DEFAULT 0,
+    status          text NOT NULL DEFAULT 'dead',
+    created_at      double precision NOT NULL,
+    updated_at      double precision NOT NULL
+);
+CREATE INDEX dlq_run_status ON dlq (run_id, status);
+-- A success resolves its job's open entry: every commit probes this index
+-- for its succeeded keys, and it only holds the (few) unresolved entries.
+CREATE INDEX dlq_open ON dlq (run_id, key) WHERE status <> 'resolved';
+
+-- One row per group commit that landed, so a commit retried after a lost
+-- connection (did the COMMIT reach the server?) is applied exactly once.
+-- Rows older than an hour are deleted by the store now and then.
+CREATE TABLE commits (
+    token       text PRIMARY KEY,
+    committed_at timestamptz NOT NULL DEFAULT now()
+);
