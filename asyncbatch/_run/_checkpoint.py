@@ -45,12 +45,16 @@ class Checkpointer:
         "_in_commit",
         "_pending",
         "_store",
+        "_taken",
         "_wake",
         "error",
     )
 
-    def __init__(self, store: Store, durability: Any, ack: Ack) -> None:
+    def __init__(
+        self, store: Store, durability: Any, ack: Ack, taken: Callable[[], None] | None = None
+    ) -> None:
         self._store = store
+        self._taken = taken
         self._durability = durability
         self._ack = ack
         self._pending: list[tuple[JobRecord, JobOutcome[Any] | None]] = []
@@ -63,8 +67,14 @@ class Checkpointer:
 
     @property
     def backlog(self) -> int:
-        """Records added but not yet acknowledged."""
-        return len(self._pending) + self._in_commit
+        """Records waiting for the next commit (the group being committed is not counted).
+
+        New items wait while this is too high. Not counting the group in
+        flight lets the workers go on while it commits, so execution and
+        commits overlap; what a crash can lose stays bounded by twice the
+        limit (the group in flight plus the next one).
+        """
+        return len(self._pending)
 
     def add(self, record: JobRecord, outcome: JobOutcome[Any] | None) -> None:
         """Queue a record; ``outcome`` (if any) is acknowledged once it is committed."""
@@ -90,6 +100,8 @@ class Checkpointer:
             while self._pending:
                 group, self._pending = self._pending, []
                 self._in_commit = len(group)
+                if self._taken is not None:
+                    self._taken()  # the backlog just emptied: held-back workers may go on
                 try:
                     await self._store.commit([r for r, _ in group], durability=self._durability)
                 finally:

@@ -87,7 +87,7 @@ class Engine(Generic[R]):
             self._admission,
             concurrency=opts.concurrency,
             backlog=backlog,
-            max_backlog=max(512, 2 * opts.concurrency),
+            max_backlog=max(256, opts.concurrency),
         )
         self._abort = Abort(run_id, self._queue, self._emit)
         self._outcomes = Outcomes(
@@ -216,7 +216,9 @@ class Engine(Generic[R]):
                 self._abort.cause = AsyncBatchError(f"rollback resumed after {reason}")
             elif self._rollback_only:
                 self._abort.cause = AsyncBatchError("rollback requested")
-        self._checkpointer = Checkpointer(store, self.opts.durability, self._ack)
+        self._checkpointer = Checkpointer(
+            store, self.opts.durability, self._ack, taken=self._queue.relieve
+        )
         self._outcomes.checkpointer = self._checkpointer
         # New items wait while the writer falls behind (memory stays bounded).
         self._queue.watch(self._checkpointer)
