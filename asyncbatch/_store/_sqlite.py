@@ -22,32 +22,21 @@ import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import aiosqlite
 import anyio.to_thread
 
 from asyncbatch._errors import ConfigError, RunOwned, StoreError, UnknownRun
-from asyncbatch._result import JobStatus
 
 from ._common import (
     FINISHED,
     Clock,
-    JobRow,
     check_durability,
     check_lease,
     decode,
     encode,
-    encode_history,
-    encode_payload,
     finished_job,
-    is_compensation,
-    is_plain_success,
-    job_row,
-    merge_history,
-    storable_record,
-    success_row,
     wall_clock,
     zero_counts,
 )
@@ -61,16 +50,10 @@ from ._protocol import (
 )
 from ._schema import (
     APPLICATION_ID,
-    DLQ_INSERT,
-    DLQ_REDEAD,
-    DLQ_RESOLVE_BY_ID,
-    DLQ_RESOLVE_BY_KEY,
-    JOB_COMPENSATE,
-    JOB_SUCCESS,
-    JOB_UPSERT,
     MIGRATIONS,
     SCHEMA_VERSION,
 )
+from ._sqlite_commit import SQLiteCommitter, chunks
 from ._sqlite_dlq import SQLiteDeadLetterQueue
 
 __all__ = ["SQLiteStore"]
@@ -82,20 +65,6 @@ _RUN_COLUMNS = "id, job, status, config, counts, report, created_at, updated_at"
 _JOB_COLUMNS = "key, status, result, has_result, attempts, seq, payload, idx"  # finished_job's
 _LOOKUP_COLUMNS = "key, status, result, has_result, attempts, seq, NULL, idx"  # ... no payload
 _RELEASE = ", owner = NULL, owned_since = NULL, heartbeat_at = NULL"
-_CHUNK = 500  # bound variables per IN (...) query, far below SQLite's limit
-_SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
-
-
-@dataclass(slots=True)
-class _RunCache:
-    """What the writer remembers of a run between commits (it is the run's only writer)."""
-
-    seq: int
-    """The last completion order handed out."""
-    open_keys: set[str] = field(default_factory=set)
-    """Keys with a DLQ entry that is not resolved: their success resolves it."""
-    touched: float = 0.0
-    """When this store last set the run's ``updated_at``."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -110,11 +79,6 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a shielded transaction's error as seen: its caller was cancelled and left."""
     if not task.cancelled():
         task.exception()
-
-
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
 
 
 class SQLiteStore:
@@ -144,7 +108,8 @@ class SQLiteStore:
         self._busy_timeout = busy_timeout
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._cache: dict[str, _RunCache] = {}
+        self._committer = SQLiteCommitter(db, clock)
+        self._cache = self._committer.cache
         self._closed = False
         self.dlq: DeadLetterQueue = SQLiteDeadLetterQueue(
             db=db,
@@ -509,7 +474,7 @@ class SQLiteStore:
     async def lookup(self, run_id: str, keys: Sequence[str]) -> dict[str, FinishedJob]:
         """The finished jobs among ``keys``, by key (payloads not loaded)."""
         found: dict[str, FinishedJob] = {}
-        for chunk in _chunks(keys):
+        for chunk in chunks(keys):
             sql = (
                 f"SELECT {_LOOKUP_COLUMNS} FROM jobs WHERE run_id = ? AND status IN "
                 f"({_FINISHED_SQL}) AND key IN ({', '.join('?' * len(chunk))})"
@@ -544,125 +509,7 @@ class SQLiteStore:
         """Apply every record in ONE transaction; durable to ``durability`` when it returns."""
         check_durability(durability)
         if records:
-            await self._transaction(lambda: self._apply(records), durability)
-
-    async def _run_cache(self, run_id: str) -> _RunCache:
-        cache = self._cache.get(run_id)
-        if cache is None:
-            (row,) = await self._db.execute_fetchall(
-                "SELECT (SELECT 1 FROM runs WHERE id = ?), "
-                "(SELECT max(seq) FROM jobs WHERE run_id = ?)",
-                (run_id, run_id),
-            )
-            if not row[0]:
-                raise UnknownRun(run_id)
-            keys = await self._db.execute_fetchall(
-                "SELECT key FROM dlq WHERE run_id = ? AND status != 'resolved'", (run_id,)
-            )
-            cache = self._cache[run_id] = _RunCache(row[1] or 0, {k for (k,) in keys})
-        return cache
-
-    async def _apply(self, records: Sequence[JobRecord]) -> None:
-        db = self._db
-        now = self._clock()
-        caches = {run_id: await self._run_cache(run_id) for run_id in {r.run_id for r in records}}
-        # Consecutive records with the same statement share one executemany;
-        # the order of records (and so of changes to one job) is kept.
-        job_ops: list[tuple[str, list[JobRow]]] = []
-        ops: list[JobRow] = []
-        last_sql = ""
-        dead: list[JobRecord] = []
-        by_id: list[tuple[float, int]] = []
-        by_key: list[tuple[float, str, str]] = []
-        for r in records:
-            r = storable_record(r)
-            cache = caches[r.run_id]
-            cache.seq += 1
-            status = r.status
-            compensation = is_compensation(r)
-            plain = not compensation and is_plain_success(r)
-            sql = JOB_COMPENSATE if compensation else JOB_SUCCESS if plain else JOB_UPSERT
-            if sql is not last_sql:
-                ops = []
-                job_ops.append((sql, ops))
-                last_sql = sql
-            ops.append(success_row(r, cache.seq, now) if plain else job_row(r, cache.seq, now))
-            if compensation:
-                continue
-            if status is _DEAD:
-                dead.append(r)
-            elif status is _SUCCEEDED:
-                if r.redrive_of is not None:
-                    by_id.append((now, r.redrive_of))
-                    cache.open_keys.discard(r.key)
-                elif r.key in cache.open_keys:
-                    by_key.append((now, r.run_id, r.key))
-                    cache.open_keys.discard(r.key)
-        for sql, rows in job_ops:
-            await db.executemany(sql, rows)
-        if dead:
-            await self._dead_lettered(dead, caches, now)
-        if by_id:
-            await db.executemany(DLQ_RESOLVE_BY_ID, by_id)
-        if by_key:
-            await db.executemany(DLQ_RESOLVE_BY_KEY, by_key)
-        # A run's updated_at says "still making progress": once a second is enough.
-        stale = [(now, run_id) for run_id, c in caches.items() if now - c.touched >= 1.0]
-        if stale:
-            await db.executemany("UPDATE runs SET updated_at = ? WHERE id = ?", stale)
-            for _, run_id in stale:
-                caches[run_id].touched = now
-
-    async def _dead_lettered(
-        self, dead: list[JobRecord], caches: dict[str, _RunCache], now: float
-    ) -> None:
-        """Insert DLQ entries, or update the one a redriven (or retried) job came from."""
-        db = self._db
-        ids = [r.redrive_of for r in dead if r.redrive_of is not None]
-        old_by_id: dict[int, str] = {}
-        for some in _chunks(ids):
-            rows = await db.execute_fetchall(
-                f"SELECT id, attempts FROM dlq WHERE id IN ({', '.join('?' * len(some))})", some
-            )
-            old_by_id.update(rows)  # type: ignore[arg-type]
-        old_by_key: dict[tuple[str, str], tuple[int, str]] = {}
-        retried: dict[str, list[str]] = {}
-        for r in dead:
-            if r.redrive_of is None and r.key in caches[r.run_id].open_keys:
-                retried.setdefault(r.run_id, []).append(r.key)
-        for run_id, keys in retried.items():
-            for chunk in _chunks(keys):
-                rows = await db.execute_fetchall(
-                    f"SELECT id, key, attempts FROM dlq WHERE run_id = ? AND status != 'resolved' "
-                    f"AND key IN ({', '.join('?' * len(chunk))}) ORDER BY id",
-                    (run_id, *chunk),
-                )
-                for id_, key, attempts in rows:
-                    old_by_key[run_id, key] = (id_, attempts)
-        inserts: list[tuple[Any, ...]] = []
-        updates: list[tuple[Any, ...]] = []
-        for r in dead:
-            payload, is_repr = encode_payload(r.payload, r.payload_is_repr)
-            kind = None if r.kind is None else r.kind.value
-            if r.redrive_of is not None and r.redrive_of in old_by_id:
-                target: tuple[int, str] | None = (r.redrive_of, old_by_id[r.redrive_of])
-            else:
-                target = old_by_key.get((r.run_id, r.key))
-            if target is None:
-                inserts.append(
-                    (r.run_id, r.key, payload, is_repr, kind, r.error_type, r.message,
-                     r.traceback, encode_history(r.history), now, now)
-                )  # fmt: skip
-            else:
-                updates.append(
-                    (merge_history(target[1], r.history), kind, r.error_type, r.message,
-                     r.traceback, is_repr, payload, now, target[0])
-                )  # fmt: skip
-            caches[r.run_id].open_keys.add(r.key)
-        if inserts:
-            await db.executemany(DLQ_INSERT, inserts)
-        if updates:
-            await db.executemany(DLQ_REDEAD, updates)
+            await self._transaction(lambda: self._committer.apply(records), durability)
 
     async def aclose(self) -> None:
         """Close the connection (a checkpoint of the WAL happens then); closing twice is fine."""
