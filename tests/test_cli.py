@@ -427,7 +427,7 @@ def test_help_of_every_command_works() -> None:
         assert "--db" in result.stdout or args == ["dlq"]
 
 
-def test_live_progress_counts_retrying_parked_dead_and_breaker_state() -> None:
+def test_live_progress_counts_retrying_parked_dead_breaker_state_and_waiting_jobs() -> None:
     console = Console(file=io.StringIO(), width=120)
     progress = LiveProgress(console, total=3, label="x", enabled=False, events=True)
     progress.on_event(
@@ -450,6 +450,11 @@ def test_live_progress_counts_retrying_parked_dead_and_breaker_state() -> None:
     assert "✗ 1 dead" in stats
     assert "api: [green]closed" in stats
     assert (progress.retries, progress.breaker_trips) == (1, 1)
+    progress.on_event(ab.BreakerOpened(run_id="r", dependency="api"))
+    progress.on_event(ab.JobsWaiting(run_id="r", dependency="api", waiting=42, state="open"))
+    assert "42 waiting on 'api' (open)" in progress.stats()
+    progress.on_event(ab.JobsWaiting(run_id="r", dependency="api", waiting=0, state="closed"))
+    assert "waiting on" not in progress.stats()
     printed = console.file.getvalue()  # type: ignore[attr-defined]
     assert "breaker 'api' open after 5 failures (Unavailable)" in printed
     assert "breaker 'api' closed" in printed

@@ -452,3 +452,69 @@ async def test_result_repr_is_a_summary_not_a_dump() -> None:
     assert "outcomes=<1000>" in text
     assert "'succeeded': 1000" in text
     assert len(text) < 300
+
+
+# ---------------------------------------------------- parked jobs are bounded
+
+
+def _counting(n: int, pulled: list[int]):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        pulled[0] += 1
+        yield i
+
+
+async def _always_fails(x: int) -> None:
+    raise ab.TransientError("down for everyone")
+
+
+LONG_BACKOFF = ab.Retry(attempts=5, backoff=ab.Backoff.constant(60))
+
+
+@pytest.mark.looptime
+async def test_admission_waits_while_too_many_jobs_are_parked() -> None:
+    pulled = [0]
+    # Every item fails and backs off 60 s: without a cap, all 100,000 would be pulled
+    # (and held in memory) within the first seconds.
+    with anyio.move_on_after(5):
+        async with ab.Batch(_always_fails, concurrency=10, retry=LONG_BACKOFF).stream(
+            _counting(100_000, pulled)
+        ) as outcomes:
+            async for _ in outcomes:
+                pass
+    cap = max(1000, 10 * 10)
+    assert cap <= pulled[0] <= cap + 10 + 1
+
+
+@pytest.mark.looptime
+async def test_parked_cap_also_holds_back_an_async_input() -> None:
+    pulled = 0
+
+    async def items():  # type: ignore[no-untyped-def]
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield i
+
+    with anyio.move_on_after(5):
+        await ab.run_batch(_always_fails, items(), concurrency=10, retry=LONG_BACKOFF)
+    # The cap, plus the feeder's read-ahead (one concurrency's worth) and the item in hand.
+    assert 1000 <= pulled <= 1000 + 2 * 10 + 1
+
+
+@pytest.mark.looptime
+async def test_parked_jobs_coming_due_let_new_items_in_again() -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tries: Counter[int] = Counter()
+
+    async def flaky(x: int) -> int:
+        tries[x] += 1
+        if tries[x] == 1:
+            raise ab.TransientError("first try fails")
+        return x
+
+    retry = ab.Retry(attempts=2, backoff=ab.Backoff.constant(10))
+    result = await ab.run_batch(flaky, range(3000), concurrency=10, retry=retry)
+    assert result.ok
+    # 1,000 parked at a time, each group back 10 s later: three rounds, not one.
+    assert 30 <= loop.time() - start < 31

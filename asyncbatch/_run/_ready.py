@@ -4,9 +4,11 @@ A sync input is pulled by the workers themselves, one item whenever one is
 free, so nothing is read ahead. An async input is read by one feeder task
 into the ready deque, at most ``concurrency`` items ahead. Retries that come
 due (and jobs released by an open circuit) are pushed to the same deque and
-served before new items. When the checkpoint writer or a stream reader falls
-``max_backlog`` outcomes behind, no new item is admitted until it catches up:
-memory grows with the concurrency, never with the number of items.
+served before new items. No new item is admitted while the checkpoint writer
+or a stream reader is ``max_backlog`` outcomes behind, nor while
+``max_parked`` jobs are parked (waiting out a backoff or an open circuit):
+memory grows with the concurrency and the parked cap, never with the number
+of items.
 
 Measured before choosing: a deque plus futures hands an item to a worker about
 10x faster than an anyio memory object stream here (see ``benchmarks/``).
@@ -41,6 +43,8 @@ class ReadyQueue:
         backlog: how many outcomes wait for the writer or reader, if anyone
             can fall behind.
         max_backlog: above this backlog, new items wait.
+        max_parked: while this many jobs are parked, new items wait
+            (default ``max(1000, 10 * concurrency)``).
     """
 
     __slots__ = (
@@ -50,12 +54,14 @@ class ReadyQueue:
         "_concurrency",
         "_feeder_wait",
         "_max_backlog",
+        "_max_parked",
         "_ready",
         "_source",
         "_source_done",
         "_stopped",
         "_waiters",
         "live",
+        "parked",
     )
 
     def __init__(
@@ -65,11 +71,13 @@ class ReadyQueue:
         concurrency: int,
         backlog: Callable[[], int] | None,
         max_backlog: int,
+        max_parked: int | None = None,
     ) -> None:
         self._admit = admit
         self._concurrency = concurrency
         self._backlog = backlog
         self._max_backlog = max_backlog
+        self._max_parked = max_parked if max_parked is not None else max(1000, 10 * concurrency)
         self._ready: deque[Entry] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._source: Iterator[tuple[int | None, Any]] | None = None
@@ -79,6 +87,8 @@ class ReadyQueue:
         self._stopped = False
         self.live = 0
         """Jobs admitted and not finished: running, ready or parked."""
+        self.parked = 0
+        """Jobs parked: waiting out a backoff or an open circuit."""
 
     def watch(self, writer: _Backlogged) -> None:
         """Also hold new items back while ``writer`` (the checkpointer) falls behind."""
@@ -127,7 +137,7 @@ class ReadyQueue:
         source = self._source
         if source is None:
             return None
-        if self._backlog is not None and self._behind():
+        if self.parked >= self._max_parked or (self._backlog is not None and self._behind()):
             self._blocked = True
             return None
         for index, item in source:
@@ -153,6 +163,16 @@ class ReadyQueue:
         """An admitted entry is ready again (a retry came due)."""
         self._ready.append(entry)
         self._wake_one()
+
+    def parked_one(self) -> None:
+        """A job was parked (backoff or open circuit)."""
+        self.parked += 1
+
+    def unparked_one(self) -> None:
+        """A parked job came due, or ended at its deadline."""
+        self.parked -= 1
+        if (self._blocked or self._feeder_wait is not None) and self.parked < self._max_parked:
+            self.relieve()
 
     def finished(self) -> None:
         """An admitted job ended for good."""
@@ -180,6 +200,8 @@ class ReadyQueue:
         return leftovers
 
     def _behind(self, limit: int | None = None) -> bool:
+        if self.parked >= self._max_parked:
+            return True
         backlog = self._backlog
         return backlog is not None and backlog() >= (limit or self._max_backlog)
 
