@@ -27,6 +27,8 @@ from asyncbatch._cli._live import LiveProgress
 from asyncbatch._cli._main import cli
 
 JOBS = """
+import asyncio
+
 import asyncbatch as ab
 
 CALLS = []
@@ -40,6 +42,11 @@ async def square(item):
 async def fixed(item):
     CALLS.append(item["id"])
     return "fixed"
+
+async def slow_square(item):
+    CALLS.append(item["id"])
+    await asyncio.sleep(0.05)
+    return item["n"] ** 2
 
 def not_async(item):
     return item
@@ -368,6 +375,28 @@ def test_malformed_jsonl_line_names_the_line_and_how_to_resume(jobs: str) -> Non
     line = assert_one_error_line(result)
     assert "bad.jsonl:2: malformed JSON" in line
     assert "--run-id r9" in line
+
+
+def test_malformed_jsonl_line_after_five_jobs_leaves_those_five_checkpointed(jobs: str) -> None:
+    good = "".join(json.dumps({"id": f"g{i}", "n": i}) + "\n" for i in range(5))
+    Path("bad.jsonl").write_text(good + '{"id": "oops", \n' + '{"id": "later", "n": 9}\n')
+    result = invoke(
+        "run", f"{jobs}:slow_square", "--input", "bad.jsonl", "--key", "id",
+        "--db", "t.db", "--run-id", "r10",
+    )  # fmt: skip
+    line = assert_one_error_line(result)
+    assert "bad.jsonl:6: malformed JSON" in line
+    assert "the jobs before it are checkpointed" in line
+    # ... and they are: the five jobs before the bad line ran to their end and were committed.
+    assert _committed_jobs("t.db") == 5
+    Path("bad.jsonl").write_text(good + '{"id": "later", "n": 9}\n')
+    resumed = invoke(
+        "run", f"{jobs}:slow_square", "--input", "bad.jsonl", "--key", "id",
+        "--db", "t.db", "--run-id", "r10",
+    )  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    assert calls(jobs)[-1] == "later"
+    assert calls(jobs).count("g0") == 1  # not run again on resume
 
 
 def test_item_without_the_key_field_is_one_line(jobs: str) -> None:

@@ -518,3 +518,70 @@ async def test_parked_jobs_coming_due_let_new_items_in_again() -> None:
     assert result.ok
     # 1,000 parked at a time, each group back 10 s later: three rounds, not one.
     assert 30 <= loop.time() - start < 31
+
+
+# ------------------------------------------------------------ input errors
+
+
+def _items_then_bad(n: int):  # type: ignore[no-untyped-def]
+    yield from range(n)
+    raise ValueError("line 6: malformed")
+
+
+async def test_an_input_error_lets_started_jobs_finish_then_raises() -> None:
+    finished: list[int] = []
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.05)
+        finished.append(x)
+        return x
+
+    with pytest.raises(ValueError, match="line 6: malformed"):
+        await ab.run_batch(slow, _items_then_bad(5), concurrency=10)
+    assert sorted(finished) == [0, 1, 2, 3, 4]  # none cancelled
+
+
+async def test_an_input_error_from_an_async_input_lets_started_jobs_finish() -> None:
+    finished: list[int] = []
+
+    async def items():  # type: ignore[no-untyped-def]
+        for i in range(5):
+            yield i
+        raise ValueError("bad record")
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.05)
+        finished.append(x)
+        return x
+
+    with pytest.raises(ValueError, match="bad record"):
+        await ab.run_batch(slow, items(), concurrency=10)
+    assert sorted(finished) == [0, 1, 2, 3, 4]
+
+
+async def test_after_an_input_error_the_jobs_before_it_are_checkpointed_and_resume(
+    tmp_path: object,
+) -> None:
+    db = f"{tmp_path}/input.db"
+    streamed: list[str] = []
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.05)
+        return x
+
+    batch = ab.Batch(slow, concurrency=10, store=db, run_id="r-input")
+
+    async def read_all() -> None:
+        async with batch.stream(_items_then_bad(5)) as outcomes:
+            async for outcome in outcomes:
+                streamed.append(outcome.key)
+
+    with pytest.raises(ValueError, match="malformed"):
+        await read_all()
+    assert sorted(streamed) == ["0", "1", "2", "3", "4"]  # the reader saw each of them
+    async with ab.open_store(f"sqlite:///{db}") as store:
+        assert sorted(await store.finished_jobs("r-input")) == ["0", "1", "2", "3", "4"]
+        assert (await store.get_run("r-input")).status == "interrupted"
+    result = await batch.run(range(8))  # the input fixed: resume
+    assert result.counts[ab.JobStatus.SKIPPED] == 5
+    assert result.counts[ab.JobStatus.SUCCEEDED] == 3
