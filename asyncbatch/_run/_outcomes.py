@@ -107,6 +107,7 @@ class Outcomes:
     def succeeded(self, entry: Entry, result: Any) -> None:
         """The attempt returned ``result`` and no rule rejected it."""
         if entry.history:
+            self._queue.retried(failed=False)
             outcome = entry.outcome(JobStatus.SUCCEEDED, result=result)
         else:
             outcome = fast_outcome(
@@ -177,6 +178,8 @@ class Outcomes:
         entry.kind = kind
         if not entry.history:
             entry.history = []
+        elif kind is ErrorKind.TRANSIENT or kind is ErrorKind.RECOVERABLE:
+            self._queue.retried(failed=True)  # a retry failed too: trouble for everyone?
         entry.history.append(
             AttemptRecord(
                 number=entry.attempt,

@@ -10,6 +10,15 @@ or a stream reader is ``max_backlog`` outcomes behind, nor while
 memory grows with the concurrency and the parked cap, never with the number
 of items.
 
+An outage for everyone is told apart from items that fail on their own by
+the retries: while most recent retries fail too (`STRAIN_ON` of a moving
+average over about 32 of them, at least 8 seen), new items wait while
+``concurrency`` jobs are alive (running, ready or parked). Freed slots then
+no longer start new items that would burn their attempts during the outage:
+it costs no more attempts than a retry loop holding a semaphore. Once
+retries succeed again (below `STRAIN_OFF`) the parked cap alone applies.
+Only a circuit breaker spends no attempts at all during an outage.
+
 When the input itself raises (a malformed line), admission stops there: the
 jobs already admitted run to their end, and the engine raises the error
 after they are committed (`input_error`).
@@ -27,7 +36,15 @@ from typing import Any, Protocol
 
 from ._entry import Entry
 
-__all__ = ["ReadyQueue"]
+__all__ = ["STRAIN_OFF", "STRAIN_ON", "ReadyQueue"]
+
+STRAIN_ON = 0.75
+"""Share of recent retries failing (TRANSIENT/RECOVERABLE) above which admission holds
+the alive jobs at ``concurrency``."""
+STRAIN_OFF = 0.5
+"""...and below which it lets new items in freely again (hysteresis)."""
+_WINDOW = 32  # retries the strain remembers (the weight of one is 1/32)
+_MIN_RETRIES = 8  # no verdict on fewer
 
 Admit = Callable[[int | None, Any], "Entry | None"]
 
@@ -60,13 +77,16 @@ class ReadyQueue:
         "_max_backlog",
         "_max_parked",
         "_ready",
+        "_retries",
         "_source",
         "_source_done",
         "_stopped",
+        "_strained",
         "_waiters",
         "input_error",
         "live",
         "parked",
+        "strain",
     )
 
     def __init__(
@@ -94,6 +114,10 @@ class ReadyQueue:
         """Jobs admitted and not finished: running, ready or parked."""
         self.parked = 0
         """Jobs parked: waiting out a backoff or an open circuit."""
+        self.strain = 0.0
+        """Weighted share of recent retries that failed (0 when none did)."""
+        self._strained = False
+        self._retries = 0
         self.input_error: Exception | None = None
         """What the input raised, if it did (admission stopped there)."""
 
@@ -148,7 +172,9 @@ class ReadyQueue:
         source = self._source
         if source is None:
             return None
-        if self.parked >= self._max_parked or (self._backlog is not None and self._behind()):
+        if (
+            self.parked >= self._max_parked or self._strained or self._backlog is not None
+        ) and self._behind():
             self._blocked = True
             return None
         try:
@@ -197,11 +223,31 @@ class ReadyQueue:
         if (self._blocked or self._feeder_wait is not None) and self.parked < self._max_parked:
             self.relieve()
 
+    def retried(self, *, failed: bool) -> None:
+        """A retry (attempt 2 or later) ended: ``failed`` with a TRANSIENT/RECOVERABLE error."""
+        # A plain average over the first retries (a prompt verdict at the start of an
+        # outage), then a moving one over the last ~32.
+        seen = self._retries
+        if seen < _WINDOW:
+            seen = self._retries = seen + 1
+        if failed:
+            self.strain += (1.0 - self.strain) / seen
+            if self.strain >= STRAIN_ON and seen >= _MIN_RETRIES:
+                self._strained = True
+        elif self.strain:
+            self.strain -= self.strain / seen
+            if self.strain < STRAIN_OFF and self._strained:
+                self._strained = False
+                if self.held_back:
+                    self.relieve()
+
     def finished(self) -> None:
         """An admitted job ended for good."""
         self.live -= 1
         if self.live == 0 and self._source_done:
             self._wake_all()
+        elif self._blocked:
+            self.relieve()  # ended off a worker (at its deadline): a held-back worker may go
 
     def relieve(self) -> None:
         """The backlog shrank: let held-back workers and the feeder go on."""
@@ -224,6 +270,8 @@ class ReadyQueue:
 
     def _behind(self, limit: int | None = None) -> bool:
         if self.parked >= self._max_parked:
+            return True
+        if self._strained and self.live >= self._concurrency:
             return True
         backlog = self._backlog
         return backlog is not None and backlog() >= (limit or self._max_backlog)
