@@ -8,7 +8,7 @@ import sys
 
 def main() -> None:
     argv = sys.argv[1:]
-    for name in ("bench_core", "bench_store", "bench_otel"):
+    for name in ("bench_core", "bench_store", "bench_otel", "bench_parking"):
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"\n## {name}", flush=True)
         try:
