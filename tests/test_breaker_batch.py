@@ -342,3 +342,25 @@ async def test_jobs_waiting_on_an_open_breaker_are_reported_per_dependency(
     assert logged
     assert logged[0].levelname == "WARNING"
     assert "dependency=api" in logged[0].getMessage()
+
+
+@pytest.mark.looptime
+async def test_leaving_a_stream_early_leaves_no_park_timers_on_the_loop() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def job(x: int) -> int:
+        async with ab.guard("api"):
+            raise ConnectionError("down")
+
+    batch = ab.Batch(
+        job,
+        concurrency=4,
+        breakers={"api": ab.Breaker(fail_max=2, reset_timeout=30)},
+        retry=ab.Retry(attempts=5, backoff=ab.Backoff.constant(60)),
+    )
+    async with batch.stream(range(100)):
+        await asyncio.sleep(5)  # the circuit is open, most jobs are parked on it
+    # Nothing of the run may stay scheduled: no backoff timer, no circuit check that
+    # would re-arm itself every reset_timeout and keep the run's jobs alive.
+    pending = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+    assert pending == []

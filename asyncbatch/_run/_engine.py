@@ -321,6 +321,7 @@ class Engine(Generic[R]):
                     for _ in range(self.opts.concurrency):
                         tg.start_soon(run)
         finally:
+            self._outcomes.let_go()
             if deps_token is not None:
                 reset_dependencies(deps_token)
 

@@ -297,6 +297,17 @@ class Outcomes:
             deadline = loop.call_at(entry.deadline_at, self._expire, entry)
         entry.timer = _OnCircuit(circuit.wait(lambda: self._unpark(entry)), deadline)
 
+    def let_go(self) -> None:
+        """The work stopped: cancel what holds each parked job (timers, places on circuits).
+
+        The entries stay in `parked`, for the engine to end them CANCELLED; a
+        run cancelled from outside leaves nothing scheduled on the loop.
+        """
+        for entry in self.parked:
+            timer, entry.timer = entry.timer, None
+            if timer is not None:
+                timer.cancel()
+
     def _unpark(self, entry: Entry) -> None:
         timer, entry.timer = entry.timer, None
         if timer is not None:
