@@ -541,6 +541,30 @@ async def test_an_outage_for_everyone_holds_new_items_back_instead_of_burning_th
     assert result.counts[ab.JobStatus.SUCCEEDED] == 1500 - lost
 
 
+@pytest.mark.looptime
+async def test_after_an_outage_new_items_flow_at_full_speed_again() -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tries: Counter[int] = Counter()
+
+    async def call(x: int) -> int:
+        tries[x] += 1
+        await asyncio.sleep(0.01)
+        if loop.time() - start < 2:  # down for everyone for 2 s
+            raise ConnectionRefusedError("connection refused")
+        if x % 5 == 0 and tries[x] == 1:  # afterwards, one item in five fails once
+            raise ab.TransientError("blip")
+        return x
+
+    retry = ab.Retry(attempts=5, backoff=ab.Backoff.constant(0.3))
+    result = await ab.run_batch(call, range(3000), concurrency=10, retry=retry)
+    # (The ~300 items started before the first retry failed were lost in the outage.)
+    assert result.counts[ab.JobStatus.SUCCEEDED] >= 2500
+    # ~3,600 calls of 10 ms on 10 slots after the outage: ~3.6 s. Were new items still
+    # held back as in the outage, every item backing off after a blip would hold a slot.
+    assert loop.time() - start < 2 + 3.6 + 1
+
+
 # ------------------------------------------------------------ input errors
 
 

@@ -90,6 +90,7 @@ class Outcomes:
         self.done: list[Done] = []
         self._keep_done = opts.compensate is not None
         self._queue = queue
+        queue.count_successes(lambda: self.counts[JobStatus.SUCCEEDED])
         self._abort = abort
         self._emit = emit
         self._sink = sink
@@ -107,7 +108,6 @@ class Outcomes:
     def succeeded(self, entry: Entry, result: Any) -> None:
         """The attempt returned ``result`` and no rule rejected it."""
         if entry.history:
-            self._queue.retried(failed=False)
             outcome = entry.outcome(JobStatus.SUCCEEDED, result=result)
         else:
             outcome = fast_outcome(
@@ -179,7 +179,7 @@ class Outcomes:
         if not entry.history:
             entry.history = []
         elif kind is ErrorKind.TRANSIENT or kind is ErrorKind.RECOVERABLE:
-            self._queue.retried(failed=True)  # a retry failed too: trouble for everyone?
+            self._queue.retry_failed()  # a retry failed too: trouble for everyone?
         entry.history.append(
             AttemptRecord(
                 number=entry.attempt,

@@ -11,13 +11,15 @@ memory grows with the concurrency and the parked cap, never with the number
 of items.
 
 An outage for everyone is told apart from items that fail on their own by
-the retries: while most recent retries fail too (`STRAIN_ON` of a moving
-average over about 32 of them, at least 8 seen), new items wait while
-``concurrency`` jobs are alive (running, ready or parked). Freed slots then
-no longer start new items that would burn their attempts during the outage:
-it costs no more attempts than a retry loop holding a semaphore. Once
-retries succeed again (below `STRAIN_OFF`) the parked cap alone applies.
-Only a circuit breaker spends no attempts at all during an outage.
+their retries: the *strain* is a moving share (weight 1/16) of failed
+retries among failed retries and succeeded jobs. Items that fail once and
+then succeed add nothing to it; an outage, where retries fail too, drives it
+towards 1. At `STRAIN_ON`, while jobs are parked, new items wait while
+``concurrency`` jobs are alive (running, ready or parked): freed slots no
+longer start new items that would burn their attempts during the outage, so
+it costs no more attempts than a retry loop holding a semaphore. Successes
+bring it down again (below `STRAIN_OFF` only the parked cap applies). Only a
+circuit breaker spends no attempts at all during an outage.
 
 When the input itself raises (a malformed line), admission stops there: the
 jobs already admitted run to their end, and the engine raises the error
@@ -39,12 +41,11 @@ from ._entry import Entry
 __all__ = ["STRAIN_OFF", "STRAIN_ON", "ReadyQueue"]
 
 STRAIN_ON = 0.75
-"""Share of recent retries failing (TRANSIENT/RECOVERABLE) above which admission holds
-the alive jobs at ``concurrency``."""
+"""Strain (the recent share of failed retries among failed retries and succeeded jobs)
+at which admission holds the alive jobs at ``concurrency`` while any are parked."""
 STRAIN_OFF = 0.5
 """...and below which it lets new items in freely again (hysteresis)."""
-_WINDOW = 32  # retries the strain remembers (the weight of one is 1/32)
-_MIN_RETRIES = 8  # no verdict on fewer
+_KEEP = 15 / 16  # what the strain keeps of its value at each failed retry or success
 
 Admit = Callable[[int | None, Any], "Entry | None"]
 
@@ -77,11 +78,12 @@ class ReadyQueue:
         "_max_backlog",
         "_max_parked",
         "_ready",
-        "_retries",
         "_source",
         "_source_done",
         "_stopped",
         "_strained",
+        "_successes",
+        "_successes_seen",
         "_waiters",
         "input_error",
         "live",
@@ -117,7 +119,8 @@ class ReadyQueue:
         self.strain = 0.0
         """Weighted share of recent retries that failed (0 when none did)."""
         self._strained = False
-        self._retries = 0
+        self._successes: Callable[[], int] = _none
+        self._successes_seen = 0
         self.input_error: Exception | None = None
         """What the input raised, if it did (admission stopped there)."""
 
@@ -223,23 +226,27 @@ class ReadyQueue:
         if (self._blocked or self._feeder_wait is not None) and self.parked < self._max_parked:
             self.relieve()
 
-    def retried(self, *, failed: bool) -> None:
-        """A retry (attempt 2 or later) ended: ``failed`` with a TRANSIENT/RECOVERABLE error."""
-        # A plain average over the first retries (a prompt verdict at the start of an
-        # outage), then a moving one over the last ~32.
-        seen = self._retries
-        if seen < _WINDOW:
-            seen = self._retries = seen + 1
-        if failed:
-            self.strain += (1.0 - self.strain) / seen
-            if self.strain >= STRAIN_ON and seen >= _MIN_RETRIES:
-                self._strained = True
-        elif self.strain:
-            self.strain -= self.strain / seen
-            if self.strain < STRAIN_OFF and self._strained:
+    def count_successes(self, successes: Callable[[], int]) -> None:
+        """Where the strain reads how many jobs succeeded (read lazily, off the hot path)."""
+        self._successes = successes
+
+    def retry_failed(self) -> None:
+        """A retry (attempt 2 or later) failed with a TRANSIENT/RECOVERABLE error."""
+        self._settle_strain()
+        self.strain = self.strain * _KEEP + (1.0 - _KEEP)
+        if self.strain >= STRAIN_ON:
+            self._strained = True
+
+    def _settle_strain(self) -> bool:
+        """Count the successes since the last look; whether the run is still strained."""
+        done = self._successes()
+        new = done - self._successes_seen
+        if new:
+            self._successes_seen = done
+            self.strain *= _KEEP ** min(new, 1000)
+            if self._strained and self.strain < STRAIN_OFF:
                 self._strained = False
-                if self.held_back:
-                    self.relieve()
+        return self._strained
 
     def finished(self) -> None:
         """An admitted job ended for good."""
@@ -271,7 +278,12 @@ class ReadyQueue:
     def _behind(self, limit: int | None = None) -> bool:
         if self.parked >= self._max_parked:
             return True
-        if self._strained and self.live >= self._concurrency:
+        if (
+            self._strained
+            and self.parked
+            and self.live >= self._concurrency
+            and self._settle_strain()
+        ):
             return True
         backlog = self._backlog
         return backlog is not None and backlog() >= (limit or self._max_backlog)
@@ -296,3 +308,7 @@ class ReadyQueue:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+
+def _none() -> int:
+    return 0
