@@ -333,6 +333,8 @@ class Outcomes:
         # Not an attempt (nothing ran), but the report shows why the job ended.
         self.report.attempt_failed(entry.key, ErrorKind.TRANSIENT, exc, time.time(), False)
         self._dead_letter(entry, exc, ErrorKind.TRANSIENT)
+        if self._queue.held_back:
+            self._queue.relieve()  # it ended off a worker: a held-back worker may go now
 
     def _dead_letter(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
         entry.kind = kind

@@ -75,6 +75,7 @@ class ReadyQueue:
         "_blocked",
         "_concurrency",
         "_feeder_wait",
+        "_gated",
         "_max_backlog",
         "_max_parked",
         "_ready",
@@ -121,6 +122,8 @@ class ReadyQueue:
         self._strained = False
         self._successes: Callable[[], int] = _none
         self._successes_seen = 0
+        # Whether any hold on new items may apply: one check per new item on the hot path.
+        self._gated = backlog is not None
         self.input_error: Exception | None = None
         """What the input raised, if it did (admission stopped there)."""
 
@@ -131,6 +134,7 @@ class ReadyQueue:
             self._backlog = lambda: writer.backlog
         else:
             self._backlog = lambda: writer.backlog + reader()
+        self._gated = True
 
     def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterable[Any] | None:
         """Take the input; returns it back when it is async (run `feed` on it)."""
@@ -175,9 +179,7 @@ class ReadyQueue:
         source = self._source
         if source is None:
             return None
-        if (
-            self.parked >= self._max_parked or self._strained or self._backlog is not None
-        ) and self._behind():
+        if self._gated and self._behind():
             self._blocked = True
             return None
         try:
@@ -219,10 +221,13 @@ class ReadyQueue:
     def parked_one(self) -> None:
         """A job was parked (backoff or open circuit)."""
         self.parked += 1
+        if self.parked >= self._max_parked:
+            self._gated = True
 
     def unparked_one(self) -> None:
         """A parked job came due, or ended at its deadline."""
         self.parked -= 1
+        self._regate()
         if (self._blocked or self._feeder_wait is not None) and self.parked < self._max_parked:
             self.relieve()
 
@@ -236,6 +241,7 @@ class ReadyQueue:
         self.strain = self.strain * _KEEP + (1.0 - _KEEP)
         if self.strain >= STRAIN_ON:
             self._strained = True
+            self._gated = True
 
     def _settle_strain(self) -> bool:
         """Count the successes since the last look; whether the run is still strained."""
@@ -246,6 +252,7 @@ class ReadyQueue:
             self.strain *= _KEEP ** min(new, 1000)
             if self._strained and self.strain < STRAIN_OFF:
                 self._strained = False
+                self._regate()
         return self._strained
 
     def finished(self) -> None:
@@ -253,8 +260,7 @@ class ReadyQueue:
         self.live -= 1
         if self.live == 0 and self._source_done:
             self._wake_all()
-        elif self._blocked:
-            self.relieve()  # ended off a worker (at its deadline): a held-back worker may go
+
 
     def relieve(self) -> None:
         """The backlog shrank: let held-back workers and the feeder go on."""
@@ -274,6 +280,11 @@ class ReadyQueue:
         self._stopped = True
         leftovers, self._ready = list(self._ready), deque()
         return leftovers
+
+    def _regate(self) -> None:
+        self._gated = (
+            self._backlog is not None or self._strained or self.parked >= self._max_parked
+        )
 
     def _behind(self, limit: int | None = None) -> bool:
         if self.parked >= self._max_parked:
