@@ -6,9 +6,10 @@ budget) and then either parked on a loop timer until its retry is due, dead-
 lettered, or turned into an abort. A job rejected by an open circuit
 (``on_open="park"``) waits on the circuit itself and is woken when it can be
 admitted. No parked job outlives its deadline: it is woken at its deadline
-at the latest and dead-lettered with `DeadlineExceeded`. A finished job is checkpointed (handed to
-the writer, acknowledged after its commit) or, without a store,
-acknowledged at once: counted, reported, judged by the budget, delivered.
+at the latest and dead-lettered with `DeadlineExceeded`. A finished job is
+checkpointed (handed to the writer, acknowledged after its commit) or,
+without a store, acknowledged at once: counted, reported, judged by the
+budget, delivered.
 """
 
 from __future__ import annotations

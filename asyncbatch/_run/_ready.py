@@ -118,7 +118,7 @@ class ReadyQueue:
         self.parked = 0
         """Jobs parked: waiting out a backoff or an open circuit."""
         self.strain = 0.0
-        """Weighted share of recent retries that failed (0 when none did)."""
+        """Recent share of failed retries among failed retries and succeeded jobs (0..1)."""
         self._strained = False
         self._successes: Callable[[], int] = _none
         self._successes_seen = 0
@@ -261,7 +261,6 @@ class ReadyQueue:
         if self.live == 0 and self._source_done:
             self._wake_all()
 
-
     def relieve(self) -> None:
         """The backlog shrank: let held-back workers and the feeder go on."""
         if self._blocked and not self._behind(self._max_backlog // 2):
@@ -282,9 +281,7 @@ class ReadyQueue:
         return leftovers
 
     def _regate(self) -> None:
-        self._gated = (
-            self._backlog is not None or self._strained or self.parked >= self._max_parked
-        )
+        self._gated = self._backlog is not None or self._strained or self.parked >= self._max_parked
 
     def _behind(self, limit: int | None = None) -> bool:
         if self.parked >= self._max_parked:
