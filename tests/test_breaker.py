@@ -480,3 +480,79 @@ async def test_executor_can_find_the_policy_of_a_rejecting_dependency() -> None:
     assert policy.fallback is not None
     assert await policy.fallback(1, info.value) == "cached"
     assert h.deps.breaker("unknown") is None
+
+
+# ------------------------------------------------- jobs parked on the circuit
+
+
+def _waiters(h: Harness, n: int, woken: list[int]) -> list[Any]:
+    circuit = h.deps.circuit("api")
+    assert circuit is not None
+    return [circuit.wait(lambda i=i: woken.append(i)) for i in range(n)]  # type: ignore[misc]
+
+
+@pytest.mark.looptime
+async def test_end_of_open_period_wakes_as_many_waiters_as_probe_slots_oldest_first() -> None:
+    h = Harness(api=ab.Breaker(fail_max=1, reset_timeout=10, half_open_probes=2))
+    await h.fail()
+    woken: list[int] = []
+    _waiters(h, 5, woken)
+    await asyncio.sleep(9.9)
+    assert woken == []  # nobody polls, nobody is woken while it is open
+    await asyncio.sleep(0.2)
+    assert woken == [0, 1]
+
+
+@pytest.mark.looptime
+async def test_closing_the_circuit_wakes_every_waiter_once() -> None:
+    h = Harness(api=ab.Breaker(fail_max=1, reset_timeout=10))
+    await h.fail()
+    woken: list[int] = []
+    _waiters(h, 100, woken)
+    await asyncio.sleep(10)
+    assert woken == [0]  # one probe slot
+    assert await h.call() == "ok"  # the probe succeeds: closed
+    assert sorted(woken) == list(range(100))
+    await asyncio.sleep(100)
+    assert len(woken) == 100  # and never again
+
+
+@pytest.mark.looptime
+async def test_a_failed_probe_keeps_waiters_parked_for_the_new_open_period() -> None:
+    h = Harness(api=ab.Breaker(fail_max=1, reset_timeout=10))
+    await h.fail()
+    woken: list[int] = []
+    _waiters(h, 3, woken)
+    await asyncio.sleep(10)
+    assert woken == [0]
+    await h.fail()  # the probe fails: open again for 10 s
+    await asyncio.sleep(9.9)
+    assert woken == [0]
+    await asyncio.sleep(0.2)
+    assert woken == [0, 1]
+
+
+@pytest.mark.looptime
+async def test_a_hung_probe_wakes_nobody_and_a_cancelled_waiter_is_never_woken() -> None:
+    h = Harness(api=ab.Breaker(fail_max=1, reset_timeout=1))
+    await h.fail()
+    woken: list[int] = []
+    waiters = _waiters(h, 3, woken)
+    waiters[1].cancel()
+    release = asyncio.Event()
+
+    async def hung_probe() -> None:
+        async with h.deps.guard("api"):
+            await release.wait()
+
+    await asyncio.sleep(1)
+    assert woken == [0]
+    probe = asyncio.create_task(hung_probe())
+    await asyncio.sleep(60)  # the probe hangs: the backstop check finds no free slot
+    assert woken == [0]
+    release.set()
+    await probe
+    assert woken == [0, 2]  # closed: the rest, but not the one that gave up
+    waiting = [e for e in h.events if isinstance(e, ab.JobsWaiting)]
+    assert waiting[0].waiting == 2
+    assert waiting[-1].waiting == 0

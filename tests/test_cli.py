@@ -27,6 +27,8 @@ from asyncbatch._cli._live import LiveProgress
 from asyncbatch._cli._main import cli
 
 JOBS = """
+import asyncio
+
 import asyncbatch as ab
 
 CALLS = []
@@ -40,6 +42,11 @@ async def square(item):
 async def fixed(item):
     CALLS.append(item["id"])
     return "fixed"
+
+async def slow_square(item):
+    CALLS.append(item["id"])
+    await asyncio.sleep(0.05)
+    return item["n"] ** 2
 
 def not_async(item):
     return item
@@ -378,6 +385,28 @@ def test_malformed_jsonl_line_names_the_line_and_how_to_resume(jobs: str) -> Non
     assert "--run-id r9" in line
 
 
+def test_malformed_jsonl_line_after_five_jobs_leaves_those_five_checkpointed(jobs: str) -> None:
+    good = "".join(json.dumps({"id": f"g{i}", "n": i}) + "\n" for i in range(5))
+    Path("bad.jsonl").write_text(good + '{"id": "oops", \n' + '{"id": "later", "n": 9}\n')
+    result = invoke(
+        "run", f"{jobs}:slow_square", "--input", "bad.jsonl", "--key", "id",
+        "--db", "t.db", "--run-id", "r10",
+    )  # fmt: skip
+    line = assert_one_error_line(result)
+    assert "bad.jsonl:6: malformed JSON" in line
+    assert "the jobs before it are checkpointed" in line
+    # ... and they are: the five jobs before the bad line ran to their end and were committed.
+    assert _committed_jobs("t.db") == 5
+    Path("bad.jsonl").write_text(good + '{"id": "later", "n": 9}\n')
+    resumed = invoke(
+        "run", f"{jobs}:slow_square", "--input", "bad.jsonl", "--key", "id",
+        "--db", "t.db", "--run-id", "r10",
+    )  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    assert calls(jobs)[-1] == "later"
+    assert calls(jobs).count("g0") == 1  # not run again on resume
+
+
 def test_item_without_the_key_field_is_one_line(jobs: str) -> None:
     result = invoke(
         "run", f"{jobs}:square", "--input", "items.jsonl", "--key", "nope", "--db", "t.db"
@@ -435,7 +464,7 @@ def test_help_of_every_command_works() -> None:
         assert "--db" in result.stdout or args == ["dlq"]
 
 
-def test_live_progress_counts_retrying_parked_dead_and_breaker_state() -> None:
+def test_live_progress_counts_retrying_parked_dead_breaker_state_and_waiting_jobs() -> None:
     console = Console(file=io.StringIO(), width=120)
     progress = LiveProgress(console, total=3, label="x", enabled=False, events=True)
     progress.on_event(
@@ -458,6 +487,11 @@ def test_live_progress_counts_retrying_parked_dead_and_breaker_state() -> None:
     assert "✗ 1 dead" in stats
     assert "api: [green]closed" in stats
     assert (progress.retries, progress.breaker_trips) == (1, 1)
+    progress.on_event(ab.BreakerOpened(run_id="r", dependency="api"))
+    progress.on_event(ab.JobsWaiting(run_id="r", dependency="api", waiting=42, state="open"))
+    assert "42 waiting on 'api' (open)" in progress.stats()
+    progress.on_event(ab.JobsWaiting(run_id="r", dependency="api", waiting=0, state="closed"))
+    assert "waiting on" not in progress.stats()
     printed = console.file.getvalue()  # type: ignore[attr-defined]
     assert "breaker 'api' open after 5 failures (Unavailable)" in printed
     assert "breaker 'api' closed" in printed

@@ -27,6 +27,7 @@ from asyncbatch._observe._events import (
     BreakerHalfOpen,
     BreakerOpened,
     Event,
+    JobsWaiting,
     RetryScheduled,
 )
 from asyncbatch._observe._report import ErrorReport
@@ -76,8 +77,9 @@ class LiveProgress:
     Counts: ``done`` (succeeded or skipped), ``retrying`` (failed at least
     once, not finished), ``parked`` (retrying and not running right now:
     waiting out a backoff or an open circuit), ``dead`` (dead-lettered or
-    failed). Breaker state changes are printed as lines. The bar is off when
-    the output is not a terminal.
+    failed), and per dependency the jobs parked on its circuit (``3 waiting
+    on 'api' (open)``, from `JobsWaiting`). Breaker state changes are printed
+    as lines. The bar is off when the output is not a terminal.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class LiveProgress:
         self._retrying: set[str] = set()
         self._running: set[str] = set()
         self._breakers: dict[str, str] = {}
+        self._waiting: dict[str, int] = {}
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -136,6 +139,8 @@ class LiveProgress:
         if isinstance(event, RetryScheduled):
             self.retries += 1
             self._retrying.add(event.key)
+        elif isinstance(event, JobsWaiting):
+            self._waiting[event.dependency] = event.waiting
         elif isinstance(event, BreakerOpened | BreakerHalfOpen | BreakerClosed):
             state = {"BreakerOpened": "open", "BreakerHalfOpen": "half-open"}.get(
                 event.name, "closed"
@@ -177,6 +182,10 @@ class LiveProgress:
         for name, state in sorted(self._breakers.items()):
             colour = {"open": "red", "half-open": "yellow"}.get(state, "green")
             parts.append(f"{escape(name)}: [{colour}]{state}[/]")
+        for name, waiting in sorted(self._waiting.items()):
+            if waiting:
+                state = self._breakers.get(name, "open")
+                parts.append(f"[yellow]{waiting} waiting on {escape(repr(name))} ({state})[/]")
         return "  ".join(parts)
 
 

@@ -13,6 +13,16 @@ The state machine is aiobreaker's ``CircuitBreaker`` (closed → open → half-o
   open period is timed on the event loop's monotonic clock, so virtual time
   (looptime) drives it, and `Circuit` moves aiobreaker to half-open itself;
   aiobreaker's own timing is never consulted.
+
+Jobs parked behind a circuit (``on_open="park"``) do not poll it: each waits
+on `Circuit.wait` and is woken once, when the circuit can admit it. Closing
+wakes every waiter; the end of the open period, or a probe that finishes
+while the circuit stays half-open, wakes as many as there are free probe
+slots; re-opening leaves them waiting for the new open period. A backstop
+check every ``reset_timeout`` wakes the free slots' worth again in case a
+woken job never came back to probe. While jobs wait, the circuit reports
+how many with `JobsWaiting` events (at most one a second when the number
+changes, and once per ``reset_timeout`` while it stays above zero).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,17 +44,21 @@ from asyncbatch._observe._events import (
     BreakerHalfOpen,
     BreakerOpened,
     Event,
+    JobsWaiting,
 )
 from asyncbatch._policy._retry import seconds
 
-__all__ = ["PROBE_RECHECK", "Breaker", "Circuit", "OnOpen"]
+__all__ = ["PROBE_RECHECK", "REPORT_EVERY", "Breaker", "Circuit", "OnOpen", "Waiter"]
 
 OnOpen = Literal["park", "fail", "fallback"]
 _ON_OPEN = ("park", "fail", "fallback")
 
 PROBE_RECHECK = 0.1
-"""Seconds a call rejected while the half-open probes are busy waits before asking again
-(capped at the breaker's ``reset_timeout``)."""
+"""The ``retry_in`` hint of a call rejected while the half-open probes are busy (capped
+at the breaker's ``reset_timeout``). Parked jobs do not use it: they wait on the circuit."""
+
+REPORT_EVERY = 1.0
+"""Seconds (loop clock) between two `JobsWaiting` reports of a changing number of waiters."""
 
 # Loop timers may fire up to one clock tick early (asyncio compares against
 # ``time() + clock_resolution``); a call woken at the end of the open period
@@ -191,13 +206,34 @@ class _Listener:
         self._circuit._changed(old.state if old is not None else None, new.state)
 
 
+class Waiter:
+    """One job parked on a circuit (`Circuit.wait`); `cancel` takes it off the list."""
+
+    __slots__ = ("_circuit", "_wake", "live")
+
+    def __init__(self, circuit: Circuit, wake: Callable[[], None]) -> None:
+        self._circuit = circuit
+        self._wake = wake
+        self.live = True
+
+    def cancel(self) -> None:
+        """Stop waiting (the job ended otherwise: deadline, abort). Idempotent."""
+        if self.live:
+            self.live = False
+            self._circuit._left(cancelled=True)
+
+    def _fire(self) -> None:
+        self.live = False
+        self._wake()
+
+
 class Circuit:
     """The live state of one `Breaker` guarding one dependency in one run.
 
     The guard asks `admit` before a call (it raises `CircuitOpen` or returns
     a ticket) and hands the ticket back to `record` after it. Transitions
     become `BreakerOpened` / `BreakerHalfOpen` / `BreakerClosed` events via
-    ``emit``.
+    ``emit``. A rejected job can `wait` to be woken once it may be admitted.
 
     Args:
         policy: the `Breaker`.
@@ -215,7 +251,13 @@ class Circuit:
         "_opened_at",
         "_pending",
         "_probes",
+        "_report",
+        "_reported",
+        "_reported_at",
         "_time_open",
+        "_timer",
+        "_waiters",
+        "_waiting",
         "dependency",
         "policy",
         "run_id",
@@ -246,6 +288,12 @@ class Circuit:
         self._probes = 0  # probes in flight while half-open
         self._error: BaseException | None = None  # the failure being recorded
         self._pending: list[Event] = []
+        self._waiters: deque[Waiter] = deque()  # parked jobs, oldest first (some cancelled)
+        self._waiting = 0  # live waiters
+        self._timer: asyncio.TimerHandle | None = None  # next check for waiters to wake
+        self._report: asyncio.TimerHandle | None = None  # next JobsWaiting report
+        self._reported = 0  # the waiting count last reported
+        self._reported_at = float("-inf")
 
     def __repr__(self) -> str:
         return (
@@ -323,6 +371,13 @@ class Circuit:
         generation, probe = ticket
         if probe:
             self._probes -= 1
+        self._record(generation, error, counts)
+        if probe and self._waiting and self._cb.current_state is _HALF_OPEN:
+            # A probe slot is free and the circuit stays half-open: let a waiter probe.
+            # (A transition has already settled the waiters in _flush.)
+            self._wake(self._free())
+
+    def _record(self, generation: int, error: BaseException | None, counts: bool) -> None:
         if generation != self._generation:
             return
         if error is None:
@@ -384,6 +439,133 @@ class Circuit:
         pending, self._pending = self._pending, []
         for event in pending:
             self._emit(event)
+        if pending and self._waiting:
+            self._settle()
+
+    # ------------------------------------------------------------ waiters
+
+    @property
+    def waiting(self) -> int:
+        """Jobs parked on this circuit right now."""
+        return self._waiting
+
+    def wait(self, wake: Callable[[], None]) -> Waiter:
+        """Park a rejected job until the circuit can admit it.
+
+        ``wake()`` is called once, from the event loop, when the circuit
+        closes or a probe slot is free (never from inside this call).
+
+        Returns:
+            The `Waiter`; cancel it when the job stops waiting for another reason.
+        """
+        waiter = Waiter(self, wake)
+        self._waiters.append(waiter)
+        self._waiting += 1
+        if self._free():
+            # The circuit changed between the rejection and now: wake on the next tick.
+            self._schedule(asap=True)
+        elif self._timer is None:
+            self._schedule()
+        self._changed_waiting()
+        return waiter
+
+    def _free(self) -> int:
+        """How many waiters the circuit could admit now."""
+        current = self._cb.current_state
+        if current is _CLOSED:
+            return self._waiting
+        if current is _OPEN and self._opened_at + self.policy.reset_timeout - _now() > _SLACK:
+            return 0
+        return max(0, self.policy.half_open_probes - self._probes)
+
+    def _wake(self, n: int) -> None:
+        woken = 0
+        while woken < n and self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.live:
+                woken += 1
+                self._left(cancelled=False)
+                waiter._fire()
+
+    def _left(self, *, cancelled: bool) -> None:
+        """One waiter fewer (woken or cancelled)."""
+        self._waiting -= 1
+        if self._waiting == 0:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._waiters.clear()  # only cancelled ones are left
+        elif cancelled and len(self._waiters) > 2 * self._waiting + 64:
+            self._waiters = deque(w for w in self._waiters if w.live)
+        self._changed_waiting()
+
+    def _settle(self) -> None:
+        """The state changed: wake whom it can admit, or wait for the next chance."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._cb.current_state is _CLOSED:
+            self._wake(self._waiting)
+        elif self._waiting:
+            self._schedule()
+
+    def _schedule(self, *, asap: bool = False) -> None:
+        """Check again at the end of the open period, or ``reset_timeout`` from now."""
+        if self._timer is not None:
+            if not asap:
+                return
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        at = now if asap else now + self.policy.reset_timeout
+        if not asap and self._cb.current_state is _OPEN:
+            end = self._opened_at + self.policy.reset_timeout
+            if end - now > _SLACK:
+                at = end
+        self._timer = loop.call_at(at, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._wake(self._free())
+        if self._waiting:
+            self._schedule()
+            self._report_now()
+
+    def _changed_waiting(self) -> None:
+        """The number of waiters changed: report it (at most every `REPORT_EVERY` s)."""
+        if self._waiting == 0:
+            if self._report is not None:
+                self._report.cancel()
+                self._report = None
+            if self._reported:
+                self._report_now()  # the stall is over: say so at once
+            return
+        if self._report is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._report = loop.call_at(
+            max(loop.time(), self._reported_at + REPORT_EVERY), self._report_changed
+        )
+
+    def _report_changed(self) -> None:
+        self._report = None
+        if self._waiting != self._reported:
+            self._report_now()
+
+    def _report_now(self) -> None:
+        if self._report is not None:
+            self._report.cancel()
+            self._report = None
+        self._reported = self._waiting
+        self._reported_at = _now()
+        self._emit(
+            JobsWaiting(
+                run_id=self.run_id,
+                dependency=self.dependency,
+                waiting=self._waiting,
+                state=self.state,
+            )
+        )
 
 
 def _now() -> float:

@@ -27,6 +27,7 @@ __all__ = [
     "EventDispatcher",
     "Hook",
     "JobDeadLettered",
+    "JobsWaiting",
     "LoggingHook",
     "RetryScheduled",
     "RunAborted",
@@ -108,6 +109,26 @@ class BreakerClosed(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JobsWaiting(Event):
+    """Jobs are parked behind a dependency's circuit (``on_open="park"``).
+
+    Reported when the number changes (at most once a second), again every
+    ``reset_timeout`` while it stays above zero, and once with
+    ``waiting=0`` when the last of them was woken (or gave up). Each of
+    them still ends at its ``deadline=``, if the run set one.
+
+    Attributes:
+        dependency: the dependency whose circuit they wait on.
+        waiting: how many jobs wait on it now.
+        state: its circuit: ``"open"``, ``"half_open"`` or ``"closed"``.
+    """
+
+    dependency: str
+    waiting: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BudgetExhausted(Event):
     """The error budget is spent; ``action`` says whether the run aborts or alerts."""
 
@@ -153,7 +174,8 @@ class LoggingHook:
     Args:
         logger: the logger to write to (default ``logging.getLogger("asyncbatch")``).
         level: level for ordinary events; failures (dead letters, breaker
-            opening, budget, aborts) are logged at WARNING or above.
+            opening, budget, aborts) and jobs waiting on an open circuit
+            (`JobsWaiting` with ``waiting > 0``) are logged at WARNING or above.
     """
 
     _WARN = frozenset({"JobDeadLettered", "BreakerOpened", "BudgetExhausted"})
@@ -165,7 +187,7 @@ class LoggingHook:
     def __call__(self, event: Event) -> None:
         name = event.name
         level = self.level
-        if name in self._WARN:
+        if name in self._WARN or (isinstance(event, JobsWaiting) and event.waiting):
             level = max(level, logging.WARNING)
         elif name == "RunAborted":
             level = max(level, logging.ERROR)

@@ -209,6 +209,11 @@ class OutcomeStream(Generic[R]):
         except BatchAborted as exc:
             self.result = exc.result
             self._error = exc
+        except Exception as exc:
+            if exc is not engine.input_error:
+                raise
+            # The reader gets every outcome committed before the bad input, then the error.
+            self._error = exc
         finally:
             self.finished = True
             self._wake()

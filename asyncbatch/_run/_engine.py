@@ -156,6 +156,8 @@ class Engine(Generic[R]):
                             await self._checkpointer.flush()
                         await self._roll_back()
                     status = "aborted" if abort.cause is not None else "finished"
+                    if self.input_error is not None and abort.cause is None:
+                        status = "interrupted"  # the input stopped early: resume it
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self._close(status, loop.time() - t0)
@@ -168,7 +170,15 @@ class Engine(Generic[R]):
         result = self.result(loop.time() - t0, outcomes=[])
         if abort.cause is not None:
             raise BatchAborted(result, abort.cause) from abort.cause
+        if self.input_error is not None:
+            # Raised only now: the jobs admitted before it ran to their end and were committed.
+            raise self.input_error
         return result
+
+    @property
+    def input_error(self) -> Exception | None:
+        """What the input raised, if it did: admission stopped there."""
+        return self._queue.input_error
 
     async def _open_run(self, redriving: bool) -> None:
         """Begin (or resume) the run in the store and set up its checkpoint writer.
@@ -399,6 +409,7 @@ class Engine(Generic[R]):
                     for _ in range(self.opts.concurrency):
                         tg.start_soon(run)
         finally:
+            self._outcomes.let_go()
             if deps_token is not None:
                 reset_dependencies(deps_token)
 

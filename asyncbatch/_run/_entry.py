@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
 import traceback
 import warnings
-from typing import Any
+from typing import Any, Protocol
 
 from asyncbatch._context import JobContext
 from asyncbatch._errors import ErrorKind, qualname
@@ -16,7 +15,13 @@ from asyncbatch._result import AttemptRecord, JobOutcome, JobStatus
 from asyncbatch._store import JobRecord, safe_repr
 from asyncbatch._store._codec import ResultCodec
 
-__all__ = ["Entry", "json_payload"]
+__all__ = ["Entry", "Parking", "json_payload"]
+
+
+class Parking(Protocol):
+    """What holds a parked job: a loop timer, or its place on a circuit."""
+
+    def cancel(self) -> None: ...
 
 
 def json_payload(item: Any, key: str) -> tuple[Any, bool]:
@@ -72,7 +77,8 @@ class Entry(JobContext):
         self.prev_delay = 0.0
         self.kind: ErrorKind | None = None
         self.redrive_of: int | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Parking | None = None
+        """What holds the job while it is parked (cancel it to let go)."""
 
     def outcome(
         self,

@@ -3,9 +3,13 @@
 A worker hands each finished attempt here. A failure is classified (the
 run's classifier, an ``on_error`` decision), recorded (history, report,
 budget) and then either parked on a loop timer until its retry is due, dead-
-lettered, or turned into an abort. A finished job is checkpointed (handed to
-the writer, acknowledged after its commit) or, without a store,
-acknowledged at once: counted, reported, judged by the budget, delivered.
+lettered, or turned into an abort. A job rejected by an open circuit
+(``on_open="park"``) waits on the circuit itself and is woken when it can be
+admitted. No parked job outlives its deadline: it is woken at its deadline
+at the latest and dead-lettered with `DeadlineExceeded`. A finished job is
+checkpointed (handed to the writer, acknowledged after its commit) or,
+without a store, acknowledged at once: counted, reported, judged by the
+budget, delivered.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from asyncbatch._result import AttemptRecord, JobOutcome, JobStatus, count_statu
 from ._compensate import Done
 
 if TYPE_CHECKING:
+    from asyncbatch._deps._breaker import Circuit, Waiter
     from asyncbatch._observe._otel import AttemptScope, Instrumentation
 
     from ._abort import Abort
@@ -40,13 +45,29 @@ __all__ = ["Outcomes"]
 Sink = Callable[[JobOutcome[Any]], None]
 
 
+class _OnCircuit:
+    """How a job parked on a circuit is held: its place in line and its deadline timer."""
+
+    __slots__ = ("deadline", "waiter")
+
+    def __init__(self, waiter: Waiter, deadline: asyncio.TimerHandle | None) -> None:
+        self.waiter = waiter
+        self.deadline = deadline
+
+    def cancel(self) -> None:
+        self.waiter.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
+
+
 class Outcomes:
     """Decides what becomes of each attempt and acknowledges finished jobs.
 
     Attributes:
         counts: acknowledged jobs per status (this invocation).
         report: the run's `ReportBuilder`.
-        parked: entries waiting on a loop timer (backoff or an open circuit).
+        parked: entries waiting out a backoff (on a loop timer) or an open
+            circuit (on the circuit).
         done: succeeded jobs in completion order, kept when the batch may
             need rolling back (``compensate=``).
     """
@@ -71,6 +92,7 @@ class Outcomes:
         self._keep_done = opts.compensate is not None
         self._codec = opts.result_codec
         self._queue = queue
+        queue.count_successes(lambda: self.counts[JobStatus.SUCCEEDED])
         self._abort = abort
         self._emit = emit
         self._sink = sink
@@ -168,6 +190,8 @@ class Outcomes:
         entry.kind = kind
         if not entry.history:
             entry.history = []
+        elif kind is ErrorKind.TRANSIENT or kind is ErrorKind.RECOVERABLE:
+            self._queue.retry_failed()  # a retry failed too: trouble for everyone?
         entry.history.append(
             AttemptRecord(
                 number=entry.attempt,
@@ -240,7 +264,11 @@ class Outcomes:
         policy = getattr(breaker, "on_open", "park")
         if policy == "park":
             entry.attempt -= 1  # a rejected call is not an attempt
-            self.park(entry, max(exc.retry_in, 0.0))
+            circuit = self.deps.circuit(exc.dependency) if self.deps is not None else None
+            if circuit is None:  # raised by the job itself: all we have is its hint
+                self.park(entry, max(exc.retry_in, 0.0))
+            else:
+                self._park_on(entry, circuit)
             return
         if policy == "fallback" and breaker is not None and breaker.fallback is not None:
             try:
@@ -255,19 +283,70 @@ class Outcomes:
         self.failed(entry, exc, start, kind=ErrorKind.RECOVERABLE)
 
     def park(self, entry: Entry, delay: float) -> None:
-        """Hold ``entry`` on a loop timer (no worker, no slot) until its retry is due."""
+        """Hold ``entry`` on a loop timer (no worker, no slot) until its retry is due.
+
+        The timer never outlives the job's deadline: due past it, the job is
+        woken at its deadline and dead-lettered with `DeadlineExceeded`.
+        """
         loop = self.loop
         assert loop is not None
         self.parked.add(entry)
-        entry.timer = loop.call_later(delay, self._unpark, entry)
+        self._queue.parked_one()
+        deadline_at = entry.deadline_at
+        if deadline_at is not None and loop.time() + delay >= deadline_at:
+            entry.timer = loop.call_at(deadline_at, self._expire, entry)
+        else:
+            entry.timer = loop.call_later(delay, self._unpark, entry)
+
+    def _park_on(self, entry: Entry, circuit: Circuit) -> None:
+        """Hold ``entry`` on the circuit until it can admit it (or until its deadline)."""
+        loop = self.loop
+        assert loop is not None
+        self.parked.add(entry)
+        self._queue.parked_one()
+        deadline = None
+        if entry.deadline_at is not None:
+            deadline = loop.call_at(entry.deadline_at, self._expire, entry)
+        entry.timer = _OnCircuit(circuit.wait(lambda: self._unpark(entry)), deadline)
+
+    def let_go(self) -> None:
+        """The work stopped: cancel what holds each parked job (timers, places on circuits).
+
+        The entries stay in `parked`, for the engine to end them CANCELLED; a
+        run cancelled from outside leaves nothing scheduled on the loop.
+        """
+        for entry in self.parked:
+            timer, entry.timer = entry.timer, None
+            if timer is not None:
+                timer.cancel()
 
     def _unpark(self, entry: Entry) -> None:
-        entry.timer = None
+        timer, entry.timer = entry.timer, None
+        if timer is not None:
+            timer.cancel()  # its other half: the deadline timer, or the place in line
         self.parked.discard(entry)
+        self._queue.unparked_one()
         if self._abort.cause is not None:
             self._abort.interrupted.append(entry)
             return
         self._queue.push(entry)
+
+    def _expire(self, entry: Entry) -> None:
+        """A parked job reached its deadline: it ends DEAD_LETTERED with `DeadlineExceeded`."""
+        timer, entry.timer = entry.timer, None
+        if timer is not None:
+            timer.cancel()
+        self.parked.discard(entry)
+        self._queue.unparked_one()
+        if self._abort.cause is not None:
+            self._abort.interrupted.append(entry)
+            return
+        exc = DeadlineExceeded(entry.key, self.opts.deadline or 0.0)
+        # Not an attempt (nothing ran), but the report shows why the job ended.
+        self.report.attempt_failed(entry.key, ErrorKind.TRANSIENT, exc, time.time(), False)
+        self._dead_letter(entry, exc, ErrorKind.TRANSIENT)
+        if self._queue.held_back:
+            self._queue.relieve()  # it ended off a worker: a held-back worker may go now
 
     def _dead_letter(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
         entry.kind = kind

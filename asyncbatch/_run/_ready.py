@@ -4,9 +4,26 @@ A sync input is pulled by the workers themselves, one item whenever one is
 free, so nothing is read ahead. An async input is read by one feeder task
 into the ready deque, at most ``concurrency`` items ahead. Retries that come
 due (and jobs released by an open circuit) are pushed to the same deque and
-served before new items. When the checkpoint writer or a stream reader falls
-``max_backlog`` outcomes behind, no new item is admitted until it catches up:
-memory grows with the concurrency, never with the number of items.
+served before new items. No new item is admitted while the checkpoint writer
+or a stream reader is ``max_backlog`` outcomes behind, nor while
+``max_parked`` jobs are parked (waiting out a backoff or an open circuit):
+memory grows with the concurrency and the parked cap, never with the number
+of items.
+
+An outage for everyone is told apart from items that fail on their own by
+their retries: the *strain* is a moving share (weight 1/16) of failed
+retries among failed retries and succeeded jobs. Items that fail once and
+then succeed add nothing to it; an outage, where retries fail too, drives it
+towards 1. At `STRAIN_ON`, while jobs are parked, new items wait while
+``concurrency`` jobs are alive (running, ready or parked): freed slots no
+longer start new items that would burn their attempts during the outage, so
+it costs no more attempts than a retry loop holding a semaphore. Successes
+bring it down again (below `STRAIN_OFF` only the parked cap applies). Only a
+circuit breaker spends no attempts at all during an outage.
+
+When the input itself raises (a malformed line), admission stops there: the
+jobs already admitted run to their end, and the engine raises the error
+after they are committed (`input_error`).
 
 Measured before choosing: a deque plus futures hands an item to a worker about
 10x faster than an anyio memory object stream here (see ``benchmarks/``).
@@ -21,7 +38,14 @@ from typing import Any, Protocol
 
 from ._entry import Entry
 
-__all__ = ["ReadyQueue"]
+__all__ = ["STRAIN_OFF", "STRAIN_ON", "ReadyQueue"]
+
+STRAIN_ON = 0.75
+"""Strain (the recent share of failed retries among failed retries and succeeded jobs)
+at which admission holds the alive jobs at ``concurrency`` while any are parked."""
+STRAIN_OFF = 0.5
+"""...and below which it lets new items in freely again (hysteresis)."""
+_KEEP = 15 / 16  # what the strain keeps of its value at each failed retry or success
 
 Admit = Callable[[int | None, Any], "Entry | None"]
 
@@ -41,6 +65,8 @@ class ReadyQueue:
         backlog: how many outcomes wait for the writer or reader, if anyone
             can fall behind.
         max_backlog: above this backlog, new items wait.
+        max_parked: while this many jobs are parked, new items wait
+            (default ``max(1000, 10 * concurrency)``).
     """
 
     __slots__ = (
@@ -49,13 +75,21 @@ class ReadyQueue:
         "_blocked",
         "_concurrency",
         "_feeder_wait",
+        "_gated",
         "_max_backlog",
+        "_max_parked",
         "_ready",
         "_source",
         "_source_done",
         "_stopped",
+        "_strained",
+        "_successes",
+        "_successes_seen",
         "_waiters",
+        "input_error",
         "live",
+        "parked",
+        "strain",
     )
 
     def __init__(
@@ -65,11 +99,13 @@ class ReadyQueue:
         concurrency: int,
         backlog: Callable[[], int] | None,
         max_backlog: int,
+        max_parked: int | None = None,
     ) -> None:
         self._admit = admit
         self._concurrency = concurrency
         self._backlog = backlog
         self._max_backlog = max_backlog
+        self._max_parked = max_parked if max_parked is not None else max(1000, 10 * concurrency)
         self._ready: deque[Entry] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._source: Iterator[tuple[int | None, Any]] | None = None
@@ -79,6 +115,17 @@ class ReadyQueue:
         self._stopped = False
         self.live = 0
         """Jobs admitted and not finished: running, ready or parked."""
+        self.parked = 0
+        """Jobs parked: waiting out a backoff or an open circuit."""
+        self.strain = 0.0
+        """Recent share of failed retries among failed retries and succeeded jobs (0..1)."""
+        self._strained = False
+        self._successes: Callable[[], int] = _none
+        self._successes_seen = 0
+        # Whether any hold on new items may apply: one check per new item on the hot path.
+        self._gated = backlog is not None
+        self.input_error: Exception | None = None
+        """What the input raised, if it did (admission stopped there)."""
 
     def watch(self, writer: _Backlogged) -> None:
         """Also hold new items back while ``writer`` (the checkpointer) falls behind."""
@@ -87,6 +134,7 @@ class ReadyQueue:
             self._backlog = lambda: writer.backlog
         else:
             self._backlog = lambda: writer.backlog + reader()
+        self._gated = True
 
     def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterable[Any] | None:
         """Take the input; returns it back when it is async (run `feed` on it)."""
@@ -100,17 +148,21 @@ class ReadyQueue:
         """The feeder task of an async input."""
         loop = asyncio.get_running_loop()
         index = 0
-        async for item in items:
-            entry = self._admit(index, item)
-            index += 1
-            if entry is None:
-                continue
-            self.live += 1
-            while len(self._ready) >= self._concurrency or self._behind():
-                self._feeder_wait = loop.create_future()
-                await self._feeder_wait
-            self._ready.append(entry)
-            self._wake_one()
+        try:
+            async for item in items:
+                entry = self._admit(index, item)
+                index += 1
+                if entry is None:
+                    continue
+                self.live += 1
+                while len(self._ready) >= self._concurrency or self._behind():
+                    self._feeder_wait = loop.create_future()
+                    await self._feeder_wait
+                self._ready.append(entry)
+                self._wake_one()
+        except Exception as exc:
+            self._input_failed(exc)
+            return
         self._source_done = True
         if self.live == 0:
             self._wake_all()
@@ -136,17 +188,29 @@ class ReadyQueue:
         source = self._source
         if source is None:
             return None
-        if self._backlog is not None and self._behind():
+        if self._gated and self._behind():
             self._blocked = True
             return None
-        for index, item in source:
-            admitted = self._admit(index, item)
-            if admitted is not None:
-                self.live += 1
-                return admitted
+        try:
+            for index, item in source:
+                admitted = self._admit(index, item)
+                if admitted is not None:
+                    self.live += 1
+                    return admitted
+        except Exception as exc:
+            self._input_failed(exc)
+            return None
         self._source = None
         self._source_done = True
         return None
+
+    def _input_failed(self, exc: Exception) -> None:
+        """The input (or keying an item) raised: admit nothing more, let admitted jobs end."""
+        self.input_error = exc
+        self._source = None
+        self._source_done = True
+        if self.live == 0:
+            self._wake_all()
 
     async def wait(self) -> bool:
         """Wait for work; False when there is none left for this worker."""
@@ -162,6 +226,43 @@ class ReadyQueue:
         """An admitted entry is ready again (a retry came due)."""
         self._ready.append(entry)
         self._wake_one()
+
+    def parked_one(self) -> None:
+        """A job was parked (backoff or open circuit)."""
+        self.parked += 1
+        if self.parked >= self._max_parked:
+            self._gated = True
+
+    def unparked_one(self) -> None:
+        """A parked job came due, or ended at its deadline."""
+        self.parked -= 1
+        self._regate()
+        if (self._blocked or self._feeder_wait is not None) and self.parked < self._max_parked:
+            self.relieve()
+
+    def count_successes(self, successes: Callable[[], int]) -> None:
+        """Where the strain reads how many jobs succeeded (read lazily, off the hot path)."""
+        self._successes = successes
+
+    def retry_failed(self) -> None:
+        """A retry (attempt 2 or later) failed with a TRANSIENT/RECOVERABLE error."""
+        self._settle_strain()
+        self.strain = self.strain * _KEEP + (1.0 - _KEEP)
+        if self.strain >= STRAIN_ON:
+            self._strained = True
+            self._gated = True
+
+    def _settle_strain(self) -> bool:
+        """Count the successes since the last look; whether the run is still strained."""
+        done = self._successes()
+        new = done - self._successes_seen
+        if new:
+            self._successes_seen = done
+            self.strain *= _KEEP ** min(new, 1000)
+            if self._strained and self.strain < STRAIN_OFF:
+                self._strained = False
+                self._regate()
+        return self._strained
 
     def finished(self) -> None:
         """An admitted job ended for good."""
@@ -188,7 +289,19 @@ class ReadyQueue:
         leftovers, self._ready = list(self._ready), deque()
         return leftovers
 
+    def _regate(self) -> None:
+        self._gated = self._backlog is not None or self._strained or self.parked >= self._max_parked
+
     def _behind(self, limit: int | None = None) -> bool:
+        if self.parked >= self._max_parked:
+            return True
+        if (
+            self._strained
+            and self.parked
+            and self.live >= self._concurrency
+            and self._settle_strain()
+        ):
+            return True
         backlog = self._backlog
         return backlog is not None and backlog() >= (limit or self._max_backlog)
 
@@ -212,3 +325,7 @@ class ReadyQueue:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+
+def _none() -> int:
+    return 0

@@ -174,7 +174,10 @@ class Workers:
         entry.attempt += 1
         token = _current.set(entry)
         start = time.perf_counter()
-        if entry.attempt == 1:
+        if not entry.started:
+            # The job's first admission: its deadline runs from here, through every
+            # attempt and every wait (backoff, open circuit). Not `attempt == 1`: a
+            # call rejected by an open circuit gives its attempt back.
             entry.started = start
             if o.deadline is not None:
                 entry.deadline_at = loop.time() + o.deadline
