@@ -56,6 +56,7 @@ __all__ = [
     "merge_history",
     "owner_is_gone",
     "owning_here",
+    "result_text",
     "safe_repr",
     "storable_key",
     "storable_record",
@@ -130,16 +131,26 @@ def safe_repr(value: Any) -> str:
     return storable_text(text)
 
 
+def _plain(text: str) -> bool:
+    """Whether every store can write ``text`` as it is (UTF-8, and no NUL for PostgreSQL)."""
+    return "\x00" not in text and _utf8(text)
+
+
 def storable_text(text: str) -> str:
-    """``text`` with lone surrogates written as ``\\udcff`` escapes (UTF-8 writable).
+    """``text`` with lone surrogates and NULs written as ``\\udcff`` / ``\\x00`` escapes.
 
     For messages, tracebacks, error types and keys: readable, and applied on
     every write and every lookup, so the same text always maps to the same
     stored text (``storable_text(storable_text(t)) == storable_text(t)``).
+    Lone surrogates are not UTF-8 (SQLite and PostgreSQL drivers refuse
+    them) and PostgreSQL's ``text`` cannot hold a NUL character; every store
+    escapes both, so a key is stored (and shown) alike everywhere.
     """
-    if _utf8(text):
+    if _plain(text):
         return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not _utf8(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
 
 
 def storable_key(key: str) -> str:
@@ -191,7 +202,12 @@ JOB_COLUMNS = (
 )  # fmt: skip
 
 
-def _result(r: JobRecord) -> str | None:
+def result_text(r: JobRecord) -> str | None:
+    """A record's result as the JSON text every store writes (None: no result stored).
+
+    A result JSON cannot hold is stored as None, with the run's one warning
+    (`warn_unstorable`), on every store alike.
+    """
     if not r.has_result:
         return None
     text = encode(r.result)
@@ -203,7 +219,7 @@ def _result(r: JobRecord) -> str | None:
 def job_row(r: JobRecord, seq: int, now: float) -> JobRow:
     """The stored form of a job record (``seq``: its completion order)."""
     # The hot path of every commit: `_value_` skips Enum's `value` property.
-    result = _result(r)
+    result = result_text(r)
     payload, is_repr = (
         (None, False) if r.payload is None else encode_payload(r.payload, r.payload_is_repr)
     )
@@ -257,18 +273,18 @@ def finished_job(
 def storable_record(r: JobRecord) -> JobRecord:
     """``r`` with its key and texts UTF-8 writable (`storable_text`); ``r`` itself when they are.
 
-    Both stores apply it to every record they commit, so a lone surrogate in
-    one job's key, message or traceback is stored escaped instead of failing
-    the whole group's transaction. (Results and payloads are JSON: `encode`
-    escapes them losslessly.)
+    Every store applies it to every record it commits, so a lone surrogate
+    (or a NUL) in one job's key, message or traceback is stored escaped
+    instead of failing the whole group's transaction. (Results and payloads
+    are JSON: `encode` escapes them losslessly, a NUL as ``\\u0000``.)
     """
     m, tb, et, ce = r.message, r.traceback, r.error_type, r.compensation_error
     if (
-        r.key.isascii()
-        and (m is None or m.isascii())
-        and (tb is None or tb.isascii())
-        and (et is None or et.isascii())
-        and (ce is None or ce.isascii())
+        _plain(r.key)
+        and (m is None or _plain(m))
+        and (tb is None or _plain(tb))
+        and (et is None or _plain(et))
+        and (ce is None or _plain(ce))
     ):
         return r
     return replace(
@@ -295,7 +311,7 @@ def is_plain_success(r: JobRecord) -> bool:
 
 def success_row(r: JobRecord, seq: int, now: float) -> JobRow:
     """The `JOB_SUCCESS` parameters of a plain success."""
-    result = _result(r)
+    result = result_text(r)
     return (r.run_id, r.key, r.index, r.attempts, r.duration, result, result is not None, seq, now)
 
 

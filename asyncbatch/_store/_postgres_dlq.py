@@ -42,6 +42,10 @@ class PostgresDeadLetterQueue(DeadLetterQueueBase):
     async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
         return [_value(row) for row in await self._store._fetch(QUERIES.dlq_select, *_params(f))]
 
+    async def _page(self, f: DeadLetterFilter, after: int | None, size: int) -> list[DeadLetter]:
+        rows = await self._store._fetch(QUERIES.dlq_page, *_params(f)[:6], after, size)
+        return [_value(row) for row in rows]
+
     async def get(self, id: int) -> DeadLetter:
         """One entry; raises `KeyError` for an unknown id."""
         rows = await self._store._fetch(QUERIES.dlq_get, id)

@@ -16,12 +16,13 @@ from asyncbatch._result import JobStatus
 
 from ._common import (
     JobRow,
-    encode,
     encode_history,
     encode_payload,
     is_compensation,
     is_plain_success,
     job_row,
+    result_text,
+    storable_record,
     success_row,
 )
 from ._postgres_sql import QUERIES as Q
@@ -93,7 +94,7 @@ def plain_segment(records: Sequence[JobRecord], now: float) -> Segment | None:
     keys = [r.key for r in records]
     if len(set(keys)) != len(keys):
         return None
-    results = [encode(r.result) if r.has_result else None for r in records]
+    results = [result_text(r) for r in records]  # warns, as every store does, once a run
     arrays = [keys, [r.index for r in records], [r.attempts for r in records],
               [r.duration for r in records], results]  # fmt: skip
     return Segment(
@@ -105,7 +106,12 @@ def plain_segment(records: Sequence[JobRecord], now: float) -> Segment | None:
 
 
 def plan(records: Sequence[JobRecord], now: float) -> list[Segment]:
-    """The records split into segments, every statement's parameters built (once, for retries)."""
+    """The records split into segments, every statement's parameters built (once, for retries).
+
+    Keys and texts are made storable first (`storable_record`: lone
+    surrogates and NULs escaped), exactly as the other stores store them.
+    """
+    records = [storable_record(r) for r in records]
     plain = plain_segment(records, now)
     if plain is not None:
         return [plain]
