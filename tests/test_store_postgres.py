@@ -373,6 +373,30 @@ def test_importing_asyncbatch_does_not_import_asyncpg() -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
+def test_ab_postgres_store_imports_asyncpg_only_when_first_used() -> None:
+    code = (
+        "import sys, asyncbatch as ab\n"
+        "assert 'asyncpg' not in sys.modules and 'PostgresStore' in dir(ab)\n"
+        "from asyncbatch._store._postgres import PostgresStore\n"
+        "assert ab.PostgresStore is PostgresStore and 'asyncpg' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_ab_postgres_store_without_asyncpg_says_which_extra_to_install() -> None:
+    code = (
+        "import sys; sys.modules['asyncpg'] = None\n"
+        "import asyncbatch as ab\n"
+        "try: ab.PostgresStore\n"
+        "except ImportError as e: print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == (
+        "ab.PostgresStore needs asyncpg: pip install 'asyncbatch[postgres]'"
+    ), done.stderr
+
+
 def test_without_asyncpg_the_error_says_which_extra_to_install() -> None:
     code = (
         "import sys, asyncio; sys.modules['asyncpg'] = None\n"
