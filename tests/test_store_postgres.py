@@ -158,6 +158,28 @@ async def test_a_retried_commit_that_had_landed_is_not_applied_twice(
     assert [j.key for j in await store.jobs("r1")] == ["a", "b"]
 
 
+async def test_a_retried_begin_run_or_purge_that_had_landed_answers_as_the_first_did(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.commit([dead("a"), dead("b")])
+    real = store._db.write
+
+    async def landed_then_retried(body: Any) -> Any:
+        await real(body)  # committed, but its reply was lost: the connector runs it again
+        return await real(body)
+
+    monkeypatch.setattr(store._db, "write", landed_then_retried)
+
+    assert await store.begin_run(RunInfo(run_id="new"), owner="host-a:1:a") is None  # still new
+    assert "new" in store._fresh
+    old = await store.begin_run(RunInfo(run_id="r1"), owner="host-a:1:a")
+    assert old is not None
+    assert old.run_id == "r1"
+    assert await store.dlq.purge(run_id="r1") == 2  # not 0, the retry's own count
+    with pytest.raises(ab.RunOwned):  # the lease was taken once, and holds
+        await store.begin_run(RunInfo(run_id="r1"), owner="host-b:2:b")
+
+
 def test_the_fast_plan_of_plain_successes_equals_the_general_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -54,9 +54,17 @@ class PostgresDeadLetterQueue(DeadLetterQueueBase):
         return _value(rows[0])
 
     async def _delete(self, f: DeadLetterFilter) -> int:
+        token = uuid.uuid4().hex
+        deleted: list[int] = []  # what the last attempt that ran the body deleted
+
         async def body(conn: asyncpg.Connection) -> int:
+            # A retry after a lost connection whose purge had landed deletes
+            # nothing more: the token says so, and it reports the first count.
+            if await conn.fetchval(QUERIES.token_claim, token) is None:
+                return deleted[-1]
             done = await conn.execute(QUERIES.dlq_purge, *_params(f))
-            return int(done.split()[-1])  # "DELETE n"
+            deleted.append(int(done.split()[-1]))  # "DELETE n"
+            return deleted[-1]
 
         return await self._store._write(body)
 
