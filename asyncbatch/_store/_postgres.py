@@ -14,6 +14,15 @@ a token, so when the connection is lost and the `Connector` retries it, a
 commit that had in fact landed is not applied twice (a dead-lettered job
 would otherwise double its attempt history).
 
+Ownership is SQLite's (see `Store.begin_run`): ``runs.owner``,
+``owned_since`` and ``heartbeat_at`` (schema step 2), taken in
+`PostgresStore.begin_run`'s transaction with the run's row locked
+``FOR UPDATE``, so two processes (on any machines) cannot both take a run;
+`_common.check_lease` decides. The writes that are not idempotent
+(``begin_run``, ``dlq.purge``, ``dlq.mark_redriven``, the group commit)
+claim a token in their transaction, so a retry of one that had landed
+changes nothing and answers as the first attempt did.
+
 Durability: every connection runs with ``synchronous_commit=on`` (whatever
 the server's default), for both ``durability`` levels: a commit is on the
 server's disk (and on synchronous standbys) before it returns, which
@@ -333,7 +342,9 @@ class PostgresStore:
             self._fresh.discard(run.run_id)
         return old
 
-    async def _holder(self, conn: asyncpg.Connection, run_id: str) -> tuple[str | None, Any]:
+    async def _holder(
+        self, conn: asyncpg.Connection, run_id: str
+    ) -> tuple[str | None, float | None]:
         row = await conn.fetchrow(Q.run_holder, run_id)
         if row is None:
             raise UnknownRun(run_id)
