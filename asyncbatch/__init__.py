@@ -75,6 +75,7 @@ from ._version import __version__
 
 if _typing.TYPE_CHECKING:
     from . import http as http
+    from ._store._postgres import PostgresStore as PostgresStore
 
 __all__ = [
     "AsyncBatchError",
@@ -112,6 +113,7 @@ __all__ = [
     "LoggingHook",
     "MemoryStore",
     "PermanentError",
+    "PostgresStore",
     "Rate",
     "RecoverableError",
     "RejectedResult",
@@ -139,10 +141,30 @@ __all__ = [
 ]
 
 
+_LAZY = ("PostgresStore",)
+"""Public names imported on first use: `import asyncbatch` never imports asyncpg."""
+
+
 def __getattr__(name: str) -> object:
     # `ab.http` on first use: the module is small, but `import asyncbatch` stays minimal.
     if name == "http":
         import importlib
 
         return importlib.import_module(f"{__name__}.http")
+    if name == "PostgresStore":
+        try:
+            from ._store._postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "asyncpg":
+                raise
+            raise ImportError(
+                "ab.PostgresStore needs asyncpg: pip install 'asyncbatch[postgres]'",
+                name="asyncpg",
+            ) from None
+        globals()[name] = PostgresStore  # later look-ups skip this function
+        return PostgresStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

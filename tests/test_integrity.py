@@ -2,8 +2,8 @@
 
 The feature x store matrix: budget aborts, FATAL aborts, compensation,
 rollback, resume (identity, compensated jobs), reports, failing commits and
-cancelled streams, each run against the in-memory store and SQLite (the
-PostgreSQL store joins the ``store`` fixture). After each scenario the
+cancelled streams, each run against the in-memory store, SQLite and
+PostgreSQL (the ``store`` fixture). After each scenario the
 invariants are checked against the store itself.
 """
 
@@ -16,17 +16,15 @@ from typing import Any, Literal
 
 import anyio
 import pytest
+from stores import STORES, store_url
 
 import asyncbatch as ab
 from asyncbatch._store import JobRecord
 
-STORES = ["memory", "sqlite"]
-
 
 @pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ab.Store]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/runs.db"
-    async with ab.open_store(url) as st:
+    async with ab.open_store(store_url(request, tmp_path, request.param)) as st:
         yield st
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import uuid
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -43,9 +44,10 @@ schedules = st.fixed_dictionaries(
         "concurrency": st.integers(1, 8),
     }
 )
+pg_schedules = schedules.map(lambda s: {**s, "store": "postgresql"})
 
 
-async def _play(schedule: dict[str, Any], url: str) -> None:
+async def _play(schedule: dict[str, Any], url: str, run_id: str = "prop") -> None:
     items = schedule["items"]
     async with ab.open_store(url) as store:  # one store for every invocation
         acked: dict[str, ab.JobStatus] = {}  # key -> last acknowledged terminal status
@@ -78,7 +80,7 @@ async def _play(schedule: dict[str, Any], url: str) -> None:
 
             options: dict[str, Any] = {
                 "store": store,
-                "run_id": "prop",
+                "run_id": run_id,
                 "concurrency": schedule["concurrency"],
                 "retry": FAST,
                 "retry_dead": inv["retry_dead"],
@@ -93,7 +95,7 @@ async def _play(schedule: dict[str, Any], url: str) -> None:
             except ab.ConfigError:
                 # A rollback interrupted... cannot happen here; a compensating run
                 # without compensate= is refused and must stay compensating.
-                assert (await store.get_run("prop")).status == "compensating"
+                assert (await store.get_run(run_id)).status == "compensating"
                 continue
             # No acknowledged job ran again, unless it may.
             for key in calls:
@@ -111,9 +113,9 @@ async def _play(schedule: dict[str, Any], url: str) -> None:
                 ):
                     acked[o.key] = o.status
             # The store says exactly what the outcomes said.
-            stored = {j.key: j.status for j in await store.jobs("prop")}
+            stored = {j.key: j.status for j in await store.jobs(run_id)}
             assert stored == acked, (n, stored, acked)
-            counts = await store.count_jobs("prop")
+            counts = await store.count_jobs(run_id)
             for status in (
                 ab.JobStatus.SUCCEEDED,
                 ab.JobStatus.DEAD_LETTERED,
@@ -121,10 +123,10 @@ async def _play(schedule: dict[str, Any], url: str) -> None:
             ):
                 expected = sum(1 for s in acked.values() if s is status)
                 assert counts[status.value] == expected
-            run = await store.get_run("prop")
+            run = await store.get_run(run_id)
             for status in ("succeeded", "dead_lettered", "compensated"):
                 assert run.counts.get(status, 0) == counts[status]
-            dead = {d.key for d in await store.dlq.list(run_id="prop")}
+            dead = {d.key for d in await store.dlq.list(run_id=run_id)}
             assert dead == {k for k, s in acked.items() if s is ab.JobStatus.DEAD_LETTERED}
 
 
@@ -140,3 +142,16 @@ def test_random_schedules_of_failures_aborts_and_resumes_never_make_the_store_li
     with tempfile.TemporaryDirectory() as tmp:
         url = "memory://" if schedule["store"] == "memory" else f"sqlite:///{tmp}/p.db"
         asyncio.run(_play(schedule, url))
+
+
+@settings(
+    max_examples=15,  # each opens a store on a server: fewer, to stay fast
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(pg_schedules)
+def test_random_schedules_never_make_a_postgresql_store_lie(
+    pg_url: str, schedule: dict[str, Any]
+) -> None:
+    # One schema for every example (pg_url is made once per test), a run id each.
+    asyncio.run(_play(schedule, pg_url, run_id=f"prop-{uuid.uuid4().hex[:12]}"))

@@ -51,8 +51,17 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "asyncbatch", *args, "--db", "t.db"]
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, workdir: Path) -> str:
+    """The store the processes share: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        return "t.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def _cli(db: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "asyncbatch", *args, "--db", db]
 
 
 RUN = ("run", "ownedjobs:work", "--input", "items.jsonl", "--run-id", "r1", "--quiet")
@@ -84,7 +93,9 @@ def _holding(args: list[str], **env: str) -> Iterator[subprocess.Popen[str]]:
 
 
 def _count(db: str, sql: str) -> int:
-    """A count read beside the writer (WAL), 0 before the tables exist."""
+    """A count read beside the writer (WAL on SQLite), 0 before the tables exist."""
+    if db.startswith("postgresql"):
+        return asyncio.run(_pg_count(db, sql))
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as c:
             return int(c.execute(sql).fetchone()[0])
@@ -92,18 +103,31 @@ def _count(db: str, sql: str) -> int:
         return 0
 
 
-async def _dlq(status: Literal["dead", "resolved"] = "dead") -> list[str]:
-    async with ab.open_store("t.db") as store:
+async def _pg_count(db: str, sql: str) -> int:
+    import asyncpg
+
+    server, _, schema = db.partition("?schema=")
+    conn = await asyncpg.connect(server, server_settings={"search_path": schema}, timeout=5)
+    try:
+        return int(await conn.fetchval(sql))
+    except asyncpg.UndefinedTableError:
+        return 0
+    finally:
+        await conn.close()
+
+
+async def _dlq(db: str, status: Literal["dead", "resolved"] = "dead") -> list[str]:
+    async with ab.open_store(db) as store:
         return sorted(e.key for e in await store.dlq.list(run_id="r1", status=status))
 
 
 @pytest.mark.slow
 def test_a_second_process_on_a_running_run_is_refused_in_one_line_naming_the_owner(
-    workdir: Path,
+    db: str,
 ) -> None:
-    with _holding(_cli(*RUN), HOLD_AT="3", FIXED="1") as owner:
+    with _holding(_cli(db, *RUN), HOLD_AT="3", FIXED="1") as owner:
         second = subprocess.run(
-            _cli(*RUN), env=_env(FIXED="1"), capture_output=True, text=True, timeout=60
+            _cli(db, *RUN), env=_env(FIXED="1"), capture_output=True, text=True, timeout=60
         )
 
         assert second.returncode != 0
@@ -116,10 +140,10 @@ def test_a_second_process_on_a_running_run_is_refused_in_one_line_naming_the_own
 
 
 @pytest.mark.slow
-def test_a_sigkilled_owner_is_taken_over_at_once(workdir: Path) -> None:
-    with _holding(_cli(*RUN), HOLD_AT="3", FIXED="1") as owner:
+def test_a_sigkilled_owner_is_taken_over_at_once(db: str) -> None:
+    with _holding(_cli(db, *RUN), HOLD_AT="3", FIXED="1") as owner:
         deadline = time.monotonic() + 30
-        while _count("t.db", "SELECT count(*) FROM jobs") < 19:  # all but the held one
+        while _count(db, "SELECT count(*) FROM jobs") < 19:  # all but the held one
             assert time.monotonic() < deadline
             time.sleep(0.01)
         owner.send_signal(signal.SIGKILL)
@@ -127,7 +151,7 @@ def test_a_sigkilled_owner_is_taken_over_at_once(workdir: Path) -> None:
 
     started = time.monotonic()
     resumed = subprocess.run(
-        _cli(*RUN), env=_env(FIXED="1"), capture_output=True, text=True, timeout=60
+        _cli(db, *RUN), env=_env(FIXED="1"), capture_output=True, text=True, timeout=60
     )
 
     assert resumed.returncode == 0, resumed.stderr
@@ -137,30 +161,30 @@ def test_a_sigkilled_owner_is_taken_over_at_once(workdir: Path) -> None:
 
 @pytest.mark.slow
 def test_a_redrive_killed_midway_leaves_its_unfinished_entries_dead_and_redrivable(
-    workdir: Path,
+    db: str,
 ) -> None:
-    first = subprocess.run(_cli(*RUN), env=_env(), capture_output=True, text=True, timeout=60)
+    first = subprocess.run(_cli(db, *RUN), env=_env(), capture_output=True, text=True, timeout=60)
     assert first.returncode != 0  # items 0, 5, 10 and 15 were dead-lettered
-    assert asyncio.run(_dlq()) == ["0", "10", "15", "5"]
+    assert asyncio.run(_dlq(db)) == ["0", "10", "15", "5"]
 
-    with _holding(_cli(*REDRIVE), HOLD_AT="0", FIXED="1") as redrive:
+    with _holding(_cli(db, *REDRIVE), HOLD_AT="0", FIXED="1") as redrive:
         deadline = time.monotonic() + 30
         resolved = "SELECT count(*) FROM dlq WHERE status = 'resolved'"
-        while _count("t.db", resolved) < 3:  # 5, 10 and 15 are committed; 0 still runs
+        while _count(db, resolved) < 3:  # 5, 10 and 15 are committed; 0 still runs
             assert time.monotonic() < deadline
             time.sleep(0.01)
         redrive.send_signal(signal.SIGKILL)
 
-    assert asyncio.run(_dlq()) == ["0"]  # what did not finish is still dead, and listed
-    assert asyncio.run(_dlq("resolved")) == ["10", "15", "5"]
+    assert asyncio.run(_dlq(db)) == ["0"]  # what did not finish is still dead, and listed
+    assert asyncio.run(_dlq(db, "resolved")) == ["10", "15", "5"]
 
     again = subprocess.run(
-        _cli(*REDRIVE), env=_env(FIXED="1"), capture_output=True, text=True, timeout=60
+        _cli(db, *REDRIVE), env=_env(FIXED="1"), capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 0, again.stderr
     assert "1 resolved, 0 dead again" in again.stdout
-    assert asyncio.run(_dlq()) == []
-    assert asyncio.run(_dlq("resolved")) == ["0", "10", "15", "5"]
+    assert asyncio.run(_dlq(db)) == []
+    assert asyncio.run(_dlq(db, "resolved")) == ["0", "10", "15", "5"]
 
 
 # ------------------------------------------------------------- in one process

@@ -429,6 +429,34 @@ async def test_a_lone_surrogate_anywhere_in_a_group_does_not_fail_the_group(
     assert entries["message"].traceback == "Traceback ...\nErr\\udcff: cannot open \\udcff\n"
 
 
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-group", "mixed-group"])
+async def test_a_nul_character_anywhere_in_a_group_does_not_fail_the_group(
+    store: Store, plain: bool
+) -> None:
+    await begin(store)
+    nul = "\x00"  # PostgreSQL's text cannot hold it; JSON writes it as \u0000
+    records = [ok("plain", 1), ok("result", {"a": nul}), ok(f"key-{nul}", 2)]
+    if not plain:
+        records += [
+            dead("payload", payload=[nul]),
+            dead("message", message=f"cannot open {nul}", error_type=f"Err{nul}"),
+        ]
+    await store.commit(records)
+
+    finished = await store.finished_jobs("r1")
+    assert {k: j.result for k, j in finished.items() if j.status is S} == {
+        "plain": 1,
+        "result": {"a": nul},  # exactly
+        "key-\\x00": 2,  # keys and texts are stored with the NUL escaped
+    }
+    assert set(await store.lookup("r1", ["key-\\x00", "result"])) == {"key-\\x00", "result"}
+    if not plain:
+        entries = {e.key: e for e in await store.dlq.list()}
+        assert entries["payload"].payload == [nul]
+        assert entries["message"].message == "cannot open \\x00"
+        assert entries["message"].error_type == "Err\\x00"
+
+
 async def test_a_value_nested_too_deep_is_stored_without_a_recursion_error(
     store: Store,
 ) -> None:

@@ -158,6 +158,28 @@ async def test_a_retried_commit_that_had_landed_is_not_applied_twice(
     assert [j.key for j in await store.jobs("r1")] == ["a", "b"]
 
 
+async def test_a_retried_begin_run_or_purge_that_had_landed_answers_as_the_first_did(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.commit([dead("a"), dead("b")])
+    real = store._db.write
+
+    async def landed_then_retried(body: Any) -> Any:
+        await real(body)  # committed, but its reply was lost: the connector runs it again
+        return await real(body)
+
+    monkeypatch.setattr(store._db, "write", landed_then_retried)
+
+    assert await store.begin_run(RunInfo(run_id="new"), owner="host-a:1:a") is None  # still new
+    assert "new" in store._fresh
+    old = await store.begin_run(RunInfo(run_id="r1"), owner="host-a:1:a")
+    assert old is not None
+    assert old.run_id == "r1"
+    assert await store.dlq.purge(run_id="r1") == 2  # not 0, the retry's own count
+    with pytest.raises(ab.RunOwned):  # the lease was taken once, and holds
+        await store.begin_run(RunInfo(run_id="r1"), owner="host-b:2:b")
+
+
 def test_the_fast_plan_of_plain_successes_equals_the_general_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -371,6 +393,30 @@ async def test_an_unreachable_server_is_one_clear_line() -> None:
 def test_importing_asyncbatch_does_not_import_asyncpg() -> None:
     code = "import sys, asyncbatch; sys.exit('asyncpg' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_ab_postgres_store_imports_asyncpg_only_when_first_used() -> None:
+    code = (
+        "import sys, asyncbatch as ab\n"
+        "assert 'asyncpg' not in sys.modules and 'PostgresStore' in dir(ab)\n"
+        "from asyncbatch._store._postgres import PostgresStore\n"
+        "assert ab.PostgresStore is PostgresStore and 'asyncpg' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_ab_postgres_store_without_asyncpg_says_which_extra_to_install() -> None:
+    code = (
+        "import sys; sys.modules['asyncpg'] = None\n"
+        "import asyncbatch as ab\n"
+        "try: ab.PostgresStore\n"
+        "except ImportError as e: print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == (
+        "ab.PostgresStore needs asyncpg: pip install 'asyncbatch[postgres]'"
+    ), done.stderr
 
 
 def test_without_asyncpg_the_error_says_which_extra_to_install() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import STORES, store_url
 
 import asyncbatch as ab
 
@@ -33,10 +34,9 @@ def _deep(depth: int) -> list[Any]:
     return root
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ab.Store]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'runs.db'}"
-    async with ab.open_store(url) as s:
+    async with ab.open_store(store_url(request, tmp_path, request.param)) as s:
         yield s
 
 
@@ -128,3 +128,43 @@ async def test_an_error_whose_message_is_too_deep_to_print_fails_only_its_job(
     (dead,) = await store.dlq.list(run_id="deep-error")
     assert dead.message == "<PermanentError(list) nested too deeply to show>"
     assert (await store.get_run("deep-error")).status == "finished"
+
+
+NUL_ITEMS: list[dict[str, Any]] = [
+    {"name": "plain"},
+    {"name": "nul-result"},
+    {"name": "nul\x00key"},  # PostgreSQL's text cannot hold a NUL
+    {"name": "nul-message"},
+    {"name": "nul-payload", "file": "a\x00b"},
+]
+
+
+async def nul_job(item: dict[str, Any]) -> Any:
+    name = item["name"]
+    if name == "nul-result":
+        return {"text": "a\x00b", "k\x00": 1}
+    if name == "nul-message":
+        raise ab.PermanentError("cannot open a\x00b")
+    if "file" in item:
+        raise ab.PermanentError("bad item")
+    return name
+
+
+async def test_a_nul_character_anywhere_fails_nothing_and_resumes(store: ab.Store) -> None:
+    first = await ab.run_batch(nul_job, NUL_ITEMS, key=_key, store=store, run_id="nul")
+
+    assert (first.counts[S], first.counts[D]) == (3, 2)
+    stored = {j.key: j for j in await store.jobs("nul")}
+    assert set(stored) == {"plain", "nul-result", "nul\\x00key", "nul-message", "nul-payload"}
+    assert stored["nul-result"].result == {"text": "a\x00b", "k\x00": 1}  # JSON keeps it exactly
+    assert stored["nul\\x00key"].result == "nul\x00key"
+    dead = {d.key: d for d in await store.dlq.list(run_id="nul")}
+    assert dead["nul-message"].message == "cannot open a\\x00b"  # escaped, like a surrogate
+    assert dead["nul-payload"].payload == {"name": "nul-payload", "file": "a\x00b"}
+    assert (await store.get_run("nul")).status == "finished"
+
+    again = await ab.run_batch(nul_job, NUL_ITEMS, key=_key, store=store, run_id="nul")
+
+    assert again.counts[K] == len(NUL_ITEMS)  # the NUL key is found again
+    by_key = {o.key: o for o in again.outcomes}
+    assert by_key["nul-result"].result == {"text": "a\x00b", "k\x00": 1}

@@ -23,6 +23,7 @@ __all__ = [
     "is_utf8",
     "merge_history",
     "optional_text",
+    "plain_text",
     "safe_repr",
     "storable_key",
     "storable_text",
@@ -87,16 +88,26 @@ def safe_repr(value: Any) -> str:
     return storable_text(text)
 
 
+def plain_text(text: str) -> bool:
+    """Whether every store can write ``text`` as it is (UTF-8, and no NUL for PostgreSQL)."""
+    return "\x00" not in text and is_utf8(text)
+
+
 def storable_text(text: str) -> str:
-    """``text`` with lone surrogates written as ``\\udcff`` escapes (UTF-8 writable).
+    """``text`` with lone surrogates and NULs written as ``\\udcff`` / ``\\x00`` escapes.
 
     For messages, tracebacks, error types and keys: readable, and applied on
     every write and every lookup, so the same text always maps to the same
     stored text (``storable_text(storable_text(t)) == storable_text(t)``).
+    Lone surrogates are not UTF-8 (SQLite and PostgreSQL drivers refuse
+    them) and PostgreSQL's ``text`` cannot hold a NUL character; every store
+    escapes both, so a key is stored (and shown) alike everywhere.
     """
-    if is_utf8(text):
+    if plain_text(text):
         return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not is_utf8(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
 
 
 def storable_key(key: str) -> str:

@@ -14,6 +14,15 @@ a token, so when the connection is lost and the `Connector` retries it, a
 commit that had in fact landed is not applied twice (a dead-lettered job
 would otherwise double its attempt history).
 
+Ownership is SQLite's (see `Store.begin_run`): ``runs.owner``,
+``owned_since`` and ``heartbeat_at`` (schema step 2), taken in
+`PostgresStore.begin_run`'s transaction with the run's row locked
+``FOR UPDATE``, so two processes (on any machines) cannot both take a run;
+`_common.check_lease` decides. The writes that are not idempotent
+(``begin_run``, ``dlq.purge``, ``dlq.mark_redriven``, the group commit)
+claim a token in their transaction, so a retry of one that had landed
+changes nothing and answers as the first attempt did.
+
 Durability: every connection runs with ``synchronous_commit=on`` (whatever
 the server's default), for both ``durability`` levels: a commit is on the
 server's disk (and on synchronous standbys) before it returns, which
@@ -34,12 +43,13 @@ from typing import Any, Literal, TypeVar
 
 import asyncpg
 
-from asyncbatch._errors import StoreError, UnknownRun
+from asyncbatch._errors import RunOwned, StoreError, UnknownRun
 
 from ._common import (
     FINISHED,
     Clock,
     check_durability,
+    check_lease,
     decode,
     encode,
     finished_job,
@@ -51,7 +61,14 @@ from ._postgres_dlq import PostgresDeadLetterQueue
 from ._postgres_plan import Segment, columns, dead_columns, plan
 from ._postgres_sql import MIGRATIONS, QUERIES, SCHEMA_VERSION, quote_ident
 from ._postgres_url import PostgresTarget, parse_postgres_url
-from ._protocol import DeadLetterQueue, FinishedJob, JobRecord, RunInfo, RunStatus
+from ._protocol import (
+    DEFAULT_LEASE,
+    DeadLetterQueue,
+    FinishedJob,
+    JobRecord,
+    RunInfo,
+    RunStatus,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -270,28 +287,79 @@ class PostgresStore:
             live = (await self._live_counts(conn, [row["id"]]))[row["id"]]
         return self._run_info(row, live)
 
-    async def begin_run(self, run: RunInfo) -> RunInfo | None:
-        """Create the run, or mark an existing one running again; returns the previous state."""
+    async def begin_run(
+        self, run: RunInfo, *, owner: str | None = None, lease: float = DEFAULT_LEASE
+    ) -> RunInfo | None:
+        """Create the run, or mark an existing one running again; returns the previous state.
+
+        With ``owner``, takes the run's lease in the same transaction (the
+        run's row is locked ``FOR UPDATE``, so two processes cannot both take
+        it), or raises `RunOwned`; see `Store.begin_run`. Safe to retry: a
+        token tells a retry that an earlier attempt landed, and it returns
+        what that attempt found.
+        """
         now = self._clock()
+        token = uuid.uuid4().hex
+        landed: list[RunInfo | None] = []  # what the last attempt that ran the body found
 
         async def body(conn: asyncpg.Connection) -> RunInfo | None:
+            if await conn.fetchval(Q.token_claim, token) is None:
+                return landed[-1]  # an earlier attempt committed before its connection died
             row = await conn.fetchrow(Q.run_get_for_update, run.run_id)
             if row is None:
                 await conn.execute(
                     Q.run_insert, run.run_id, run.job, encode(run.config) or "{}",
                     encode(run.counts) or "{}", run.created_at or now, now,
                 )  # fmt: skip
-                self._fresh.add(run.run_id)
-                return None
-            self._fresh.discard(run.run_id)
-            old = await self._with_live(conn, row)
-            await conn.execute(
-                Q.run_restart, run.run_id, run.job or old.job,
-                encode(run.config or old.config) or "{}", now,
-            )  # fmt: skip
+                old = None
+            else:
+                if owner is not None:
+                    check_lease(
+                        run.run_id,
+                        holder=row["owner"],
+                        since=row["owned_since"],
+                        heartbeat_at=row["heartbeat_at"],
+                        owner=owner,
+                        lease=lease,
+                        now=now,
+                    )
+                    # Only a redrive that died leaves entries "redriven" (see mark_redriven).
+                    await conn.execute(Q.dlq_undead_redriven, run.run_id, now)
+                old = await self._with_live(conn, row)
+                await conn.execute(
+                    Q.run_restart, run.run_id, run.job or old.job,
+                    encode(run.config or old.config) or "{}", now,
+                )  # fmt: skip
+            if owner is not None:
+                await conn.execute(Q.run_take, run.run_id, owner, now)
+            landed.append(old)
             return old
 
-        return await self._write(body)
+        old = await self._write(body)
+        if old is None:
+            self._fresh.add(run.run_id)
+        else:
+            self._fresh.discard(run.run_id)
+        return old
+
+    async def _holder(
+        self, conn: asyncpg.Connection, run_id: str
+    ) -> tuple[str | None, float | None]:
+        row = await conn.fetchrow(Q.run_holder, run_id)
+        if row is None:
+            raise UnknownRun(run_id)
+        return row["owner"], row["owned_since"]
+
+    async def heartbeat(self, run_id: str, owner: str) -> None:
+        """Renew ``owner``'s lease on the run; raises `RunOwned` when it was lost."""
+        now = self._clock()
+
+        async def body(conn: asyncpg.Connection) -> None:
+            if await conn.execute(Q.run_heartbeat, run_id, owner, now) == "UPDATE 0":
+                holder, since = await self._holder(conn, run_id)
+                raise RunOwned(run_id, holder or "nobody (the lease was released)", since)
+
+        await self._write(body)
 
     async def end_run(
         self,
@@ -299,14 +367,22 @@ class PostgresStore:
         status: RunStatus,
         counts: dict[str, int],
         report: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
     ) -> None:
-        """Record how the run ended (and its report)."""
+        """Record how the run ended (and its report), releasing its lease; see `Store.end_run`."""
         now = self._clock()
+        release = status != "compensating"  # a rollback goes on: it keeps the lease
 
         async def body(conn: asyncpg.Connection) -> None:
+            if owner is not None:
+                # A retry after a release that landed finds nobody holding it: fine.
+                holder, since = await self._holder(conn, run_id)
+                if holder is not None and holder != owner:
+                    raise RunOwned(run_id, holder, since)
             done = await conn.execute(
                 Q.run_end, run_id, status, encode(counts) or "{}",
-                None if report is None else encode(report), now,
+                None if report is None else encode(report), now, release,
             )  # fmt: skip
             if done == "UPDATE 0":
                 raise UnknownRun(run_id)
@@ -352,6 +428,18 @@ class PostgresStore:
         """Jobs of the run that reached SUCCEEDED, DEAD_LETTERED or COMPENSATED."""
         rows = await self._jobs(Q.jobs_finished, run_id, _FINISHED)
         return {row[0]: finished_job(*row) for row in rows}
+
+    async def lookup(self, run_id: str, keys: Sequence[str]) -> dict[str, FinishedJob]:
+        """The finished jobs among ``keys``, by key (payloads not loaded); one query."""
+        if not keys:
+            return {}
+        rows = await self._fetch(Q.jobs_lookup, run_id, _FINISHED, list(keys))
+        return {row[0]: finished_job(*row) for row in rows}
+
+    async def last_seq(self, run_id: str) -> int:
+        """The highest completion order the run has stored (0 for none)."""
+        rows = await self._fetch(Q.jobs_last_seq, run_id)
+        return int(rows[0][0])
 
     async def count_jobs(self, run_id: str) -> dict[str, int]:
         """Finished jobs of the run per status value (every status present)."""

@@ -42,6 +42,10 @@ class PostgresDeadLetterQueue(DeadLetterQueueBase):
     async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
         return [_value(row) for row in await self._store._fetch(QUERIES.dlq_select, *_params(f))]
 
+    async def _page(self, f: DeadLetterFilter, after: int | None, size: int) -> list[DeadLetter]:
+        rows = await self._store._fetch(QUERIES.dlq_page, *_params(f)[:6], after, size)
+        return [_value(row) for row in rows]
+
     async def get(self, id: int) -> DeadLetter:
         """One entry; raises `KeyError` for an unknown id."""
         rows = await self._store._fetch(QUERIES.dlq_get, id)
@@ -50,9 +54,17 @@ class PostgresDeadLetterQueue(DeadLetterQueueBase):
         return _value(rows[0])
 
     async def _delete(self, f: DeadLetterFilter) -> int:
+        token = uuid.uuid4().hex
+        deleted: list[int] = []  # what the last attempt that ran the body deleted
+
         async def body(conn: asyncpg.Connection) -> int:
+            # A retry after a lost connection whose purge had landed deletes
+            # nothing more: the token says so, and it reports the first count.
+            if await conn.fetchval(QUERIES.token_claim, token) is None:
+                return deleted[-1]
             done = await conn.execute(QUERIES.dlq_purge, *_params(f))
-            return int(done.split()[-1])  # "DELETE n"
+            deleted.append(int(done.split()[-1]))  # "DELETE n"
+            return deleted[-1]
 
         return await self._store._write(body)
 

@@ -22,6 +22,9 @@ from ._common import (
     is_compensation,
     is_plain_success,
     job_row,
+    result_text,
+    storable_key,
+    storable_record,
     success_row,
 )
 from ._postgres_sql import QUERIES as Q
@@ -73,6 +76,9 @@ class Segment:
 def plain_segment(records: Sequence[JobRecord], now: float) -> Segment | None:
     """The commonest flush, built fast: plain successes of one run, each job once; else None.
 
+    Keys are escaped as `storable_record` would (rarely needed: the engine
+    admits keys already made storable).
+
     It runs on the event loop between two groups of jobs, so it matters: it
     takes under a third of the general loop's time (0.4 instead of 1.3 µs a
     record, measured on 4,000-record groups).
@@ -91,9 +97,16 @@ def plain_segment(records: Sequence[JobRecord], now: float) -> Segment | None:
         ):
             return None
     keys = [r.key for r in records]
+    joined = "".join(keys)  # one C-speed scan for the rare key to escape, not one per key
+    if not joined.isascii() or "\x00" in joined:
+        keys = [storable_key(k) for k in keys]
     if len(set(keys)) != len(keys):
         return None
     results = [encode(r.result) if r.has_result else None for r in records]
+    if None in results:  # a result JSON cannot hold: warned as every store does, once a run
+        for r, text in zip(records, results, strict=True):
+            if text is None and r.has_result:
+                result_text(r)
     arrays = [keys, [r.index for r in records], [r.attempts for r in records],
               [r.duration for r in records], results]  # fmt: skip
     return Segment(
@@ -105,10 +118,15 @@ def plain_segment(records: Sequence[JobRecord], now: float) -> Segment | None:
 
 
 def plan(records: Sequence[JobRecord], now: float) -> list[Segment]:
-    """The records split into segments, every statement's parameters built (once, for retries)."""
+    """The records split into segments, every statement's parameters built (once, for retries).
+
+    Keys and texts are made storable (`storable_record`: lone surrogates and
+    NULs escaped), exactly as the other stores store them.
+    """
     plain = plain_segment(records, now)
     if plain is not None:
         return [plain]
+    records = [storable_record(r) for r in records]
     segments = [Segment()]
     seen: set[tuple[str, str]] = set()
     for r in records:

@@ -34,8 +34,12 @@ class Queries:
     schema_version_add: str
     run_get: str
     run_get_for_update: str
+    token_claim: str
     run_insert: str
     run_restart: str
+    run_take: str
+    run_heartbeat: str
+    run_holder: str
     run_end: str
     run_touch: str
     run_exists: str
@@ -43,6 +47,8 @@ class Queries:
     runs_live_counts: str
     jobs_count: str
     jobs_finished: str
+    jobs_lookup: str
+    jobs_last_seq: str
     jobs_in_order: str
     commit_begin: str
     job_upsert: str
@@ -55,8 +61,10 @@ class Queries:
     commits_forget: str
     dlq_select: str
     dlq_purge: str
+    dlq_page: str
     dlq_get: str
     dlq_mark_redriven: str
+    dlq_undead_redriven: str
 
 
 def _read(name: str) -> str:

@@ -12,8 +12,9 @@ lease in the same transaction that marks it running (or raises `RunOwned`);
 it renews the lease with `Store.heartbeat` every ``lease / 3`` seconds and
 releases it with `Store.end_run`. A store keeps three values per run for
 this: the owner, since when it has owned the run, and its last heartbeat
-(the SQLite store: columns ``owner``, ``owned_since``, ``heartbeat_at`` of
-``runs``); `_common.check_lease` is the rule for taking a run over.
+(the SQLite and PostgreSQL stores: columns ``owner``, ``owned_since``,
+``heartbeat_at`` of ``runs``); `_common.check_lease` is the rule for taking
+a run over.
 """
 
 from __future__ import annotations

@@ -9,7 +9,14 @@ from asyncbatch._errors import ErrorKind
 from asyncbatch._result import AttemptRecord, DeadLetter, JobStatus
 
 from ._codec import warn_unstorable
-from ._encoding import decode, encode, encode_payload, optional_text, storable_key
+from ._encoding import (
+    decode,
+    encode,
+    encode_payload,
+    optional_text,
+    plain_text,
+    storable_key,
+)
 from ._protocol import FinishedJob, JobRecord
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "is_compensation",
     "is_plain_success",
     "job_row",
+    "result_text",
     "storable_record",
     "success_row",
     "zero_counts",
@@ -38,7 +46,12 @@ JOB_COLUMNS = (
 )  # fmt: skip
 
 
-def _result(r: JobRecord) -> str | None:
+def result_text(r: JobRecord) -> str | None:
+    """A record's result as the JSON text every store writes (None: no result stored).
+
+    A result JSON cannot hold is stored as None, with the run's one warning
+    (`warn_unstorable`), on every store alike.
+    """
     if not r.has_result:
         return None
     text = encode(r.result)
@@ -50,7 +63,7 @@ def _result(r: JobRecord) -> str | None:
 def job_row(r: JobRecord, seq: int, now: float) -> JobRow:
     """The stored form of a job record (``seq``: its completion order)."""
     # The hot path of every commit: `_value_` skips Enum's `value` property.
-    result = _result(r)
+    result = result_text(r)
     payload, is_repr = (
         (None, False) if r.payload is None else encode_payload(r.payload, r.payload_is_repr)
     )
@@ -104,18 +117,18 @@ def finished_job(
 def storable_record(r: JobRecord) -> JobRecord:
     """``r`` with its key and texts UTF-8 writable (`storable_text`); ``r`` itself when they are.
 
-    Both stores apply it to every record they commit, so a lone surrogate in
-    one job's key, message or traceback is stored escaped instead of failing
-    the whole group's transaction. (Results and payloads are JSON: `encode`
-    escapes them losslessly.)
+    Every store applies it to every record it commits, so a lone surrogate
+    (or a NUL) in one job's key, message or traceback is stored escaped
+    instead of failing the whole group's transaction. (Results and payloads
+    are JSON: `encode` escapes them losslessly, a NUL as ``\\u0000``.)
     """
     m, tb, et, ce = r.message, r.traceback, r.error_type, r.compensation_error
     if (
-        r.key.isascii()
-        and (m is None or m.isascii())
-        and (tb is None or tb.isascii())
-        and (et is None or et.isascii())
-        and (ce is None or ce.isascii())
+        plain_text(r.key)
+        and (m is None or plain_text(m))
+        and (tb is None or plain_text(tb))
+        and (et is None or plain_text(et))
+        and (ce is None or plain_text(ce))
     ):
         return r
     return replace(
@@ -142,7 +155,7 @@ def is_plain_success(r: JobRecord) -> bool:
 
 def success_row(r: JobRecord, seq: int, now: float) -> JobRow:
     """The `JOB_SUCCESS` parameters of a plain success."""
-    result = _result(r)
+    result = result_text(r)
     return (r.run_id, r.key, r.index, r.attempts, r.duration, result, result is not None, seq, now)
 
 

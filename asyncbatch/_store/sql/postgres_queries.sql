@@ -47,9 +47,17 @@ SELECT id, job, status, config, counts, report, created_at, updated_at
 FROM runs WHERE id = $1
 
 -- name: run_get_for_update
--- begin_run: the previous state, locked until the run is marked running.
-SELECT id, job, status, config, counts, report, created_at, updated_at
+-- begin_run: the previous state and its lease, locked until the run is
+-- marked running (so two processes cannot both take it).
+SELECT id, job, status, config, counts, report, created_at, updated_at,
+       owner, owned_since, heartbeat_at
 FROM runs WHERE id = $1 FOR UPDATE
+
+-- name: token_claim
+-- A write that is not idempotent claims a token in its own transaction: a
+-- retry (after a lost connection) that finds it claimed knows the first
+-- attempt landed; one still in flight on a dead connection makes it wait.
+INSERT INTO commits (token) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1
 
 -- name: run_insert
 INSERT INTO runs (id, job, status, config, counts, report, created_at, updated_at)
@@ -59,8 +67,28 @@ VALUES ($1, $2, 'running', $3, $4, NULL, $5, $6)
 -- A run started again: running, with the new job and config.
 UPDATE runs SET status = 'running', job = $2, config = $3, updated_at = $4 WHERE id = $1
 
+-- name: run_take
+-- begin_run with an owner: the lease is its (since now unless it already
+-- owned the run), its heartbeat now.
+UPDATE runs SET owned_since = CASE WHEN owner IS NOT DISTINCT FROM $2 THEN owned_since
+                                   ELSE $3 END,
+                owner = $2, heartbeat_at = $3
+WHERE id = $1
+
+-- name: run_heartbeat
+-- The owner renews its lease; no row: the lease was lost (or no such run).
+UPDATE runs SET heartbeat_at = $3 WHERE id = $1 AND owner = $2
+
+-- name: run_holder
+SELECT owner, owned_since FROM runs WHERE id = $1
+
 -- name: run_end
-UPDATE runs SET status = $2, counts = $3, report = $4, updated_at = $5 WHERE id = $1
+-- The run ended: its lease is released ($6), except while it rolls back.
+UPDATE runs SET status = $2, counts = $3, report = $4, updated_at = $5,
+                owner = CASE WHEN $6::boolean THEN NULL ELSE owner END,
+                owned_since = CASE WHEN $6::boolean THEN NULL ELSE owned_since END,
+                heartbeat_at = CASE WHEN $6::boolean THEN NULL ELSE heartbeat_at END
+WHERE id = $1
 
 -- name: run_touch
 -- "Still making progress": a commit sets updated_at, at most once a second per run.
@@ -86,11 +114,21 @@ SELECT status, count(*) AS n FROM jobs WHERE run_id = $1 GROUP BY status
 
 -- name: jobs_finished
 -- What a resume skips: jobs that reached one of the statuses in $2.
-SELECT key, status, result, has_result, attempts, seq, payload
+SELECT key, status, result, has_result, attempts, seq, payload, idx
 FROM jobs WHERE run_id = $1 AND status = ANY($2::text[])
 
+-- name: jobs_lookup
+-- The finished jobs (statuses $2) among a batch of admitted keys ($3), no
+-- payloads: a resume asks this per batch, so its memory stays bounded.
+SELECT key, status, result, has_result, attempts, seq, NULL AS payload, idx
+FROM jobs WHERE run_id = $1 AND status = ANY($2::text[]) AND key = ANY($3::text[])
+
+-- name: jobs_last_seq
+-- The highest completion order the run has stored (0 for none).
+SELECT coalesce(max(seq), 0) FROM jobs WHERE run_id = $1
+
 -- name: jobs_in_order
-SELECT key, status, result, has_result, attempts, seq, payload
+SELECT key, status, result, has_result, attempts, seq, payload, idx
 FROM jobs WHERE run_id = $1 ORDER BY seq
 
 -- ------------------------------------------------------------------ group commit
@@ -282,6 +320,22 @@ DELETE FROM dlq WHERE id IN (
     LIMIT $7::bigint
 )
 
+-- name: dlq_page
+-- One page of export: the dlq_select filters ($1-$6), entries after id $7
+-- (keyset pagination by the primary key, never OFFSET), at most $8.
+SELECT id, run_id, key, payload, payload_is_repr, kind, error_type, message, traceback,
+       attempts, redrive_count, status, created_at
+FROM dlq
+WHERE ($1::text IS NULL OR run_id = $1)
+  AND ($2::text IS NULL OR kind = $2)
+  AND ($3::text IS NULL OR error_type = $3 OR right(error_type, length($3) + 1) = '.' || $3)
+  AND ($4::text IS NULL OR status = $4)
+  AND ($5::double precision IS NULL OR created_at >= $5)
+  AND ($6::double precision IS NULL OR created_at < $6)
+  AND ($7::bigint IS NULL OR id > $7)
+ORDER BY id
+LIMIT $8::bigint
+
 -- name: dlq_get
 SELECT id, run_id, key, payload, payload_is_repr, kind, error_type, message, traceback,
        attempts, redrive_count, status, created_at
@@ -296,3 +350,8 @@ WITH token AS (
 )
 UPDATE dlq SET status = 'redriven', redrive_count = redrive_count + 1, updated_at = $2
 WHERE id = ANY($1::bigint[]) AND EXISTS (SELECT 1 FROM token)
+
+-- name: dlq_undead_redriven
+-- A process takes the run (begin_run): entries a redrive that died left
+-- "redriven" are dead again, so they can be redriven again.
+UPDATE dlq SET status = 'dead', updated_at = $2 WHERE run_id = $1 AND status = 'redriven'

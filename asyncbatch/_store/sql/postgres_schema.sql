@@ -84,3 +84,11 @@ CREATE TABLE commits (
     token       text PRIMARY KEY,
     committed_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- migration: 2 run ownership: the lease of the one process running the run
+-- The owner (host:pid:token), since when it has owned the run, and its last
+-- heartbeat, as in the SQLite store (its migration step 2).
+ALTER TABLE runs
+    ADD COLUMN owner        text,
+    ADD COLUMN owned_since  double precision,
+    ADD COLUMN heartbeat_at double precision;

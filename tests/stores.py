@@ -1,0 +1,25 @@
+"""The stores of the feature x store matrix, for the test modules that run on each.
+
+``STORES`` names them; `store_url` gives a test a fresh store of one: a new
+in-memory store, a SQLite file in the test's ``tmp_path``, or a PostgreSQL
+schema of its own (the ``pg_url`` fixture of conftest.py, dropped after the
+test; it skips locally, and fails in CI, when no server answers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+STORES = ["memory", "sqlite", "postgresql"]
+
+
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> str:
+    """The URL of a fresh store of kind ``name``."""
+    if name == "memory":
+        return "memory://"
+    if name == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
