@@ -213,6 +213,7 @@ class Outcomes:
             decision,
             self.rng,
             self._testing,
+            key=entry.key,
         )
         if delay is None:
             return None
