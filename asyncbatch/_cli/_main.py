@@ -73,6 +73,9 @@ def _one_line(exc: BaseException) -> str | None:
     return None
 
 
+_STATUS_COLOURS = {"finished": "green", "aborted": "red", "failed": "red", "running": "yellow"}
+
+
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -410,7 +413,7 @@ def runs(db: str, as_json: bool) -> None:
         c = r.counts
         ok, dead = c.get("succeeded", 0), c.get("dead_lettered", 0)
         other = sum(c.values()) - ok - dead
-        colour = {"finished": "green", "aborted": "red", "running": "yellow"}.get(r.status, "")
+        colour = _STATUS_COLOURS.get(r.status, "")
         table.add_row(
             escape(r.run_id),
             f"[{colour}]{r.status}[/]" if colour else r.status,

@@ -142,11 +142,12 @@ class Engine(Generic[R]):
                         if not self._rollback_only:
                             await self._work(items)
                     abort.cancel_leftovers(self._outcomes.parked, self._ack)
-                    if abort.cause is not None and self.opts.compensate is not None:
+                    rolls_back = abort.cause is not None and not abort.failed
+                    if rolls_back and self.opts.compensate is not None:
                         if self._checkpointer is not None:
                             await self._checkpointer.flush()
                         await self._roll_back()
-                    status = "aborted" if abort.cause is not None else "finished"
+                    status = "finished" if abort.cause is None else _ended(abort)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self._close(status, loop.time() - t0)
@@ -158,6 +159,8 @@ class Engine(Generic[R]):
             raise inner from None
         result = self.result(loop.time() - t0, outcomes=[])
         if abort.cause is not None:
+            if abort.failed:
+                raise abort.cause  # a HandlerError; its __cause__ is the handler's own error
             raise BatchAborted(result, abort.cause) from abort.cause
         return result
 
@@ -317,6 +320,11 @@ class Engine(Generic[R]):
     def relieve(self) -> None:
         """A stream reader took outcomes: the backlog shrank."""
         self._queue.relieve()
+
+
+def _ended(abort: Abort) -> str:
+    """The stored status of a run that stopped early: "failed" (a handler broke) or "aborted"."""
+    return "failed" if abort.failed else "aborted"
 
 
 def unwrap_group(exc: BaseException) -> BaseException:

@@ -18,7 +18,7 @@ from asyncbatch._result import AttemptRecord, DeadLetter, DeadLetterStatus, JobS
 
 __all__ = ["DeadLetterQueue", "FinishedJob", "JobRecord", "RunInfo", "Store"]
 
-RunStatus = Literal["running", "finished", "aborted", "compensating", "interrupted"]
+RunStatus = Literal["running", "finished", "aborted", "failed", "compensating", "interrupted"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
