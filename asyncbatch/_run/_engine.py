@@ -251,6 +251,7 @@ class Engine(Generic[R]):
     def _run_info(self) -> RunInfo:
         o = self.opts
         config = {
+            **o.run_config,
             "concurrency": o.concurrency,
             "timeout": o.timeout,
             "deadline": o.deadline,

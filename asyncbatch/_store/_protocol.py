@@ -28,7 +28,8 @@ class RunInfo:
     Attributes:
         run_id: the run's id.
         job: the job reference ``module:function`` (empty when not importable).
-        status: ``running``, ``finished``, ``aborted``, ``compensating``, ``interrupted``.
+        status: ``running``, ``finished``, ``aborted``, ``failed`` (a handler raised),
+            ``compensating``, ``interrupted``.
         config: JSON-safe summary of the batch options.
         counts: jobs per status value (as of the last `Store.end_run`, or live).
         created_at: epoch seconds of the first start.
