@@ -147,7 +147,10 @@ class Engine(Generic[R]):
                         if self._checkpointer is not None:
                             await self._checkpointer.flush()
                         await self._roll_back()
-                    status = "finished" if abort.cause is None else _ended(abort)
+                    if abort.cause is not None:  # "failed": a handler broke, see Abort.failed
+                        status = "failed" if abort.failed else "aborted"
+                    else:
+                        status = "finished"
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self._close(status, loop.time() - t0)
@@ -321,11 +324,6 @@ class Engine(Generic[R]):
     def relieve(self) -> None:
         """A stream reader took outcomes: the backlog shrank."""
         self._queue.relieve()
-
-
-def _ended(abort: Abort) -> str:
-    """The stored status of a run that stopped early: "failed" (a handler broke) or "aborted"."""
-    return "failed" if abort.failed else "aborted"
 
 
 def unwrap_group(exc: BaseException) -> BaseException:
