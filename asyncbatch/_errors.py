@@ -5,6 +5,7 @@
     Exception
      ├── AsyncBatchError                 everything asyncbatch itself raises
      │    ├── BatchAborted               a FATAL error or an exhausted budget stopped the run
+     │    ├── HandlerError               a ``classify=`` or ``on_error=`` callable raised
      │    ├── CircuitOpen                a dependency's breaker rejected the call
      │    ├── DeadlineExceeded (TimeoutError)  a job ran out of its ``deadline=``
      │    ├── StoreError                 the store cannot be opened, read or written
@@ -41,6 +42,7 @@ __all__ = [
     "DuplicateKey",
     "ErrorKind",
     "FatalError",
+    "HandlerError",
     "PermanentError",
     "RecoverableError",
     "RunOwned",
@@ -179,6 +181,35 @@ class BatchAborted(AsyncBatchError):
         self.result = result
         self.cause = cause
         super().__init__(f"batch {result.run_id!r} aborted: {type(cause).__name__}: {cause}")
+
+
+class HandlerError(AsyncBatchError):
+    """A ``classify=`` or ``on_error=`` callable raised (or returned nonsense).
+
+    The run stops at once: in-flight attempts are cancelled, finished jobs
+    stay committed, the run is stored with status ``"failed"`` and this
+    error's message in its report, and no compensation runs (the batch did
+    not decide to roll back; a handler has a bug). Fix the handler and run
+    again with the same ``run_id`` to resume. The handler's own exception is
+    ``__cause__``.
+
+    Attributes:
+        handler: which option raised: ``"classify"`` or ``"on_error"``.
+        name: the callable's qualified name.
+        key: the job whose failure was being handled.
+        error: what the handler raised (also ``__cause__``).
+    """
+
+    def __init__(self, handler: str, name: str, key: str, error: BaseException) -> None:
+        self.handler = handler
+        self.name = name
+        self.key = key
+        self.error = error
+        super().__init__(
+            f"{handler}= handler {name} failed on job {key!r}: {type(error).__name__}: {error}; "
+            "the run stopped (status 'failed'): fix the handler and run again to resume"
+        )
+        self.__cause__ = error
 
 
 class CircuitOpen(AsyncBatchError):

@@ -256,8 +256,8 @@ def test_dlq_list_shows_dead_letters_with_filters(jobs: str) -> None:
     assert {e["kind"] for e in entries} == {"permanent"}
     none = invoke("dlq", "list", "--db", "t.db", "--kind", "transient")
     assert "no dead letters match" in none.stdout
-    other_run = invoke("dlq", "list", "--db", "t.db", "--run-id", "nope")
-    assert "no dead letters match" in other_run.stdout
+    fatal = invoke("dlq", "list", "--db", "t.db", "--kind", "fatal")
+    assert "no dead letters match" in fatal.stdout
 
 
 def test_dlq_show_prints_the_entry_and_its_attempts(jobs: str) -> None:
@@ -304,7 +304,14 @@ def test_dlq_redrive_of_failing_job_exits_3(jobs: str) -> None:
 def test_dlq_purge_asks_unless_yes(jobs: str) -> None:
     run_square(jobs, "--run-id", "r1")
     declined = invoke("dlq", "purge", "--db", "t.db", input="n\n")
-    assert declined.exit_code != 0
+    assert declined.exit_code == 0  # "no" is an answer, not an interrupt (130)
+    assert "nothing purged" in declined.stdout
+    assert len(invoke("dlq", "list", "--db", "t.db", "--json").stdout.splitlines()) == 3
+    no_answer = invoke("dlq", "purge", "--db", "t.db", input="")  # no terminal to answer on
+    assert no_answer.exit_code == 1
+    prompt, error = no_answer.stderr.strip().splitlines()
+    assert prompt.startswith("delete dead letters matching")
+    assert error.startswith("error: no answer to the confirmation: nothing purged")
     assert len(invoke("dlq", "list", "--db", "t.db", "--json").stdout.splitlines()) == 3
     purged = invoke("dlq", "purge", "--db", "t.db", "--run-id", "r1", "--yes")
     assert purged.exit_code == 0
@@ -336,6 +343,25 @@ def test_missing_database_is_one_line_and_not_created(workdir: Path, args: list[
     line = assert_one_error_line(invoke(*args, "--db", "missing.db"))
     assert "no database at missing.db" in line
     assert not Path("missing.db").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "nope"],
+        ["dlq", "list", "--run-id", "nope"],
+        ["dlq", "export", "x.jsonl", "--run-id", "nope"],
+        ["dlq", "purge", "--run-id", "nope", "--yes"],
+    ],
+)
+def test_an_unknown_run_id_is_the_same_one_line_error_everywhere(
+    jobs: str, args: list[str]
+) -> None:
+    run_square(jobs, "--run-id", "r1")
+    result = invoke(*args, "--db", "t.db")
+    assert result.exit_code == 1
+    assert "no run 'nope' in this store" in assert_one_error_line(result)
+    assert not Path("x.jsonl").exists()
 
 
 def test_redrive_of_an_unknown_run_is_one_line(jobs: str) -> None:
@@ -405,6 +431,36 @@ def test_malformed_jsonl_line_after_five_jobs_leaves_those_five_checkpointed(job
     assert resumed.exit_code == 0, resumed.output
     assert calls(jobs)[-1] == "later"
     assert calls(jobs).count("g0") == 1  # not run again on resume
+
+
+@pytest.mark.parametrize("spelling", ["items.jsonl", "./sub/../items.jsonl", "link.jsonl"])
+def test_output_that_is_the_input_file_is_refused_before_anything_is_written(
+    jobs: str, spelling: str
+) -> None:
+    Path("sub").mkdir()
+    Path("link.jsonl").symlink_to("items.jsonl")
+    before = Path("items.jsonl").read_bytes()
+    result = run_square(jobs, "--run-id", "r1", "--output", spelling)
+    line = assert_one_error_line(result)
+    assert result.exit_code == 1
+    assert f"--output {spelling} is the --input file" in line
+    assert Path("items.jsonl").read_bytes() == before  # the items are intact
+    assert not Path("t.db").exists()  # nothing ran, nothing was stored
+
+
+def test_a_job_raising_a_base_exception_is_one_error_line(workdir: Path) -> None:
+    name = f"boom_{uuid.uuid4().hex[:8]}"
+    (workdir / f"{name}.py").write_text(
+        "class Boom(BaseException):\n    pass\n\n"
+        "async def job(item):\n    if item == 3:\n        raise Boom('kaboom')\n    return item\n"
+    )
+    Path("items.jsonl").write_text("".join(f"{i}\n" for i in range(10)))
+    result = invoke("run", f"{name}:job", "--input", "items.jsonl", "--db", "t.db", "--run-id", "b")
+    line = assert_one_error_line(result)
+    assert result.exit_code == 1
+    assert f"a job raised {name}.Boom: kaboom (a BaseException, not an Exception" in line
+    assert line.endswith("resume with --run-id b")
+    sys.modules.pop(name, None)
 
 
 def test_item_without_the_key_field_is_one_line(jobs: str) -> None:

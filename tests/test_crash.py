@@ -52,6 +52,10 @@ class _SQLite:
         finally:
             con.close()
 
+    def settled(self) -> list[tuple[str, str, float]]:
+        """What is committed once the killed writer is gone (SQLite: at once)."""
+        return self.committed()
+
     def close(self) -> None:
         pass
 
@@ -74,6 +78,24 @@ class _Postgres:
         except self._missing:  # tables not created yet
             return []
         return [tuple(r) for r in rows]
+
+    def settled(self) -> list[tuple[str, str, float]]:
+        """What is committed once the killed process's server backends are done.
+
+        A COMMIT the client sent just before its SIGKILL still completes on
+        the server a moment later: wait until no other backend of this
+        database is busy, so "acknowledged" means every commit that landed.
+        """
+        busy = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state NOT IN ('idle')"
+        )
+        deadline = time.monotonic() + 5
+        while self._loop.run_until_complete(self._conn.fetchval(busy)) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        return self.committed()
 
     def close(self) -> None:
         self._loop.run_until_complete(self._conn.close())
@@ -124,7 +146,7 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_only_the_unacknowledged(
         proc.stderr.close()  # type: ignore[union-attr]
     assert proc.returncode == -signal.SIGKILL
 
-    before_kill = backend.committed()  # what the killed run got acknowledged
+    before_kill = backend.settled()  # what the killed run got acknowledged
     acked = {key for key, _, _ in before_kill}
     ran_before = _executions(log)
     assert kill_after <= len(acked) < N, f"kill point missed {note}"

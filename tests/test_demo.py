@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -148,3 +150,78 @@ def test_demo_exports_spans_and_metrics_to_stderr_with_otel_console(tmp_path: Pa
     assert '"name": "asyncbatch.attempt"' in result.stderr
     assert '"name": "asyncbatch.attempts"' in result.stderr, "metrics are flushed at the end"
     assert "breaker 'api' open" not in result.stdout, "--quiet prints no live event lines"
+
+
+@pytest.mark.slow
+def test_demo_resumed_by_run_id_keeps_the_jobs_seed_and_concurrency_it_started_with(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from asyncbatch._cli._main import cli
+
+    db = str(tmp_path / "d.db")
+
+    def demo(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["demo", "--quiet", "--db", db, *args])
+
+    # One job (a poison item): the demo ends in a fraction of a second.
+    first = demo("--jobs", "1", "--seed", "3", "--concurrency", "4", "--run-id", "d1")
+    assert first.exit_code == 0, first.output  # dead letters are the demo's point: exit 0
+
+    resumed = demo("--run-id", "d1")  # no --jobs: the stored run says 1, not the default 300
+    assert resumed.exit_code == 0, resumed.output
+    assert "1 jobs against a flaky HTTP service" in resumed.stdout
+    assert "concurrency 4" in resumed.stdout
+
+    async def stored() -> tuple[dict[str, Any], dict[str, int]]:
+        async with ab.open_store(f"sqlite:///{db}") as store:
+            run = await store.get_run("d1")
+            return run.config, await store.count_jobs("d1")
+
+    config, counts = asyncio.run(stored())
+    assert config["demo"] == {"jobs": 1, "seed": 3, "concurrency": 4}
+    assert sum(counts.values()) == 1  # the 299 items of a default demo never joined the run
+
+    other = demo("--run-id", "d1", "--jobs", "300")
+    assert other.exit_code == 1
+    assert "run 'd1' was started with --jobs 1;" in other.stderr
+    assert "Traceback" not in other.output
+
+
+async def test_an_interrupted_demo_run_resumes_with_its_own_settings(tmp_path: Path) -> None:
+    """Ctrl-C after 300 of 2,000 jobs, then `demo --run-id X`: all 2,000, same faults."""
+    from asyncbatch._cli._demo import DemoOptions, resolve_settings
+    from asyncbatch._store import RunInfo
+
+    db = str(tmp_path / "d.db")
+    async with ab.open_store(f"sqlite:///{db}") as store:
+        config = {"demo": {"jobs": 2000, "seed": 7, "concurrency": 50}}
+        await store.begin_run(RunInfo(run_id="x", job="", config=config))
+        await store.end_run("x", "interrupted", {"succeeded": 300})
+
+    resumed = await resolve_settings(DemoOptions(db=db, run_id="x"))
+    assert (resumed.jobs, resumed.seed, resumed.concurrency) == (2000, 7, 50)
+    faster = await resolve_settings(
+        DemoOptions(db=db, run_id="x", concurrency=8, given=frozenset({"concurrency"}))
+    )
+    assert (faster.jobs, faster.concurrency) == (2000, 8)  # an explicit --concurrency wins
+    fresh = await resolve_settings(DemoOptions(db=db, run_id="new", jobs=40))
+    assert fresh.jobs == 40
+
+
+def test_demo_refuses_to_resume_a_run_it_did_not_start(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from asyncbatch._cli._main import cli
+
+    db = str(tmp_path / "d.db")
+
+    async def job(x: int) -> int:
+        return x
+
+    asyncio.run(ab.run_batch(job, range(3), store=f"sqlite:///{db}", run_id="mine"))
+    result = CliRunner().invoke(cli, ["demo", "--quiet", "--db", db, "--run-id", "mine"])
+    assert result.exit_code == 1
+    assert "run 'mine' in" in result.stderr
+    assert "was not started by `asyncbatch demo`" in result.stderr

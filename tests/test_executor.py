@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from pathlib import Path
 
 import anyio
 import pytest
@@ -631,3 +632,111 @@ async def test_after_an_input_error_the_jobs_before_it_are_checkpointed_and_resu
     result = await batch.run(range(8))  # the input fixed: resume
     assert result.counts[ab.JobStatus.SKIPPED] == 5
     assert result.counts[ab.JobStatus.SUCCEEDED] == 3
+
+
+# ------------------------------------------------------ handlers and backends
+
+
+def _broken_classify(exc: BaseException) -> ab.ErrorKind:
+    raise RuntimeError("classifier bug")
+
+
+def _broken_on_error(exc: BaseException, job: ab.JobContext) -> ab.Decision | None:
+    raise KeyError("handler bug")
+
+
+def _nonsense_on_error(exc: BaseException, job: ab.JobContext) -> ab.Decision | None:
+    return "retry"  # type: ignore[return-value]  # the bug under test
+
+
+async def _failing_slowly(x: int) -> int:
+    await asyncio.sleep(0.01 * (x % 3))
+    if x % 2:
+        raise ab.TransientError(f"flaky {x}")
+    return x
+
+
+@pytest.mark.parametrize(
+    ("option", "handler", "cause"),
+    [
+        ("classify", _broken_classify, RuntimeError),
+        ("on_error", _broken_on_error, KeyError),
+        ("on_error", _nonsense_on_error, TypeError),
+    ],
+)
+async def test_a_raising_handler_stops_the_run_with_its_own_error_and_marks_it_failed(
+    tmp_path: Path, option: str, handler: object, cause: type[Exception]
+) -> None:
+    db = f"sqlite:///{tmp_path}/h.db"
+    with pytest.raises(ab.HandlerError) as info:
+        await ab.run_batch(
+            _failing_slowly, range(20), concurrency=5, store=db, run_id="r", **{option: handler}
+        )
+    error = info.value
+    assert (error.handler, error.name) == (option, handler.__qualname__)  # type: ignore[attr-defined]
+    assert isinstance(error.__cause__, cause)  # the handler's own error, chained
+    assert "\n" not in str(error)
+    assert f"{option}= handler {handler.__qualname__}" in str(error)  # type: ignore[attr-defined]
+
+    async with ab.open_store(db) as store:
+        run = await store.get_run("r")
+        assert run.status == "failed"
+        assert (run.report or {})["aborted"].startswith("HandlerError: ")
+        assert run.counts["dead_lettered"] == 0  # no failure was handled blindly
+
+    # Fixed handler, same run id: the run resumes and every job ends properly.
+    result = await ab.run_batch(
+        _failing_slowly, range(20), concurrency=5, store=db, run_id="r", retry=FAST_POLICY
+    )
+    done_before = result.counts[ab.JobStatus.SKIPPED]
+    assert result.counts[ab.JobStatus.SUCCEEDED] + done_before == 10
+    assert result.counts[ab.JobStatus.DEAD_LETTERED] == 10
+
+
+async def test_a_raising_classifier_reaches_a_stream_reader_as_its_own_error() -> None:
+    batch = ab.Batch(_failing_slowly, concurrency=5, classify=_broken_classify)
+
+    async def read_all() -> None:
+        async with batch.stream(range(20)) as outcomes:
+            async for _ in outcomes:
+                pass
+
+    with pytest.raises(ab.HandlerError) as info:
+        await read_all()
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+async def test_a_raising_handler_does_not_roll_the_batch_back() -> None:
+    undone: list[int] = []
+
+    async def undo(item: int, result: int) -> None:
+        undone.append(item)
+
+    with pytest.raises(ab.HandlerError):
+        await ab.run_batch(
+            _failing_slowly, range(20), concurrency=1, on_error=_broken_on_error, compensate=undo
+        )
+    assert undone == []  # a bug in a handler is not a decision to undo the work
+
+
+def test_running_under_trio_is_refused_in_one_line() -> None:
+    pytest.importorskip("trio")
+
+    async def main() -> None:
+        await ab.run_batch(double, [1, 2])
+
+    refused = r"^asyncbatch needs asyncio, but this runs under trio;"
+    with pytest.raises(ab.AsyncBatchError, match=refused) as info:
+        anyio.run(main, backend="trio")
+    assert "\n" not in str(info.value)
+
+
+async def test_a_raising_result_rule_is_a_handler_error() -> None:
+    def explode(result: object) -> bool:
+        raise ZeroDivisionError("rule bug")
+
+    classifier = ab.Classifier(rules=[ab.Rule(result=explode, kind=ab.ErrorKind.TRANSIENT)])
+    with pytest.raises(ab.HandlerError) as info:
+        await ab.run_batch(double, range(5), classify=classifier)
+    assert info.value.handler == "classify"
+    assert isinstance(info.value.__cause__, ZeroDivisionError)

@@ -128,6 +128,58 @@ async def test_jittered_retry_schedule_is_reproducible_with_a_seed() -> None:
     assert all(0 <= d <= cap for d, cap in zip(first, (1, 2, 4), strict=True))
 
 
+async def _seeded_delays(durations: dict[str, float]) -> dict[tuple[str, int], float]:
+    """Every retry delay of a seeded run at concurrency 5, by (key, attempt)."""
+    delays: dict[tuple[str, int], float] = {}
+
+    def record(event: ab.Event) -> None:
+        if isinstance(event, ab.RetryScheduled):
+            delays[event.key, event.attempt] = event.delay
+
+    async def job(key: str) -> str:
+        await asyncio.sleep(durations[key])  # how long each job takes decides who fails first
+        if ab.current_job().attempt < 4:
+            raise ab.RecoverableError("try again")
+        return key
+
+    policy = ab.RetryPolicy(
+        {ab.ErrorKind.RECOVERABLE: ab.Retry(attempts=4, backoff=ab.Backoff.exponential(1, 2))},
+        seed=42,
+    )
+    result = await ab.run_batch(
+        job, list(durations), key=str, concurrency=5, retry=policy, on_event=record
+    )
+    assert result.ok
+    return delays
+
+
+@pytest.mark.looptime
+async def test_seeded_delay_depends_on_key_and_attempt_not_on_failure_order() -> None:
+    keys = [f"job-{i}" for i in range(20)]
+    fast_first = {k: 0.01 * i for i, k in enumerate(keys)}
+    slow_first = {k: 0.01 * (20 - i) for i, k in enumerate(keys)}
+
+    first = await _seeded_delays(fast_first)
+    again = await _seeded_delays(fast_first)
+    reordered = await _seeded_delays(slow_first)
+
+    assert len(first) == 60  # 20 jobs x 3 retries
+    assert first == again  # two identical runs: identical delays for every (key, attempt)
+    assert first == reordered  # jobs failing in another order: still the same delays
+    assert len(set(first.values())) > 50  # and the delays are really jittered
+
+
+def test_unseeded_policies_draw_from_the_run_source_without_hashing() -> None:
+    run_rng = random.Random()
+    assert ab.RetryPolicy().rng_for("job-1", 1, run_rng) is run_rng
+    seeded = ab.RetryPolicy(seed=42)
+    a, b = seeded.rng_for("job-1", 1, run_rng), seeded.rng_for("job-1", 1, run_rng)
+    assert a is not run_rng
+    assert a.random() == b.random()
+    other_attempt = seeded.rng_for("job-1", 2, run_rng).random()
+    assert other_attempt != seeded.rng_for("job-2", 1, run_rng).random()
+
+
 async def test_on_error_can_force_dead_letter_retry_or_abort() -> None:
     seen: list[tuple[str, int]] = []
 

@@ -9,13 +9,14 @@ PostgreSQL-only behaviour is in test_store_postgres.py. SQLite-only behaviour
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -908,8 +909,19 @@ async def test_a_closed_store_says_so(store: Store) -> None:
 # =============================================================== SQLite only
 
 
+@contextlib.contextmanager
+def _plain_sqlite(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection that commits and is closed on exit.
+
+    ``with sqlite3.connect(path)`` alone only commits: the connection stays
+    open, and Python 3.13 reports that as ``ResourceWarning: unclosed database``.
+    """
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        yield db
+
+
 def _pragma(path: Path, name: str) -> Any:
-    with sqlite3.connect(path) as db:
+    with _plain_sqlite(path) as db:
         return db.execute(f"PRAGMA {name}").fetchone()[0]
 
 
@@ -1023,7 +1035,7 @@ async def test_sqlite_migrates_an_older_schema_on_open(
         assert (await store.finished_jobs("r1"))["a"].result == 1
 
     assert _pragma(path, "user_version") == _schema.SCHEMA_VERSION + 1
-    with sqlite3.connect(path) as db:
+    with _plain_sqlite(path) as db:
         assert db.execute("SELECT count(*) FROM notes").fetchone() == (0,)
 
 
@@ -1052,7 +1064,7 @@ async def test_sqlite_from_a_newer_asyncbatch_asks_to_upgrade(tmp_path: Path) ->
     path = tmp_path / "s.db"
     async with open_store(str(path)):
         pass
-    with sqlite3.connect(path) as db:
+    with _plain_sqlite(path) as db:
         db.execute(f"PRAGMA user_version={_schema.SCHEMA_VERSION + 1}")
 
     with pytest.raises(StoreError, match=r"newer asyncbatch.*upgrade asyncbatch"):
@@ -1091,11 +1103,11 @@ async def test_a_corrupt_store_is_refused_in_one_line(tmp_path: Path) -> None:
 
 async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
-    with sqlite3.connect(path) as db:
+    with _plain_sqlite(path) as db:
         db.execute("CREATE TABLE users (id INTEGER)")
 
     assert "holds other data" in await _not_ours(path)
-    with sqlite3.connect(path) as db:
+    with _plain_sqlite(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
     assert tables == {"users"}
 

@@ -16,11 +16,13 @@ is permanent and that a 429/503 with ``Retry-After`` says when to come back.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,7 +31,7 @@ from rich.markup import escape
 
 from asyncbatch._deps import Rate
 from asyncbatch._deps._breaker import Breaker
-from asyncbatch._errors import ErrorKind
+from asyncbatch._errors import ErrorKind, UnknownRun
 from asyncbatch._observe._events import Event, RunStarted
 from asyncbatch._policy._retry import RetryPolicy
 from asyncbatch._result import BatchResult, JobStatus
@@ -38,7 +40,7 @@ from asyncbatch._store import open_store
 from asyncbatch._testing._faults import FaultInjector
 from asyncbatch._testing._service import FlakyService
 
-from ._input import store_url
+from ._input import CLIError, store_url
 from ._live import LiveProgress, render_report
 from ._telemetry import telemetry
 
@@ -66,6 +68,52 @@ class DemoOptions:
     quiet: bool = False
     otel: str = "none"
     prometheus_port: int | None = None
+    given: frozenset[str] = frozenset()
+    """The settings named on the command line (the others may come from the stored run)."""
+
+
+# What a demo run stores in its run config, so `demo --run-id` resumes the same batch.
+SETTINGS = ("jobs", "seed", "concurrency")
+# Resuming with other values of these would be another batch (other items, other faults).
+_FIXED = ("jobs", "seed")
+
+
+async def resolve_settings(opts: DemoOptions) -> DemoOptions:
+    """The options with the settings of the run ``opts.run_id`` when it exists.
+
+    A resumed demo run keeps its ``--jobs``, ``--seed`` and ``--concurrency``
+    (an explicit ``--concurrency`` wins; a different ``--jobs`` or ``--seed``
+    is refused: it would mark jobs finished that never ran, or change which
+    items fail).
+
+    Raises:
+        CLIError: the run exists but is not a demo run, or a fixed setting differs.
+    """
+    if opts.run_id is None or not _db_exists(opts.db):
+        return opts
+    async with open_store(store_url(opts.db)) as store:
+        try:
+            run = await store.get_run(opts.run_id)
+        except UnknownRun:
+            return opts
+    stored = run.config.get("demo")
+    if not isinstance(stored, dict) or not all(isinstance(stored.get(k), int) for k in SETTINGS):
+        raise CLIError(
+            f"run {opts.run_id!r} in {opts.db} was not started by `asyncbatch demo` (it stores "
+            "no demo settings), so it cannot be resumed as one; pass a new --run-id"
+        )
+    for name in _FIXED:
+        if name in opts.given and getattr(opts, name) != stored[name]:
+            raise CLIError(
+                f"run {opts.run_id!r} was started with --{name} {stored[name]}; resume it "
+                f"without --{name} (or with the same value), or pass a new --run-id"
+            )
+    keep = {k: stored[k] for k in SETTINGS if k not in opts.given or k in _FIXED}
+    return dataclasses.replace(opts, **keep)
+
+
+def _db_exists(db: str) -> bool:
+    return "://" in db or Path(db).is_file()
 
 
 class DemoJob:
@@ -133,9 +181,14 @@ def _batch_options(opts: DemoOptions, otel: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_demo(opts: DemoOptions, console: Console) -> int:
-    """Run the demo; returns the exit status (0: dead letters are the point)."""
+    """Run the demo; returns the exit status.
+
+    0 when the demo ran, dead letters or not: they are part of what it shows
+    (``asyncbatch run`` exits 3 for them). An aborted batch raises.
+    """
     if opts.redrive is not None:
         return await _redrive(opts, console)
+    opts = await resolve_settings(opts)
     run_id = opts.run_id or new_run_id().replace("run-", "demo-", 1)  # the CLI names it
     items = [{"id": i} for i in range(opts.jobs)]
     async with demo_service(opts.jobs, opts.seed) as service, client(opts.concurrency) as session:
@@ -176,6 +229,8 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
                 on_event=[note, progress.on_event],
                 **_batch_options(opts, otel),
             )
+            demo_settings = {k: getattr(opts, k) for k in SETTINGS}
+            batch.options = dataclasses.replace(batch.options, run_config={"demo": demo_settings})
             with progress:
                 async with batch.stream(items) as outcomes:
                     async for outcome in outcomes:

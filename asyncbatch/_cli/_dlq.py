@@ -7,6 +7,7 @@ The group is registered on the main ``cli`` group in ``_cli``; it exits 3
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,12 @@ def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+async def _known_run(store: Any, run_id: str | None) -> None:
+    """``--run-id`` must name a run, as for ``report``: an unknown one is an error (exit 1)."""
+    if run_id is not None:
+        await store.get_run(run_id)  # UnknownRun: one error line
+
+
 def _filter_kwargs(
     run_id: str | None, kind: str | None, error_type: str | None, status: str
 ) -> dict[str, Any]:
@@ -83,6 +90,7 @@ def dlq_list(
 
     async def go() -> list[Any]:
         async with open_db(db) as store:
+            await _known_run(store, run_id)
             return await store.dlq.list(
                 **_filter_kwargs(run_id, kind, error_type, status), limit=limit
             )
@@ -193,6 +201,7 @@ def dlq_export(
 
     async def go() -> int:
         async with open_db(db) as store:
+            await _known_run(store, run_id)
             return await store.dlq.export(path, **_filter_kwargs(run_id, kind, error_type, status))
 
     existing_db(db)
@@ -228,6 +237,27 @@ def dlq_redrive(job_spec: str, run_id: str, ids: tuple[int, ...], concurrency: i
     return 0 if dead == 0 else EXIT_DEAD
 
 
+class _PromptInterrupted(CLIError):
+    exit_code = 130
+
+
+def _confirm(question: str) -> bool:
+    """Ask y/N on stderr. "n" (or anything but yes) is a plain no, not an interrupt.
+
+    click.confirm turns both end of input and Ctrl-C into the same Abort;
+    here end of input is "no answer" (exit 1) and Ctrl-C an interrupt (130).
+    """
+    click.echo(f"{question} [y/N]: ", nl=False, err=True)
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        raise _PromptInterrupted("interrupted at the prompt: nothing purged") from None
+    if not answer:
+        click.echo(err=True)  # end the prompt's line: the error gets its own
+        raise CLIError("no answer to the confirmation: nothing purged (pass --yes to skip it)")
+    return answer.strip().lower() in ("y", "yes")
+
+
 @dlq.command("purge")
 @_filters
 @db_option
@@ -235,12 +265,24 @@ def dlq_redrive(job_spec: str, run_id: str, ids: tuple[int, ...], concurrency: i
 def dlq_purge(
     run_id: str | None, kind: str | None, error_type: str | None, status: str, db: str, yes: bool
 ) -> None:
-    """Delete matching dead letters for good."""
+    """Delete matching dead letters for good.
+
+    Asks first unless --yes; answering no purges nothing and exits 0. Without
+    a terminal to answer on (no input), it purges nothing and exits 1.
+    """
     existing_db(db)
     filters = _filter_kwargs(run_id, kind, error_type, status)
+
+    async def check() -> None:
+        async with open_db(db) as store:
+            await _known_run(store, run_id)
+
+    run_async(check())
     if not yes:
         what = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None) or "everything"
-        click.confirm(f"delete dead letters matching {what}?", abort=True, err=True)
+        if not _confirm(f"delete dead letters matching {what}?"):
+            click.echo("nothing purged")
+            return
 
     async def go() -> int:
         async with open_db(db) as store:

@@ -8,6 +8,7 @@ import csv
 import importlib
 import inspect
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -32,6 +33,7 @@ __all__ = [
     "load_job",
     "open_db",
     "outcome_json",
+    "refuse_overwriting_input",
     "run_async",
     "store_url",
 ]
@@ -210,6 +212,25 @@ class JobInput:
             what = "is not an object" if not isinstance(item, dict) else f"has no field {field!r}"
             raise InputError(f"{self.path}:{self.line}: the item {what} (--key {field})")
         return str(item[field])
+
+
+def refuse_overwriting_input(input_path: str, output: str) -> None:
+    """``--output`` must not be ``--input``: opening it for writing would erase the items.
+
+    Compared as files (a symlink, a hard link or another spelling of the same
+    path counts), before anything is opened for writing.
+    """
+    if input_path == "-" or output == "-":
+        return
+    try:
+        same = os.path.samefile(input_path, output)
+    except OSError:  # the output does not exist yet: compare where the paths lead
+        same = os.path.realpath(input_path) == os.path.realpath(output)
+    if same:
+        raise CLIError(
+            f"--output {output} is the --input file: writing results there would erase the "
+            "items; choose another --output path"
+        )
 
 
 def load_job(spec: str) -> Callable[[Any], Any]:

@@ -1,9 +1,11 @@
 """The ``asyncbatch`` command line: run a job over a file, inspect runs and the DLQ, demo.
 
-Exit status: 0 when every job succeeded (or was skipped), 3 when the run
-finished but some jobs were dead-lettered, 4 when the batch aborted, 1 for
-an error (one ``error: ...`` line on stderr, never a traceback), 2 for a
-command-line mistake, 130 when interrupted.
+Exit status of ``run`` and ``dlq redrive``: 0 when every job succeeded (or
+was skipped), 3 when the run finished but some jobs were dead-lettered, 4
+when the batch aborted. ``demo`` exits 0 when it ran (its dead letters are
+part of the show). Every command: 1 for an error (one ``error: ...`` line on
+stderr, never a traceback), 2 for a command-line mistake, 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from asyncbatch._errors import AsyncBatchError, BatchAborted
+from asyncbatch._errors import AsyncBatchError, BatchAborted, qualname
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._run._batch import Batch, new_run_id
 
@@ -37,6 +40,7 @@ from ._input import (
     load_job,
     open_db,
     outcome_json,
+    refuse_overwriting_input,
     run_async,
     store_url,
 )
@@ -70,7 +74,23 @@ def _one_line(exc: BaseException) -> str | None:
         if exc.strerror and exc.filename:
             return f"{exc.strerror}: {exc.filename}"
         return str(exc) or type(exc).__name__
+    if _jobs_base_exception(exc):
+        return (
+            f"a job raised {qualname(type(exc))}: {exc} (a BaseException, not an Exception: "
+            "asyncbatch does not classify or retry it, so the run stopped; "
+            "finished jobs are checkpointed)"
+        )
     return None
+
+
+def _jobs_base_exception(exc: BaseException) -> bool:
+    """A job's own ``BaseException`` subclass, which asyncbatch lets through unclassified."""
+    return not isinstance(
+        exc, Exception | SystemExit | GeneratorExit | KeyboardInterrupt | asyncio.CancelledError
+    )
+
+
+_STATUS_COLOURS = {"finished": "green", "aborted": "red", "failed": "red", "running": "yellow"}
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -183,9 +203,18 @@ def demo(
     otel: str,
     prometheus_port: int | None,
 ) -> int:
-    """Run a batch against a real, flaky local HTTP service and show what happened."""
-    from ._demo import DemoOptions, run_demo
+    """Run a batch against a real, flaky local HTTP service and show what happened.
 
+    --run-id of an earlier demo run resumes it with the --jobs, --seed and
+    --concurrency it was started with. Exit status 0 when the demo ran: its
+    dead letters are part of the show (`asyncbatch run` exits 3 for them).
+    """
+    from ._demo import SETTINGS, DemoOptions, run_demo
+
+    ctx = click.get_current_context()
+    given = frozenset(
+        name for name in SETTINGS if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    )
     run_id = run_id or new_run_id().replace("run-", "demo-", 1)
     options = DemoOptions(
         jobs=jobs,
@@ -197,6 +226,7 @@ def demo(
         quiet=quiet,
         otel=otel,
         prometheus_port=prometheus_port,
+        given=given,
     )
     try:
         code: int = run_async(run_demo(options, make_console()))
@@ -268,6 +298,8 @@ def run(
     skipped. Exit status 0 when no job of the run is dead-lettered, 3 when
     some are, 4 when the batch aborted.
     """
+    if output is not None:
+        refuse_overwriting_input(input_path, output)
     job = load_job(job_spec)
     source = JobInput(input_path, key_field)
     run_id = run_id or new_run_id()
@@ -330,6 +362,8 @@ def run(
                 f"{bad_input[0]}; the jobs before it are checkpointed: fix the input and "
                 f"resume with --run-id {run_id}"
             ) from None
+        if any(_jobs_base_exception(e) for e in _leaves(exc)):
+            raise CLIError(f"{_one_line(exc)}; resume with --run-id {run_id}") from None
         raise
     skipped = result.counts[JobStatus.SKIPPED]
     overall = run_async(_count_jobs_in(db, run_id)) if skipped else None
@@ -428,7 +462,7 @@ def runs(db: str, as_json: bool) -> None:
         c = r.counts
         ok, dead = c.get("succeeded", 0), c.get("dead_lettered", 0)
         other = sum(c.values()) - ok - dead
-        colour = {"finished": "green", "aborted": "red", "running": "yellow"}.get(r.status, "")
+        colour = _STATUS_COLOURS.get(r.status, "")
         table.add_row(
             escape(r.run_id),
             f"[{colour}]{r.status}[/]" if colour else r.status,

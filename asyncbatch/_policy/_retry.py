@@ -14,6 +14,12 @@ The delay before retry ``n`` (n = 1 for the first retry) is::
 
 A ``retry_after`` on the exception raises the delay to at least that value
 (it may exceed ``max``: the server said so).
+
+With ``RetryPolicy(seed=...)`` each ``uniform`` draw comes from a source
+derived from ``(seed, job key, attempt)``, so a job's delays are the same in
+every run whatever order jobs fail in (for decorrelated jitter they also
+depend on the job's own previous delay, itself reproducible). Unseeded runs
+draw from one run-level `random.Random` (nothing is hashed per retry).
 """
 
 from __future__ import annotations
@@ -182,7 +188,10 @@ class RetryPolicy:
 
     Args:
         retries: ``{ErrorKind: Retry}`` overrides.
-        seed: seeds the jitter so a run's delays are reproducible.
+        seed: seeds the jitter so a run's delays are reproducible: the delay
+            before a job's next attempt is a function of ``(seed, job key,
+            attempt)`` (and, for decorrelated jitter, its previous delay),
+            not of the order in which jobs fail.
     """
 
     __slots__ = ("_by_kind", "seed")
@@ -210,6 +219,17 @@ class RetryPolicy:
     def rng(self) -> random.Random:
         """A fresh random source for one run (seeded when ``seed`` is set)."""
         return random.Random(self.seed)
+
+    def rng_for(self, key: str, attempt: int, run_rng: random.Random) -> random.Random:
+        """The jitter source for ``key``'s retry after ``attempt``.
+
+        Seeded: a source derived from ``(seed, key, attempt)`` alone, so the
+        delay does not depend on which job failed first. Unseeded: ``run_rng``.
+        """
+        if self.seed is None:
+            return run_rng
+        # A str seed is hashed with SHA-512 (not hash()): stable across processes.
+        return random.Random(f"asyncbatch-jitter:{self.seed}:{key}:{attempt}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -247,12 +267,16 @@ def next_delay(
     decision: Decision | None,
     rng: random.Random,
     testing: tuple[bool, int | None] = (False, None),
+    *,
+    key: str | None = None,
 ) -> float | None:
     """Seconds before attempt ``attempt + 1``, or None when there is none.
 
     An ``on_error`` decision overrides the policy; ``retry_after`` on the
     exception is a floor; ``testing`` (from `asyncbatch.testing`) zeroes every
-    delay and may cap the attempts.
+    delay and may cap the attempts. With a seeded policy and ``key`` given,
+    the jitter is a function of ``(seed, key, attempt)`` (see `RetryPolicy.rng_for`);
+    otherwise it is drawn from ``rng``.
     """
     active, cap = testing
     if decision is not None:
@@ -266,6 +290,8 @@ def next_delay(
         attempts = retry.attempts if cap is None else min(retry.attempts, cap)
         if attempt >= attempts:
             return None
+        if key is not None and retry.backoff.jitter != "none":
+            rng = policy.rng_for(key, attempt, rng)
         delay = retry.backoff.delay(attempt, previous, rng)
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):

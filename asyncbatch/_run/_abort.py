@@ -44,9 +44,12 @@ class Abort:
         interrupted: entries whose attempt was cut short (cancelled) or that
             came due after the abort; they end CANCELLED.
         work_scope: the cancel scope around the workers, set by the engine.
+        failed: the cause is a failure of the run itself (a `HandlerError`),
+            not a decision to abort: the run ends ``"failed"``, nothing is
+            rolled back and the cause is raised as it is.
     """
 
-    __slots__ = ("_emit", "_queue", "cause", "interrupted", "run_id", "work_scope")
+    __slots__ = ("_emit", "_queue", "cause", "failed", "interrupted", "run_id", "work_scope")
 
     def __init__(self, run_id: str, queue: ReadyQueue, emit: Callable[[Event], None]) -> None:
         self.run_id = run_id
@@ -55,12 +58,14 @@ class Abort:
         self.cause: BaseException | None = None
         self.interrupted: list[Entry] = []
         self.work_scope: anyio.CancelScope | None = None
+        self.failed = False
 
-    def abort(self, cause: BaseException) -> None:
-        """Stop the run for ``cause`` (only the first call counts)."""
+    def abort(self, cause: BaseException, *, failed: bool = False) -> None:
+        """Stop the run for ``cause`` (only the first call counts); see ``failed``."""
         if self.cause is not None:
             return
         self.cause = cause
+        self.failed = failed
         self._emit(
             RunAborted(run_id=self.run_id, error_type=qualname(type(cause)), message=str(cause))
         )

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar, Unpack
 
 import anyio
 
-from asyncbatch._errors import BatchAborted, ConfigError
+from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError
 from asyncbatch._policy._retry import Retry
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._store import Store
@@ -43,6 +43,26 @@ def job_ref(job: Callable[..., Any]) -> str:
     if not module or module == "__main__" or "<" in qual:
         return ""
     return f"{module}:{qual}"
+
+
+def _require_asyncio() -> None:
+    """Fail in one line when not on asyncio: asyncbatch's hot path is asyncio primitives."""
+    try:
+        asyncio.get_running_loop()
+        return
+    except RuntimeError:
+        pass
+    library = "no asyncio event loop"
+    try:  # trio (and curio) ship sniffio; asyncbatch does not depend on it
+        import sniffio
+
+        library = sniffio.current_async_library()
+    except Exception:  # sniffio missing, or it cannot tell either
+        pass
+    raise AsyncBatchError(
+        f"asyncbatch needs asyncio, but this runs under {library}; "
+        "HINT: asyncio.run(main()) or anyio.run(main) with the default asyncio backend"
+    )
 
 
 def _check_job(job: object) -> None:
@@ -123,6 +143,7 @@ class Batch(Generic[T, R]):
             BatchAborted: a FATAL error or the error budget stopped the run;
                 ``.result`` holds the partial result (outcomes in input order).
         """
+        _require_asyncio()
         outcomes: list[JobOutcome[R]] = []
         async with _open(self.options) as store:
             engine = self._engine(store, outcomes.append)
@@ -140,6 +161,7 @@ class Batch(Generic[T, R]):
         The run lives exactly as long as the ``async with`` block: leaving it
         early cancels the remaining work (it stays resumable).
         """
+        _require_asyncio()
         async with _open(self.options) as store:
             stream: OutcomeStream[R] = OutcomeStream()
             engine = self._engine(store, stream._push, backlog=stream.__len__)
@@ -268,6 +290,7 @@ async def redrive(
         ids: only these DLQ entry ids (default: every ``"dead"`` entry of the run).
         **options: batch options as for `run_batch` (not ``store``/``run_id``/``key``).
     """
+    _require_asyncio()
     _check_job(job)
     for fixed in ("store", "run_id", "key"):
         if fixed in options:
@@ -321,6 +344,7 @@ async def rollback(
         A `BatchResult` whose outcomes are the COMPENSATED jobs (jobs whose
         undo failed for good are listed in ``report.compensation``).
     """
+    _require_asyncio()
     if not callable(compensate):
         raise ConfigError(f"compensate must be an async def undo(item, result), got {compensate!r}")
     opts = build_options(store=store, run_id=run_id, compensate=compensate, compensate_retry=retry)

@@ -151,11 +151,15 @@ class Engine(Generic[R]):
                         if not self._rollback_only:
                             await self._work(items)
                     abort.cancel_leftovers(self._outcomes.parked, self._ack)
-                    if abort.cause is not None and self.opts.compensate is not None:
+                    rolls_back = abort.cause is not None and not abort.failed
+                    if rolls_back and self.opts.compensate is not None:
                         if self._checkpointer is not None:
                             await self._checkpointer.flush()
                         await self._roll_back()
-                    status = "aborted" if abort.cause is not None else "finished"
+                    if abort.cause is not None:  # "failed": a handler broke, see Abort.failed
+                        status = "failed" if abort.failed else "aborted"
+                    else:
+                        status = "finished"
                     if self.input_error is not None and abort.cause is None:
                         status = "interrupted"  # the input stopped early: resume it
                 finally:
@@ -169,6 +173,8 @@ class Engine(Generic[R]):
             raise inner from None
         result = self.result(loop.time() - t0, outcomes=[])
         if abort.cause is not None:
+            if abort.failed:
+                raise abort.cause  # a HandlerError; its __cause__ is the handler's own error
             raise BatchAborted(result, abort.cause) from abort.cause
         if self.input_error is not None:
             # Raised only now: the jobs admitted before it ran to their end and were committed.
@@ -337,6 +343,7 @@ class Engine(Generic[R]):
     def _run_info(self) -> RunInfo:
         o = self.opts
         config = {
+            **o.run_config,
             "concurrency": o.concurrency,
             "timeout": o.timeout,
             "deadline": o.deadline,

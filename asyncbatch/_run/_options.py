@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -98,6 +98,10 @@ class Options:
     tracer_provider: Any
     meter_provider: Any
     result_codec: ResultCodec | None
+    # Not an option: extra JSON fields for the run's stored config. The CLI demo
+    # keeps its settings there so that `asyncbatch demo --run-id` resumes the
+    # same batch. Set with dataclasses.replace on a Batch's options.
+    run_config: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _positive_int(value: object, name: str) -> int:

@@ -19,7 +19,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from asyncbatch._errors import CircuitOpen, DeadlineExceeded, ErrorKind, qualname, tame_message
+from asyncbatch._errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    ErrorKind,
+    HandlerError,
+    qualname,
+    tame_message,
+)
 from asyncbatch._observe._events import Event, JobDeadLettered, RetryScheduled
 from asyncbatch._observe._report_builder import ReportBuilder
 from asyncbatch._policy._budget import BudgetTracker
@@ -155,7 +162,11 @@ class Outcomes:
         self, entry: Entry, result: Any, start: float, scope: AttemptScope | None = None
     ) -> bool:
         """Whether a classifier rule turns this returned value into a failure."""
-        kind = self._classify.classify_result(result)  # type: ignore[attr-defined]
+        try:
+            kind = self._classify.classify_result(result)  # type: ignore[attr-defined]
+        except Exception as rule_error:
+            self.handler_failed("classify", self._classify, entry, rule_error)
+            return True
         if kind is None:
             return False
         error = RejectedResult(result)
@@ -186,7 +197,12 @@ class Outcomes:
         tame_message(exc)  # a message too deep to print must not crash the run
         now = time.time()
         if kind is None:
-            kind = ErrorKind.TRANSIENT if isinstance(exc, DeadlineExceeded) else self.classify(exc)
+            try:
+                kind = (
+                    ErrorKind.TRANSIENT if isinstance(exc, DeadlineExceeded) else self.classify(exc)
+                )
+            except Exception as error:
+                return self.handler_failed("classify", self._classify, entry, error)
         entry.kind = kind
         if not entry.history:
             entry.history = []
@@ -204,7 +220,12 @@ class Outcomes:
         )
         decision: Decision | None = None
         if self.opts.on_error is not None:
-            decision = self.opts.on_error(exc, entry)
+            try:
+                decision = self.opts.on_error(exc, entry)
+                if decision is not None and not isinstance(decision, Decision):
+                    raise TypeError(f"returned {decision!r}, not an ab.Decision or None")
+            except Exception as error:
+                return self.handler_failed("on_error", self.opts.on_error, entry, error)
         delay = self._retry_delay(entry, kind, exc, decision)
         self.report.attempt_failed(entry.key, kind, exc, now, delay is not None)
         if self.budget is not None:
@@ -233,6 +254,19 @@ class Outcomes:
         self._dead_letter(entry, exc, kind)
         return kind, None
 
+    def handler_failed(
+        self, handler: str, fn: object, entry: Entry, error: Exception
+    ) -> tuple[ErrorKind, None]:
+        """A user callback raised: stop the run with a `HandlerError` (no retry, no rollback).
+
+        The job is left unfinished (CANCELLED, run again on resume) so that
+        fixing the handler and resuming handles its failure properly.
+        """
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        self._abort.interrupted.append(entry)
+        self._abort.abort(HandlerError(handler, name, entry.key, error), failed=True)
+        return entry.kind or ErrorKind.FATAL, None
+
     def _retry_delay(
         self, entry: Entry, kind: ErrorKind, exc: BaseException, decision: Decision | None
     ) -> float | None:
@@ -248,6 +282,7 @@ class Outcomes:
             decision,
             self.rng,
             self._testing,
+            key=entry.key,
         )
         if delay is None:
             return None

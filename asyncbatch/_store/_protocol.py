@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_LEASE", "DeadLetterQueue", "FinishedJob", "JobRecord", "RunI
 DEFAULT_LEASE = 15.0
 """Seconds a run's owner may go without a heartbeat before another process may take it over."""
 
-RunStatus = Literal["running", "finished", "aborted", "compensating", "interrupted"]
+RunStatus = Literal["running", "finished", "aborted", "failed", "compensating", "interrupted"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +41,8 @@ class RunInfo:
     Attributes:
         run_id: the run's id.
         job: the job reference ``module:function`` (empty when not importable).
-        status: ``running``, ``finished``, ``aborted``, ``compensating``, ``interrupted``.
+        status: ``running``, ``finished``, ``aborted``, ``failed`` (a handler raised),
+            ``compensating``, ``interrupted``.
         config: JSON-safe summary of the batch options.
         counts: jobs per status value (as of the last `Store.end_run`, or live).
         created_at: epoch seconds of the first start.
