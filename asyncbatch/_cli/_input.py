@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from asyncbatch._errors import AsyncBatchError, qualname
 from asyncbatch._result import JobOutcome
 from asyncbatch._store import Store, open_store
 
@@ -30,7 +31,10 @@ __all__ = [
     "JobInput",
     "db_option",
     "existing_db",
+    "jobs_base_exception",
+    "leaves",
     "load_job",
+    "one_line",
     "open_db",
     "outcome_json",
     "refuse_overwriting_input",
@@ -277,3 +281,38 @@ def outcome_json(
         "attempts": outcome.attempts,
     }
     return json.dumps(record, default=fallback)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """Every exception inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
+def jobs_base_exception(exc: BaseException) -> bool:
+    """A job's own ``BaseException`` subclass, which asyncbatch lets through unclassified."""
+    return not isinstance(
+        exc, Exception | SystemExit | GeneratorExit | KeyboardInterrupt | asyncio.CancelledError
+    )
+
+
+def one_line(exc: BaseException) -> str | None:
+    """The message for an error the user can fix, or None for a bug (keep the traceback)."""
+    if isinstance(exc, BaseExceptionGroup):
+        found = [e for e in leaves(exc) if not isinstance(e, asyncio.CancelledError)]
+        messages = [one_line(e) for e in found]
+        return messages[0] if messages and all(messages) else None
+    if isinstance(exc, CLIError | AsyncBatchError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        if exc.strerror and exc.filename:
+            return f"{exc.strerror}: {exc.filename}"
+        return str(exc) or type(exc).__name__
+    if jobs_base_exception(exc):
+        return (
+            f"a job raised {qualname(type(exc))}: {exc} (a BaseException, not an Exception: "
+            "asyncbatch does not classify or retry it, so the run stopped; "
+            "finished jobs are checkpointed)"
+        )
+    return None

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import click
 
 from ._input import CLIError
 
@@ -103,3 +105,21 @@ def _prometheus(port: int) -> tuple[Any, Any]:
             f"cannot serve Prometheus metrics on 127.0.0.1:{port}: {exc.strerror}"
         ) from None
     return reader, server
+
+
+def telemetry_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--otel`` and ``--prometheus-port``, shared by the commands that run batches."""
+    f = click.option(
+        "--prometheus-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        metavar="PORT",
+        help="Serve metrics for Prometheus on 127.0.0.1:PORT during the run (extra: prometheus).",
+    )(f)
+    return click.option(
+        "--otel",
+        type=click.Choice(["none", "console", "otlp"]),
+        default="none",
+        show_default=True,
+        help="Export spans and metrics: console (stderr) or otlp (OTEL_EXPORTER_OTLP_*).",
+    )(f)
