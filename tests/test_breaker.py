@@ -18,7 +18,7 @@ import pytest
 
 import asyncbatch as ab
 from asyncbatch._deps import Dependencies
-from asyncbatch._deps._breaker import PROBE_RECHECK
+from asyncbatch._deps._circuit import PROBE_RECHECK
 
 
 class Down(ConnectionError):

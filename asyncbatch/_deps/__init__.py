@@ -7,7 +7,8 @@ the value types, `_policy` (to know which failures count) and `_observe`
 (breaker events).
 """
 
-from ._breaker import Breaker, Circuit
+from ._breaker import Breaker
+from ._circuit import Circuit
 from ._dependencies import Dependencies, DependencyStats
 from ._guard import guard, reset_dependencies, use_dependencies
 from ._rate import Rate

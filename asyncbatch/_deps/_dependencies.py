@@ -17,7 +17,8 @@ import anyio
 from asyncbatch._errors import CircuitOpen, ConfigError, ErrorKind
 from asyncbatch._observe._events import Event
 
-from ._breaker import Breaker, Circuit
+from ._breaker import Breaker
+from ._circuit import Circuit
 from ._guard import Guard, rejected
 from ._rate import Rate, limiter, rate_cost
 

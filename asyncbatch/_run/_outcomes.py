@@ -38,7 +38,7 @@ from asyncbatch._result import AttemptRecord, JobOutcome, JobStatus, count_statu
 from ._compensate import Done
 
 if TYPE_CHECKING:
-    from asyncbatch._deps._breaker import Circuit, Waiter
+    from asyncbatch._deps._circuit import Circuit, Waiter
     from asyncbatch._observe._otel import AttemptScope, Instrumentation
 
     from ._abort import Abort
