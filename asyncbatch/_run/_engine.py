@@ -87,7 +87,7 @@ class Engine(Generic[R]):
             self._admission,
             concurrency=opts.concurrency,
             backlog=backlog,
-            max_backlog=max(256, opts.concurrency),
+            max_backlog=max(1024, 2 * opts.concurrency),
         )
         self._abort = Abort(run_id, self._queue, self._emit)
         self._outcomes = Outcomes(
