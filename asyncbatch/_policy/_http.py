@@ -1,7 +1,7 @@
 """How httpx and aiohttp failures map onto error kinds, without importing either.
 
 This module imports nothing from asyncbatch (the classifier's built-in rules
-use it, so it sits below `asyncbatch._classify`) and never imports httpx or
+use it, so it sits beside `_policy._classify`) and never imports httpx or
 aiohttp: an exception is recognised by the module of a class in its MRO
 (``httpx``, ``aiohttp.*``), and only then are that library's classes looked
 up in ``sys.modules`` (already imported, since it raised the exception).
