@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._policy._testing_mode import is_testing, set_testing, testing_overrides
+from ._testing import _faults
 from ._testing._faults import (
     FaultInjector,
     FaultStats,
@@ -72,19 +73,9 @@ __all__ = [
 ]
 
 # The public home of these types: reports and pickles name them by it.
-for _cls in (
-    FaultInjector,
-    FaultStats,
-    InjectedFatal,
-    InjectedFault,
-    InjectedOutage,
-    InjectedPermanent,
-    InjectedRecoverable,
-    InjectedTransient,
-    set_testing,
-):
-    _cls.__module__ = __name__
-del _cls
+for _name in (*_faults.__all__, "set_testing"):
+    globals()[_name].__module__ = __name__
+del _name
 
 # A real flaky HTTP service on 127.0.0.1 (aiohttp's server, driven by a
 # FaultInjector) and thin aiohttp client helpers: a test double for code that

@@ -49,10 +49,11 @@ class Admission:
             while duplicates are checked against the store).
     """
 
-    def __init__(self, opts: Options, run_id: str, ack: Callable[[JobOutcome[Any]], None]) -> None:
+    def __init__(self, opts: Options, run_id: str) -> None:
         self._opts = opts
         self._run_id = run_id
-        self._ack = ack
+        self.ack: Callable[[JobOutcome[Any]], None] = _unset
+        """Acknowledges a SKIPPED outcome (the outcome path's, bound by the engine)."""
         self.redrive: dict[int, tuple[int, str]] | None = None
         self.skipped_at: dict[str, int | None] = {}
         self.live: dict[str, int | None] | None = None
@@ -215,7 +216,7 @@ class Admission:
         if self._opts.compensate is not None:
             self.skipped_at[key] = index
         result = done.result if codec is None else codec.decode(done.result)
-        self._ack(fast_outcome(key, JobStatus.SKIPPED, result, done.attempts, 0.0, index))
+        self.ack(fast_outcome(key, JobStatus.SKIPPED, result, done.attempts, 0.0, index))
 
     def release(self, key: str) -> None:
         """A job was acknowledged: its key is no longer in flight."""
@@ -233,6 +234,10 @@ class Admission:
         if status is JobStatus.COMPENSATED:
             return False
         return not (status is JobStatus.DEAD_LETTERED and self._opts.retry_dead)
+
+
+def _unset(outcome: JobOutcome[Any]) -> None:
+    raise AssertionError("Admission.ack was not bound")
 
 
 async def _chunks(

@@ -82,7 +82,7 @@ class Engine(Generic[R]):
         self._checkpointer: Checkpointer | None = None
         self._lease: Lease | None = None
         self._rollback_only = rollback_only
-        self._admission = Admission(opts, run_id, self._ack)
+        self._admission = Admission(opts, run_id)
         self._queue = ReadyQueue(
             self._admission,
             concurrency=opts.concurrency,
@@ -93,6 +93,7 @@ class Engine(Generic[R]):
         self._outcomes = Outcomes(
             opts, run_id=run_id, queue=self._queue, abort=self._abort, emit=self._emit, sink=sink
         )
+        self._admission.ack = self._outcomes.ack  # the queue needed admission first
         self._rollback: Rollback | None = None
         self._report: ErrorReport | None = None
         self._prev: RunInfo | None = None
@@ -105,9 +106,6 @@ class Engine(Generic[R]):
     def counts(self) -> dict[JobStatus, int]:
         """Acknowledged jobs per status in this invocation."""
         return self._outcomes.counts
-
-    def _ack(self, outcome: JobOutcome[Any]) -> None:
-        self._outcomes.ack(outcome)
 
     # ------------------------------------------------------------------ run
 
@@ -150,7 +148,7 @@ class Engine(Generic[R]):
                     with span:
                         if not self._rollback_only:
                             await self._work(items)
-                    abort.cancel_leftovers(self._outcomes.parked, self._ack)
+                    abort.cancel_leftovers(self._outcomes.parked, self._outcomes.ack)
                     rolls_back = abort.cause is not None and not abort.failed
                     if rolls_back and self.opts.compensate is not None:
                         if self._checkpointer is not None:
@@ -197,7 +195,7 @@ class Engine(Generic[R]):
         if store is None:
             return
         new_run_warnings(self.run_id)
-        info = self._run_info()
+        info = fresh = self._run_info()
         try:
             stored = await store.get_run(self.run_id)
         except UnknownRun:
@@ -216,7 +214,7 @@ class Engine(Generic[R]):
         prev = self._prev = await self._lease.begin(info)  # RunOwned first: it is the reason
         if prev is not None and not redriving and not self._rollback_only:
             try:
-                self._check_resume(prev)
+                self._check_resume(prev, fresh)
             except ConfigError:
                 # Refused: leave the run as it was (status, counts, report) and let it go.
                 await self._lease.end(prev.status, prev.counts, prev.report)
@@ -233,16 +231,16 @@ class Engine(Generic[R]):
             elif self._rollback_only:
                 self._abort.cause = AsyncBatchError("rollback requested")
         self._checkpointer = Checkpointer(
-            store, self.opts.durability, self._ack, taken=self._queue.relieve
+            store, self.opts.durability, self._outcomes.ack, taken=self._queue.relieve
         )
         self._outcomes.checkpointer = self._checkpointer
         # New items wait while the writer falls behind (memory stays bounded).
         self._queue.watch(self._checkpointer)
 
-    def _check_resume(self, prev: RunInfo) -> None:
+    def _check_resume(self, prev: RunInfo, fresh: RunInfo) -> None:
         """Refuse a resume pairing stored outcomes with the wrong items, or dropping a rollback."""
         if not self.opts.force_resume:
-            check_identity(self.run_id, prev.config, self._run_info().config)
+            check_identity(self.run_id, prev.config, fresh.config)
         if prev.status == "compensating" and self.opts.compensate is None:
             raise ConfigError(
                 f"run {self.run_id!r} was rolling back when it stopped; pass the same "
@@ -326,7 +324,9 @@ class Engine(Generic[R]):
 
     async def _roll_back(self) -> None:
         """Undo every succeeded job (earlier runs first in completion order)."""
-        self._rollback = Rollback(self.opts, self.run_id, self.store, self.counts, self._ack)
+        self._rollback = Rollback(
+            self.opts, self.run_id, self.store, self.counts, self._outcomes.ack
+        )
         earlier = []
         if self.store is not None and self.resumed:
             # Stored before this invocation; this one's successes are in `done`.
