@@ -14,6 +14,14 @@ The state machine is aiobreaker's ``CircuitBreaker`` (closed → open → half-o
   (looptime) drives it, and `Circuit` moves aiobreaker to half-open itself;
   aiobreaker's own timing is never consulted.
 
+A failure-rate breaker (``Breaker(failure_rate=..., window=...)``) keeps
+aiobreaker as the state machine but not as the judge: aiobreaker only counts
+consecutive failures, has no sliding window, no notion of a slow call and
+closes on the first successful half-open call. Here a `Window` of counted
+outcomes decides, and `Circuit` moves aiobreaker with ``open()``/``close()``;
+half-open admits exactly ``half_open_probes`` probes and judges their shares
+together (a consecutive-failure breaker keeps "the first probe decides").
+
 Jobs parked behind a circuit (``on_open="park"``) do not poll it: each waits
 on `Circuit.wait` and is woken once, when the circuit can admit it. Closing
 wakes every waiter; the end of the open period, or a probe that finishes
@@ -28,10 +36,12 @@ changes, and once per ``reset_timeout`` while it stays above zero).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -47,8 +57,12 @@ from asyncbatch._observe._events import (
 )
 
 from ._breaker import Breaker
+from ._window import Window
 
-__all__ = ["PROBE_RECHECK", "REPORT_EVERY", "Circuit", "Waiter"]
+__all__ = ["PROBE_RECHECK", "REPORT_EVERY", "Circuit", "Ticket", "Waiter"]
+
+Ticket = tuple[int, bool, float]
+"""What `Circuit.admit` hands out: (generation, is_probe, admitted at: loop time or 0)."""
 
 
 PROBE_RECHECK = 0.1
@@ -74,6 +88,20 @@ def _ok() -> None:
 
 def _replay(exc: BaseException) -> None:
     raise exc
+
+
+@contextlib.contextmanager
+def _quiet_utcnow() -> Iterator[None]:
+    """aiobreaker stamps an opening with datetime.utcnow(), deprecated on 3.12+:
+    silence exactly that warning from that module, around the calls that open."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"datetime\.datetime\.utcnow",
+            category=DeprecationWarning,
+            module=r"aiobreaker\b",
+        )
+        yield
 
 
 class _Listener:
@@ -140,6 +168,7 @@ class Circuit:
         "_error",
         "_generation",
         "_opened_at",
+        "_opening",
         "_pending",
         "_probes",
         "_report",
@@ -147,8 +176,10 @@ class Circuit:
         "_reported_at",
         "_time_open",
         "_timer",
+        "_trial",
         "_waiters",
         "_waiting",
+        "_window",
         "dependency",
         "policy",
         "run_id",
@@ -164,7 +195,8 @@ class Circuit:
         self.trips = 0
         self._emit = emit
         self._cb = aiobreaker.CircuitBreaker(
-            fail_max=policy.fail_max,
+            # A rate-only breaker never trips on consecutive failures.
+            fail_max=policy.fail_max if policy.fail_max is not None else sys.maxsize,
             # Not used for timing (see the module docstring), kept for aiobreaker's repr/API.
             timeout_duration=timedelta(seconds=policy.reset_timeout),
             listeners=[_Listener(self)],
@@ -178,6 +210,12 @@ class Circuit:
         self._time_open = 0.0  # finished open/half-open periods, seconds
         self._probes = 0  # probes in flight while half-open
         self._error: BaseException | None = None  # the failure being recorded
+        self._window: Window | None = None
+        if policy.window is not None:
+            w = policy.window
+            self._window = Window(size=w) if isinstance(w, int) else Window(span=w)
+        self._trial: list[tuple[bool, bool]] = []  # (failed, slow) of this half-open's probes
+        self._opening: tuple[str, float | None, float | None] | None = None  # why it opens
         self._pending: list[Event] = []
         self._waiters: deque[Waiter] = deque()  # parked jobs, oldest first (some cancelled)
         self._waiting = 0  # live waiters
@@ -187,9 +225,10 @@ class Circuit:
         self._reported_at = float("-inf")
 
     def __repr__(self) -> str:
+        window = f" {self._window!r}" if self._window is not None else ""
         return (
             f"<Circuit {self.dependency!r} {self.state} "
-            f"failures={self._cb.fail_counter}/{self.policy.fail_max} trips={self.trips}>"
+            f"failures={self._cb.fail_counter}/{self.policy.fail_max}{window} trips={self.trips}>"
         )
 
     @property
@@ -220,11 +259,11 @@ class Circuit:
             if remaining > _SLACK:
                 return remaining
             return None  # the open period is over: the next call may probe
-        if self._probes >= self.policy.half_open_probes:
+        if self._probes + len(self._trial) >= self.policy.half_open_probes:
             return min(self.policy.reset_timeout, PROBE_RECHECK)
         return None
 
-    def admit(self) -> tuple[int, bool]:
+    def admit(self) -> Ticket:
         """Let a call through or reject it.
 
         Returns:
@@ -235,22 +274,23 @@ class Circuit:
                 busy; ``retry_in`` says when to ask again.
         """
         current = self._cb.current_state
+        since = _now() if self.policy.slow_call is not None else 0.0
         if current is _CLOSED:
-            return self._generation, False
+            return self._generation, False, since
         if current is _OPEN:
             remaining = self._opened_at + self.policy.reset_timeout - _now()
             if remaining > _SLACK:
                 raise CircuitOpen(self.dependency, remaining)
             self._cb.half_open()
             self._flush()
-        if self._probes >= self.policy.half_open_probes:
+        # A rate breaker judges exactly half_open_probes counted probes per half-open
+        # period (judged ones included); a consecutive one only bounds them at once.
+        if self._probes + len(self._trial) >= self.policy.half_open_probes:
             raise CircuitOpen(self.dependency, min(self.policy.reset_timeout, PROBE_RECHECK))
         self._probes += 1
-        return self._generation, True
+        return self._generation, True, since
 
-    def record(
-        self, ticket: tuple[int, bool], error: BaseException | None, *, counts: bool
-    ) -> None:
+    def record(self, ticket: Ticket, error: BaseException | None, *, counts: bool) -> None:
         """Feed the outcome of an admitted call to the state machine.
 
         Args:
@@ -259,10 +299,13 @@ class Circuit:
             counts: whether ``error`` counts as a failure of the dependency
                 (False: neutral, e.g. PERMANENT or cancelled).
         """
-        generation, probe = ticket
+        generation, probe, since = ticket
         if probe:
             self._probes -= 1
-        self._record(generation, error, counts)
+        if self._window is None:
+            self._record(generation, error, counts)
+        elif generation == self._generation and (error is None or counts):
+            self._judge(error, since)
         if probe and self._waiting and self._cb.current_state is _HALF_OPEN:
             # A probe slot is free and the circuit stays half-open: let a waiter probe.
             # (A transition has already settled the waiters in _flush.)
@@ -279,15 +322,7 @@ class Circuit:
         elif counts:
             self._error = error
             try:
-                # aiobreaker stamps the opening with datetime.utcnow(), deprecated on
-                # 3.12+; silence exactly that warning from that module, here only.
-                with warnings.catch_warnings():
-                    warnings.filterwarnings(
-                        "ignore",
-                        message=r"datetime\.datetime\.utcnow",
-                        category=DeprecationWarning,
-                        module=r"aiobreaker\b",
-                    )
+                with _quiet_utcnow():
                     self._cb.call(_replay, error)
             except aiobreaker.CircuitBreakerError:
                 pass  # this call tripped the circuit; the caller raises the original error
@@ -300,22 +335,93 @@ class Circuit:
             return
         self._flush()
 
+    def _judge(self, error: BaseException | None, since: float) -> None:
+        """A rate breaker counts one call: into its window (closed) or its trial (half-open)."""
+        policy = self.policy
+        now = _now()
+        slow = policy.slow_call is not None and now - since >= policy.slow_call
+        failed = error is not None or (slow and policy.slow_rate is None)
+        current = self._cb.current_state
+        if current is _HALF_OPEN:
+            self._trial.append((failed, slow))
+            if len(self._trial) < policy.half_open_probes:
+                return
+            n = len(self._trial)
+            failure_share = sum(f for f, _ in self._trial) / n
+            slow_share = sum(s for _, s in self._trial) / n
+            reason = self._verdict(failure_share, slow_share)
+            if reason is None:
+                self._cb.close()
+            else:
+                self._open("probes " + reason, failure_share, slow_share, error)
+            self._flush()
+            return
+        if current is not _CLOSED:
+            return  # an open circuit: a straggler of no generation (cannot happen)
+        if policy.fail_max is not None:
+            self._record(self._generation, error, counts=True)  # the consecutive rule
+            if self._cb.current_state is not _CLOSED:
+                return
+        window = self._window
+        assert window is not None
+        window.add(failed=failed, slow=slow, now=now)  # a time window drops old calls here
+        if window.calls < policy.min_calls:
+            return
+        failure_share = window.failures / window.calls
+        slow_share = window.slows / window.calls
+        reason = self._verdict(failure_share, slow_share)
+        if reason is not None:
+            self._open(reason, failure_share, slow_share, error)
+            self._flush()
+
+    def _verdict(self, failure_share: float, slow_share: float) -> str | None:
+        """The rule these shares break ("failure_rate", "slow_rate"), or None."""
+        policy = self.policy
+        if policy.failure_rate is not None and failure_share >= policy.failure_rate:
+            return "failure_rate"
+        if policy.slow_rate is not None and slow_share >= policy.slow_rate:
+            return "slow_rate"
+        return None
+
+    def _open(
+        self, reason: str, failure_share: float, slow_share: float, error: BaseException | None
+    ) -> None:
+        self._opening = (reason, failure_share, slow_share)
+        self._error = error
+        try:
+            with _quiet_utcnow():
+                self._cb.open()
+        finally:
+            self._opening = None
+            self._error = None
+
     def _changed(self, old: Any, new: Any) -> None:
         """aiobreaker switched state (called from inside its call/open/half_open/close)."""
         self._generation += 1
         now = _now()
+        self._trial.clear()
+        if self._window is not None:
+            self._window.clear()  # each closed period is judged on its own calls
         if new is _OPEN:
             self.trips += 1
             self._opened_at = now
             if old is _CLOSED:
                 self._changed_since = now
             error = self._error
+            reason, failure_share, slow_share = self._opening or (
+                "probe" if old is _HALF_OPEN else "fail_max",
+                None,
+                None,
+            )
             self._pending.append(
                 BreakerOpened(
                     run_id=self.run_id,
                     dependency=self.dependency,
                     failures=self._cb.fail_counter,
                     error_type=_type_name(error) if error is not None else "",
+                    reason=reason,
+                    failure_rate=failure_share,
+                    slow_rate=slow_share,
                 )
             )
         elif new is _HALF_OPEN:
@@ -367,7 +473,7 @@ class Circuit:
             return self._waiting
         if current is _OPEN and self._opened_at + self.policy.reset_timeout - _now() > _SLACK:
             return 0
-        return max(0, self.policy.half_open_probes - self._probes)
+        return max(0, self.policy.half_open_probes - self._probes - len(self._trial))
 
     def _wake(self, n: int) -> None:
         woken = 0

@@ -35,6 +35,7 @@ from asyncbatch._context import _current
 from asyncbatch._errors import CircuitOpen, ConfigError
 
 if TYPE_CHECKING:
+    from ._circuit import Ticket
     from ._dependencies import Dependencies, _Dependency
 
 __all__ = ["Guard", "guard", "rejected", "reset_dependencies", "use_dependencies"]
@@ -99,7 +100,7 @@ class Guard:
         self._peers = peers if peers is not None else frozenset((dep.name,))
         self._label = label if label is not None else dep.name
         self._borrower: object | None = None
-        self._ticket: tuple[int, bool] | None = None
+        self._ticket: Ticket | None = None
         self._held: Token[frozenset[str]] | None = None
 
     async def __aenter__(self) -> None:

@@ -87,11 +87,27 @@ class JobDeadLettered(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerOpened(Event):
-    """A dependency's circuit opened: calls are rejected for ``reset_timeout`` seconds."""
+    """A dependency's circuit opened: calls are rejected for ``reset_timeout`` seconds.
+
+    Attributes:
+        dependency: the dependency.
+        failures: consecutive failures counted when it opened.
+        error_type: the type of the failure that tripped it ("" for a slow call).
+        reason: the rule that opened it: ``"fail_max"`` (consecutive
+            failures), ``"failure_rate"`` or ``"slow_rate"`` (its sliding
+            window), ``"probe"`` (a failed half-open probe) or ``"probes
+            failure_rate"`` / ``"probes slow_rate"`` (the judged probes of a
+            rate breaker).
+        failure_rate: the failure share that opened it (rate rules), else None.
+        slow_rate: the slow share at that moment (rate rules), else None.
+    """
 
     dependency: str
     failures: int = 0
     error_type: str = ""
+    reason: str = "fail_max"
+    failure_rate: float | None = None
+    slow_rate: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
