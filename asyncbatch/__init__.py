@@ -51,6 +51,7 @@ from ._policy._retry import (
     Retry,
     RetryPolicy,
 )
+from ._policy._retry_budget import RetryBudget
 from ._result import (
     AttemptRecord,
     BatchResult,
@@ -121,6 +122,7 @@ __all__ = [
     "RejectedResult",
     "ResultCodec",
     "Retry",
+    "RetryBudget",
     "RetryPolicy",
     "RetryScheduled",
     "Rule",

@@ -113,6 +113,9 @@ class ErrorReport:
             true rank within p ± 2·sqrt(p(1-p)/4,096) with ~95% probability
             (±1.6 points at p50, ±0.7 at p95, ±0.3 at p99).
         aborted: why the run aborted (``"Type: message"``), or None.
+        traffic: what the traffic controls did, or None: ``retry_budget``
+            (calls, retries let through, retries held), ``concurrency``
+            (an adaptive limit's last, lowest and highest value).
     """
 
     run_id: str
@@ -128,6 +131,7 @@ class ErrorReport:
     compensation: dict[str, Any] | None = None
     durations: dict[str, float] = field(default_factory=dict)
     aborted: str | None = None
+    traffic: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: ``json.dumps(report.to_dict())`` works; enums by value."""
@@ -145,6 +149,7 @@ class ErrorReport:
             "compensation": jsonable(self.compensation),
             "durations": dict(self.durations),
             "aborted": self.aborted,
+            "traffic": jsonable(self.traffic),
         }
 
     @classmethod
@@ -165,6 +170,7 @@ class ErrorReport:
             compensation=d.get("compensation"),
             durations=dict(d.get("durations") or {}),
             aborted=None if aborted is None else str(aborted),
+            traffic=d.get("traffic"),
         )
 
     def render(self) -> RenderableType:
@@ -253,4 +259,5 @@ def merge_reports(earlier: ErrorReport, later: ErrorReport) -> ErrorReport:
         compensation=later.compensation if later.compensation is not None else earlier.compensation,
         durations=durations,
         aborted=later.aborted,
+        traffic=later.traffic if later.traffic is not None else earlier.traffic,
     )

@@ -291,6 +291,7 @@ class ReportBuilder:
         compensation: dict[str, Any] | None = None,
         aborted: str | None = None,
         counts: Mapping[Any, int] | None = None,
+        traffic: dict[str, Any] | None = None,
     ) -> ErrorReport:
         """Freeze what was recorded into an `ErrorReport`.
 
@@ -304,6 +305,7 @@ class ReportBuilder:
             counts: the run's own counts by status; when given they win over
                 the builder's tally (which can only guess which status a
                 compensated job replaced).
+            traffic: the traffic controls' state (retry budget, ...), or None.
         """
         if counts is not None:
             tally = {JobStatus(s).value: n for s, n in counts.items()}
@@ -327,4 +329,5 @@ class ReportBuilder:
             compensation=jsonable(compensation),
             durations=self.durations(),
             aborted=aborted,
+            traffic=jsonable(traffic),
         )

@@ -111,6 +111,8 @@ def render(report: ErrorReport) -> RenderableType:
         parts.append(_breakers_table(report.breakers))
     if report.budget:
         parts.append(_budget_line(report.budget))
+    if report.traffic:
+        parts.extend(_traffic_lines(report.traffic))
     if report.compensation:
         c = report.compensation
         parts.append(
@@ -156,6 +158,37 @@ def _breakers_table(breakers: Mapping[str, Mapping[str, Any]]) -> RenderableType
             _secs(float(s.get("time_open") or 0.0)),
         )
     return table
+
+
+def _traffic_lines(traffic: Mapping[str, Any]) -> list[RenderableType]:
+    lines: list[RenderableType] = []
+    rb = traffic.get("retry_budget")
+    if rb:
+        lines.append(
+            Text(
+                f"Retry budget ({rb.get('ratio', 0):.0%} + {rb.get('min_per_second', 0):g}/s): "
+                f"{rb.get('retries', 0)} retries for {rb.get('calls', 0)} jobs "
+                f"({rb.get('retry_ratio', 0.0):.1%}), {rb.get('held', 0)} held back"
+            )
+        )
+    limit = traffic.get("concurrency")
+    if limit:
+        lines.append(
+            Text(
+                f"Adaptive concurrency: {limit.get('limit')} at the end "
+                f"(lowest {limit.get('lowest')}, highest {limit.get('highest')}, "
+                f"{limit.get('decreases', 0)} backoffs)"
+            )
+        )
+    for name, dep in (traffic.get("limits") or {}).items():
+        lines.append(
+            Text(
+                f"Adaptive limit {name!r}: {dep.get('limit')} at the end "
+                f"(lowest {dep.get('lowest')}, highest {dep.get('highest')}, "
+                f"{dep.get('decreases', 0)} backoffs)"
+            )
+        )
+    return lines
 
 
 def _budget_line(budget: Mapping[str, Any]) -> RenderableType:

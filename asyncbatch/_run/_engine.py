@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
@@ -49,6 +49,9 @@ from ._options import Options
 from ._outcomes import Outcomes
 from ._ready import ReadyQueue
 from ._workers import Workers
+
+if TYPE_CHECKING:
+    from ._traffic import Traffic
 
 __all__ = ["Engine", "unwrap_group"]
 
@@ -79,6 +82,7 @@ class Engine(Generic[R]):
         self._dispatcher = EventDispatcher(opts.on_event)
         self._inst: Instrumentation | None = None
         self._deps: Any = None
+        self._traffic: Traffic | None = None
         self._checkpointer: Checkpointer | None = None
         self._lease: Lease | None = None
         self._rollback_only = rollback_only
@@ -132,6 +136,7 @@ class Engine(Generic[R]):
             self.opts.tracer_provider, self.opts.meter_provider, self.run_id
         )
         self._outcomes.inst = self._inst
+        self._setup_traffic(loop)
         abort = self._abort
         status = "interrupted"
         try:
@@ -281,6 +286,7 @@ class Engine(Generic[R]):
             compensation=summary.to_dict() if summary else None,
             counts=self.counts,
             aborted=self._abort.report(),
+            traffic=self._traffic.state() if self._traffic is not None else None,
         )
         counts = {s.value: n for s, n in self.counts.items()}
         if lease is not None:  # there is a store
@@ -379,6 +385,19 @@ class Engine(Generic[R]):
         )
         self._outcomes.deps = self._deps
 
+    def _setup_traffic(self, loop: asyncio.AbstractEventLoop) -> None:
+        o = self.opts
+        if o.retry_budget is None:
+            return
+        from ._traffic import RetryGate, Traffic
+
+        outcomes = self._outcomes
+        gate = RetryGate(
+            o.retry_budget, loop, release=outcomes._unpark, expire=outcomes._expire
+        )
+        outcomes.retry_gate = gate
+        self._traffic = Traffic(retry_gate=gate)
+
     def _emit(self, event: Event) -> None:
         self._dispatcher.emit(event)
         if self._inst is not None:
@@ -400,6 +419,7 @@ class Engine(Generic[R]):
             abort=self._abort,
             inst=self._inst,
             deps=self._deps,
+            traffic=self._traffic,
         )
         admission = self._admission
         items = admission.source(items, store=self.store, resumed=self.resumed, seq0=self._seq0)
@@ -416,6 +436,8 @@ class Engine(Generic[R]):
                     for _ in range(self.opts.concurrency):
                         tg.start_soon(run)
         finally:
+            if self._traffic is not None:
+                self._traffic.close()
             self._outcomes.let_go()
             if deps_token is not None:
                 reset_dependencies(deps_token)

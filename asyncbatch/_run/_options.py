@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from asyncbatch._deps._breaker import Breaker
     from asyncbatch._observe._events import Event
     from asyncbatch._policy._budget import ErrorBudget
+    from asyncbatch._policy._retry_budget import RetryBudget
     from asyncbatch._store import Store
 
 __all__ = ["BatchOptions", "Options", "RedriveOptions", "build_options"]
@@ -50,6 +51,7 @@ class RedriveOptions(TypedDict, total=False):
     breakers: Mapping[str, Breaker] | None
     uses: Sequence[str] | str | None
     budget: ErrorBudget | None
+    retry_budget: RetryBudget | None
     compensate: Callable[[Any, Any], Awaitable[Any]] | None
     compensate_retry: Retry | None
     on_event: Callable[[Event], Any] | Iterable[Callable[[Event], Any]] | None
@@ -92,6 +94,7 @@ class Options:
     breakers: Mapping[str, Breaker] | None
     uses: tuple[str, ...]
     budget: ErrorBudget | None
+    retry_budget: RetryBudget | None
     compensate: Callable[[Any, Any], Awaitable[Any]] | None
     compensate_retry: Retry
     on_event: tuple[Callable[[Event], Any], ...]
@@ -143,6 +146,7 @@ def build_options(
     breakers: Mapping[str, Breaker] | None = None,
     uses: Sequence[str] | str | None = None,
     budget: ErrorBudget | None = None,
+    retry_budget: RetryBudget | None = None,
     compensate: Callable[[Any, Any], Awaitable[Any]] | None = None,
     compensate_retry: Retry | None = None,
     on_event: Callable[[Event], Any] | Iterable[Callable[[Event], Any]] | None = None,
@@ -174,6 +178,14 @@ def build_options(
 
         if not isinstance(budget, ErrorBudget):
             raise ConfigError(f"budget must be an ab.ErrorBudget, got {budget!r}")
+    if retry_budget is not None:
+        from asyncbatch._policy._retry_budget import RetryBudget
+
+        if not isinstance(retry_budget, RetryBudget):
+            raise ConfigError(
+                f"retry_budget must be an ab.RetryBudget, got {retry_budget!r}; "
+                "HINT: retry_budget=ab.RetryBudget(ratio=0.2, min_per_second=10)"
+            )
     return Options(
         concurrency=_positive_int(concurrency, "concurrency"),
         key=key,
@@ -192,6 +204,7 @@ def build_options(
         breakers=breakers,
         uses=uses_t,
         budget=budget,
+        retry_budget=retry_budget,
         compensate=compensate,
         compensate_retry=compensate_retry or Retry(attempts=3),
         on_event=_hooks(on_event),

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._entry import Entry
     from ._options import Options
     from ._ready import ReadyQueue
+    from ._traffic import RetryGate
 
 __all__ = ["Outcomes"]
 
@@ -113,6 +114,8 @@ class Outcomes:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.release: Callable[[str], None] | None = None
         """Told each acknowledged key (admission tracks keys in flight), when set."""
+        self.retry_gate: RetryGate | None = None
+        """The retry budget's gate (``retry_budget=``), when set."""
 
     # ------------------------------------------------------------ success
 
@@ -359,6 +362,9 @@ class Outcomes:
         timer, entry.timer = entry.timer, None
         if timer is not None:
             timer.cancel()  # its other half: the deadline timer, or the place in line
+        gate = self.retry_gate
+        if gate is not None and entry.attempt and not gate.passes(entry):
+            return  # a retry over the retry budget: it stays parked, the gate lets it go
         self.parked.discard(entry)
         self._queue.unparked_one()
         if self._abort.cause is not None:

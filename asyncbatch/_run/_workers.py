@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._options import Options
     from ._outcomes import Outcomes
     from ._ready import ReadyQueue
+    from ._traffic import Traffic
 
 __all__ = ["Workers"]
 
@@ -44,6 +45,7 @@ class Workers:
         abort: collects attempts cut short by cancellation.
         inst: the run's instrumentation, or None.
         deps: the run's dependencies (guards), or None.
+        traffic: the run's traffic controls (`_traffic.Traffic`), or None.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Workers:
         abort: Abort,
         inst: Instrumentation | None,
         deps: Any,
+        traffic: Traffic | None = None,
     ) -> None:
         self.job = job
         self.opts = opts
@@ -64,11 +67,12 @@ class Workers:
         self._abort = abort
         self._inst = inst
         self._deps = deps
+        self._traffic = traffic
 
     def pick(self) -> Callable[[], Coroutine[Any, Any, None]]:
         """The leanest worker loop that does everything this run needs."""
         o = self.opts
-        if o.timeout or o.deadline or o.uses or self._deps is not None:
+        if o.timeout or o.deadline or o.uses or self._deps is not None or self._traffic:
             return self.full
         return self.plain if self._inst is None else self.traced
 
@@ -181,6 +185,8 @@ class Workers:
             entry.started = start
             if o.deadline is not None:
                 entry.deadline_at = loop.time() + o.deadline
+            if self._traffic is not None:
+                self._traffic.started(entry)
         scope_cm: Any = (
             inst.attempt(entry.key, entry.attempt) if inst is not None else nullcontext()
         )
