@@ -65,6 +65,7 @@ from ._run._batch import (
     rollback,
     run_batch,
 )
+from ._run._control import Progress
 from ._run._options import BatchOptions
 from ._store import (
     MemoryStore,
@@ -117,6 +118,7 @@ __all__ = [
     "MemoryStore",
     "PermanentError",
     "PostgresStore",
+    "Progress",
     "Rate",
     "RecoverableError",
     "RejectedResult",

@@ -96,6 +96,8 @@ class LiveProgress:
         self._running: set[str] = set()
         self._breakers: dict[str, str] = {}
         self._waiting: dict[str, int] = {}
+        self.snapshot: Callable[[], Any] | None = None
+        """The running batch's ``progress`` (its concurrency and pause show), once it runs."""
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -186,6 +188,15 @@ class LiveProgress:
             if waiting:
                 state = self._breakers.get(name, "open")
                 parts.append(f"[yellow]{waiting} waiting on {escape(repr(name))} ({state})[/]")
+        if self.snapshot is not None:
+            try:
+                now = self.snapshot()
+            except Exception:  # the run is over: nothing live to show
+                now = None
+            if now is not None:
+                parts.append(f"concurrency {now.concurrency}")
+                if now.paused:
+                    parts.append("[bold yellow]paused[/] (SIGUSR2 resumes)")
         return "  ".join(parts)
 
 

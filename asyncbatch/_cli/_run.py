@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import signal
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from asyncbatch._errors import BatchAborted
+from asyncbatch._errors import AsyncBatchError, BatchAborted
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._run._batch import Batch, new_run_id
 
@@ -104,7 +107,9 @@ def run(
 
     Run it again with the same --run-id to resume: jobs that finished are
     skipped. Exit status 0 when no job of the run is dead-lettered, 3 when
-    some are, 4 when the batch aborted.
+    some are, 4 when the batch aborted. While it runs, SIGUSR1 pauses it
+    (attempts in flight finish, none starts) and SIGUSR2 resumes it:
+    ``kill -USR1 PID``.
     """
     if output is not None:
         refuse_overwriting_input(input_path, output)
@@ -145,7 +150,7 @@ def run(
     async def go(out: TextIO | None) -> BatchResult[Any]:
         with progress, telemetry(otel, prometheus_port, service="asyncbatch") as options:
             batch = make_batch(options)
-            async with batch.stream(source) as outcomes:
+            async with batch.stream(source) as outcomes, _steered_by_signals(batch, progress):
                 async for outcome in outcomes:
                     progress.on_outcome(outcome)
                     if out is not None:
@@ -183,6 +188,42 @@ def run(
     counts = overall or {s.value: n for s, n in result.counts.items()}
     bad = (JobStatus.DEAD_LETTERED, JobStatus.FAILED, JobStatus.CANCELLED)
     return EXIT_DEAD if any(counts.get(s.value) for s in bad) else 0
+
+
+@contextlib.asynccontextmanager
+async def _steered_by_signals(
+    batch: Batch[Any, Any], progress: LiveProgress
+) -> AsyncIterator[None]:
+    """SIGUSR1 pauses the running batch, SIGUSR2 resumes it (where the platform has them)."""
+    loop = asyncio.get_running_loop()
+    progress.snapshot = batch.progress
+    wanted = [
+        (getattr(signal, name), fn, word)
+        for name, fn, word in (
+            ("SIGUSR1", batch.pause, "paused"),
+            ("SIGUSR2", batch.resume, "resumed"),
+        )
+        if hasattr(signal, name)
+    ]
+    installed = []
+
+    def handle(fn: Callable[[], None], word: str) -> None:
+        with contextlib.suppress(AsyncBatchError):  # the run just ended
+            fn()
+            progress.console.print(f"  [yellow]{word}[/]", highlight=False)
+
+    try:
+        for signum, fn, word in wanted:
+            try:
+                loop.add_signal_handler(signum, handle, fn, word)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not on this loop/thread: the run works, only unsteerable
+            installed.append(signum)
+        yield
+    finally:
+        progress.snapshot = None
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 async def _count_jobs_in(db: str, run_id: str) -> dict[str, int]:
@@ -237,5 +278,3 @@ def _summarise(
             f"{dead} dead letter(s): asyncbatch dlq list --run-id {escape(result.run_id)} "
             f"--db {escape(db)}"
         )
-
-

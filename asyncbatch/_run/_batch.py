@@ -9,7 +9,16 @@ import secrets
 import time
 import warnings
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+    Sized,
+)
 from dataclasses import replace
 from typing import Any, Generic, TypeVar, Unpack
 
@@ -20,6 +29,7 @@ from asyncbatch._policy._retry import Retry
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._store import Store
 
+from ._control import Progress
 from ._engine import Engine, unwrap_group
 from ._options import BatchOptions, Options, RedriveOptions, build_options
 
@@ -106,12 +116,82 @@ class Batch(Generic[T, R]):
     a `BatchResult` with outcomes in input order; ``async with
     batch.stream(items) as outcomes`` yields outcomes in completion order in
     memory bounded by the concurrency, each one already checkpointed.
+
+    While it runs (from another task), `pause`, `resume` and `resize` steer
+    it and `progress` tells where it stands.
     """
 
     def __init__(self, job: Job[T, R], **options: Unpack[BatchOptions]) -> None:
         _check_job(job)
         self.job = job
         self.options = build_options(**options)
+        self._live: list[Engine[R]] = []  # the runs of this batch in progress
+
+    # ------------------------------------------------------------ live control
+
+    def pause(self) -> None:
+        """Stop starting attempts: those in flight finish, then no new one starts.
+
+        Jobs that come due meanwhile (retries, jobs released by a circuit)
+        wait in the ready queue; nothing is cancelled. A paused run waits
+        for `resume` even when its last jobs ended (it cannot know that the
+        input has no next item without reading it).
+
+        Raises:
+            AsyncBatchError: the batch is not running.
+        """
+        for engine in self._running("pause"):
+            engine.control.pause()
+
+    def resume(self) -> None:
+        """Start attempts again after `pause`.
+
+        Raises:
+            AsyncBatchError: the batch is not running.
+        """
+        for engine in self._running("resume"):
+            engine.control.resume()
+
+    def resize(self, concurrency: int) -> None:
+        """Run at most ``concurrency`` attempts at once from now on.
+
+        Growing starts new attempts at once; shrinking lets the attempts in
+        flight finish and starts no new one until fewer than ``concurrency``
+        run. With ``concurrency=ab.Adaptive(...)`` this moves the current
+        limit (the controller adapts from there, within its bounds).
+
+        Raises:
+            AsyncBatchError: the batch is not running.
+            ConfigError: ``concurrency`` is not an int >= 1.
+        """
+        for engine in self._running("resize"):
+            engine.control.resize(concurrency)
+
+    def progress(self) -> Progress:
+        """A frozen snapshot of the running batch (the latest run, if several run).
+
+        Raises:
+            AsyncBatchError: the batch is not running.
+        """
+        return self._running("progress")[-1].control.progress()
+
+    def _running(self, what: str) -> list[Engine[R]]:
+        if not self._live:
+            raise AsyncBatchError(
+                f"Batch.{what}() needs a running batch; HINT: call it from another task "
+                "while `await batch.run(items)` (or `batch.stream(items)`) is in progress"
+            )
+        return list(self._live)
+
+    @contextlib.contextmanager
+    def _running_as(self, engine: Engine[R], items: Items[Any]) -> Iterator[None]:
+        if isinstance(items, Sized):
+            engine.control.total = len(items)
+        self._live.append(engine)
+        try:
+            yield
+        finally:
+            self._live.remove(engine)
 
     def __repr__(self) -> str:
         o = self.options
@@ -148,7 +228,8 @@ class Batch(Generic[T, R]):
         async with _open(self.options) as store:
             engine = self._engine(store, outcomes.append)
             try:
-                result = await engine.execute(items)
+                with self._running_as(engine, items):
+                    result = await engine.execute(items)
             except BatchAborted as exc:
                 exc.result = replace(exc.result, outcomes=_in_order(outcomes, aborted=True))
                 raise
@@ -167,13 +248,14 @@ class Batch(Generic[T, R]):
             engine = self._engine(store, stream._push, backlog=stream.__len__)
             stream._engine = engine
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(stream._drive, engine, items)
-                    try:
-                        yield stream
-                    finally:
-                        if not stream.finished:
-                            tg.cancel_scope.cancel()
+                with self._running_as(engine, items):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(stream._drive, engine, items)
+                        try:
+                            yield stream
+                        finally:
+                            if not stream.finished:
+                                tg.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 inner = unwrap_group(group)
                 if inner is group:

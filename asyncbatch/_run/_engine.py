@@ -43,6 +43,7 @@ from asyncbatch._store._codec import new_run_warnings
 from ._abort import Abort, Rollback
 from ._admission import Admission
 from ._checkpoint import Checkpointer
+from ._control import Control
 from ._identity import callable_name, check_identity, key_spec
 from ._lease import Lease
 from ._options import Options
@@ -98,6 +99,10 @@ class Engine(Generic[R]):
             opts, run_id=run_id, queue=self._queue, abort=self._abort, emit=self._emit, sink=sink
         )
         self._admission.ack = self._outcomes.ack  # the queue needed admission first
+        self.control = Control(
+            self._queue, self._outcomes, concurrency=opts.concurrency, run_id=run_id
+        )
+        self._queue.controlled_by(self.control)
         self._rollback: Rollback | None = None
         self._report: ErrorReport | None = None
         self._prev: RunInfo | None = None
@@ -432,9 +437,7 @@ class Engine(Generic[R]):
                     async_items = self._queue.start(items)
                     if async_items is not None:
                         tg.start_soon(self._queue.feed, async_items)
-                    run = workers.pick()
-                    for _ in range(self.opts.concurrency):
-                        tg.start_soon(run)
+                    self.control.start(tg.start_soon, workers.pick())
         finally:
             if self._traffic is not None:
                 self._traffic.close()

@@ -347,6 +347,12 @@ class Outcomes:
             deadline = loop.call_at(entry.deadline_at, self._expire, entry)
         entry.timer = _OnCircuit(circuit.wait(lambda: self._unpark(entry)), deadline)
 
+    def retrying(self) -> int:
+        """Parked jobs waiting to retry a failed attempt (backoff or retry budget)."""
+        return sum(
+            1 for e in self.parked if e.history and not isinstance(e.timer, _OnCircuit)
+        )
+
     def let_go(self) -> None:
         """The work stopped: cancel what holds each parked job (timers, places on circuits).
 

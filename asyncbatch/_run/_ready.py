@@ -34,9 +34,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._entry import Entry
+
+if TYPE_CHECKING:
+    from ._control import Control
 
 __all__ = ["STRAIN_OFF", "STRAIN_ON", "ReadyQueue"]
 
@@ -74,6 +77,8 @@ class ReadyQueue:
         "_backlog",
         "_blocked",
         "_concurrency",
+        "_control",
+        "_ended",
         "_feeder_wait",
         "_gated",
         "_max_backlog",
@@ -112,7 +117,9 @@ class ReadyQueue:
         self._source_done = True
         self._feeder_wait: asyncio.Future[None] | None = None
         self._blocked = False
-        self._stopped = False
+        self._stopped = False  # next() hands out nothing: stopped, or workers must hold
+        self._ended = False  # stopped for good (`stop`)
+        self._control: Control | None = None
         self.live = 0
         """Jobs admitted and not finished: running, ready or parked."""
         self.parked = 0
@@ -172,7 +179,7 @@ class ReadyQueue:
         if not self._behind():
             return
         loop = asyncio.get_running_loop()
-        while self._behind() and not self._stopped:
+        while self._behind() and not self._ended:
             self._feeder_wait = loop.create_future()
             await self._feeder_wait
 
@@ -215,6 +222,8 @@ class ReadyQueue:
     async def wait(self) -> bool:
         """Wait for work; False when there is none left for this worker."""
         if (self._source_done and self.live == 0 and not self._ready) or self._stopped:
+            if self._control is not None and not self.over():
+                return await self._control.hold()  # paused or resized: hold, do not end
             self._wake_all()
             return False
         fut = asyncio.get_running_loop().create_future()
@@ -285,9 +294,28 @@ class ReadyQueue:
 
     def stop(self) -> list[Entry]:
         """Admit nothing more; returns the entries that were ready, not started."""
-        self._stopped = True
+        self._stopped = self._ended = True
         leftovers, self._ready = list(self._ready), deque()
         return leftovers
+
+    # ------------------------------------------------------ live control (_control)
+
+    def controlled_by(self, control: Control) -> None:
+        """Send workers that must hold to ``control`` (pause/resize) instead of ending them."""
+        self._control = control
+
+    def hold(self, holding: bool) -> None:
+        """Raise (or lower) the flag that makes `next` hand out nothing (workers hold)."""
+        if not self._ended:
+            self._stopped = holding
+
+    def resized(self, concurrency: int) -> None:
+        """The number of workers changed: the feeder's read-ahead and strain cap follow."""
+        self._concurrency = concurrency
+
+    def over(self) -> bool:
+        """No work is left for any worker: stopped, or every job finished."""
+        return self._ended or (self._source_done and self.live == 0 and not self._ready)
 
     def _regate(self) -> None:
         self._gated = self._backlog is not None or self._strained or self.parked >= self._max_parked
@@ -325,6 +353,8 @@ class ReadyQueue:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+        if self._control is not None:
+            self._control.poke()  # holding workers look again (the run may be over)
 
 
 def _none() -> int:
