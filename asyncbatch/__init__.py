@@ -9,7 +9,7 @@ and see what happened: reports, OpenTelemetry spans and metrics, events.
 import typing as _typing
 
 from ._context import JobContext, current_job
-from ._deps import Breaker, Rate, guard
+from ._deps import Adaptive, Breaker, Rate, guard
 from ._errors import (
     AsyncBatchError,
     BatchAborted,
@@ -32,6 +32,7 @@ from ._observe._events import (
     BreakerHalfOpen,
     BreakerOpened,
     BudgetExhausted,
+    ConcurrencyChanged,
     Event,
     Hook,
     JobDeadLettered,
@@ -81,6 +82,7 @@ if _typing.TYPE_CHECKING:
     from ._store._postgres import PostgresStore as PostgresStore
 
 __all__ = [
+    "Adaptive",
     "AsyncBatchError",
     "AttemptRecord",
     "Backoff",
@@ -96,6 +98,7 @@ __all__ = [
     "BudgetExhausted",
     "CircuitOpen",
     "Classifier",
+    "ConcurrencyChanged",
     "ConfigError",
     "DeadLetter",
     "DeadlineExceeded",

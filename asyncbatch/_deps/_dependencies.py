@@ -7,7 +7,9 @@ statistics (`DependencyStats`), which go into the report.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,8 +17,9 @@ from typing import Any, Literal
 import anyio
 
 from asyncbatch._errors import CircuitOpen, ConfigError, ErrorKind
-from asyncbatch._observe._events import Event
+from asyncbatch._observe._events import ConcurrencyChanged, Event
 
+from ._adaptive import Adaptive, AdaptiveLimit, overloaded
 from ._breaker import Breaker
 from ._circuit import Circuit
 from ._guard import Guard, rejected
@@ -46,7 +49,7 @@ class DependencyStats:
         trips: how often its circuit opened.
         time_open: seconds its circuit spent open or half-open.
         max_in_flight: most calls inside its guard at once.
-        limit: its bulkhead size, or None.
+        limit: its bulkhead size (an adaptive one's current limit), or None.
         rate: its `Rate`, or None.
     """
 
@@ -83,6 +86,7 @@ class _Dependency:
     """One dependency's guards and counters within a run."""
 
     __slots__ = (
+        "adaptive",
         "calls",
         "circuit",
         "failures",
@@ -99,9 +103,12 @@ class _Dependency:
     )
 
     def __init__(
-        self, name: str, limit: int | None, rate: Rate | None, circuit: Circuit | None
+        self, name: str, limit: int | Adaptive | None, rate: Rate | None, circuit: Circuit | None
     ) -> None:
         self.name = name
+        self.adaptive = AdaptiveLimit(limit) if isinstance(limit, Adaptive) else None
+        if isinstance(limit, Adaptive):
+            limit = limit.initial
         self.limit = limit
         self.rate = rate
         self.circuit = circuit
@@ -127,7 +134,7 @@ class _Dependency:
             trips=circuit.trips if circuit is not None else 0,
             time_open=circuit.time_open() if circuit is not None else 0.0,
             max_in_flight=self.max_in_flight,
-            limit=self.limit,
+            limit=self.adaptive.current if self.adaptive is not None else self.limit,
             rate=self.rate,
         )
 
@@ -148,7 +155,8 @@ class Dependencies:
 
     Args:
         run_id: the run's id (for events).
-        limits: dependency → max concurrent calls (bulkheads).
+        limits: dependency → max concurrent calls (bulkheads): an int, or an
+            `Adaptive` limit that learns from the calls through its guard.
         rates: dependency → `Rate`.
         breakers: dependency → `Breaker`.
         classify: the run's classifier, ``exc -> ErrorKind``; decides which
@@ -164,7 +172,7 @@ class Dependencies:
         self,
         *,
         run_id: str,
-        limits: Mapping[str, int] | None,
+        limits: Mapping[str, int | Adaptive] | None,
         rates: Mapping[str, Rate] | None,
         breakers: Mapping[str, Breaker] | None,
         classify: Callable[[BaseException], Any],
@@ -174,8 +182,12 @@ class Dependencies:
         rates = _check_names("rates", rates)
         breakers = _check_names("breakers", breakers)
         for name, n in limits.items():
+            if isinstance(n, Adaptive):
+                continue
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ConfigError(f"limits[{name!r}] must be a positive int, got {n!r}")
+                raise ConfigError(
+                    f"limits[{name!r}] must be a positive int or an ab.Adaptive, got {n!r}"
+                )
         for name, rate in rates.items():
             if not isinstance(rate, Rate):
                 raise ConfigError(
@@ -200,6 +212,7 @@ class Dependencies:
             )
             self._deps[name] = _Dependency(name, limits.get(name), rates.get(name), circuit)
         self._orders: dict[tuple[str, ...], list[_Dependency]] = {}
+        self._reported: dict[str, tuple[int, float]] = {}  # adaptive limits: last event
 
     def __bool__(self) -> bool:
         return self._configured
@@ -215,6 +228,14 @@ class Dependencies:
         """The live circuit of ``name`` in this run (None without a breaker)."""
         dep = self._deps.get(name)
         return dep.circuit if dep is not None else None
+
+    def adaptive_state(self) -> dict[str, dict[str, int | float]]:
+        """Per dependency with an `Adaptive` limit: its state, for the report."""
+        return {
+            name: dep.adaptive.state()
+            for name, dep in sorted(self._deps.items())
+            if dep.adaptive is not None
+        }
 
     def stats(self) -> dict[str, DependencyStats]:
         """A snapshot per dependency seen or configured, by name."""
@@ -260,6 +281,36 @@ class Dependencies:
             # Not configured: no guards, but the calls still show up in the statistics.
             dep = self._deps[name] = _Dependency(name, None, None, None)
         return dep
+
+    def _sample(self, dep: _Dependency, since: float, exc: BaseException | None) -> None:
+        """A call through an adaptive bulkhead ended: let its limit learn, resize the bulkhead."""
+        adaptive = dep.adaptive
+        assert adaptive is not None
+        if exc is None:
+            overload = False
+        elif isinstance(exc, Exception) and overloaded(exc):
+            overload = True
+        else:
+            return  # a failure that says nothing about load
+        now = asyncio.get_running_loop().time()
+        changed = adaptive.sample(now - since, overload=overload, in_flight=dep.in_flight, now=now)
+        if changed is None:
+            return
+        limit, reason = changed
+        assert dep.limiter is not None
+        dep.limiter.total_tokens = limit  # anyio: a lower total lets current borrowers finish
+        last, at = self._reported.get(dep.name, (adaptive.policy.initial, -math.inf))
+        if reason != "grow" or now - at >= 1.0:
+            self._reported[dep.name] = (limit, now)
+            self._emit(
+                ConcurrencyChanged(
+                    run_id=self.run_id,
+                    dependency=dep.name,
+                    limit=limit,
+                    previous=last,
+                    reason=reason,
+                )
+            )
 
     def _counts(self, exc: BaseException) -> bool:
         """Does this failure count against the dependency? (see `Breaker`)."""

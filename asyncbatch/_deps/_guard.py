@@ -24,6 +24,7 @@ workers (tasks inherit it) and ``reset_dependencies(token)`` after.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -86,7 +87,7 @@ _held: ContextVar[frozenset[str]] = ContextVar("asyncbatch_guards_held", default
 class Guard:
     """``async with`` one dependency's breaker, bulkhead and rate limit."""
 
-    __slots__ = ("_borrower", "_dep", "_deps", "_held", "_label", "_peers", "_ticket")
+    __slots__ = ("_borrower", "_dep", "_deps", "_held", "_label", "_peers", "_since", "_ticket")
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class Guard:
         self._borrower: object | None = None
         self._ticket: Ticket | None = None
         self._held: Token[frozenset[str]] | None = None
+        self._since = 0.0  # loop time the call was admitted (for an adaptive limit)
 
     async def __aenter__(self) -> None:
         dep = self._dep
@@ -139,6 +141,8 @@ class Guard:
         dep.in_flight += 1
         if dep.in_flight > dep.max_in_flight:
             dep.max_in_flight = dep.in_flight
+        if dep.adaptive is not None:
+            self._since = asyncio.get_running_loop().time()
 
     async def __aexit__(
         self,
@@ -151,6 +155,8 @@ class Guard:
         _held.reset(self._held)
         self._held = None
         dep = self._dep
+        if dep.adaptive is not None:
+            self._deps._sample(dep, self._since, exc)
         dep.in_flight -= 1
         self._release()
         ticket, self._ticket = self._ticket, None

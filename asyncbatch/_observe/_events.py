@@ -23,6 +23,7 @@ __all__ = [
     "BreakerHalfOpen",
     "BreakerOpened",
     "BudgetExhausted",
+    "ConcurrencyChanged",
     "Event",
     "EventDispatcher",
     "Hook",
@@ -108,6 +109,28 @@ class BreakerOpened(Event):
     reason: str = "fail_max"
     failure_rate: float | None = None
     slow_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConcurrencyChanged(Event):
+    """An adaptive concurrency limit (``ab.Adaptive``) moved.
+
+    Every decrease is reported; increases at most once a second (slow start
+    raises the limit on every sample).
+
+    Attributes:
+        dependency: the dependency whose bulkhead it is, or ``""`` for the
+            run's own ``concurrency=``.
+        limit: the limit now.
+        previous: the limit last reported.
+        reason: ``"overload"`` (429/503, Retry-After, a timeout),
+            ``"latency"`` (latency over its tolerance) or ``"grow"``.
+    """
+
+    dependency: str = ""
+    limit: int
+    previous: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -35,6 +35,7 @@ class _Metrics:
         "duration",
         "in_flight",
         "jobs",
+        "limits",
         "lock",
     )
 
@@ -43,6 +44,7 @@ class _Metrics:
         self.attempts = [0] * len(_ATTEMPT_ATTRS)
         self.jobs = [0] * len(_STATUS_ATTRS)
         self.in_flight = 0
+        self.limits: dict[str, int] = {}  # adaptive limits by dependency ("" = the run's)
         meter.create_observable_counter(
             "asyncbatch.jobs",
             [self._observe_jobs],
@@ -60,6 +62,12 @@ class _Metrics:
             [self._observe_in_flight],
             unit="{job}",
             description="Attempts running now.",
+        )
+        meter.create_observable_gauge(
+            "asyncbatch.concurrency.limit",
+            [self._observe_limits],
+            unit="{call}",
+            description="Adaptive concurrency limits now, by dependency (empty: the run's own).",
         )
         self.duration: Histogram = meter.create_histogram(
             "asyncbatch.attempt.duration",
@@ -87,6 +95,13 @@ class _Metrics:
         with self.lock:
             counts = list(self.attempts)
         return _observations(counts, _ATTEMPT_ATTRS)
+
+    def _observe_limits(self, options: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
+        with self.lock:
+            limits = dict(self.limits)
+        return [Observation(n, {"asyncbatch.dependency": d}) for d, n in sorted(limits.items())]
 
     def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
         from opentelemetry.metrics import Observation

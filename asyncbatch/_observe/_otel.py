@@ -57,6 +57,7 @@ from ._events import (
     BreakerHalfOpen,
     BreakerOpened,
     BudgetExhausted,
+    ConcurrencyChanged,
     Event,
     JobDeadLettered,
     RunAborted,
@@ -214,6 +215,11 @@ class Instrumentation:
         if isinstance(event, JobDeadLettered):
             if m is not None:
                 m.dlq.add(1, {ERROR_KIND: event.kind})
+            return
+        if isinstance(event, ConcurrencyChanged):
+            if m is not None:
+                with m.lock:
+                    m.limits[event.dependency] = event.limit
             return
         span = self._run_span
         if isinstance(event, BreakerOpened | BreakerHalfOpen | BreakerClosed):

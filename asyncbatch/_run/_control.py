@@ -122,6 +122,7 @@ class Control:
         "_spawn",
         "_spawned",
         "_started",
+        "on_resize",
         "paused",
         "run_id",
         "target",
@@ -138,6 +139,8 @@ class Control:
         """Workers that may take entries."""
         self.paused = False
         self.total: int | None = None
+        self.on_resize: Callable[[int], None] | None = None
+        """Told each `resize` instead of applying it (an adaptive limit takes it over)."""
         self._active = 0  # workers not spare (working, or holding only for the pause)
         self._spawned = 0
         self._held: deque[asyncio.Future[None]] = deque()
@@ -173,6 +176,13 @@ class Control:
         """Let ``n`` workers take entries from now on (>= 1)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"resize() takes a concurrency >= 1, got {n!r}")
+        if self.on_resize is not None:
+            self.on_resize(n)
+        else:
+            self.limit_to(n)
+
+    def limit_to(self, n: int) -> None:
+        """Let ``n`` workers take entries from now on (the adaptive limit's way in)."""
         self.target = n
         self._queue.resized(n)
         if self._spawn is not None:

@@ -291,7 +291,7 @@ class Engine(Generic[R]):
             compensation=summary.to_dict() if summary else None,
             counts=self.counts,
             aborted=self._abort.report(),
-            traffic=self._traffic.state() if self._traffic is not None else None,
+            traffic=self._traffic_state(),
         )
         counts = {s.value: n for s, n in self.counts.items()}
         if lease is not None:  # there is a store
@@ -390,18 +390,36 @@ class Engine(Generic[R]):
         )
         self._outcomes.deps = self._deps
 
+    def _traffic_state(self) -> dict[str, Any] | None:
+        state = self._traffic.state() if self._traffic is not None else {}
+        limits = self._deps.adaptive_state() if self._deps else {}
+        if limits:
+            state["limits"] = limits
+        return state or None
+
     def _setup_traffic(self, loop: asyncio.AbstractEventLoop) -> None:
         o = self.opts
-        if o.retry_budget is None:
+        if o.retry_budget is None and o.adaptive is None:
             return
+        from asyncbatch._deps import AdaptiveLimit
+
         from ._traffic import RetryGate, Traffic
 
         outcomes = self._outcomes
-        gate = RetryGate(
-            o.retry_budget, loop, release=outcomes._unpark, expire=outcomes._expire
+        gate = None
+        if o.retry_budget is not None:
+            gate = RetryGate(
+                o.retry_budget, loop, release=outcomes._unpark, expire=outcomes._expire
+            )
+            outcomes.retry_gate = gate
+        self._traffic = Traffic(
+            loop=loop,
+            retry_gate=gate,
+            adaptive=AdaptiveLimit(o.adaptive) if o.adaptive is not None else None,
+            control=self.control,
+            emit=self._emit,
+            run_id=self.run_id,
         )
-        outcomes.retry_gate = gate
-        self._traffic = Traffic(retry_gate=gate)
 
     def _emit(self, event: Event) -> None:
         self._dispatcher.emit(event)

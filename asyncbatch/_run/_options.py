@@ -20,7 +20,7 @@ from asyncbatch._store._codec import CodecLike, ResultCodec, as_codec
 
 if TYPE_CHECKING:
     from asyncbatch._context import JobContext
-    from asyncbatch._deps import Rate
+    from asyncbatch._deps import Adaptive, Rate
     from asyncbatch._deps._breaker import Breaker
     from asyncbatch._observe._events import Event
     from asyncbatch._policy._budget import ErrorBudget
@@ -37,7 +37,7 @@ class RedriveOptions(TypedDict, total=False):
     """The keywords of `ab.redrive` besides its own: every batch option but ``key``,
     ``run_id`` and ``store`` (see the README's configuration reference)."""
 
-    concurrency: int
+    concurrency: int | Adaptive
     retry_dead: bool
     force_resume: bool
     durability: Durability
@@ -46,7 +46,7 @@ class RedriveOptions(TypedDict, total=False):
     on_error: ErrorHandler | None
     timeout: float | timedelta | None
     deadline: float | timedelta | None
-    limits: Mapping[str, int] | None
+    limits: Mapping[str, int | Adaptive] | None
     rates: Mapping[str, Rate] | None
     breakers: Mapping[str, Breaker] | None
     uses: Sequence[str] | str | None
@@ -75,9 +75,15 @@ class BatchOptions(RedriveOptions, total=False):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
-    """Every batch option, normalised (durations in float seconds)."""
+    """Every batch option, normalised (durations in float seconds).
+
+    ``concurrency`` is the initial number of workers; with
+    ``concurrency=ab.Adaptive(...)`` it is the policy's ``initial`` and
+    ``adaptive`` holds the policy.
+    """
 
     concurrency: int
+    adaptive: Adaptive | None
     key: Callable[[Any], str] | None
     run_id: str | None
     store: Store | str | None
@@ -89,7 +95,7 @@ class Options:
     on_error: ErrorHandler | None
     timeout: float | None
     deadline: float | None
-    limits: Mapping[str, int] | None
+    limits: Mapping[str, int | Adaptive] | None
     rates: Mapping[str, Rate] | None
     breakers: Mapping[str, Breaker] | None
     uses: tuple[str, ...]
@@ -129,7 +135,7 @@ def _hooks(on_event: object) -> tuple[Callable[[Event], Any], ...]:
 
 def build_options(
     *,
-    concurrency: int = 100,
+    concurrency: int | Adaptive = 100,
     key: Callable[[Any], str] | None = None,
     run_id: str | None = None,
     store: Store | str | None = None,
@@ -141,7 +147,7 @@ def build_options(
     on_error: ErrorHandler | None = None,
     timeout: float | timedelta | None = None,
     deadline: float | timedelta | None = None,
-    limits: Mapping[str, int] | None = None,
+    limits: Mapping[str, int | Adaptive] | None = None,
     rates: Mapping[str, Rate] | None = None,
     breakers: Mapping[str, Breaker] | None = None,
     uses: Sequence[str] | str | None = None,
@@ -186,8 +192,15 @@ def build_options(
                 f"retry_budget must be an ab.RetryBudget, got {retry_budget!r}; "
                 "HINT: retry_budget=ab.RetryBudget(ratio=0.2, min_per_second=10)"
             )
+    adaptive = None
+    if not isinstance(concurrency, int):
+        from asyncbatch._deps import Adaptive
+
+        if isinstance(concurrency, Adaptive):
+            adaptive, concurrency = concurrency, concurrency.initial
     return Options(
         concurrency=_positive_int(concurrency, "concurrency"),
+        adaptive=adaptive,
         key=key,
         run_id=run_id,
         store=store,

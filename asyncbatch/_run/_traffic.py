@@ -1,9 +1,15 @@
-"""Traffic control inside one run: the retry budget's gate (more controls hook in here).
+"""Traffic control inside one run: the retry budget's gate and the adaptive concurrency limit.
 
 The engine builds a `Traffic` only when the run asks for one of its controls
-(``retry_budget=``), and `Workers.pick` then runs the general ``full`` loop,
-which tells it when a job starts; runs without these options never touch
-this module, so their hot path is unchanged.
+(``retry_budget=``, ``concurrency=ab.Adaptive(...)``), and `Workers.pick` then
+runs the general ``full`` loop, which tells it when a job starts and runs
+each attempt through `Traffic.attempt`; runs without these options never
+touch this module, so their hot path is unchanged.
+
+The adaptive limit (`AdaptiveLimit`, algorithm in `ab.Adaptive`) learns from
+every attempt that succeeds or fails with an overload signal, and moves the
+run's workers through `Control.limit_to`: a lower limit lets the attempts in
+flight finish and starts no new one until fewer run.
 
 The retry gate sits where a parked retry comes due (``Outcomes._unpark``):
 a retry over the budget is *held* there, still parked (no worker, no slot),
@@ -15,12 +21,16 @@ timer set for that moment). Its deadline keeps running while it is held.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from asyncbatch._deps._adaptive import AdaptiveLimit, overloaded
+from asyncbatch._observe._events import ConcurrencyChanged, Event
 from asyncbatch._policy._retry_budget import RetryAllowance, RetryBudget
 
 if TYPE_CHECKING:
+    from ._control import Control
     from ._entry import Entry
 
 __all__ = ["RetryGate", "Traffic"]
@@ -141,18 +151,97 @@ class Traffic:
     """The traffic controls of one run (built by the engine when any is asked for).
 
     Args:
+        loop: the run's loop.
         retry_gate: the retry budget's gate, or None.
+        adaptive: the run's adaptive concurrency limit, or None.
+        control: the run's live controls (an adaptive limit moves its workers).
+        emit: where `ConcurrencyChanged` events go.
+        run_id: the run's id, for events.
     """
 
-    __slots__ = ("retry_gate",)
+    __slots__ = (
+        "_emit",
+        "_loop",
+        "_reported",
+        "_reported_at",
+        "adaptive",
+        "control",
+        "in_flight",
+        "retry_gate",
+        "run_id",
+    )
 
-    def __init__(self, *, retry_gate: RetryGate | None) -> None:
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        retry_gate: RetryGate | None,
+        adaptive: AdaptiveLimit | None,
+        control: Control,
+        emit: Callable[[Event], None],
+        run_id: str,
+    ) -> None:
+        self._loop = loop
         self.retry_gate = retry_gate
+        self.adaptive = adaptive
+        self.control = control
+        self._emit = emit
+        self.run_id = run_id
+        self.in_flight = 0
+        self._reported = adaptive.current if adaptive is not None else 0
+        self._reported_at = -math.inf
+        if adaptive is not None:
+            control.on_resize = self._resized
 
     def started(self, entry: Entry) -> None:
         """A job is admitted to its first attempt (called once per job, by the full loop)."""
         if self.retry_gate is not None:
             self.retry_gate.called()
+
+    async def attempt(self, entry: Entry, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one attempt's ``call()``; an adaptive limit learns from how it ended."""
+        adaptive = self.adaptive
+        if adaptive is None:
+            return await call()
+        loop = self._loop
+        self.in_flight += 1
+        start = loop.time()
+        overload: bool | None = None
+        try:
+            result = await call()
+            overload = False
+            return result
+        except Exception as exc:
+            if overloaded(exc):
+                overload = True
+            raise  # other failures say nothing about load: no sample
+        finally:
+            in_flight = self.in_flight
+            self.in_flight -= 1
+            if overload is not None:
+                now = loop.time()
+                changed = adaptive.sample(
+                    now - start, overload=overload, in_flight=in_flight, now=now
+                )
+                if changed is not None:
+                    self._moved(*changed, now)
+
+    def _moved(self, limit: int, reason: str, now: float) -> None:
+        self.control.limit_to(limit)
+        if reason != "grow" or now - self._reported_at >= 1.0:
+            self._reported_at = now
+            previous, self._reported = self._reported, limit
+            self._emit(
+                ConcurrencyChanged(
+                    run_id=self.run_id, dependency="", limit=limit, previous=previous, reason=reason
+                )
+            )
+
+    def _resized(self, n: int) -> None:
+        """``Batch.resize(n)``: the adaptive limit starts again from there."""
+        assert self.adaptive is not None
+        self.adaptive.set(n)
+        self.control.limit_to(self.adaptive.current)
 
     def close(self) -> None:
         """The work stopped."""
@@ -164,4 +253,6 @@ class Traffic:
         out: dict[str, Any] = {}
         if self.retry_gate is not None:
             out["retry_budget"] = self.retry_gate.state()
+        if self.adaptive is not None:
+            out["concurrency"] = self.adaptive.state()
         return out

@@ -195,7 +195,10 @@ class Workers:
                 if inst is not None:
                     inst.in_flight(1)
                 try:
-                    result = await self._call(entry, loop)
+                    if self._traffic is None:
+                        result = await self._call(entry, loop)
+                    else:
+                        result = await self._traffic.attempt(entry, lambda: self._call(entry, loop))
                 except Exception as exc:
                     if isinstance(exc, CircuitOpen):
                         if scope is not None:
