@@ -248,9 +248,9 @@ def test_adaptive_rejects_bad_options(kwargs: dict[str, Any], message: str) -> N
 
 
 def test_a_bad_limit_names_adaptive_in_its_hint() -> None:
-    with pytest.raises(ab.ConfigError, match=r"positive int or an ab\.Adaptive"):
-        from asyncbatch._deps import Dependencies
+    from asyncbatch._deps import Dependencies
 
+    with pytest.raises(ab.ConfigError, match=r"positive int or an ab\.Adaptive"):
         Dependencies(
             run_id="r",
             limits={"api": "many"},  # type: ignore[dict-item]

@@ -1,0 +1,209 @@
+"""Traffic benchmark: adaptive concurrency against a server whose capacity is hidden.
+
+Run: ``python -m benchmarks.bench_traffic [--quick] [--n 20000] [--capacity 50]``.
+
+The server (its own process, so the client's CPU is the benchmark's own)
+answers ``429 Too Many Requests`` at once to a request that arrives while
+``--capacity`` (K) requests are already being served, and serves the others
+more slowly as load grows: ``base x (1 + 0.5 x load / K)`` seconds (20 ms
+base). The client is asyncbatch over aiohttp with the built-in HTTP rules
+(429 is retried with backoff, the slot freed while it waits).
+
+In one run, on the same ``--n`` calls (20,000; ``--quick``: 4,000): a sweep
+of fixed ``concurrency=`` from K/4 to 4K, then ``concurrency=ab.Adaptive(min=1,
+max=1000, initial=10)``, which knows nothing of K. Targets: Adaptive reaches
+>= 90% of the best fixed concurrency's throughput with <= 5% of the calls
+rejected; a fixed 4K gets >= 30% of its calls rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+import asyncbatch as ab
+
+from ._util import row, table
+
+BASE = 0.02  # seconds per request at no load
+
+
+# ------------------------------------------------------------------ server
+
+
+def serve(capacity: int) -> None:
+    """The server process: prints its port, serves until stdin closes."""
+    stats = {"calls": 0, "rejected": 0}
+    load = [0]
+
+    async def item(request: web.Request) -> web.Response:
+        stats["calls"] += 1
+        if load[0] >= capacity:
+            stats["rejected"] += 1
+            return web.json_response({"error": "busy"}, status=429)
+        load[0] += 1
+        try:
+            await asyncio.sleep(BASE * (1 + 0.5 * load[0] / capacity))
+        finally:
+            load[0] -= 1
+        return web.json_response({"id": request.match_info["id"]})
+
+    async def get_stats(request: web.Request) -> web.Response:
+        return web.json_response(stats)
+
+    async def reset(request: web.Request) -> web.Response:
+        stats.update(calls=0, rejected=0)
+        return web.json_response(stats)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/items/{id}", item)
+        app.router.add_get("/stats", get_stats)
+        app.router.add_post("/reset", reset)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        server = site._server  # the one place the chosen port is exposed
+        assert isinstance(server, asyncio.Server)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def server_process(capacity: int) -> Iterator[str]:
+    """The server in its own process; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.bench_traffic", "--serve", "--capacity", str(capacity)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------ client
+
+
+RETRY = ab.Retry(attempts=30, backoff=ab.Backoff.exponential(initial=0.02, max=0.5))
+
+
+async def one_run(url: str, n: int, concurrency: int | ab.Adaptive) -> dict[str, Any]:
+    """``n`` GETs at ``concurrency``; throughput, rejected share, the limit at the end."""
+    connector = aiohttp.TCPConnector(limit=0)  # the batch's concurrency is the only limit
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def get(i: int) -> Any:
+            async with session.get(f"{url}/items/{i}") as response:
+                response.raise_for_status()
+                return await response.json()
+
+        async with session.post(f"{url}/reset") as r:
+            await r.read()
+        start = time.perf_counter()
+        result = await ab.run_batch(
+            get, range(n), concurrency=concurrency, classify=ab.http.classifier(), retry=RETRY
+        )
+        took = time.perf_counter() - start
+        async with session.get(f"{url}/stats") as r:
+            stats = await r.json()
+    succeeded = result.counts[ab.JobStatus.SUCCEEDED]
+    traffic = result.report.traffic or {}
+    return {
+        "throughput": succeeded / took,
+        "rejected": stats["rejected"] / max(1, stats["calls"]),
+        "calls": stats["calls"],
+        "succeeded": succeeded,
+        "limit": (traffic.get("concurrency") or {}).get("limit"),
+    }
+
+
+async def scenario(url: str, n: int, k: int) -> list[list[str]]:
+    rows: list[list[str]] = []
+    sweep: dict[int, dict[str, Any]] = {}
+    for c in sorted({max(1, k // 4), max(1, k // 2), k, 2 * k, 4 * k}):
+        sweep[c] = got = await one_run(url, n, c)
+        rows.append(
+            row(
+                f"fixed concurrency={c}",
+                f"{got['throughput']:,.0f} calls/s, {got['rejected']:.1%} rejected",
+            )
+        )
+    best_c = max(sweep, key=lambda c: sweep[c]["throughput"])
+    best = sweep[best_c]["throughput"]
+    adaptive = await one_run(url, n, ab.Adaptive(min=1, max=1000, initial=10))
+    ratio = adaptive["throughput"] / best
+    rows.append(
+        row(
+            "Adaptive(min=1, max=1000, initial=10)",
+            f"{adaptive['throughput']:,.0f} calls/s = {ratio:.2f}x the best fixed "
+            f"(concurrency={best_c}); limit at the end {adaptive['limit']}",
+            ">= 0.90x",
+            ratio >= 0.9,
+        )
+    )
+    rows.append(
+        row(
+            "Adaptive: calls rejected (429)",
+            f"{adaptive['rejected']:.1%} of {adaptive['calls']:,}",
+            "<= 5%",
+            adaptive["rejected"] <= 0.05,
+        )
+    )
+    flood = sweep[4 * k]
+    rows.append(
+        row(
+            f"fixed 4K (concurrency={4 * k}): calls rejected",
+            f"{flood['rejected']:.1%} of {flood['calls']:,}",
+            ">= 30%",
+            flood["rejected"] >= 0.3,
+        )
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_traffic")
+    parser.add_argument("--quick", action="store_true", help="4,000 calls per run")
+    parser.add_argument("--n", type=int, default=None, help="calls per run (default 20,000)")
+    parser.add_argument("--capacity", type=int, default=50, help="the server's hidden K")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.capacity)
+        return
+    n = args.n or (4000 if args.quick else 20000)
+    k = args.capacity
+    with server_process(k) as url:
+        rows = asyncio.run(scenario(url, n, k))
+    print(
+        table(
+            f"Adaptive concurrency vs a server of hidden capacity K={k} ({n:,} calls per run; "
+            "429 beyond K, slower with load)",
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
