@@ -67,6 +67,7 @@ from ._run._batch import (
     run_batch,
 )
 from ._run._control import Progress
+from ._run._hedge import Hedge
 from ._run._options import BatchOptions
 from ._store import (
     MemoryStore,
@@ -111,6 +112,7 @@ __all__ = [
     "FailureGroup",
     "FatalError",
     "HandlerError",
+    "Hedge",
     "Hook",
     "JobContext",
     "JobDeadLettered",

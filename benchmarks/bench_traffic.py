@@ -105,7 +105,7 @@ def server_process(capacity: int) -> Iterator[str]:
 # ------------------------------------------------------------------ client
 
 
-RETRY = ab.Retry(attempts=30, backoff=ab.Backoff.exponential(initial=0.02, max=0.5))
+RETRY = ab.Retry(attempts=50, backoff=ab.Backoff.constant(0.02, jitter="full"))
 
 
 async def one_run(url: str, n: int, concurrency: int | ab.Adaptive) -> dict[str, Any]:

@@ -80,6 +80,8 @@ from ._otel_names import (
     ERROR_KIND,
     ERROR_TYPE,
     FAILURE,
+    HEDGE_EXTRA,
+    HEDGE_WON,
     JOB_KEY,
     REJECTED,
     RETRY_DELAY,
@@ -324,6 +326,19 @@ class AttemptScope:
         if retry_in is not None:
             span.set_attribute(RETRY_DELAY, retry_in)
             span.add_event("asyncbatch.retry_scheduled", {RETRY_DELAY: retry_in})
+
+    def hedged(self, extra: int, *, won: bool) -> None:
+        """The attempt started ``extra`` hedged calls; ``won``: one of them gave its result.
+
+        Args:
+            extra: extra calls started.
+            won: whether the result came from an extra call.
+        """
+        span = self._span
+        if span is None:
+            return
+        span.set_attributes({HEDGE_EXTRA: extra, HEDGE_WON: won})
+        span.add_event("asyncbatch.hedged", {HEDGE_EXTRA: extra, HEDGE_WON: won})
 
     def rejected(self, dependency: str) -> None:
         """A circuit breaker refused the call: the job never ran in this attempt.

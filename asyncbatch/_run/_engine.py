@@ -399,10 +399,11 @@ class Engine(Generic[R]):
 
     def _setup_traffic(self, loop: asyncio.AbstractEventLoop) -> None:
         o = self.opts
-        if o.retry_budget is None and o.adaptive is None:
+        if o.retry_budget is None and o.adaptive is None and o.hedge is None:
             return
         from asyncbatch._deps import AdaptiveLimit
 
+        from ._hedge import Hedging
         from ._traffic import RetryGate, Traffic
 
         outcomes = self._outcomes
@@ -416,6 +417,7 @@ class Engine(Generic[R]):
             loop=loop,
             retry_gate=gate,
             adaptive=AdaptiveLimit(o.adaptive) if o.adaptive is not None else None,
+            hedging=Hedging(o.hedge) if o.hedge is not None else None,
             control=self.control,
             emit=self._emit,
             run_id=self.run_id,

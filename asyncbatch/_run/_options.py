@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from asyncbatch._policy._retry_budget import RetryBudget
     from asyncbatch._store import Store
 
+    from ._hedge import Hedge
+
 __all__ = ["BatchOptions", "Options", "RedriveOptions", "build_options"]
 
 Durability = Literal["normal", "full"]
@@ -52,6 +54,7 @@ class RedriveOptions(TypedDict, total=False):
     uses: Sequence[str] | str | None
     budget: ErrorBudget | None
     retry_budget: RetryBudget | None
+    hedge: Hedge | None
     compensate: Callable[[Any, Any], Awaitable[Any]] | None
     compensate_retry: Retry | None
     on_event: Callable[[Event], Any] | Iterable[Callable[[Event], Any]] | None
@@ -101,6 +104,7 @@ class Options:
     uses: tuple[str, ...]
     budget: ErrorBudget | None
     retry_budget: RetryBudget | None
+    hedge: Hedge | None
     compensate: Callable[[Any, Any], Awaitable[Any]] | None
     compensate_retry: Retry
     on_event: tuple[Callable[[Event], Any], ...]
@@ -153,6 +157,7 @@ def build_options(
     uses: Sequence[str] | str | None = None,
     budget: ErrorBudget | None = None,
     retry_budget: RetryBudget | None = None,
+    hedge: Hedge | None = None,
     compensate: Callable[[Any, Any], Awaitable[Any]] | None = None,
     compensate_retry: Retry | None = None,
     on_event: Callable[[Event], Any] | Iterable[Callable[[Event], Any]] | None = None,
@@ -192,6 +197,13 @@ def build_options(
                 f"retry_budget must be an ab.RetryBudget, got {retry_budget!r}; "
                 "HINT: retry_budget=ab.RetryBudget(ratio=0.2, min_per_second=10)"
             )
+    if hedge is not None:
+        from ._hedge import Hedge
+
+        if not isinstance(hedge, Hedge):
+            raise ConfigError(
+                f'hedge must be an ab.Hedge, got {hedge!r}; HINT: hedge=ab.Hedge(after="p95")'
+            )
     adaptive = None
     if not isinstance(concurrency, int):
         from asyncbatch._deps import Adaptive
@@ -218,6 +230,7 @@ def build_options(
         uses=uses_t,
         budget=budget,
         retry_budget=retry_budget,
+        hedge=hedge,
         compensate=compensate,
         compensate_retry=compensate_retry or Retry(attempts=3),
         on_event=_hooks(on_event),

@@ -30,8 +30,11 @@ from asyncbatch._observe._events import ConcurrencyChanged, Event
 from asyncbatch._policy._retry_budget import RetryAllowance, RetryBudget
 
 if TYPE_CHECKING:
+    from asyncbatch._observe._otel import AttemptScope
+
     from ._control import Control
     from ._entry import Entry
+    from ._hedge import Hedging
 
 __all__ = ["RetryGate", "Traffic"]
 
@@ -154,6 +157,7 @@ class Traffic:
         loop: the run's loop.
         retry_gate: the retry budget's gate, or None.
         adaptive: the run's adaptive concurrency limit, or None.
+        hedging: the run's hedging (``hedge=``), or None.
         control: the run's live controls (an adaptive limit moves its workers).
         emit: where `ConcurrencyChanged` events go.
         run_id: the run's id, for events.
@@ -166,6 +170,7 @@ class Traffic:
         "_reported_at",
         "adaptive",
         "control",
+        "hedging",
         "in_flight",
         "retry_gate",
         "run_id",
@@ -177,6 +182,7 @@ class Traffic:
         loop: asyncio.AbstractEventLoop,
         retry_gate: RetryGate | None,
         adaptive: AdaptiveLimit | None,
+        hedging: Hedging | None = None,
         control: Control,
         emit: Callable[[Event], None],
         run_id: str,
@@ -184,6 +190,7 @@ class Traffic:
         self._loop = loop
         self.retry_gate = retry_gate
         self.adaptive = adaptive
+        self.hedging = hedging
         self.control = control
         self._emit = emit
         self.run_id = run_id
@@ -198,8 +205,18 @@ class Traffic:
         if self.retry_gate is not None:
             self.retry_gate.called()
 
-    async def attempt(self, entry: Entry, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run one attempt's ``call()``; an adaptive limit learns from how it ended."""
+    async def attempt(
+        self, call: Callable[[], Awaitable[Any]], scope: AttemptScope | None = None
+    ) -> Any:
+        """Run one attempt's ``call()`` (hedged, with ``hedge=``); an adaptive limit
+        learns from how it ended."""
+        hedging = self.hedging
+        if hedging is not None:
+            plain = call
+
+            def call() -> Awaitable[Any]:
+                return hedging.run(plain, self._loop.time, scope)
+
         adaptive = self.adaptive
         if adaptive is None:
             return await call()
@@ -255,4 +272,6 @@ class Traffic:
             out["retry_budget"] = self.retry_gate.state()
         if self.adaptive is not None:
             out["concurrency"] = self.adaptive.state()
+        if self.hedging is not None:
+            out["hedge"] = self.hedging.state()
         return out

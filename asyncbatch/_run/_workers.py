@@ -198,7 +198,9 @@ class Workers:
                     if self._traffic is None:
                         result = await self._call(entry, loop)
                     else:
-                        result = await self._traffic.attempt(entry, lambda: self._call(entry, loop))
+                        result = await self._traffic.attempt(
+                            lambda: self._call(entry, loop), scope
+                        )
                 except Exception as exc:
                     if isinstance(exc, CircuitOpen):
                         if scope is not None:
