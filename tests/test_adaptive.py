@@ -178,10 +178,14 @@ def test_an_unused_limit_does_not_grow() -> None:
     assert limit.current == 10
 
 
-def test_latency_over_tolerance_is_an_overload_signal() -> None:
-    limit = AdaptiveLimit(ab.Adaptive(min=1, max=100, initial=10, tolerance=2.0))
+def test_smoothed_latency_over_tolerance_is_an_overload_signal() -> None:
+    limit = AdaptiveLimit(ab.Adaptive(min=1, max=1000, initial=10, tolerance=2.0))
     limit.sample(0.1, overload=False, in_flight=10, now=0.0)
-    assert limit.sample(0.25, overload=False, in_flight=10, now=1.0) == (9, "latency")
+    # One slow call (a heavy tail, a pause) is no signal: it grows on.
+    assert limit.sample(1.0, overload=False, in_flight=10, now=1.0) == (12, "grow")
+    # Latency that stays high drags the average over 2x the no-load latency.
+    changes = [limit.sample(0.3, overload=False, in_flight=10, now=2.0 + i) for i in range(5)]
+    assert "latency" in {c[1] for c in changes if c is not None}
     untolerant = AdaptiveLimit(ab.Adaptive(min=1, max=100, initial=10, tolerance=None))
     untolerant.sample(0.1, overload=False, in_flight=10, now=0.0)
     assert untolerant.sample(5.0, overload=False, in_flight=10, now=1.0) == (12, "grow")

@@ -44,9 +44,11 @@ class Adaptive:
     that ends is a sample of (latency, overload):
 
     - **overload**: the call failed with 429 or 503, an exception carrying
-      ``retry_after``, or a timeout; or it succeeded but took more than
-      ``tolerance`` x the lowest latency seen (the queue in front of the
-      server is growing). Then ``limit = max(min, limit x backoff)``, at most
+      ``retry_after``, or a timeout; or the smoothed latency of successful
+      calls (an exponential moving average, weight 1/10) is over
+      ``tolerance`` x the lowest latency seen: the queue in front of the
+      server is growing (one slow call, a heavy tail or a pause of the
+      client's own loop, does not count). Then ``limit = max(min, limit x backoff)``, at most
       once per smoothed latency (one round trip), so one burst of rejections
       counts as one signal, not hundreds.
     - **success** within the latency tolerance, while at least half the limit
@@ -182,26 +184,27 @@ class AdaptiveLimit:
         """
         p = self.policy
         before = int(self.limit)
-        self._srtt = latency if not self._srtt else 0.9 * self._srtt + 0.1 * latency
         reason: Change | None = None
-        if not overload and p.tolerance is not None and latency > p.tolerance * self._min_rtt:
-            reason = "latency"
-        elif overload:
+        if overload:
             reason = "overload"
+        else:
+            self._srtt = latency if not self._srtt else 0.9 * self._srtt + 0.1 * latency
+            self._min_rtt = builtins_min(latency, self._min_rtt * (1 + 1 / 1024))
+            if p.tolerance is not None and self._srtt > p.tolerance * self._min_rtt:
+                reason = "latency"
         if reason is not None:
-            if now - self._last_cut >= self._srtt:
+            # One cut per round trip; before any success, the failing call's own time.
+            if now - self._last_cut >= (self._srtt or latency):
                 self._last_cut = now
                 self.slow_start = False
                 self.limit = builtins_max(float(p.min), self.limit * p.backoff)
                 self.decreases += 1
             else:
                 reason = None
-        else:
-            self._min_rtt = builtins_min(latency, self._min_rtt * (1 + 1 / 1024))
-            if in_flight * 2 >= self.limit:
-                self.limit += 1.0 if self.slow_start else 1.0 / self.limit
-                self.limit = builtins_min(float(p.max), self.limit)
-                reason = "grow"
+        elif in_flight * 2 >= self.limit:  # a success within tolerance, the limit in use
+            self.limit += 1.0 if self.slow_start else 1.0 / self.limit
+            self.limit = builtins_min(float(p.max), self.limit)
+            reason = "grow"
         after = int(self.limit)
         if after == before or reason is None:
             return None
