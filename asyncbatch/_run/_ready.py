@@ -127,6 +127,10 @@ class ReadyQueue:
         self.input_error: Exception | None = None
         """What the input raised, if it did (admission stopped there)."""
 
+    def admit_with(self, admit: Admit) -> None:
+        """Admit items with ``admit`` from now on (the engine's choice once the input is known)."""
+        self._admit = admit
+
     def watch(self, writer: _Backlogged) -> None:
         """Also hold new items back while ``writer`` (the checkpointer) falls behind."""
         reader = self._backlog
@@ -269,6 +273,15 @@ class ReadyQueue:
         self.live -= 1
         if self.live == 0 and self._source_done:
             self._wake_all()
+
+    def finished_acked(self) -> None:
+        """An admitted job ended for good and is acknowledged at once (no store):
+        `finished` and the `relieve` an acknowledgement owes, in one call."""
+        self.live -= 1
+        if self.live == 0 and self._source_done:
+            self._wake_all()
+        if self._blocked or self._feeder_wait is not None:
+            self.relieve()
 
     def relieve(self) -> None:
         """The backlog shrank: let held-back workers and the feeder go on."""
