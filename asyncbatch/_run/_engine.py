@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sized
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
@@ -402,6 +402,7 @@ class Engine(Generic[R]):
             deps=self._deps,
         )
         admission = self._admission
+        workers_needed = _workers_needed(items, self.opts.concurrency)
         items = admission.source(items, store=self.store, resumed=self.resumed, seq0=self._seq0)
         if admission.live is not None:
             self._outcomes.release = admission.release
@@ -414,9 +415,15 @@ class Engine(Generic[R]):
                     async_items = self._queue.start(items)
                     if async_items is not None:
                         tg.start_soon(self._queue.feed, async_items)
+                    # The workers are plain asyncio tasks under the anyio cancel scope
+                    # (an abort cancels this task, and the TaskGroup its children):
+                    # anyio's start_soon costs several times more per task, which
+                    # showed at concurrency 10,000 (measured in benchmarks/bench_core.py).
                     run = workers.pick()
-                    for _ in range(self.opts.concurrency):
-                        tg.start_soon(run)
+                    self._queue.workers = workers_needed
+                    async with asyncio.TaskGroup() as pool:
+                        for _ in range(workers_needed):
+                            pool.create_task(run())
         finally:
             self._outcomes.let_go()
             if deps_token is not None:
@@ -425,6 +432,15 @@ class Engine(Generic[R]):
     def relieve(self) -> None:
         """A stream reader took outcomes: the backlog shrank."""
         self._queue.relieve()
+
+
+def _workers_needed(items: object, concurrency: int) -> int:
+    """One worker per slot, but no more than a sized input has items (100 items
+    at concurrency 10,000 start 100 workers: a worker only ever runs admitted
+    jobs, and a run never has more of them alive than it has items)."""
+    if isinstance(items, Sized):
+        return max(1, min(concurrency, len(items)))
+    return concurrency
 
 
 def unwrap_group(exc: BaseException) -> BaseException:
