@@ -66,6 +66,8 @@ class ErrorKind(enum.StrEnum):
     FATAL = "fatal"
     """Abort the batch: nothing else will succeed (bad credentials, disk full)."""
 
+    __hash__ = str.__hash__  # C, and agrees with ``==`` (see `JobStatus`)
+
     def __str__(self) -> str:
         return self.value
 

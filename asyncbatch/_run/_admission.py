@@ -211,6 +211,23 @@ class Admission:
             entry.redrive_of = redrive[index][0]
         return entry
 
+    def admitter(self) -> Callable[[int | None, Any], Entry | None]:
+        """What admits the next item: `__call__`, or for a run keyed by position
+        with nothing to look up or track, a lean one that only makes the entry."""
+        if (
+            self._ahead is not None
+            or self.redrive is not None
+            or self._opts.key is not None
+            or self.live is not None
+        ):
+            return self
+        run_id = self._run_id
+
+        def admit(index: int | None, item: Any) -> Entry:
+            return Entry(run_id, index, str(index), item)
+
+        return admit
+
     def _skip(self, index: int, key: str, done: FinishedJob) -> None:
         codec = self._opts.result_codec
         if self._opts.compensate is not None:

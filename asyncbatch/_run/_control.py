@@ -113,6 +113,7 @@ class Control:
 
     __slots__ = (
         "_active",
+        "_cap",
         "_held",
         "_loop",
         "_outcomes",
@@ -143,6 +144,7 @@ class Control:
         """Told each `resize` instead of applying it (an adaptive limit takes it over)."""
         self._active = 0  # workers not spare (working, or holding only for the pause)
         self._spawned = 0
+        self._cap = concurrency
         self._held: deque[asyncio.Future[None]] = deque()
         self._spawn: Spawn | None = None
         self._run: Callable[[], Coroutine[Any, Any, None]] | None = None
@@ -152,10 +154,19 @@ class Control:
 
     # ------------------------------------------------------------ commands
 
-    def start(self, spawn: Spawn, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start the run's workers (``target`` of them) in its task group."""
+    def start(
+        self, spawn: Spawn, run: Callable[[], Coroutine[Any, Any, None]], *, cap: int
+    ) -> None:
+        """Start the run's workers (``target`` of them, never more than ``cap``).
+
+        Args:
+            spawn: starts one worker: ``spawn(run)``.
+            run: the worker loop.
+            cap: the most workers the run can use (a sized input's length).
+        """
         self._spawn = spawn
         self._run = run
+        self._cap = cap
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.time()
         self._grow()
@@ -231,10 +242,21 @@ class Control:
     def _grow(self) -> None:
         assert self._spawn is not None
         assert self._run is not None
-        while self._spawned < self.target:
+        if self._queue.over():
+            return  # the work is done (its task group may be closed): nothing to start
+        while self._spawned < min(self.target, self._cap):
             self._spawned += 1
             self._active += 1
+            self._queue.workers += 1
             self._spawn(self._run)
+
+    def left(self) -> None:
+        """A worker ended (the run needs no more of them, or it is over)."""
+        self._spawned -= 1
+        self._active -= 1
+        self._sync()
+        if self._held and self._active < self.target:
+            self.poke()  # a spare may take its place
 
     def _sync(self) -> None:
         self._queue.hold(self.paused or self._active > self.target)

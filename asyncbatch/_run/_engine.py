@@ -24,8 +24,9 @@ measured ~10x cheaper than anyio streams.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sized
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -447,9 +448,14 @@ class Engine(Generic[R]):
             traffic=self._traffic,
         )
         admission = self._admission
+        # No more workers than a sized input has items, whatever the concurrency
+        # (now or after a resize): a worker only ever runs admitted jobs.
+        most_workers = _workers_needed(items, sys.maxsize)
         items = admission.source(items, store=self.store, resumed=self.resumed, seq0=self._seq0)
         if admission.live is not None:
             self._outcomes.release = admission.release
+        self._queue.admit_with(admission.admitter())
+        self._outcomes.prepare()
         admission.room = self._queue.room
         try:
             with anyio.CancelScope() as self._abort.work_scope:
@@ -457,7 +463,17 @@ class Engine(Generic[R]):
                     async_items = self._queue.start(items)
                     if async_items is not None:
                         tg.start_soon(self._queue.feed, async_items)
-                    self.control.start(tg.start_soon, workers.pick())
+                    # The workers are plain asyncio tasks under the anyio cancel scope
+                    # (an abort cancels this task, and the TaskGroup its children):
+                    # anyio's start_soon costs several times more per task, which
+                    # showed at concurrency 10,000 (measured in benchmarks/bench_core.py).
+                    # `Control` starts them (and more on a resize), at most most_workers.
+                    run = workers.pick()
+                    self._queue.workers = 0
+                    async with asyncio.TaskGroup() as pool:
+                        self.control.start(
+                            lambda fn: pool.create_task(fn()), run, cap=most_workers
+                        )
         finally:
             if self._traffic is not None:
                 self._traffic.close()
@@ -468,6 +484,15 @@ class Engine(Generic[R]):
     def relieve(self) -> None:
         """A stream reader took outcomes: the backlog shrank."""
         self._queue.relieve()
+
+
+def _workers_needed(items: object, concurrency: int) -> int:
+    """One worker per slot, but no more than a sized input has items (100 items
+    at concurrency 10,000 start 100 workers: a worker only ever runs admitted
+    jobs, and a run never has more of them alive than it has items)."""
+    if isinstance(items, Sized):
+        return max(1, min(concurrency, len(items)))
+    return concurrency
 
 
 def unwrap_group(exc: BaseException) -> BaseException:

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Outcomes"]
 
+_SUCCEEDED = JobStatus.SUCCEEDED
+_perf = time.perf_counter
+
 Sink = Callable[[JobOutcome[Any]], None]
 
 
@@ -116,11 +119,40 @@ class Outcomes:
         """Told each acknowledged key (admission tracks keys in flight), when set."""
         self.retry_gate: RetryGate | None = None
         """The retry budget's gate (``retry_budget=``), when set."""
+        self._lean = False
 
     # ------------------------------------------------------------ success
 
+    def prepare(self) -> None:
+        """Choose the success path, once the engine has wired the run (before any job)."""
+        self._lean = (
+            self.checkpointer is None
+            and not self._keep_done
+            and self.budget is None
+            and self.inst is None
+            and self.release is None
+        )
+
     def succeeded(self, entry: Entry, result: Any) -> None:
         """The attempt returned ``result`` and no rule rejected it."""
+        if self._lean and not entry.history:
+            # The hot path of a run with nothing to checkpoint, judge, keep or
+            # meter: `finish` and `ack` in one frame (measured: a third of the
+            # per-job instructions were calls between them).
+            outcome = fast_outcome(
+                entry.key,
+                _SUCCEEDED,
+                result,
+                entry.attempt,
+                _perf() - entry.started,
+                entry.index,
+            )
+            self._queue.finished_acked()
+            self.counts[_SUCCEEDED] += 1
+            self.report.job_finished(outcome)
+            if self._sink is not None:
+                self._sink(outcome)
+            return
         if entry.history:
             outcome = entry.outcome(JobStatus.SUCCEEDED, result=result)
         else:

@@ -95,6 +95,7 @@ class ReadyQueue:
         "live",
         "parked",
         "strain",
+        "workers",
     )
 
     def __init__(
@@ -122,6 +123,8 @@ class ReadyQueue:
         self._control: Control | None = None
         self.live = 0
         """Jobs admitted and not finished: running, ready or parked."""
+        self.workers = concurrency
+        """Worker loops still running (the engine sets how many it starts)."""
         self.parked = 0
         """Jobs parked: waiting out a backoff or an open circuit."""
         self.strain = 0.0
@@ -133,6 +136,10 @@ class ReadyQueue:
         self._gated = backlog is not None
         self.input_error: Exception | None = None
         """What the input raised, if it did (admission stopped there)."""
+
+    def admit_with(self, admit: Admit) -> None:
+        """Admit items with ``admit`` from now on (the engine's choice once the input is known)."""
+        self._admit = admit
 
     def watch(self, writer: _Backlogged) -> None:
         """Also hold new items back while ``writer`` (the checkpointer) falls behind."""
@@ -220,11 +227,26 @@ class ReadyQueue:
             self._wake_all()
 
     async def wait(self) -> bool:
-        """Wait for work; False when there is none left for this worker."""
-        if (self._source_done and self.live == 0 and not self._ready) or self._stopped:
-            if self._control is not None and not self.over():
-                return await self._control.hold()  # paused or resized: hold, do not end
-            self._wake_all()
+        """Wait for work; False when there is none left for this worker.
+
+        Once the input is exhausted, a worker with nothing ready leaves as soon
+        as the others outnumber the jobs still alive: each of those holds a
+        worker or may come back (a retry, a job on a circuit) to at most one.
+        So workers end with their last job instead of waiting to be woken
+        together at the end (10,000 wake-ups at concurrency 10,000). A worker
+        that must hold (the run is paused or resized, see `_control`) waits
+        in `Control.hold` instead, until it may work again or the run is over.
+        """
+        control = self._control
+        held = self._stopped and not self._ended and control is not None and not self.over()
+        if held and await control.hold():  # type: ignore[union-attr]
+            return True
+        if self._stopped or (self._source_done and not self._ready and self.workers > self.live):
+            self.workers -= 1
+            if self._control is not None:
+                self._control.left()
+            if self.live == 0:
+                self._wake_all()
             return False
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
@@ -278,6 +300,15 @@ class ReadyQueue:
         self.live -= 1
         if self.live == 0 and self._source_done:
             self._wake_all()
+
+    def finished_acked(self) -> None:
+        """An admitted job ended for good and is acknowledged at once (no store):
+        `finished` and the `relieve` an acknowledgement owes, in one call."""
+        self.live -= 1
+        if self.live == 0 and self._source_done:
+            self._wake_all()
+        if self._blocked or self._feeder_wait is not None:
+            self.relieve()
 
     def relieve(self) -> None:
         """The backlog shrank: let held-back workers and the feeder go on."""

@@ -1,0 +1,221 @@
+"""Instructions per no-op job, counted by ``valgrind --tool=callgrind``.
+
+Run: ``python -m benchmarks.bench_callgrind [--quick] [--only NAME ...]``
+(needs valgrind; skipped with a note when it is not installed).
+
+Wall-clock figures move with the machine's load; instruction counts do not
+(the same total twice, whatever else the machine runs). Each variant runs in
+a fresh interpreter under callgrind twice, with N jobs and with none; the
+difference over N is the cost of one job, start-up and imports excluded:
+``(Ir(N) - Ir(0)) / N``. Every later change to the hot path shows its cost
+here as a number.
+
+Variants (concurrency 100 unless named):
+- ``floor``: one coroutine awaiting each job in turn, never through the loop;
+- ``queue-pool``: an ``asyncio.Queue`` and 100 worker tasks;
+- ``bounded-taskgroup``: acquire a semaphore, then create the job's task;
+- ``gather-all``: every task created up front, each waiting on the semaphore;
+- ``asyncbatch``, ``asyncbatch-stream``, ``asyncbatch-sqlite`` (durability
+  normal), and ``asyncbatch`` at concurrency 10 and 10,000 (cost must stay
+  flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ._util import row, table
+
+N_FULL = 20_000
+N_QUICK = 5_000
+
+
+async def noop(x: int) -> int:
+    return x
+
+
+# ----------------------------------------------------------------- variants
+
+
+async def floor(n: int, c: int) -> None:
+    for i in range(n):
+        await noop(i)
+
+
+async def queue_pool(n: int, c: int) -> None:
+    """The pool people write: a bounded queue (memory bounded by the concurrency)."""
+    queue: asyncio.Queue[int | None] = asyncio.Queue(maxsize=c)
+    results: list[int] = []
+
+    async def worker() -> None:
+        while (item := await queue.get()) is not None:
+            results.append(await noop(item))
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(c):
+            tg.create_task(worker())
+        for i in range(n):
+            await queue.put(i)
+        for _ in range(c):
+            await queue.put(None)
+
+
+async def bounded_taskgroup(n: int, c: int) -> None:
+    sem = asyncio.Semaphore(c)
+    results: list[int] = []
+
+    async def one(i: int) -> None:
+        try:
+            results.append(await noop(i))
+        finally:
+            sem.release()
+
+    async with asyncio.TaskGroup() as tg:
+        for i in range(n):
+            await sem.acquire()
+            tg.create_task(one(i))
+
+
+async def gather_all(n: int, c: int) -> None:
+    sem = asyncio.Semaphore(c)
+
+    async def one(i: int) -> int:
+        async with sem:
+            return await noop(i)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def asyncbatch_run(n: int, c: int) -> None:
+    import asyncbatch as ab
+
+    result = await ab.run_batch(noop, range(n), concurrency=c)
+    assert len(result.outcomes) == n
+
+
+async def asyncbatch_stream(n: int, c: int) -> None:
+    import asyncbatch as ab
+
+    count = 0
+    async with ab.Batch(noop, concurrency=c).stream(range(n)) as outcomes:
+        async for _ in outcomes:
+            count += 1
+    assert count == n
+
+
+async def asyncbatch_sqlite(n: int, c: int) -> None:
+    import asyncbatch as ab
+
+    path = os.path.join(tempfile.mkdtemp(prefix="ab-cg-"), "cg.db")
+    result = await ab.run_batch(noop, range(n), concurrency=c, store=path)
+    assert result.counts[ab.JobStatus.SUCCEEDED] == n
+
+
+Variant = Callable[[int, int], Coroutine[Any, Any, None]]
+
+VARIANTS: dict[str, tuple[Variant, int, str]] = {
+    "floor": (floor, 100, "no loop trip (the floor)"),
+    "queue-pool": (queue_pool, 100, "asyncio.Queue + 100 workers"),
+    "bounded-taskgroup": (bounded_taskgroup, 100, "bounded TaskGroup (acquire, then create)"),
+    "gather-all": (gather_all, 100, "gather everything, semaphore inside"),
+    "asyncbatch": (asyncbatch_run, 100, "asyncbatch run_batch"),
+    "asyncbatch-c10": (asyncbatch_run, 10, "asyncbatch run_batch, concurrency 10"),
+    "asyncbatch-c10000": (asyncbatch_run, 10_000, "asyncbatch run_batch, concurrency 10,000"),
+    "asyncbatch-stream": (asyncbatch_stream, 100, "asyncbatch Batch.stream"),
+    "asyncbatch-sqlite": (asyncbatch_sqlite, 100, "asyncbatch, SQLite checkpoints (normal)"),
+}
+
+
+def child(name: str, n: int) -> None:
+    """Run one variant (in the interpreter valgrind started)."""
+    import asyncbatch  # noqa: F401  imports land in Ir(0) as well as Ir(N)
+
+    fn, c, _ = VARIANTS[name]
+    asyncio.run(fn(n, c))
+
+
+# ----------------------------------------------------------------- counting
+
+_TOTAL = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.M)
+
+
+def instructions(name: str, n: int) -> int:
+    """Total instructions of one fresh interpreter running ``name`` with ``n`` jobs."""
+    out = tempfile.mktemp(prefix="cg-", suffix=".out")
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    cmd = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        sys.executable, "-m", "benchmarks.bench_callgrind", "--child", name, str(n),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    try:
+        with open(out, "rb") as f:
+            match = _TOTAL.search(f.read())
+    finally:
+        os.unlink(out)
+    assert match, f"no instruction total in callgrind's output for {name}"
+    return int(match.group(1))
+
+
+def per_job(name: str, n: int) -> float:
+    return (instructions(name, n) - instructions(name, 0)) / n
+
+
+TARGETS: dict[str, tuple[str, Callable[[dict[str, float]], bool]]] = {
+    "asyncbatch": (
+        "<= 18k and <= the Queue pool",
+        lambda r: r["asyncbatch"] <= 18_000 and r["asyncbatch"] <= r.get("queue-pool", 1e12),
+    ),
+    "asyncbatch-c10000": (
+        "<= 1.2x concurrency 100",
+        lambda r: r["asyncbatch-c10000"] <= 1.2 * r.get("asyncbatch", 1e12),
+    ),
+    "asyncbatch-c10": (
+        "<= 1.2x concurrency 100",
+        lambda r: r["asyncbatch-c10"] <= 1.2 * r.get("asyncbatch", 1e12),
+    ),
+    "asyncbatch-sqlite": ("<= 52k", lambda r: r["asyncbatch-sqlite"] <= 52_000),
+}
+
+
+def main(argv: list[str] | None = None) -> list[list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{N_QUICK:,} jobs, not {N_FULL:,}")
+    parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="these variants")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child[0], int(args.child[1]))
+        return []
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: instruction counts skipped (apt-get install valgrind)")
+        return []
+    n = N_QUICK if args.quick else N_FULL
+    names = args.only or list(VARIANTS)
+    results: dict[str, float] = {}
+    rows = []
+    for name in names:
+        results[name] = per_job(name, n)
+    for name in names:
+        label = VARIANTS[name][2]
+        target = TARGETS.get(name)
+        ok = None
+        if target is not None and all(k in results for k in ("asyncbatch", name)):
+            ok = target[1](results)
+        rows.append(row(label, f"{results[name] / 1000:.1f}k Ir/job",
+                        target[0] if target else "", ok))  # fmt: skip
+    print(table(f"Instructions per no-op job (callgrind, {n:,} jobs)", rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

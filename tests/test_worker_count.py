@@ -1,0 +1,70 @@
+"""How many worker loops a run starts and keeps: what it can use, never fewer than it needs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import asyncbatch as ab
+
+
+async def test_a_small_input_starts_only_as_many_workers_as_items() -> None:
+    peak = 0
+
+    async def job(x: int) -> int:
+        nonlocal peak
+        peak = max(peak, len(asyncio.all_tasks()))
+        await asyncio.sleep(0)
+        return x
+
+    result = await ab.run_batch(job, range(100), concurrency=10_000)
+    assert result.ok
+    assert len(result.outcomes) == 100
+    assert peak <= 100 + 5  # the workers, plus the test's and the run's own few tasks
+
+
+@pytest.mark.looptime
+async def test_retries_after_the_input_ends_still_run_side_by_side() -> None:
+    # Every job fails once and backs off: when the retries come due, the input is
+    # long exhausted and workers have left; the ones that stayed run all 20 at once.
+    seen: set[int] = set()
+    running = peak = 0
+
+    async def job(x: int) -> int:
+        nonlocal running, peak
+        if x not in seen:
+            seen.add(x)
+            await asyncio.sleep(x * 0.01)  # first attempts end one by one
+            raise ab.TransientError("once")
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(1)
+        running -= 1
+        return x
+
+    policy = ab.RetryPolicy(
+        {ab.ErrorKind.TRANSIENT: ab.Retry(attempts=2, backoff=ab.Backoff.constant(5))}
+    )
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    result = await ab.run_batch(job, range(20), concurrency=20, retry=policy)
+    assert result.ok
+    assert peak == 20
+    assert loop.time() - start == pytest.approx(0.19 + 5 + 1, abs=0.05)
+
+
+async def test_an_unsized_input_runs_at_full_concurrency() -> None:
+    running = peak = 0
+
+    async def job(x: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001)
+        running -= 1
+        return x
+
+    result = await ab.run_batch(job, (i for i in range(200)), concurrency=50)
+    assert result.ok
+    assert peak == 50
