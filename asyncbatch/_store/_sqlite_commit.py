@@ -70,14 +70,15 @@ def chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
         yield items[i : i + CHUNK]
 
 
-def _success(r: JobRecord, seq: int) -> JobRow:
+def _success(r: JobRecord, seq: int, now: float) -> JobRow:
     """A plain success's `job_successes` parameters.
 
     ``has_result`` is bound as an int: sqlite3 adapts a bool through its
     adapter registry (~3k instructions a row, measured with callgrind).
     """
     text = result_text(r)
-    return (r.run_id, r.key, r.index, r.attempts, r.duration, text, 0 if text is None else 1, seq)
+    has = 0 if text is None else 1
+    return (r.run_id, r.key, r.index, r.attempts, r.duration, text, has, seq, now)
 
 
 class SQLiteCommitter:
@@ -138,7 +139,7 @@ class SQLiteCommitter:
                     ops = []
                     job_ops.append((JOB_SUCCESS, ops))
                     last_sql = JOB_SUCCESS
-                ops.append(_success(r, cache.seq))
+                ops.append(_success(r, cache.seq, now))
                 if r.redrive_of is not None:
                     by_id.append((now, r.redrive_of))
                     cache.open_keys.discard(key)
@@ -157,7 +158,7 @@ class SQLiteCommitter:
                 ops = []
                 job_ops.append((sql, ops))
                 last_sql = sql
-            ops.append(_success(r, cache.seq) if plain else job_row(r, cache.seq, now))
+            ops.append(_success(r, cache.seq, now) if plain else job_row(r, cache.seq, now))
             if compensation:
                 continue
             if status is _DEAD:
@@ -171,7 +172,7 @@ class SQLiteCommitter:
                     cache.open_keys.discard(r.key)
         for sql, rows in job_ops:
             if sql is JOB_SUCCESS:
-                await self._successes(rows, now)
+                await self._successes(rows)
             else:
                 await db.executemany(sql, rows)
         if dead:
@@ -187,7 +188,7 @@ class SQLiteCommitter:
             for _, run_id in stale:
                 caches[run_id].touched = now
 
-    async def _successes(self, rows: list[JobRow], now: float) -> None:
+    async def _successes(self, rows: list[JobRow]) -> None:
         """Plain success rows: `SUCCESS_ROWS` to a statement, the rest in halving
         statements (128, 64, ... 1 rows), so only nine statements are ever prepared."""
         db = self._db
@@ -196,7 +197,7 @@ class SQLiteCommitter:
             await db.executemany(
                 job_successes(SUCCESS_ROWS),
                 [
-                    [now, *chain.from_iterable(rows[i : i + SUCCESS_ROWS])]
+                    list(chain.from_iterable(rows[i : i + SUCCESS_ROWS]))
                     for i in range(0, full, SUCCESS_ROWS)
                 ],
             )
@@ -204,7 +205,7 @@ class SQLiteCommitter:
         while start < len(rows):
             if len(rows) - start >= size:
                 part = rows[start : start + size]
-                await db.execute(job_successes(size), [now, *chain.from_iterable(part)])
+                await db.execute(job_successes(size), list(chain.from_iterable(part)))
                 start += size
             size //= 2
 
