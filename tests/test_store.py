@@ -515,6 +515,31 @@ async def test_seq_follows_commit_order_across_groups(store: Store) -> None:
     assert len(set(seqs)) == 5
 
 
+async def test_a_large_group_keeps_every_record_its_order_and_its_results(store: Store) -> None:
+    # More plain successes than one multi-row statement takes (SQLite writes
+    # 256 to a statement, then halves), with other kinds of record between them
+    # and a key that must be escaped: every row lands, in commit order.
+    await begin(store)
+    records = [ok(f"k{i}", result={"i": i}, index=i, duration=i / 7) for i in range(600)]
+    records[300:300] = [dead("poison"), ok("odd-\udcff", result=[1]), ok("none")]
+    records.append(JobRecord(run_id="r1", key="k5", status=C))  # undo an earlier one
+    await store.commit(records)
+
+    jobs = await store.jobs("r1")
+    assert len(jobs) == 603
+    seqs = {j.key: j.seq for j in jobs}
+    keys_in_order = [r.key for r in records[:-1]]
+    assert sorted(seqs, key=seqs.__getitem__) == [ab._store.storable_key(k) for k in keys_in_order]
+    finished = await store.finished_jobs("r1")
+    assert finished["k599"].result == {"i": 599}
+    assert finished["k599"].index == 599
+    assert finished["k5"].status is C
+    assert finished[ab._store.storable_key("odd-\udcff")].result == [1]
+    assert finished["none"].result is None
+    assert finished["none"].has_result
+    assert [e.key for e in await store.dlq.list()] == ["poison"]
+
+
 async def test_seqs_are_per_run_and_independent(store: Store) -> None:
     await begin(store, "r1", "r2")
     await store.commit([ok("a", run_id="r1"), ok("a", run_id="r2"), ok("b", run_id="r1")])

@@ -27,7 +27,7 @@ from asyncbatch._store import JobRecord, Store
 
 __all__ = ["Checkpointer"]
 
-Ack = Callable[[JobOutcome[Any]], None]
+AckAll = Callable[[list[JobOutcome[Any] | None]], None]
 
 
 class Checkpointer:
@@ -43,31 +43,31 @@ class Checkpointer:
         "_durability",
         "_idle",
         "_in_commit",
-        "_pending",
+        "_outcomes",
+        "_records",
         "_store",
         "_taken",
         "_wake",
+        "_woken",
         "error",
+        "pending",
     )
 
     def __init__(
-        self, store: Store, durability: Any, ack: Ack, taken: Callable[[], None] | None = None
+        self, store: Store, durability: Any, ack: AckAll, taken: Callable[[], None] | None = None
     ) -> None:
         self._store = store
         self._taken = taken
         self._durability = durability
         self._ack = ack
-        self._pending: list[tuple[JobRecord, JobOutcome[Any] | None]] = []
-        self._in_commit = 0
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._closed = False
-        self.error: BaseException | None = None
-
-    @property
-    def backlog(self) -> int:
-        """Records waiting for the next commit (the group being committed is not counted).
+        # Two parallel lists, kept (not replaced) across groups, so that `pending`
+        # can be their length as a bound C method: the ready queue asks it before
+        # every new item.
+        self._records: list[JobRecord] = []
+        self._outcomes: list[JobOutcome[Any] | None] = []
+        self.pending: Callable[[], int] = self._records.__len__
+        """How many records wait for the next commit (the group being committed is
+        not counted).
 
         New items wait while this reaches the engine's cap,
         ``max(1024, 2 x concurrency)``. Not counting the group in flight lets
@@ -78,12 +78,20 @@ class Checkpointer:
         (measured: a cap of 256 halved checkpointed throughput on SQLite and
         PostgreSQL).
         """
-        return len(self._pending)
+        self._woken = False
+        self._in_commit = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self.error: BaseException | None = None
 
     def add(self, record: JobRecord, outcome: JobOutcome[Any] | None) -> None:
         """Queue a record; ``outcome`` (if any) is acknowledged once it is committed."""
-        self._pending.append((record, outcome))
-        if not self._wake.is_set():
+        self._records.append(record)
+        self._outcomes.append(outcome)
+        if not self._woken:
+            self._woken = True
             self._idle.clear()
             self._wake.set()
 
@@ -101,19 +109,20 @@ class Checkpointer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
-                group, self._pending = self._pending, []
+            self._woken = False
+            records, outcomes = self._records, self._outcomes
+            while records:
+                group, acks = records.copy(), outcomes.copy()
+                records.clear()
+                outcomes.clear()
                 self._in_commit = len(group)
                 if self._taken is not None:
                     self._taken()  # the backlog just emptied: held-back workers may go on
                 try:
-                    await self._store.commit([r for r, _ in group], durability=self._durability)
+                    await self._store.commit(group, durability=self._durability)
                 finally:
                     self._in_commit = 0
-                ack = self._ack
-                for _, outcome in group:
-                    if outcome is not None:
-                        ack(outcome)
+                self._ack(acks)
             self._idle.set()
             if self._closed:
                 return
@@ -123,9 +132,9 @@ class Checkpointer:
 
         Returns at once when the writer has failed (see `error`).
         """
-        while (self._pending or self._in_commit) and self.error is None:
+        while (self._records or self._in_commit) and self.error is None:
             await self._idle.wait()
-            if self._pending and self.error is None:
+            if self._records and self.error is None:
                 self._idle.clear()
                 self._wake.set()
 

@@ -242,7 +242,7 @@ class Engine(Generic[R]):
             elif self._rollback_only:
                 self._abort.cause = AsyncBatchError("rollback requested")
         self._checkpointer = Checkpointer(
-            store, self.opts.durability, self._outcomes.ack, taken=self._queue.relieve
+            store, self.opts.durability, self._outcomes.ack_all, taken=self._queue.relieve
         )
         self._outcomes.checkpointer = self._checkpointer
         # New items wait while the writer falls behind (memory stays bounded).

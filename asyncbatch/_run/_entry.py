@@ -15,7 +15,7 @@ from asyncbatch._result import AttemptRecord, JobOutcome, JobStatus
 from asyncbatch._store import JobRecord, safe_repr
 from asyncbatch._store._codec import ResultCodec
 
-__all__ = ["Entry", "Parking", "json_payload"]
+__all__ = ["Entry", "Parking", "json_payload", "success_record"]
 
 
 class Parking(Protocol):
@@ -119,7 +119,7 @@ class Entry(JobContext):
         if codec is not None and outcome.status is JobStatus.SUCCEEDED:
             result = codec.encode(result)
         if outcome.status is JobStatus.SUCCEEDED and exc is None and not keep_payload:
-            return _success_record(self, outcome, result)
+            return success_record(self, outcome, result)
         dead = outcome.status is JobStatus.DEAD_LETTERED
         payload, is_repr = (
             json_payload(self.item, self.key) if dead or keep_payload else (None, False)
@@ -177,5 +177,6 @@ class _SuccessRecord:
         self.__class__ = JobRecord  # type: ignore[assignment]
 
 
-_success_record: Callable[[Entry, JobOutcome[Any], Any], JobRecord]
-_success_record = _SuccessRecord  # type: ignore[assignment]
+success_record: Callable[[Entry, JobOutcome[Any], Any], JobRecord]
+success_record = _SuccessRecord  # type: ignore[assignment]
+"""The record of a plain success: ``(entry, outcome, result)`` (result stored as is)."""

@@ -36,6 +36,7 @@ from asyncbatch._policy._testing_mode import testing_overrides
 from asyncbatch._result import AttemptRecord, JobOutcome, JobStatus, count_statuses, fast_outcome
 
 from ._compensate import Done
+from ._entry import success_record
 
 if TYPE_CHECKING:
     from asyncbatch._deps._circuit import Circuit, Waiter
@@ -120,11 +121,14 @@ class Outcomes:
         self.retry_gate: RetryGate | None = None
         """The retry budget's gate (``retry_budget=``), when set."""
         self._lean = False
+        self._plain_record = False
 
     # ------------------------------------------------------------ success
 
     def prepare(self) -> None:
         """Choose the success path, once the engine has wired the run (before any job)."""
+        # A success record holds the result as is, and no payload.
+        self._plain_record = self._codec is None and not self._keep_done
         self._lean = (
             self.checkpointer is None
             and not self._keep_done
@@ -147,7 +151,7 @@ class Outcomes:
                 _perf() - entry.started,
                 entry.index,
             )
-            self._queue.finished_acked()
+            self._queue.finished()
             self.counts[_SUCCEEDED] += 1
             self.report.job_finished(outcome)
             if self._sink is not None:
@@ -166,10 +170,13 @@ class Outcomes:
             )
         if self._keep_done:
             self.done.append(Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED))
-        if self.checkpointer is None:  # the hot path, inlined
+        cp = self.checkpointer
+        if cp is not None and self._plain_record and not entry.history:
+            # The hot path with a store: `finish` with the record built directly.
             self._queue.finished()
-            self._judge(outcome)
-            self.ack(outcome)
+            if self.budget is not None:
+                self._judge(outcome)
+            cp.add(success_record(entry, outcome, result), outcome)
         else:
             self.finish(entry, outcome)
 
@@ -423,9 +430,7 @@ class Outcomes:
         exc = DeadlineExceeded(entry.key, self.opts.deadline or 0.0)
         # Not an attempt (nothing ran), but the report shows why the job ended.
         self.report.attempt_failed(entry.key, ErrorKind.TRANSIENT, exc, time.time(), False)
-        self._dead_letter(entry, exc, ErrorKind.TRANSIENT)
-        if self._queue.held_back:
-            self._queue.relieve()  # it ended off a worker: a held-back worker may go now
+        self._dead_letter(entry, exc, ErrorKind.TRANSIENT)  # `finished` relieves held-back workers
 
     def _dead_letter(self, entry: Entry, exc: BaseException, kind: ErrorKind) -> None:
         entry.kind = kind
@@ -469,5 +474,20 @@ class Outcomes:
             self.release(outcome.key)
         if self._sink is not None:
             self._sink(outcome)
-        if self._queue.held_back:
-            self._queue.relieve()
+
+    def ack_all(self, outcomes: list[JobOutcome[Any] | None]) -> None:
+        """`ack` each outcome of a committed group, in order (None: nothing to acknowledge)."""
+        counts = self.counts
+        job_finished = self.report.job_finished
+        inst, release, sink = self.inst, self.release, self._sink
+        for outcome in outcomes:
+            if outcome is None:
+                continue
+            counts[outcome.status] += 1
+            job_finished(outcome)
+            if inst is not None:
+                inst.job_finished(outcome.status)
+            if release is not None:
+                release(outcome.key)
+            if sink is not None:
+                sink(outcome)

@@ -55,7 +55,7 @@ Admit = Callable[[int | None, Any], "Entry | None"]
 
 class _Backlogged(Protocol):
     @property
-    def backlog(self) -> int: ...
+    def pending(self) -> Callable[[], int]: ...
 
 
 class ReadyQueue:
@@ -144,10 +144,11 @@ class ReadyQueue:
     def watch(self, writer: _Backlogged) -> None:
         """Also hold new items back while ``writer`` (the checkpointer) falls behind."""
         reader = self._backlog
+        pending = writer.pending
         if reader is None:
-            self._backlog = lambda: writer.backlog
+            self._backlog = pending
         else:
-            self._backlog = lambda: writer.backlog + reader()
+            self._backlog = lambda: pending() + reader()
         self._gated = True
 
     def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterable[Any] | None:
@@ -296,14 +297,7 @@ class ReadyQueue:
         return self._strained
 
     def finished(self) -> None:
-        """An admitted job ended for good."""
-        self.live -= 1
-        if self.live == 0 and self._source_done:
-            self._wake_all()
-
-    def finished_acked(self) -> None:
-        """An admitted job ended for good and is acknowledged at once (no store):
-        `finished` and the `relieve` an acknowledgement owes, in one call."""
+        """An admitted job ended for good (one fewer alive: held-back items may go on)."""
         self.live -= 1
         if self.live == 0 and self._source_done:
             self._wake_all()
@@ -317,11 +311,6 @@ class ReadyQueue:
             self._wake_all()
         if self._feeder_wait is not None and not self._behind():
             self._release_feeder()
-
-    @property
-    def held_back(self) -> bool:
-        """True while anyone waits for the backlog to shrink."""
-        return self._blocked or self._feeder_wait is not None
 
     def stop(self) -> list[Entry]:
         """Admit nothing more; returns the entries that were ready, not started."""
