@@ -335,8 +335,8 @@ async def run_batch(
             ``concurrency``, ``key``, ``run_id``, ``store``, ``retry_dead``,
             ``durability``, ``classify``, ``retry``, ``on_error``, ``timeout``,
             ``deadline``, ``limits``, ``rates``, ``breakers``, ``uses``,
-            ``budget``, ``compensate``, ``on_event``, ``tracer_provider``,
-            ``meter_provider``.
+            ``budget``, ``retry_budget``, ``hedge``, ``compensate``,
+            ``on_event``, ``tracer_provider``, ``meter_provider``.
 
     Returns:
         The `BatchResult`: outcomes in input order, counts, the error report.
