@@ -21,6 +21,7 @@ timer set for that moment). Its deadline keeps running while it is held.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -210,13 +211,8 @@ class Traffic:
     ) -> Any:
         """Run one attempt's ``call()`` (hedged, with ``hedge=``); an adaptive limit
         learns from how it ended."""
-        hedging = self.hedging
-        if hedging is not None:
-            plain = call
-
-            def call() -> Awaitable[Any]:
-                return hedging.run(plain, self._loop.time, scope)
-
+        if self.hedging is not None:
+            call = functools.partial(self.hedging.run, call, self._loop.time, scope)
         adaptive = self.adaptive
         if adaptive is None:
             return await call()
