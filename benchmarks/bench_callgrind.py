@@ -18,7 +18,11 @@ Variants (concurrency 100 unless named):
   ``gather-all`` (every task up front, each waiting on the semaphore);
 - ``asyncbatch``, ``asyncbatch-stream``, ``asyncbatch-sqlite`` (durability
   normal), and ``asyncbatch`` at concurrency 10 and 10,000 (cost must stay
-  flat).
+  flat);
+- tracing: ``sdk-span`` (the SDK's own bare span, batch span processor),
+  ``sdk-span-attrs`` (with the 3 attributes every attempt span carries) and
+  ``asyncbatch-traced``; tracing's share of a job is its difference from
+  ``asyncbatch``.
 
 The SQLite variant alone moves a little between runs (within ~2%): its
 writer thread's groups fall where the threads' timing puts them.
@@ -86,6 +90,35 @@ async def asyncbatch_sqlite(n: int, c: int) -> None:
     assert result.counts[ab.JobStatus.SUCCEEDED] == n
 
 
+def _provider() -> Any:
+    from .bench_otel import sdk_provider  # the SDK with a batch span processor
+
+    return sdk_provider()
+
+
+async def sdk_span(n: int, c: int) -> None:
+    tracer = _provider().get_tracer("bench")
+    for _ in range(n):
+        with tracer.start_as_current_span("x"):
+            pass
+
+
+async def sdk_span_attrs(n: int, c: int) -> None:
+    tracer = _provider().get_tracer("bench")
+    for i in range(n):
+        attributes = {"asyncbatch.run.id": "r", "asyncbatch.job.key": "k",
+                      "asyncbatch.attempt.number": i}  # fmt: skip
+        with tracer.start_as_current_span("x", attributes=attributes):
+            pass
+
+
+async def asyncbatch_traced(n: int, c: int) -> None:
+    import asyncbatch as ab
+
+    result = await ab.run_batch(noop, range(n), concurrency=c, tracer_provider=_provider())
+    assert len(result.outcomes) == n
+
+
 VARIANTS: dict[str, tuple[Variant, int, str]] = {
     "floor": (baseline(floor), 100, "100 loops awaiting each job in turn (the floor)"),
     "queue-pool": (baseline(queue_pool), 100, "bounded asyncio.Queue + 100 workers"),
@@ -96,6 +129,9 @@ VARIANTS: dict[str, tuple[Variant, int, str]] = {
     "asyncbatch-c10000": (asyncbatch_run, 10_000, "asyncbatch run_batch, concurrency 10,000"),
     "asyncbatch-stream": (asyncbatch_stream, 100, "asyncbatch Batch.stream"),
     "asyncbatch-sqlite": (asyncbatch_sqlite, 100, "asyncbatch, SQLite checkpoints (normal)"),
+    "sdk-span": (sdk_span, 1, "OpenTelemetry SDK: a bare span (batch processor)"),
+    "sdk-span-attrs": (sdk_span_attrs, 1, "same, with the attempt span's 3 attributes"),
+    "asyncbatch-traced": (asyncbatch_traced, 100, "asyncbatch with the SDK tracer"),
 }
 
 
@@ -148,6 +184,10 @@ TARGETS: dict[str, tuple[str, Callable[[dict[str, float]], bool]]] = {
         lambda r: r["asyncbatch-c10"] <= 1.2 * r.get("asyncbatch", 1e12),
     ),
     "asyncbatch-sqlite": ("<= 52k", lambda r: r["asyncbatch-sqlite"] <= 52_000),
+    "asyncbatch-traced": (
+        "tracing's share <= 1.1x the bare span",
+        lambda r: r["asyncbatch-traced"] - r["asyncbatch"] <= 1.1 * r.get("sdk-span", 0),
+    ),
 }
 
 
@@ -175,8 +215,14 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
         ok = None
         if target is not None and all(k in results for k in ("asyncbatch", name)):
             ok = target[1](results)
-        rows.append(row(label, f"{results[name] / 1000:.1f}k Ir/job",
-                        target[0] if target else "", ok))  # fmt: skip
+        value = f"{results[name] / 1000:.1f}k Ir/job"
+        if name == "asyncbatch-traced" and "asyncbatch" in results:
+            share = results[name] - results["asyncbatch"]
+            value += f" (tracing {share / 1000:.1f}k"
+            if "sdk-span" in results:
+                value += f" = {share / results['sdk-span']:.2f}x the bare span"
+            value += ")"
+        rows.append(row(label, value, target[0] if target else "", ok))
     print(table(f"Instructions per no-op job (callgrind, {n:,} jobs)", rows))
     return rows
 
