@@ -1,0 +1,22 @@
+"""Jobs for the dashboard's tests (importable by reference, so the dashboard can redrive them)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+BROKEN = True
+"""While True, items with ``"fail"`` set raise; tests set it False before a redrive."""
+
+GATE: asyncio.Event | None = None
+"""When set to an event, every job waits for it (a live run the test lets go)."""
+
+
+async def job(item: dict[str, Any]) -> int:
+    if GATE is not None:
+        await GATE.wait()
+    if BROKEN and item.get("fail"):
+        raise ValueError(f"item {item['n']} is bad")  # PERMANENT: straight to the DLQ
+    if BROKEN and item.get("conn"):
+        raise ConnectionRefusedError(f"item {item['n']}: connection refused")
+    return int(item["n"]) * 2
