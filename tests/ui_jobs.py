@@ -8,13 +8,13 @@ from typing import Any
 BROKEN = True
 """While True, items with ``"fail"`` set raise; tests set it False before a redrive."""
 
-GATE: asyncio.Event | None = None
-"""When set to an event, every job waits for it (a live run the test lets go)."""
+GATES: dict[str, asyncio.Event] = {}
+"""Items with ``"gate": NAME`` wait for ``GATES[NAME]``: a live run the test lets go in steps."""
 
 
 async def job(item: dict[str, Any]) -> int:
-    if GATE is not None:
-        await GATE.wait()
+    if "gate" in item:
+        await GATES[item["gate"]].wait()
     if BROKEN and item.get("fail"):
         raise ValueError(f"item {item['n']} is bad")  # PERMANENT: straight to the DLQ
     if BROKEN and item.get("conn"):

@@ -76,9 +76,7 @@ def _bucket_sql(kind: str) -> str:
     return "floor((updated_at - $2) / $3)::bigint"
 
 
-async def throughput(
-    store: Store, run_id: str, *, start: float, width: float
-) -> dict[int, int]:
+async def throughput(store: Store, run_id: str, *, start: float, width: float) -> dict[int, int]:
     """Finished jobs of the run per time bucket: bucket i is [start + i*width, start + (i+1)*width).
 
     Counted by when each job's outcome was committed (``updated_at``).
@@ -190,9 +188,7 @@ async def dlq_facets(
     return facets
 
 
-async def dlq_page(
-    store: Store, after: int | None, size: int, **filters: Any
-) -> list[DeadLetter]:
+async def dlq_page(store: Store, after: int | None, size: int, **filters: Any) -> list[DeadLetter]:
     """Up to ``size`` entries matching ``filters`` (as for ``dlq.list``) with id > ``after``."""
     f = DeadLetterFilter.of("dlq_page", filters)
     page: list[DeadLetter] = await store.dlq._page(f, after, size)  # type: ignore[attr-defined]

@@ -360,9 +360,9 @@ async def entry(request: web.Request) -> web.Response:
     data = e.to_dict()
     data["redrive"] = {
         "ok": not isinstance(job, str) and not e.payload_is_repr,
-        "reason": job if isinstance(job, str) else (
-            "only the repr of the payload was kept" if e.payload_is_repr else ""
-        ),
+        "reason": job
+        if isinstance(job, str)
+        else ("only the repr of the payload was kept" if e.payload_is_repr else ""),
     }
     return _json(data)
 
@@ -371,10 +371,10 @@ async def _ids(request: web.Request) -> tuple[list[int], dict[str, Any]]:
     try:
         body = await request.json()
     except ValueError:
-        raise ConfigError("the body must be JSON: {\"ids\": [1, 2, ...]}") from None
+        raise ConfigError('the body must be JSON: {"ids": [1, 2, ...]}') from None
     ids = body.get("ids") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
-        raise ConfigError("give the entries as {\"ids\": [1, 2, ...]}")
+        raise ConfigError('give the entries as {"ids": [1, 2, ...]}')
     return ids, body
 
 
@@ -384,7 +384,7 @@ async def purge(request: web.Request) -> web.Response:
     s = _settings(request)
     ids, body = await _ids(request)
     if body.get("confirm") is not True:
-        raise ConfigError("purging deletes entries for good: send \"confirm\": true")
+        raise ConfigError('purging deletes entries for good: send "confirm": true')
     return _json({"purged": await purge_ids(s.store, ids)})
 
 
