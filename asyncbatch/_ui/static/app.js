@@ -357,7 +357,6 @@ async function act(kind, ids, after) {
   } catch (e) {
     notice(`${kind} refused: ${e.message}`, true);
   }
-  keepNotice = true;
   after();
 }
 
@@ -436,7 +435,10 @@ function viewDlq() {
 function viewEntry(id) {
   main.replaceChildren(h("p", { class: "muted", text: "loading…" }));
   api(`/api/dlq/${id}`).then((e) => {
-    const back = () => { location.hash = `#/dlq?run_id=${encodeURIComponent(e.run_id)}`; };
+    const back = () => {
+      keepNotice = true; // the purge's result stays on the list it returns to
+      location.hash = `#/dlq?run_id=${encodeURIComponent(e.run_id)}`;
+    };
     main.replaceChildren(
       h("h1", {}, `Dead letter ${e.id} `, badge(e.status)),
       h("div", { class: "card" }, kv({
