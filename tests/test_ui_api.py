@@ -47,6 +47,7 @@ async def store(url: str) -> AsyncIterator[ab.Store]:
 
 
 async def _client(store: ab.Store, **options: Any) -> TestClient[Any, Any]:
+    options.setdefault("refresh", 0)  # every request reads the store afresh
     app = make_app(store, token=TOKEN, load_job=load_job, **options)
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()

@@ -32,6 +32,7 @@ from asyncbatch._ui import make_app
 
 TOKEN = "browser-token"
 CHROMIUM = os.environ.get("ASYNCBATCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = os.path.isfile(CHROMIUM)
 SHOTS = os.environ.get("ASYNCBATCH_SCREENSHOTS")  # a folder: save the pages' screenshots there
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ async def browser() -> AsyncIterator[Any]:
         from playwright.async_api import async_playwright
     except ImportError:
         _unavailable("the playwright package is not installed (pip install -e '.[test]')")
-    if not os.path.isfile(CHROMIUM):
+    if not HAVE_CHROMIUM:
         _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM)

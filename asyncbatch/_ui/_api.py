@@ -9,6 +9,7 @@ checks (`_app`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,29 @@ class _Rates:
         return max(done - d0, 0) / (now - t0)
 
 
+class _Cache:
+    """Answers reused for a while, so many open pages cost the store one query per interval.
+
+    Requests for the same key wait for the one that is computing it (a lock
+    per key), then share its answer while it is younger than ``ttl``.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, tuple[float, Any]] = {}
+        self._locks: dict[Hashable, asyncio.Lock] = {}
+
+    async def get(self, key: Hashable, ttl: float, make: Callable[[], Awaitable[Any]]) -> Any:
+        if ttl <= 0:
+            return await make()
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            hit = self._items.get(key)
+            if hit is not None and time.monotonic() - hit[0] < ttl:
+                return hit[1]
+            value = await make()
+            self._items[key] = (time.monotonic(), value)
+            return value
+
+
 @dataclass(slots=True, kw_only=True)
 class Settings:
     """What the handlers share: the store, the action rules, and some caches."""
@@ -76,7 +100,10 @@ class Settings:
     read_only: bool
     load_job: JobLoader | None
     loopback_only: bool
+    refresh: float = 1.0
+    """Seconds a run's counts (and the runs list) are reused; charts of a running run 5x that."""
     rates: _Rates = field(default_factory=_Rates)
+    cache: _Cache = field(default_factory=_Cache)
     jobs: dict[str, Callable[[Any], Any] | str] = field(default_factory=dict)
 
     def job(self, ref: str) -> Callable[[Any], Any] | str:
@@ -163,11 +190,8 @@ async def runs(request: web.Request) -> web.Response:
     s = _settings(request)
     wanted = request.query.get("status") or None
     now = time.time()
-    found = [
-        _run_json(s, r, now)
-        for r in await s.store.list_runs()
-        if wanted is None or r.status == wanted
-    ]
+    every = await s.cache.get("runs", s.refresh, s.store.list_runs)
+    found = [_run_json(s, r, now) for r in every if wanted is None or r.status == wanted]
     return _json({"runs": found})
 
 
@@ -186,9 +210,14 @@ def _live_groups(facets: list[DeadLetterFacet]) -> list[dict[str, Any]]:
 async def run(request: web.Request) -> web.Response:
     """One run: counts, progress, its stored report, its DLQ by kind and type, redrive."""
     s = _settings(request)
-    r = await s.store.get_run(request.match_info["run_id"])
+    run_id = request.match_info["run_id"]
+
+    async def read() -> tuple[RunInfo, list[DeadLetterFacet]]:
+        r = await s.store.get_run(run_id)
+        return r, [f for f in await dlq_facets(s.store) if f.run_id == r.run_id]
+
+    r, facets = await s.cache.get(("run", run_id), s.refresh, read)
     data = _run_json(s, r, time.time())
-    facets = [f for f in await dlq_facets(s.store) if f.run_id == r.run_id]
     job = s.job(r.job)
     data.update(
         config=r.config,
@@ -215,23 +244,30 @@ async def charts(request: web.Request) -> web.Response:
     """Throughput over time (jobs/s per bucket) and job durations by status."""
     s = _settings(request)
     r = await s.store.get_run(request.match_info["run_id"])
+    running = r.status == "running"
+    # A finished run's charts never change: keep them while its updated_at stays.
+    key = ("charts", r.run_id, None if running else r.updated_at)
+    return _json(
+        await s.cache.get(key, 5 * s.refresh if running else 3600.0, lambda: _charts(s, r))
+    )
+
+
+async def _charts(s: Settings, r: RunInfo) -> dict[str, Any]:
     start = r.created_at
     end = max(time.time() if r.status == "running" else r.updated_at, start + 1.0)
     width = _nice_width(end - start)
     counts = await throughput(s.store, r.run_id, start=start, width=width)
     n = max(int((end - start) // width) + 1, max(counts, default=0) + 1)
     series = [counts.get(i, 0) / width for i in range(min(n, _MAX_BUCKETS * 2))]
-    return _json(
-        {
-            "start": start,
-            "width": width,
-            "throughput": series,
-            "durations": {
-                "edges": list(DURATION_EDGES),
-                "by_status": await duration_histogram(s.store, r.run_id),
-            },
-        }
-    )
+    return {
+        "start": start,
+        "width": width,
+        "throughput": series,
+        "durations": {
+            "edges": list(DURATION_EDGES),
+            "by_status": await duration_histogram(s.store, r.run_id),
+        },
+    }
 
 
 def _float(value: str | None, name: str) -> float | None:

@@ -109,6 +109,7 @@ def make_app(
     read_only: bool = False,
     load_job: JobLoader | None = None,
     loopback_only: bool = True,
+    refresh: float = 1.0,
 ) -> web.Application:
     """The dashboard over ``store`` (which the caller opens and closes).
 
@@ -119,6 +120,9 @@ def make_app(
         load_job: turns a run's stored job reference (``module:function``)
             into the job, for redrive; raises when it cannot. None: no redrive.
         loopback_only: refuse requests whose ``Host`` is not a loopback name.
+        refresh: seconds a run's counts and the runs list are reused between
+            requests (a running run's charts: five times that), so that many
+            open pages cost the store one query per interval; 0 reads afresh.
     """
     app = web.Application(middlewares=[_guard])
     app[SETTINGS] = Settings(
@@ -127,6 +131,7 @@ def make_app(
         read_only=read_only,
         load_job=load_job,
         loopback_only=loopback_only,
+        refresh=refresh,
     )
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)

@@ -1,0 +1,186 @@
+"""What an open dashboard costs a running batch: ``asyncbatch ui`` polled during a SQLite run.
+
+Run: ``python -m benchmarks.bench_ui [--jobs N] [--pages P] [--rounds R] [--quick]``.
+
+A batch of N no-op jobs (default 100,000) with durable SQLite checkpoints
+runs in this process, alone (the baseline) and again while ``asyncbatch ui
+--read-only`` serves the same database from its own process and P pages
+(default 4: the runs list and three tabs on the running run) poll it from
+a third process exactly as the page's script does: ``/api/runs`` every 2 s,
+``/api/runs/ID`` every 1 s and ``/api/runs/ID/charts`` every 5 s, the tabs'
+timers offset. Rounds alternate baseline and dashboard on fresh databases;
+the best of each is compared (target: the dashboard costs <= 5% of the
+throughput, i.e. >= 0.95x). Also shown: the CPU the dashboard's server and
+pollers used while the batch ran, a figure that machine noise moves less.
+The run is short at full speed, so ``--poll-scale S`` divides every interval
+by S to press harder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncbatch as ab
+
+from ._util import row, table
+
+_POLLER = r"""
+import asyncio, sys
+import aiohttp
+
+base, run_id, pages, scale = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+
+async def every(session, path, interval, offset):
+    await asyncio.sleep(offset)
+    while True:
+        async with session.get(base + path) as r:
+            await r.read()
+        await asyncio.sleep(interval)
+
+async def main():
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base + "api/info") as r:
+            await r.read()
+        print("ready", flush=True)
+        tasks = []
+        for p in range(pages):
+            off = p / max(pages, 1) / scale
+            if p == 0:
+                tasks.append(every(s, "api/runs", 2.0 / scale, off))
+            else:
+                tasks.append(every(s, f"api/runs/{run_id}", 1.0 / scale, off))
+                tasks.append(every(s, f"api/runs/{run_id}/charts", 5.0 / scale, off))
+        await asyncio.gather(*tasks)
+
+asyncio.run(main())
+"""
+
+
+async def _noop(item: int) -> int:
+    return item
+
+
+async def _run(db: Path, run_id: str, n: int) -> float:
+    start = time.perf_counter()
+    result = await ab.run_batch(_noop, range(n), store=f"sqlite:///{db}", run_id=run_id)
+    took = time.perf_counter() - start
+    assert result.ok
+    return n / took
+
+
+async def _create(db: Path) -> None:
+    async with ab.open_store(f"sqlite:///{db}"):
+        pass
+
+
+def _dashboard(db: Path, run_id: str, pages: int, scale: float) -> list[subprocess.Popen[str]]:
+    """``asyncbatch ui`` on the database and a poller process, both ready."""
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "asyncbatch", "ui", "--db", str(db), "--port", "0", "--read-only"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert ui.stdout is not None
+    line = ui.stdout.readline()
+    found = re.search(r"http://\S+/", line)
+    if not found:
+        ui.kill()
+        raise RuntimeError(f"asyncbatch ui did not start: {line!r}")
+    poller = subprocess.Popen(
+        [sys.executable, "-c", _POLLER, found.group(0), run_id, str(pages), str(scale)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert poller.stdout is not None
+    if poller.stdout.readline().strip() != "ready":
+        raise RuntimeError("the poller did not start")
+    return [poller, ui]
+
+
+def _cpu(procs: list[subprocess.Popen[str]]) -> float:
+    """CPU seconds (user + system) the processes have used so far (Linux /proc)."""
+    total = 0.0
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=10)
+
+
+def measure(n: int, pages: int, rounds: int, scale: float, tmp: str) -> dict[str, float]:
+    """Best jobs/s of the batch alone and with the dashboard open, rounds interleaved."""
+    best = {"alone": 0.0, "dashboard": 0.0, "cpu": 0.0}
+    for r in range(rounds):
+        for mode in ("alone", "dashboard") if r % 2 == 0 else ("dashboard", "alone"):
+            db = Path(tmp) / f"{mode}-{r}.db"
+            asyncio.run(_create(db))
+            run_id = f"bench-ui-{mode}-{r}"
+            procs = _dashboard(db, run_id, pages, scale) if mode == "dashboard" else []
+            try:
+                gc.collect()
+                cpu0, t0 = _cpu(procs), time.perf_counter()
+                rate = asyncio.run(_run(db, run_id, n))
+                if procs:  # share of one core the dashboard and its pages used meanwhile
+                    share = (_cpu(procs) - cpu0) / (time.perf_counter() - t0)
+                    best["cpu"] = max(best["cpu"], share)
+            finally:
+                _stop(procs)
+            best[mode] = max(best[mode], rate)
+            os.unlink(db)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print jobs/s alone and with the dashboard open, and their ratio."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--pages", type=int, default=4, help="open pages polling")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each, interleaved")
+    parser.add_argument("--poll-scale", type=float, default=1.0, help="poll S times as often")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the jobs, 2 rounds")
+    args = parser.parse_args(argv)
+    n = args.jobs // 10 if args.quick else args.jobs
+    rounds = 2 if args.quick else args.rounds
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="asyncbatch-bench-ui-") as tmp:
+        for scale in sorted({1.0, args.poll_scale}):
+            r = measure(n, args.pages, rounds, scale, tmp)
+            ratio = r["dashboard"] / r["alone"]
+            how = "the page's intervals" if scale == 1.0 else f"intervals / {scale:g}"
+            rows += [
+                row(f"{n:,} no-op jobs, SQLite checkpoints, alone", f"{r['alone']:,.0f} jobs/s"),
+                row(
+                    f"same, `asyncbatch ui` open, {args.pages} pages polling ({how})",
+                    f"{r['dashboard']:,.0f} jobs/s = {ratio:.3f}x",
+                    ">= 0.95x" if scale == 1.0 else "",
+                    ratio >= 0.95 if scale == 1.0 else None,
+                ),
+                row(
+                    "CPU the dashboard and its pages used during the run (worst round)",
+                    f"{r['cpu']:.1%} of one core",
+                ),
+            ]
+    print(table(f"Dashboard load (python {sys.version.split()[0]})", rows))
+
+
+if __name__ == "__main__":
+    main()
