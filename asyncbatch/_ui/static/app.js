@@ -238,6 +238,12 @@ function drawCharts(box, charts) {
   paintLegend(box);
 }
 
+function cell(v) {
+  if (v === null || v === undefined) return "-";
+  if (typeof v === "number" && !Number.isInteger(v)) return v.toFixed(2);
+  return typeof v === "object" ? JSON.stringify(v) : String(v);
+}
+
 function reportSections(run) {
   const out = [];
   const report = run.report;
@@ -262,11 +268,11 @@ function reportSections(run) {
         h("thead", {}, h("tr", {}, ["kind", "error", "message (normalised)", "attempts", "jobs", "final", "sample keys", "first seen", "last seen"]
           .map((t) => h("th", { text: t })))),
         h("tbody", {}, report.groups.map((g) => h("tr", {},
-          h("td", { text: g.kind }), h("td", { text: g.error_type }),
+          h("td", { text: g.kind }), h("td", { title: g.error_type, text: g.error_type.split(".").pop() }),
           h("td", { class: "msg", title: g.example, text: g.fingerprint }),
           h("td", { class: "num", text: num(g.count) }), h("td", { class: "num", text: num(g.jobs) }),
-          h("td", { class: "num", text: num(g.final) }), h("td", { text: g.sample_keys.join(", ") }),
-          h("td", { text: when(g.first_seen) }), h("td", { text: when(g.last_seen) }))))));
+          h("td", { class: "num", text: num(g.final) }), h("td", { class: "keys", text: g.sample_keys.join(", ") }),
+          h("td", { class: "when", text: when(g.first_seen) }), h("td", { class: "when", text: when(g.last_seen) }))))));
     }
     const d = report.durations || {};
     if (d.count) {
@@ -280,7 +286,7 @@ function reportSections(run) {
       out.push(h("table", { id: "breakers" },
         h("thead", {}, h("tr", {}, h("th", { text: "dependency" }), fields.map((f) => h("th", { text: f })))),
         h("tbody", {}, breakers.map(([dep, b]) => h("tr", {}, h("td", { text: dep }),
-          fields.map((f) => h("td", { text: typeof b[f] === "object" ? JSON.stringify(b[f]) : String(b[f] ?? "-") })))))));
+          fields.map((f) => h("td", { text: cell(b[f]) })))))));
       out.push(h("p", { class: "note", text: "Totals as of the run's end: the store keeps no timeline of breaker state changes (they are events: subscribe with on_event)." }));
     }
     out.push(h("h2", { text: "Error budget" }));
@@ -421,7 +427,7 @@ function viewDlq() {
         h("td", { text: e.key }), h("td", { class: "kind", text: e.kind }), h("td", { text: e.error_type }),
         h("td", { class: "msg", title: e.message, text: e.message }),
         h("td", { class: "num", text: e.attempts }), h("td", { class: "num", text: e.redrive_count }),
-        h("td", {}, badge(e.status)), h("td", { text: when(e.created_at) })));
+        h("td", {}, badge(e.status)), h("td", { class: "when", text: when(e.created_at) })));
     }
     const shown = body.children.length;
     count.textContent = `${num(data.total)} match${shown < data.total ? `, ${num(shown)} shown` : ""}`;
