@@ -287,3 +287,48 @@ def test_ui_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:
         f"error: port {port} on 127.0.0.1 is in use (another asyncbatch ui?): "
         "pass --port N, or --port 0 for any free port\n"
     )
+
+
+def test_ui_prints_a_token_that_actions_need_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    db = tmp_path / "runs.db"
+
+    async def make() -> None:
+        await ab.run_batch(ui_jobs.job, [{"n": 1, "fail": True}], store=f"sqlite:///{db}")
+
+    asyncio.run(make())
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "asyncbatch", "ui", "--db", str(db), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert ui.stdout is not None
+        first = ui.stdout.readline()
+        assert first.startswith("asyncbatch ui on http://127.0.0.1:")
+        base, _, token = ui.stdout.readline().split()[1].partition("#token=")
+        assert ui.stdout.readline() == f"token: {token}\n"
+        with urllib.request.urlopen(base + "api/dlq", timeout=10) as r:
+            [entry] = json.load(r)["entries"]
+
+        def purge(headers: dict[str, str]) -> Any:
+            body = json.dumps({"ids": [entry["id"]], "confirm": True}).encode()
+            req = urllib.request.Request(base + "api/dlq/purge", body, headers, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.load(r)
+
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            purge({"Content-Type": "application/json"})
+        refused.value.close()
+        assert refused.value.code == 403
+        assert purge({"Content-Type": "application/json", TOKEN_HEADER: token}) == {"purged": 1}
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        out, err = ui.communicate(timeout=10)
+    assert (ui.returncode, out, err) == (0, "stopped\n", "")
