@@ -222,6 +222,23 @@ async def test_export_downloads_matching_entries_as_jsonl(client: TestClient[Any
     assert all(len(d["attempts"]) == 2 for d in lines)
 
 
+async def test_open_pages_share_one_read_per_refresh_interval(store: ab.Store) -> None:
+    c = await _client(store, refresh=60.0)
+    try:
+        assert len((await _get(c, "/api/runs"))["runs"]) == 1
+        await ab.run_batch(ui_jobs.job, [{"n": 1}], store=store, run_id="r2")
+        # Within the interval every page gets the answer already read.
+        assert len((await _get(c, "/api/runs"))["runs"]) == 1
+        assert (await _get(c, "/api/runs/r2"))["done"] == 1  # another question: read now
+    finally:
+        await c.close()
+    fresh = await _client(store, refresh=0)
+    try:
+        assert len((await _get(fresh, "/api/runs"))["runs"]) == 2
+    finally:
+        await fresh.close()
+
+
 async def test_a_foreign_host_header_is_refused(client: TestClient[Any, Any]) -> None:
     r = await client.get("/api/runs", headers={"Host": "attacker.example:8000"})
     assert r.status == 403

@@ -68,11 +68,18 @@ class _Rates:
         return max(done - d0, 0) / (now - t0)
 
 
+_COST_SHARE = 20
+"""An answer that took t seconds to compute is reused for at least 20·t: each kept answer
+costs the dashboard at most ~5% of one core, however large the run grows."""
+
+
 class _Cache:
     """Answers reused for a while, so many open pages cost the store one query per interval.
 
     Requests for the same key wait for the one that is computing it (a lock
-    per key), then share its answer while it is younger than ``ttl``.
+    per key), then share its answer while it is younger than ``ttl`` or
+    `_COST_SHARE` times what it cost (a run of millions of jobs refreshes
+    less often rather than taking a core).
     """
 
     def __init__(self) -> None:
@@ -84,10 +91,12 @@ class _Cache:
             return await make()
         async with self._locks.setdefault(key, asyncio.Lock()):
             hit = self._items.get(key)
-            if hit is not None and time.monotonic() - hit[0] < ttl:
+            if hit is not None and time.monotonic() < hit[0]:
                 return hit[1]
+            start = time.monotonic()
             value = await make()
-            self._items[key] = (time.monotonic(), value)
+            now = time.monotonic()
+            self._items[key] = (now + max(ttl, _COST_SHARE * (now - start)), value)
             return value
 
 
