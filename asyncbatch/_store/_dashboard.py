@@ -33,11 +33,11 @@ from ._sqlite_commit import chunks
 __all__ = [
     "DURATION_EDGES",
     "DeadLetterFacet",
+    "JobStats",
     "dlq_facets",
     "dlq_page",
-    "duration_histogram",
+    "job_stats",
     "purge_ids",
-    "throughput",
 ]
 
 DURATION_EDGES: tuple[float, ...] = tuple(
@@ -70,44 +70,6 @@ def _kind_of(store: Store) -> str:
     raise ConfigError(f"the dashboard reads SQLite, PostgreSQL and memory stores, not {store!r}")
 
 
-def _bucket_sql(kind: str) -> str:
-    if kind == "sqlite":
-        return "CAST((updated_at - ?) / ? AS INTEGER)"
-    return "floor((updated_at - $2) / $3)::bigint"
-
-
-async def throughput(store: Store, run_id: str, *, start: float, width: float) -> dict[int, int]:
-    """Finished jobs of the run per time bucket: bucket i is [start + i*width, start + (i+1)*width).
-
-    Counted by when each job's outcome was committed (``updated_at``).
-    """
-    kind = _kind_of(store)
-    if kind == "memory":
-        assert isinstance(store, MemoryStore)
-        run = store._runs.get(run_id)
-        found: dict[int, int] = {}
-        for row in () if run is None else run.jobs.values():
-            if row[3] in _FINISHED:
-                b = int((row[15] - start) // width)
-                found[b] = found.get(b, 0) + 1
-        return found
-    bucket = _bucket_sql(kind)
-    if kind == "sqlite":
-        assert isinstance(store, SQLiteStore)
-        sql = (
-            f"SELECT {bucket} AS b, count(*) FROM jobs WHERE run_id = ? "
-            f"AND status IN ({_FINISHED_SQL}) GROUP BY b"
-        )
-        rows = await store._read(sql, (start, width, run_id))
-    else:
-        sql = (
-            f"SELECT {bucket} AS b, count(*) FROM jobs WHERE run_id = $1 "
-            f"AND status IN ({_FINISHED_SQL}) GROUP BY b"
-        )
-        rows = await store._fetch(sql, run_id, start, width)  # type: ignore[attr-defined]
-    return {int(b): int(n) for b, n in rows}
-
-
 def _bin(duration: float) -> int:
     for i, edge in enumerate(DURATION_EDGES):
         if duration < edge:
@@ -115,38 +77,61 @@ def _bin(duration: float) -> int:
     return len(DURATION_EDGES)
 
 
-async def duration_histogram(store: Store, run_id: str) -> dict[str, list[int]]:
-    """Job durations of the run by final status, binned by `DURATION_EDGES`.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobStats:
+    """A run's finished jobs over time and by duration (what the run page plots).
 
-    Returns ``{status: counts}`` with ``len(DURATION_EDGES) + 1`` counts per
-    status: bin 0 is below the first edge, the last bin at or above the last.
-    A job's duration runs from its first attempt's start to its end, so for a
-    job that succeeded first time it is that attempt's latency.
+    Attributes:
+        throughput: jobs per time bucket ``i`` = [start + i·width, start + (i+1)·width),
+            by when each job's outcome was committed (``updated_at``).
+        durations: per final status, job counts per bin of `DURATION_EDGES`
+            (``len(DURATION_EDGES) + 1`` bins: bin 0 below the first edge, the
+            last at or above the last). A job's duration runs from its first
+            attempt's start to its end: a job that succeeded first time, its
+            attempt's latency.
     """
+
+    throughput: dict[int, int]
+    durations: dict[str, list[int]]
+
+
+def _bin_sql() -> str:
+    cases = " ".join(f"WHEN duration < {edge!r} THEN {i}" for i, edge in enumerate(DURATION_EDGES))
+    return f"CASE {cases} ELSE {len(DURATION_EDGES)} END"
+
+
+async def job_stats(store: Store, run_id: str, *, start: float, width: float) -> JobStats:
+    """`JobStats` of the run's finished jobs, in one pass over them."""
     kind = _kind_of(store)
-    n = len(DURATION_EDGES) + 1
-    out: dict[str, list[int]] = {}
     if kind == "memory":
         assert isinstance(store, MemoryStore)
         run = store._runs.get(run_id)
-        for row in () if run is None else run.jobs.values():
-            if row[3] in _FINISHED:
-                out.setdefault(row[3], [0] * n)[_bin(row[5])] += 1
-        return out
-    cases = " ".join(f"WHEN duration < {edge!r} THEN {i}" for i, edge in enumerate(DURATION_EDGES))
-    select = (
-        f"SELECT status, CASE {cases} ELSE {n - 1} END AS b, count(*) FROM jobs "
-        f"WHERE run_id = {'?' if kind == 'sqlite' else '$1'} AND status IN ({_FINISHED_SQL}) "
-        "GROUP BY status, b"
-    )
-    if kind == "sqlite":
+        rows: Sequence[Any] = [
+            (row[3], int((row[15] - start) // width), _bin(row[5]), 1)
+            for row in (() if run is None else run.jobs.values())
+            if row[3] in _FINISHED
+        ]
+    elif kind == "sqlite":
         assert isinstance(store, SQLiteStore)
-        rows = await store._read(select, (run_id,))
+        rows = await store._read(
+            f"SELECT status, CAST((updated_at - ?) / ? AS INTEGER), {_bin_sql()}, count(*) "
+            f"FROM jobs WHERE run_id = ? AND status IN ({_FINISHED_SQL}) GROUP BY 1, 2, 3",
+            (start, width, run_id),
+        )
     else:
-        rows = await store._fetch(select, run_id)  # type: ignore[attr-defined]
-    for status, b, count in rows:
-        out.setdefault(status, [0] * n)[int(b)] += int(count)
-    return out
+        rows = await store._fetch(  # type: ignore[attr-defined]
+            f"SELECT status, floor((updated_at - $2) / $3)::bigint, {_bin_sql()}, count(*) "
+            f"FROM jobs WHERE run_id = $1 AND status IN ({_FINISHED_SQL}) GROUP BY 1, 2, 3",
+            run_id,
+            start,
+            width,
+        )
+    throughput: dict[int, int] = {}
+    durations: dict[str, list[int]] = {}
+    for status, bucket, b, n in rows:
+        throughput[int(bucket)] = throughput.get(int(bucket), 0) + int(n)
+        durations.setdefault(status, [0] * (len(DURATION_EDGES) + 1))[int(b)] += int(n)
+    return JobStats(throughput=throughput, durations=durations)
 
 
 async def dlq_facets(

@@ -10,10 +10,12 @@ checks (`_app`).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import deque
@@ -33,9 +35,8 @@ from asyncbatch._store._dashboard import (
     DeadLetterFacet,
     dlq_facets,
     dlq_page,
-    duration_histogram,
+    job_stats,
     purge_ids,
-    throughput,
 )
 from asyncbatch._version import __version__
 
@@ -68,9 +69,9 @@ class _Rates:
         return max(done - d0, 0) / (now - t0)
 
 
-_COST_SHARE = 20
-"""An answer that took t seconds to compute is reused for at least 20·t: each kept answer
-costs the dashboard at most ~5% of one core, however large the run grows."""
+_COST_SHARE = 40
+"""An answer that took t seconds to compute is reused for at least 40·t: each kept answer
+costs the dashboard at most ~2.5% of one core, however large the run grows."""
 
 
 class _Cache:
@@ -110,10 +111,35 @@ class Settings:
     load_job: JobLoader | None
     loopback_only: bool
     refresh: float = 1.0
-    """Seconds a run's counts (and the runs list) are reused; charts of a running run 5x that."""
+    """Seconds a run's counts (and the runs list) are reused; charts of a running run 10x that."""
     rates: _Rates = field(default_factory=_Rates)
     cache: _Cache = field(default_factory=_Cache)
     jobs: dict[str, Callable[[Any], Any] | str] = field(default_factory=dict)
+
+    def findable(self, ref: str) -> str:
+        """Why the run's job cannot be redriven here, or "" when its module can be found.
+
+        Looks the module up without importing it (the run page asks every
+        second; importing a job's module may be slow or have side effects).
+        """
+        if not ref:
+            return "the run stored no importable job (it was defined in __main__ or a closure)"
+        if self.load_job is None:
+            return "this dashboard was started without job imports"
+        found = self.jobs.get(ref)
+        if isinstance(found, str):
+            return found
+        module = ref.partition(":")[0]
+        if found is None and module not in sys.modules:
+            if "" not in sys.path and os.getcwd() not in sys.path:
+                sys.path.insert(0, "")  # as the CLI's job loader does
+            try:
+                spec = importlib.util.find_spec(module)
+            except (ImportError, ValueError) as exc:
+                return f"cannot import {ref}: {exc}"
+            if spec is None:
+                return f"cannot import {ref}: no module named {module!r}"
+        return ""
 
     def job(self, ref: str) -> Callable[[Any], Any] | str:
         """The job a run stored, or why it cannot be had (a sentence)."""
@@ -227,13 +253,13 @@ async def run(request: web.Request) -> web.Response:
 
     r, facets = await s.cache.get(("run", run_id), s.refresh, read)
     data = _run_json(s, r, time.time())
-    job = s.job(r.job)
+    why = s.findable(r.job)
     data.update(
         config=r.config,
         report=r.report,
         dead_letters=_live_groups(facets),
         dlq_open=sum(f.count for f in facets if f.status == "dead"),
-        redrive={"ok": not isinstance(job, str), "reason": job if isinstance(job, str) else ""},
+        redrive={"ok": not why, "reason": why},
     )
     return _json(data)
 
@@ -265,7 +291,8 @@ async def _charts(s: Settings, r: RunInfo) -> dict[str, Any]:
     start = r.created_at
     end = max(time.time() if r.status == "running" else r.updated_at, start + 1.0)
     width = _nice_width(end - start)
-    counts = await throughput(s.store, r.run_id, start=start, width=width)
+    stats = await job_stats(s.store, r.run_id, start=start, width=width)
+    counts = stats.throughput
     n = max(int((end - start) // width) + 1, max(counts, default=0) + 1)
     series = [counts.get(i, 0) / width for i in range(min(n, _MAX_BUCKETS * 2))]
     return {
@@ -274,7 +301,7 @@ async def _charts(s: Settings, r: RunInfo) -> dict[str, Any]:
         "throughput": series,
         "durations": {
             "edges": list(DURATION_EDGES),
-            "by_status": await duration_histogram(s.store, r.run_id),
+            "by_status": stats.durations,
         },
     }
 

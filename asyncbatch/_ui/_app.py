@@ -121,7 +121,7 @@ def make_app(
             into the job, for redrive; raises when it cannot. None: no redrive.
         loopback_only: refuse requests whose ``Host`` is not a loopback name.
         refresh: seconds a run's counts and the runs list are reused between
-            requests (a running run's charts: five times that), so that many
+            requests (a running run's charts: ten times that), so that many
             open pages cost the store one query per interval; 0 reads afresh.
     """
     app = web.Application(middlewares=[_guard])

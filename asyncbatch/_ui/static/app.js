@@ -325,7 +325,7 @@ function viewRun(runId) {
     if (key !== last) { details.replaceChildren(...reportSections(run)); last = key; }
     else if (run.status === "running") details.replaceChildren(...reportSections(run));
     if (Date.now() >= chartsDue || run.status !== "running") {
-      chartsDue = Date.now() + 5000;
+      chartsDue = Date.now() + 10000;
       drawCharts(charts, await api(`/api/runs/${encodeURIComponent(runId)}/charts`));
     }
     return run.status === "running" || run.status === "compensating";
