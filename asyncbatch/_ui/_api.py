@@ -116,6 +116,10 @@ class Settings:
     cache: _Cache = field(default_factory=_Cache)
     jobs: dict[str, Callable[[Any], Any] | str] = field(default_factory=dict)
 
+    async def facets(self) -> list[DeadLetterFacet]:
+        """The DLQ's counts per run, kind, error type and status."""
+        return await dlq_facets(self.store)
+
     def findable(self, ref: str) -> str:
         """Why the run's job cannot be redriven here, or "" when its module can be found.
 
@@ -241,17 +245,24 @@ def _live_groups(facets: list[DeadLetterFacet]) -> list[dict[str, Any]]:
     ]
 
 
+async def _one_run(s: Settings, run_id: str) -> RunInfo:
+    """The run from the runs list every page shares (one count of running runs per
+    interval however many pages are open), or from the store if it is newer."""
+    every: list[RunInfo] = await s.cache.get("runs", s.refresh, s.store.list_runs)
+    for r in every:
+        if r.run_id == run_id:
+            return r
+    return await s.store.get_run(run_id)  # UnknownRun: 404
+
+
 @routes.get("/api/runs/{run_id}")
 async def run(request: web.Request) -> web.Response:
     """One run: counts, progress, its stored report, its DLQ by kind and type, redrive."""
     s = _settings(request)
     run_id = request.match_info["run_id"]
 
-    async def read() -> tuple[RunInfo, list[DeadLetterFacet]]:
-        r = await s.store.get_run(run_id)
-        return r, [f for f in await dlq_facets(s.store) if f.run_id == r.run_id]
-
-    r, facets = await s.cache.get(("run", run_id), s.refresh, read)
+    r = await _one_run(s, run_id)
+    facets = [f for f in await s.cache.get("facets", s.refresh, s.facets) if f.run_id == run_id]
     data = _run_json(s, r, time.time())
     why = s.findable(r.job)
     data.update(
@@ -278,13 +289,12 @@ def _nice_width(span: float) -> float:
 async def charts(request: web.Request) -> web.Response:
     """Throughput over time (jobs/s per bucket) and job durations by status."""
     s = _settings(request)
-    r = await s.store.get_run(request.match_info["run_id"])
+    r = await _one_run(s, request.match_info["run_id"])
     running = r.status == "running"
     # A finished run's charts never change: keep them while its updated_at stays.
     key = ("charts", r.run_id, None if running else r.updated_at)
-    return _json(
-        await s.cache.get(key, 5 * s.refresh if running else 3600.0, lambda: _charts(s, r))
-    )
+    ttl = 10 * s.refresh if running else 3600.0
+    return _json(await s.cache.get(key, ttl, lambda: _charts(s, r)))
 
 
 async def _charts(s: Settings, r: RunInfo) -> dict[str, Any]:
