@@ -27,11 +27,7 @@ from asyncbatch._cli._input import load_job
 from asyncbatch._ui import TOKEN_HEADER, make_app
 
 TOKEN = "test-token"
-ITEMS = [{"n": i, "fail": i % 5 == 0, "conn": i % 10 == 3} for i in range(40)]
-# 8 permanent (0, 5, ... 35) and 4 transient (3, 13, 23, 33) dead letters.
-RETRY = ab.RetryPolicy(
-    {ab.ErrorKind.TRANSIENT: ab.Retry(attempts=2, backoff=ab.Backoff.constant(0))}
-)
+ITEMS, RETRY = ui_jobs.ITEMS, ui_jobs.RETRY
 
 
 @pytest.fixture(params=STORES)

@@ -24,12 +24,12 @@ import anyio
 import pytest
 import ui_jobs
 from aiohttp.test_utils import TestServer
-from test_ui_api import ITEMS, RETRY
 
 import asyncbatch as ab
 from asyncbatch._cli._input import load_job
 from asyncbatch._ui import make_app
 
+ITEMS, RETRY = ui_jobs.ITEMS, ui_jobs.RETRY
 TOKEN = "browser-token"
 CHROMIUM = os.environ.get("ASYNCBATCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 HAVE_CHROMIUM = os.path.isfile(CHROMIUM)

@@ -5,6 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncbatch as ab
+
+ITEMS = [{"n": i, "fail": i % 5 == 0, "conn": i % 10 == 3} for i in range(40)]
+"""A run's input: 8 permanent (0, 5, ... 35) and 4 transient (3, 13, 23, 33) dead letters."""
+
+RETRY = ab.RetryPolicy(
+    {ab.ErrorKind.TRANSIENT: ab.Retry(attempts=2, backoff=ab.Backoff.constant(0))}
+)
+"""Transient failures get one retry, at once."""
+
 BROKEN = True
 """While True, items with ``"fail"`` set raise; tests set it False before a redrive."""
 
