@@ -41,6 +41,12 @@ def ui(db: str, host: str, port: int, read_only: bool) -> None:
     from asyncbatch._ui import make_app, serve  # aiohttp.web only for this command
 
     token = secrets.token_urlsafe(24)
+    if not _loopback(host):
+        click.echo(
+            f"warning: --host {host} lets other machines read every run and dead letter "
+            "(payloads, tracebacks); the token guards only redrive and purge",
+            err=True,
+        )
 
     def started(base: str) -> None:
         mode = "read-only" if read_only else "actions need the token"
