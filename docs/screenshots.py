@@ -2,8 +2,9 @@
 
 Runs ``asyncbatch demo`` into a throwaway database (a flaky local service, a
 breaker that opens and closes, dead letters), serves it with ``asyncbatch
-ui`` and photographs the runs page, the run, the dead-letter queue and one
-entry in headless Chromium (Debian's ``chromium``, through Playwright).
+ui`` and, while a second demo runs against the same database, photographs
+the runs page, the finished run, the dead-letter queue and one entry in
+headless Chromium (Debian's ``chromium``, through Playwright).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ async def shoot(base: str, out: Path) -> None:
         browser = await pw.chromium.launch(executable_path=CHROMIUM)
         page = await browser.new_page(viewport={"width": 1280, "height": 800})
         await page.goto(base)
-        await page.locator("#runs-body tr").first.wait_for()
+        live = page.locator('#runs-body tr[data-run-id="demo-2"] .badge:text("running")')
+        await live.wait_for(timeout=30_000)
+        await page.wait_for_timeout(2_500)  # let its progress bar and rate move
         await page.screenshot(path=out / "ui-runs.png")
-        await page.locator("#runs-body tr a").first.click()
+        await page.locator('#runs-body a:text("demo-1")').click()
         await page.locator("#latency-chart svg rect").first.wait_for()
         await page.screenshot(path=out / "ui-run.png", full_page=True)
         await page.click("#nav-dlq")
@@ -49,6 +52,9 @@ def main() -> None:
                        stdout=subprocess.DEVNULL)  # fmt: skip
         ui = subprocess.Popen([*cli, "ui", "--db", db, "--port", "0"], stdout=subprocess.PIPE,
                               text=True)  # fmt: skip
+        # A second demo runs while the pages are taken: the runs page shows it live.
+        running = subprocess.Popen([*cli, "demo", "--quiet", "--db", db, "--run-id", "demo-2",
+                                    "--jobs", "600", "--seed", "7"], stdout=subprocess.DEVNULL)  # fmt: skip
         try:
             assert ui.stdout is not None
             for line in ui.stdout:
@@ -57,6 +63,7 @@ def main() -> None:
                     asyncio.run(shoot(found.group(1), out))
                     break
         finally:
+            running.wait(timeout=120)
             ui.terminate()
             ui.wait(timeout=10)
     print(f"screenshots in {out}")
