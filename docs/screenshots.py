@@ -3,7 +3,7 @@
 Runs ``asyncbatch demo`` into a throwaway database (a flaky local service, a
 breaker that opens and closes, dead letters), serves it with ``asyncbatch
 ui`` and, while a second demo runs against the same database, photographs
-the runs page, the finished run, the dead-letter queue and one entry in
+the runs page, the running run, the finished run, the dead-letter queue and one entry in
 headless Chromium (Debian's ``chromium``, through Playwright).
 """
 
@@ -31,6 +31,11 @@ async def shoot(base: str, out: Path) -> None:
         await live.wait_for(timeout=30_000)
         await page.wait_for_timeout(2_500)  # let its progress bar and rate move
         await page.screenshot(path=out / "ui-runs.png")
+        await page.locator('#runs-body a:text("demo-2")').click()
+        await page.locator("#live-groups").wait_for(timeout=30_000)
+        await page.locator("#throughput-chart svg rect").first.wait_for()
+        await page.screenshot(path=out / "ui-run-live.png", full_page=True)
+        await page.click("#nav-runs")
         await page.locator('#runs-body a:text("demo-1")').click()
         await page.locator("#latency-chart svg rect").first.wait_for()
         await page.screenshot(path=out / "ui-run.png", full_page=True)

@@ -252,8 +252,9 @@ async def test_a_live_run_advances_while_the_dashboard_reads(
     url = store_url(request, tmp_path, name)
     gates = {"b": asyncio.Event(), "c": asyncio.Event()}
     monkeypatch.setattr(ui_jobs, "GATES", gates)
-    # 50 jobs run at once, 70 wait for gate b, 80 for gate c.
-    items = [{"n": i, **({"gate": "b"} if 50 <= i < 120 else {"gate": "c"} if i >= 120 else {})}
+    # 50 jobs run at once (5 of them fail), 70 wait for gate b, 80 for gate c.
+    items = [{"n": i, "fail": i < 50 and i % 10 == 0,
+              **({"gate": "b"} if 50 <= i < 120 else {"gate": "c"} if i >= 120 else {})}
              for i in range(200)]  # fmt: skip
     batch = ab.Batch(ui_jobs.job, store=url, run_id="live", concurrency=200)
     async with ab.open_store(url) as store:  # the dashboard's own connection
@@ -268,10 +269,19 @@ async def test_a_live_run_advances_while_the_dashboard_reads(
                         run = await _get(c, "/api/runs/live")
                         assert (run["status"], run["total"]) == ("running", 200)
                         done.append(run["done"])
+                        [group] = run["dead_letters"]["groups"]  # grouped as the report will
+                        assert (group["kind"], group["fingerprint"]) == (
+                            "permanent",
+                            "item <n> is bad",
+                        )
+                        assert group["count"] == 5
+                        assert sorted(group["sample_keys"]) == ["0", "10", "20", "30", "40"]
                         gates["b" if seen == 50 else "c"].set()
             assert done == [50, 120]
             run = await _get(c, "/api/runs/live")
             assert (run["status"], run["done"]) == ("finished", 200)
+            assert run["dead_letters"] is None  # the stored report has the groups now
+            assert run["report"]["groups"][0]["sample_keys"] == ["0", "10", "20", "30", "40"]
         finally:
             await c.close()
 

@@ -27,6 +27,7 @@ import anyio.to_thread
 from aiohttp import web
 
 from asyncbatch._errors import ConfigError
+from asyncbatch._observe._fingerprint import fingerprint
 from asyncbatch._result import DeadLetter
 from asyncbatch._run._batch import redrive
 from asyncbatch._store import RunInfo, Store
@@ -234,15 +235,30 @@ async def runs(request: web.Request) -> web.Response:
     return _json({"runs": found})
 
 
-def _live_groups(facets: list[DeadLetterFacet]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str], int] = {}
-    for f in facets:
-        if f.status == "dead":
-            groups[f.kind, f.error_type] = groups.get((f.kind, f.error_type), 0) + f.count
-    return [
-        {"kind": k, "error_type": e, "count": n}
-        for (k, e), n in sorted(groups.items(), key=lambda item: -item[1])
-    ]
+_LIVE_SAMPLE = 2_000  # dead letters read to group a running run's failures
+
+
+async def _live_groups(store: Store, run_id: str) -> dict[str, Any]:
+    """A running run's dead letters so far, grouped as its report will group them.
+
+    By (kind, error type, message fingerprint), with up to 5 sample keys; from
+    its first `_LIVE_SAMPLE` open entries (``sampled`` says how many were read).
+    """
+    entries = await dlq_page(store, None, _LIVE_SAMPLE, run_id=run_id, status="dead")
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for e in entries:
+        k = (e.kind.value, e.error_type, fingerprint(e.message))
+        g = groups.setdefault(
+            k,
+            {"kind": k[0], "error_type": k[1], "fingerprint": k[2], "example": e.message,
+             "count": 0, "sample_keys": [], "first_seen": e.created_at},
+        )  # fmt: skip
+        g["count"] += 1
+        if len(g["sample_keys"]) < 5:
+            g["sample_keys"].append(e.key)
+        g["last_seen"] = e.created_at
+    ordered = sorted(groups.values(), key=lambda g: -int(g["count"]))
+    return {"groups": ordered, "sampled": len(entries), "complete": len(entries) < _LIVE_SAMPLE}
 
 
 async def _one_run(s: Settings, run_id: str) -> RunInfo:
@@ -268,7 +284,11 @@ async def run(request: web.Request) -> web.Response:
     data.update(
         config=r.config,
         report=r.report,
-        dead_letters=_live_groups(facets),
+        dead_letters=(
+            await s.cache.get(("live", run_id), s.refresh, lambda: _live_groups(s.store, run_id))
+            if r.status == "running"
+            else None
+        ),
         dlq_open=sum(f.count for f in facets if f.status == "dead"),
         redrive={"ok": not why, "reason": why},
     )

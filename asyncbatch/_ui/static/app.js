@@ -247,18 +247,26 @@ function cell(v) {
 function reportSections(run) {
   const out = [];
   const report = run.report;
-  if (run.status === "running" || !report || !report.groups) {
+  if (run.status === "running") {
+    const live = run.dead_letters;
     out.push(h("h2", { text: "Dead letters so far" }));
-    out.push(h("p", { class: "note", text: "The error report (failure groups with sample keys, breakers, budget) is stored when the run ends." }));
-    if (run.dead_letters.length) {
+    out.push(h("p", { class: "note", text: "Grouped as the error report will group them (kind, type, normalised message). The report itself, with retried failures, breakers and budget, is stored when the run ends." + (live.complete ? "" : ` Grouped from the first ${num(live.sampled)} entries.`) }));
+    if (live.groups.length) {
       out.push(h("table", { id: "live-groups" },
-        h("thead", {}, h("tr", {}, ["kind", "error type", "entries"].map((t) => h("th", { text: t })))),
-        h("tbody", {}, run.dead_letters.map((g) => h("tr", {},
-          h("td", {}, g.kind), h("td", {}, h("a", {
+        h("thead", {}, h("tr", {}, ["kind", "error", "message (normalised)", "entries", "sample keys", "first seen", "last seen"].map((t) => h("th", { text: t })))),
+        h("tbody", {}, live.groups.map((g) => h("tr", {},
+          h("td", { text: g.kind }),
+          h("td", {}, h("a", {
             href: `#/dlq?run_id=${encodeURIComponent(run.run_id)}&kind=${g.kind}&error_type=${encodeURIComponent(g.error_type)}`,
-            text: g.error_type,
-          })), h("td", { class: "num", text: num(g.count) }))))));
+            title: g.error_type, text: g.error_type.split(".").pop(),
+          })),
+          h("td", { class: "msg", title: g.example, text: g.fingerprint }),
+          h("td", { class: "num", text: num(g.count) }),
+          h("td", { class: "keys", text: g.sample_keys.join(", ") }),
+          h("td", { class: "when", text: when(g.first_seen) }), h("td", { class: "when", text: when(g.last_seen) }))))));
     } else out.push(h("p", { class: "muted", text: "none" }));
+  } else if (!report || !report.groups) {
+    out.push(h("p", { class: "note", text: "No error report is stored for this run (it ended before writing one)." }));
   }
   if (report && report.groups) {
     out.push(h("h2", { text: "Errors" }));
