@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from typing import Any, TextIO
 
@@ -113,12 +114,13 @@ def run(
     run_id = run_id or new_run_id()
     console = make_console()
     quiet = quiet or as_json
+    total = source.count()
     progress = LiveProgress(
-        console, total=source.count(), label=job_spec, enabled=not quiet, events=not quiet
+        console, total=total, label=job_spec, enabled=not quiet, events=not quiet
     )
 
     def make_batch(telemetry_options: dict[str, Any]) -> Batch[Any, Any]:
-        return Batch(
+        batch: Batch[Any, Any] = Batch(
             progress.wrap(job),
             concurrency=concurrency,
             key=source.keyer(),
@@ -130,6 +132,9 @@ def run(
             on_event=progress.on_event,
             **telemetry_options,
         )
+        if total is not None:  # the input's size, stored for `asyncbatch ui`'s progress bar
+            batch.options = dataclasses.replace(batch.options, run_config={"total": total})
+        return batch
 
     warned: list[bool] = []
 
