@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["best_of", "row", "table"]
+__all__ = ["best_of", "interleaved", "row", "table"]
 
 
 def best_of(make: Callable[[], Awaitable[object]], repeat: int = 3) -> float:
@@ -19,6 +20,24 @@ def best_of(make: Callable[[], Awaitable[object]], repeat: int = 3) -> float:
         asyncio.run(make())  # type: ignore[arg-type]
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def interleaved(
+    variants: dict[str, Callable[[], Awaitable[object]]], rounds: int = 5
+) -> dict[str, float]:
+    """The median seconds of each variant over ``rounds`` rounds, run in turn each round.
+
+    Interleaving spreads a noisy neighbour's bursts over every variant alike,
+    so the ratios between them hold even when the absolute figures move.
+    """
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, make in variants.items():
+            gc.collect()
+            start = time.perf_counter()
+            asyncio.run(make())  # type: ignore[arg-type]
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def row(name: str, value: str, target: str = "", ok: bool | None = None) -> list[str]:

@@ -11,13 +11,21 @@ difference over N is the cost of one job, start-up and imports excluded:
 here as a number.
 
 Variants (concurrency 100 unless named):
-- ``floor``: one coroutine awaiting each job in turn, never through the loop;
-- ``queue-pool``: an ``asyncio.Queue`` and 100 worker tasks;
-- ``bounded-taskgroup``: acquire a semaphore, then create the job's task;
-- ``gather-all``: every task created up front, each waiting on the semaphore;
+- the baselines of `benchmarks.baselines`: ``floor`` (100 loops awaiting
+  each job in turn, no results), ``queue-pool`` (a bounded ``asyncio.Queue``
+  and 100 worker tasks),
+  ``bounded-taskgroup`` (acquire a semaphore, then create the task) and
+  ``gather-all`` (every task up front, each waiting on the semaphore);
 - ``asyncbatch``, ``asyncbatch-stream``, ``asyncbatch-sqlite`` (durability
   normal), and ``asyncbatch`` at concurrency 10 and 10,000 (cost must stay
-  flat).
+  flat);
+- tracing: ``sdk-span`` (the SDK's own bare span, batch span processor),
+  ``sdk-span-attrs`` (with the 3 attributes every attempt span carries) and
+  ``asyncbatch-traced``; tracing's share of a job is its difference from
+  ``asyncbatch``.
+
+The SQLite variant alone moves a little between runs (within ~2%): its
+writer thread's groups fall where the threads' timing puts them.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._util import row, table
+from .baselines import bounded_taskgroup, floor, gather_all, queue_pool
 
 N_FULL = 20_000
 N_QUICK = 5_000
@@ -43,56 +52,17 @@ async def noop(x: int) -> int:
     return x
 
 
+Variant = Callable[[int, int], Coroutine[Any, Any, None]]
+
+
 # ----------------------------------------------------------------- variants
 
 
-async def floor(n: int, c: int) -> None:
-    for i in range(n):
-        await noop(i)
+def baseline(loop: Callable[..., Coroutine[Any, Any, Any]]) -> Variant:
+    async def run(n: int, c: int) -> None:
+        await loop(noop, range(n), c)
 
-
-async def queue_pool(n: int, c: int) -> None:
-    """The pool people write: a bounded queue (memory bounded by the concurrency)."""
-    queue: asyncio.Queue[int | None] = asyncio.Queue(maxsize=c)
-    results: list[int] = []
-
-    async def worker() -> None:
-        while (item := await queue.get()) is not None:
-            results.append(await noop(item))
-
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(c):
-            tg.create_task(worker())
-        for i in range(n):
-            await queue.put(i)
-        for _ in range(c):
-            await queue.put(None)
-
-
-async def bounded_taskgroup(n: int, c: int) -> None:
-    sem = asyncio.Semaphore(c)
-    results: list[int] = []
-
-    async def one(i: int) -> None:
-        try:
-            results.append(await noop(i))
-        finally:
-            sem.release()
-
-    async with asyncio.TaskGroup() as tg:
-        for i in range(n):
-            await sem.acquire()
-            tg.create_task(one(i))
-
-
-async def gather_all(n: int, c: int) -> None:
-    sem = asyncio.Semaphore(c)
-
-    async def one(i: int) -> int:
-        async with sem:
-            return await noop(i)
-
-    await asyncio.gather(*(one(i) for i in range(n)))
+    return run
 
 
 async def asyncbatch_run(n: int, c: int) -> None:
@@ -120,18 +90,48 @@ async def asyncbatch_sqlite(n: int, c: int) -> None:
     assert result.counts[ab.JobStatus.SUCCEEDED] == n
 
 
-Variant = Callable[[int, int], Coroutine[Any, Any, None]]
+def _provider() -> Any:
+    from .bench_otel import sdk_provider  # the SDK with a batch span processor
+
+    return sdk_provider()
+
+
+async def sdk_span(n: int, c: int) -> None:
+    tracer = _provider().get_tracer("bench")
+    for _ in range(n):
+        with tracer.start_as_current_span("x"):
+            pass
+
+
+async def sdk_span_attrs(n: int, c: int) -> None:
+    tracer = _provider().get_tracer("bench")
+    for i in range(n):
+        attributes = {"asyncbatch.run.id": "r", "asyncbatch.job.key": "k",
+                      "asyncbatch.attempt.number": i}  # fmt: skip
+        with tracer.start_as_current_span("x", attributes=attributes):
+            pass
+
+
+async def asyncbatch_traced(n: int, c: int) -> None:
+    import asyncbatch as ab
+
+    result = await ab.run_batch(noop, range(n), concurrency=c, tracer_provider=_provider())
+    assert len(result.outcomes) == n
+
 
 VARIANTS: dict[str, tuple[Variant, int, str]] = {
-    "floor": (floor, 100, "no loop trip (the floor)"),
-    "queue-pool": (queue_pool, 100, "asyncio.Queue + 100 workers"),
-    "bounded-taskgroup": (bounded_taskgroup, 100, "bounded TaskGroup (acquire, then create)"),
-    "gather-all": (gather_all, 100, "gather everything, semaphore inside"),
+    "floor": (baseline(floor), 100, "100 loops awaiting each job in turn (the floor)"),
+    "queue-pool": (baseline(queue_pool), 100, "bounded asyncio.Queue + 100 workers"),
+    "bounded-taskgroup": (baseline(bounded_taskgroup), 100, "bounded TaskGroup"),
+    "gather-all": (baseline(gather_all), 100, "gather every task, semaphore inside"),
     "asyncbatch": (asyncbatch_run, 100, "asyncbatch run_batch"),
     "asyncbatch-c10": (asyncbatch_run, 10, "asyncbatch run_batch, concurrency 10"),
     "asyncbatch-c10000": (asyncbatch_run, 10_000, "asyncbatch run_batch, concurrency 10,000"),
     "asyncbatch-stream": (asyncbatch_stream, 100, "asyncbatch Batch.stream"),
     "asyncbatch-sqlite": (asyncbatch_sqlite, 100, "asyncbatch, SQLite checkpoints (normal)"),
+    "sdk-span": (sdk_span, 1, "OpenTelemetry SDK: a bare span (batch processor)"),
+    "sdk-span-attrs": (sdk_span_attrs, 1, "same, with the attempt span's 3 attributes"),
+    "asyncbatch-traced": (asyncbatch_traced, 100, "asyncbatch with the SDK tracer"),
 }
 
 
@@ -184,6 +184,10 @@ TARGETS: dict[str, tuple[str, Callable[[dict[str, float]], bool]]] = {
         lambda r: r["asyncbatch-c10"] <= 1.2 * r.get("asyncbatch", 1e12),
     ),
     "asyncbatch-sqlite": ("<= 52k", lambda r: r["asyncbatch-sqlite"] <= 52_000),
+    "asyncbatch-traced": (
+        "tracing's share <= 1.1x the bare span",
+        lambda r: r["asyncbatch-traced"] - r["asyncbatch"] <= 1.1 * r.get("sdk-span", 0),
+    ),
 }
 
 
@@ -211,8 +215,14 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
         ok = None
         if target is not None and all(k in results for k in ("asyncbatch", name)):
             ok = target[1](results)
-        rows.append(row(label, f"{results[name] / 1000:.1f}k Ir/job",
-                        target[0] if target else "", ok))  # fmt: skip
+        value = f"{results[name] / 1000:.1f}k Ir/job"
+        if name == "asyncbatch-traced" and "asyncbatch" in results:
+            share = results[name] - results["asyncbatch"]
+            value += f" (tracing {share / 1000:.1f}k"
+            if "sdk-span" in results:
+                value += f" = {share / results['sdk-span']:.2f}x the bare span"
+            value += ")"
+        rows.append(row(label, value, target[0] if target else "", ok))
     print(table(f"Instructions per no-op job (callgrind, {n:,} jobs)", rows))
     return rows
 

@@ -9,6 +9,7 @@ Layers, bottom to top (a module may import its own layer and the ones below)::
     deps     _deps                           breakers, bulkheads, rate limits
     run      _run                            the engine and entry points
     doubles  _testing, http                  test doubles, HTTP integration
+    ui       _ui                             the web dashboard (served by the CLI)
     cli      _cli                            the command line
     public   asyncbatch, asyncbatch.testing  the public surface
 
@@ -39,6 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("deps", ("asyncbatch._deps",)),
     ("run", ("asyncbatch._run",)),
     ("doubles", ("asyncbatch._testing", "asyncbatch.http")),
+    ("ui", ("asyncbatch._ui",)),
     ("cli", ("asyncbatch._cli",)),
     ("public", ("asyncbatch.testing", "asyncbatch.__main__", "asyncbatch")),
 )

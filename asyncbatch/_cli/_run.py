@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -118,12 +119,13 @@ def run(
     run_id = run_id or new_run_id()
     console = make_console()
     quiet = quiet or as_json
+    total = source.count()
     progress = LiveProgress(
-        console, total=source.count(), label=job_spec, enabled=not quiet, events=not quiet
+        console, total=total, label=job_spec, enabled=not quiet, events=not quiet
     )
 
     def make_batch(telemetry_options: dict[str, Any]) -> Batch[Any, Any]:
-        return Batch(
+        batch: Batch[Any, Any] = Batch(
             progress.wrap(job),
             concurrency=concurrency,
             key=source.keyer(),
@@ -135,6 +137,9 @@ def run(
             on_event=progress.on_event,
             **telemetry_options,
         )
+        if total is not None:  # the input's size, stored for `asyncbatch ui`'s progress bar
+            batch.options = dataclasses.replace(batch.options, run_config={"total": total})
+        return batch
 
     warned: list[bool] = []
 

@@ -81,6 +81,7 @@ class Engine(Generic[R]):
         self.run_id = run_id
         self.store = store
         self._job_ref = job_ref
+        self._total: int | None = None  # len(items) when known: the dashboard's progress bar
         self._dispatcher = EventDispatcher(opts.on_event)
         self._inst: Instrumentation | None = None
         self._deps: Any = None
@@ -132,6 +133,8 @@ class Engine(Generic[R]):
             redrive: for `ab.redrive`: input position → (DLQ entry id, job key).
         """
         self._admission.redrive = redrive
+        if redrive is None and isinstance(items, Sized):
+            self._total = len(items)
         loop = asyncio.get_running_loop()
         self._outcomes.loop = loop
         self.started_at = time.time()
@@ -367,6 +370,8 @@ class Engine(Generic[R]):
             "key": key_spec(o.key),
             "job": callable_name(self.job),
         }
+        if self._total is not None:
+            config.setdefault("total", self._total)
         now = time.time()
         return RunInfo(
             run_id=self.run_id, job=self._job_ref, config=config, created_at=now, updated_at=now

@@ -68,3 +68,47 @@ async def test_an_unsized_input_runs_at_full_concurrency() -> None:
     result = await ab.run_batch(job, (i for i in range(200)), concurrency=50)
     assert result.ok
     assert peak == 50
+
+
+async def test_jobs_that_never_suspend_still_let_other_tasks_run() -> None:
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def cached(x: int) -> int:  # returns without ever awaiting anything
+        return x
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    result = await ab.run_batch(cached, range(20_000), concurrency=10)
+    done = True
+    await task
+    assert result.ok
+    # Each worker hands the loop a turn every TURN jobs: the ticker ran all along.
+    assert ticks - before >= 20_000 // (10 * 32)
+
+
+@pytest.mark.timeout(60)  # without the turns, this would run a billion jobs
+async def test_a_run_of_never_suspending_jobs_can_be_cancelled_promptly() -> None:
+    ran = 0
+    started = asyncio.Event()
+
+    async def cached(x: int) -> int:
+        nonlocal ran
+        ran += 1
+        if ran == 1_000:
+            started.set()
+        return x
+
+    task = asyncio.create_task(ab.run_batch(cached, range(10**9), concurrency=10))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ran < 100_000  # not a billion: the cancel reached the workers at their next turn
