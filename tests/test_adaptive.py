@@ -263,3 +263,36 @@ def test_a_bad_limit_names_adaptive_in_its_hint() -> None:
             classify=ab.Classifier(),
             emit=lambda e: None,
         )
+
+
+@pytest.mark.looptime
+async def test_the_limit_is_a_metric() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    events: list[ab.Event] = []
+    await ab.run_batch(
+        Server(20).call,
+        range(1000),
+        concurrency=ab.Adaptive(min=1, max=100, initial=2),
+        retry=RETRY,
+        meter_provider=provider,
+        on_event=events.append,
+    )
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "asyncbatch.concurrency.limit"
+        for p in m.data.data_points
+    ]
+    last = [e for e in events if isinstance(e, ab.ConcurrencyChanged)][-1]
+    assert [(dict(p.attributes or {}), p.value) for p in points] == [
+        ({"asyncbatch.dependency": ""}, last.limit)
+    ]
+    provider.shutdown()
