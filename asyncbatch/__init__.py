@@ -67,7 +67,6 @@ from ._run._batch import (
 from ._run._options import BatchOptions
 from ._store import (
     MemoryStore,
-    SQLiteStore,
     Store,
     open_store,
 )
@@ -77,6 +76,7 @@ from ._version import __version__
 if _typing.TYPE_CHECKING:
     from . import http as http
     from ._store._postgres import PostgresStore as PostgresStore
+    from ._store._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
     "AsyncBatchError",
@@ -143,8 +143,8 @@ __all__ = [
 ]
 
 
-_LAZY = ("PostgresStore",)
-"""Public names imported on first use: `import asyncbatch` never imports asyncpg."""
+_LAZY = ("PostgresStore", "SQLiteStore")
+"""Public names imported on first use: `import asyncbatch` imports neither asyncpg nor aiosqlite."""
 
 
 def __getattr__(name: str) -> object:
@@ -153,6 +153,11 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(f"{__name__}.http")
+    if name == "SQLiteStore":
+        from ._store._sqlite import SQLiteStore
+
+        globals()[name] = SQLiteStore
+        return SQLiteStore
     if name == "PostgresStore":
         try:
             from ._store._postgres import PostgresStore
