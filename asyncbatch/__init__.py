@@ -71,7 +71,6 @@ from ._run._hedge import Hedge
 from ._run._options import BatchOptions
 from ._store import (
     MemoryStore,
-    SQLiteStore,
     Store,
     open_store,
 )
@@ -81,6 +80,7 @@ from ._version import __version__
 if _typing.TYPE_CHECKING:
     from . import http as http
     from ._store._postgres import PostgresStore as PostgresStore
+    from ._store._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
     "Adaptive",
@@ -152,8 +152,8 @@ __all__ = [
 ]
 
 
-_LAZY = ("PostgresStore",)
-"""Public names imported on first use: `import asyncbatch` never imports asyncpg."""
+_LAZY = ("PostgresStore", "SQLiteStore")
+"""Public names imported on first use: `import asyncbatch` imports neither asyncpg nor aiosqlite."""
 
 
 def __getattr__(name: str) -> object:
@@ -162,6 +162,11 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(f"{__name__}.http")
+    if name == "SQLiteStore":
+        from ._store._sqlite import SQLiteStore
+
+        globals()[name] = SQLiteStore
+        return SQLiteStore
     if name == "PostgresStore":
         try:
             from ._store._postgres import PostgresStore

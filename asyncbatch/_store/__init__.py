@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Generator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
 
 from asyncbatch._errors import ConfigError, StoreError
@@ -29,8 +29,10 @@ from ._protocol import (
     RunStatus,
     Store,
 )
-from ._sqlite import SQLiteStore
-from ._sqlite_dlq import SQLiteDeadLetterQueue
+
+if TYPE_CHECKING:
+    from ._sqlite import SQLiteStore
+    from ._sqlite_dlq import SQLiteDeadLetterQueue
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -51,6 +53,19 @@ __all__ = [
     "storable_key",
     "storable_text",
 ]
+
+def __getattr__(name: str) -> object:
+    # The SQLite store on first use: `import asyncbatch` does not load aiosqlite.
+    if name == "SQLiteStore":
+        from ._sqlite import SQLiteStore
+
+        return SQLiteStore
+    if name == "SQLiteDeadLetterQueue":
+        from ._sqlite_dlq import SQLiteDeadLetterQueue
+
+        return SQLiteDeadLetterQueue
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _FORMS = (
     "use 'memory://', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db', "
@@ -118,6 +133,8 @@ class _OpenStore(contextlib.AbstractAsyncContextManager[Store]):
         if self._sqlite is None:
             return MemoryStore()
         path, busy_timeout = self._sqlite
+        from ._sqlite import SQLiteStore
+
         return await SQLiteStore.open(path, durability=self._durability, busy_timeout=busy_timeout)
 
     def __await__(self) -> Generator[Any, None, Store]:
