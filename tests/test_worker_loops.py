@@ -112,3 +112,32 @@ async def test_a_run_of_never_suspending_jobs_can_be_cancelled_promptly() -> Non
     with pytest.raises(asyncio.CancelledError):
         await task
     assert ran < 100_000  # not a billion: the cancel reached the workers at their next turn
+
+
+async def test_workers_start_as_the_run_needs_them() -> None:
+    # Jobs that never suspend keep a few workers busy; no need for 10,000.
+    peak_tasks = 0
+
+    async def cached(x: int) -> int:
+        nonlocal peak_tasks
+        peak_tasks = max(peak_tasks, len(asyncio.all_tasks()))
+        return x
+
+    result = await ab.run_batch(cached, range(20_000), concurrency=10_000)
+    assert result.ok
+    assert peak_tasks < 2_000
+
+    # Jobs that wait reach the full concurrency.
+    running = peak = 0
+
+    async def waits(x: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return x
+
+    result = await ab.run_batch(waits, range(3_000), concurrency=1_000)
+    assert result.ok
+    assert peak == 1_000

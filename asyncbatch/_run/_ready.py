@@ -81,6 +81,7 @@ class ReadyQueue:
         "_ended",
         "_feeder_wait",
         "_gated",
+        "_growing",
         "_max_backlog",
         "_max_parked",
         "_ready",
@@ -121,6 +122,7 @@ class ReadyQueue:
         self._stopped = False  # next() hands out nothing: stopped, or workers must hold
         self._ended = False  # stopped for good (`stop`)
         self._control: Control | None = None
+        self._growing = False  # more workers may start (`Control` keeps it): see `next`
         self.live = 0
         """Jobs admitted and not finished: running, ready or parked."""
         self.workers = concurrency
@@ -199,6 +201,8 @@ class ReadyQueue:
             entry = self._ready.popleft()
             if self._feeder_wait is not None:
                 self._release_feeder()
+            if self._growing and not self._waiters:
+                self._control.demand()  # type: ignore[union-attr]
             return entry
         source = self._source
         if source is None:
@@ -211,6 +215,8 @@ class ReadyQueue:
                 admitted = self._admit(index, item)
                 if admitted is not None:
                     self.live += 1
+                    if self._growing and not self._waiters:
+                        self._control.demand()  # type: ignore[union-attr]
                     return admitted
         except Exception as exc:
             self._input_failed(exc)
@@ -329,6 +335,11 @@ class ReadyQueue:
         if not self._ended:
             self._stopped = holding
 
+    def growing(self, more: bool) -> None:
+        """Whether more workers may start: `next` and `push` then ask `Control.demand`
+        whenever they hand out work with no worker idle."""
+        self._growing = more
+
     def resized(self, concurrency: int) -> None:
         """The number of workers changed: the feeder's read-ahead and strain cap follow."""
         self._concurrency = concurrency
@@ -367,6 +378,8 @@ class ReadyQueue:
             if not fut.done():
                 fut.set_result(None)
                 return
+        if self._growing:
+            self._control.demand()  # type: ignore[union-attr]  # nobody idle: start one
 
     def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, deque()
