@@ -60,13 +60,14 @@ def test_contract_names_exist() -> None:
         assert hasattr(ab, name), name
 
 
-def test_import_loads_no_store_driver_until_a_store_is_used() -> None:
+def test_import_loads_no_store_driver_or_breaker_until_used() -> None:
     import subprocess
     import sys
 
     code = (
         "import sys, asyncbatch as ab\n"
         "assert 'aiosqlite' not in sys.modules and 'asyncpg' not in sys.modules\n"
+        "assert 'aiobreaker' not in sys.modules\n"
         "assert 'SQLiteStore' in dir(ab)\n"
         "from asyncbatch._store._sqlite import SQLiteStore\n"
         "assert ab.SQLiteStore is SQLiteStore and 'aiosqlite' in sys.modules\n"

@@ -8,12 +8,16 @@ the value types, `_policy` (to know which failures count) and `_observe`
 (breaker events).
 """
 
+from typing import TYPE_CHECKING
+
 from ._adaptive import Adaptive, AdaptiveLimit, overloaded
 from ._breaker import Breaker
-from ._circuit import Circuit
-from ._dependencies import Dependencies, DependencyStats
 from ._guard import guard, reset_dependencies, use_dependencies
 from ._rate import Rate
+
+if TYPE_CHECKING:
+    from ._circuit import Circuit
+    from ._dependencies import Dependencies, DependencyStats
 
 __all__ = [
     "Adaptive",
@@ -28,3 +32,17 @@ __all__ = [
     "reset_dependencies",
     "use_dependencies",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The circuits (and aiobreaker under them) load with the first run that has
+    # dependencies: `import asyncbatch` stays light.
+    if name == "Circuit":
+        from ._circuit import Circuit
+
+        return Circuit
+    if name in ("Dependencies", "DependencyStats"):
+        from . import _dependencies
+
+        return getattr(_dependencies, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
