@@ -65,6 +65,7 @@ from ._run._batch import (
     run_batch,
 )
 from ._run._options import BatchOptions
+from ._run._shared_run import SharedRun
 from ._store import (
     MemoryStore,
     SQLiteStore,
@@ -129,6 +130,7 @@ __all__ = [
     "RunOwned",
     "RunStarted",
     "SQLiteStore",
+    "SharedRun",
     "Store",
     "StoreError",
     "TransientError",

@@ -33,10 +33,27 @@ from asyncbatch._store import FinishedJob, Store, storable_key
 from ._entry import Entry
 from ._options import Options
 
-__all__ = ["LOOKUP_CHUNK", "Admission"]
+__all__ = ["LOOKUP_CHUNK", "Admission", "KeyedSource"]
 
 LOOKUP_CHUNK = 500
 """Items read ahead and looked up in the store at once while resuming."""
+
+
+class KeyedSource:
+    """An input whose items come with their keys and positions (a shared run's chunks).
+
+    The source appends ``(position, key)`` to `ahead` before it yields each
+    item; admission takes them from there instead of making keys itself.
+    """
+
+    def __init__(
+        self, items: AsyncIterable[Any], ahead: deque[tuple[int, str]] | None = None
+    ) -> None:
+        self.items = items
+        self.ahead: deque[tuple[int, str]] = deque() if ahead is None else ahead
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return aiter(self.items)
 
 
 class Admission:
@@ -82,6 +99,9 @@ class Admission:
         """
         if self.redrive is not None:
             return items  # keys come from the DLQ, one entry each
+        if isinstance(items, KeyedSource):  # keys and positions come with the items
+            self._ahead = items.ahead
+            return items
         custom = self._opts.key is not None
         if store is None:
             if custom:

@@ -1,0 +1,79 @@
+"""Jobs for the shared-run tests (tests/test_shared.py), and their coordinator.
+
+Workers import ``shared_job:job`` (tests/ on PYTHONPATH). Every attempt
+appends ``start KEY PID TIME`` to the side-effect ledger ``$SHARED_LEDGER``
+before it runs and ``done KEY PID TIME`` when it succeeds, one write(2) on an
+O_APPEND descriptor per line (lines never interleave or tear): executions
+are counted outside the database. ``$SHARED_SLEEP`` is each job's duration;
+items divisible by ``$SHARED_FAIL_EVERY`` fail permanently (dead letters);
+with ``$SHARED_FAIL_FROM``, every item at or above it fails (a budget abort).
+
+Coordinator: ``python tests/shared_job.py URL RUN_ID N CHUNK LEASE [budget] [compensate]``
+prints the run's counts as JSON (or ``aborted`` and the counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+import asyncbatch as ab
+
+
+def _log(line: str) -> None:
+    fd = os.open(os.environ["SHARED_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line} {os.getpid()} {time.time():.4f}\n".encode())
+    finally:
+        os.close(fd)
+
+
+async def job(x: int) -> int:
+    _log(f"start {x}")
+    await asyncio.sleep(float(os.environ.get("SHARED_SLEEP", "0")))
+    every = int(os.environ.get("SHARED_FAIL_EVERY", "0"))
+    if every and x % every == 0:
+        raise ab.PermanentError(f"item {x} is malformed")
+    start = int(os.environ.get("SHARED_FAIL_FROM", "-1"))
+    if start >= 0 and x >= start:
+        raise ab.PermanentError(f"item {x} fails")
+    _log(f"done {x}")
+    return 2 * x
+
+
+async def undo(item: int, result: int) -> None:
+    _log(f"undo {item}")
+
+
+async def main() -> None:
+    import shared_job  # the importable module, not __main__: workers import it by name
+
+    url, run_id, n, chunk, lease = sys.argv[1:6]
+    flags = set(sys.argv[6:])
+    options: ab.BatchOptions = {}
+    if "budget" in flags:
+        options["budget"] = ab.ErrorBudget(max_failures=5)
+    if "compensate" in flags:
+        options["compensate"] = shared_job.undo
+    try:
+        result = await ab.run_batch(
+            shared_job.job,
+            range(int(n)),
+            store=url,
+            run_id=run_id,
+            concurrency=int(os.environ.get("SHARED_CONCURRENCY", "50")),
+            shared=ab.SharedRun(chunk_size=int(chunk), lease=float(lease)),
+            **options,
+        )
+    except ab.BatchAborted as exc:
+        counts = {s.value: c for s, c in exc.result.counts.items() if c}
+        print(json.dumps({"aborted": True, "counts": counts}), flush=True)
+        return
+    print(json.dumps({s.value: c for s, c in result.counts.items() if c}), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
