@@ -31,7 +31,7 @@ def _log(line: str) -> None:
         os.close(fd)
 
 
-async def job(x: int) -> int:
+async def job(x: int) -> dict[str, int]:
     _log(f"start {x}")
     await asyncio.sleep(float(os.environ.get("SHARED_SLEEP", "0")))
     every = int(os.environ.get("SHARED_FAIL_EVERY", "0"))
@@ -41,10 +41,10 @@ async def job(x: int) -> int:
     if start >= 0 and x >= start:
         raise ab.PermanentError(f"item {x} fails")
     _log(f"done {x}")
-    return 2 * x
+    return {"v": 2 * x, "pid": os.getpid()}  # which process ran (and so wrote) it
 
 
-async def undo(item: int, result: int) -> None:
+async def undo(item: int, result: dict[str, int]) -> None:
     _log(f"undo {item}")
 
 

@@ -33,6 +33,7 @@ from ._live import (
 from ._run import run
 from ._runs import report, runs
 from ._telemetry import telemetry_options
+from ._worker import worker
 
 __all__ = ["cli", "main"]
 
@@ -155,6 +156,7 @@ def demo(
 cli.add_command(run)
 cli.add_command(runs)
 cli.add_command(report)
+cli.add_command(worker)  # shared runs: in _worker
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from asyncbatch._store._postgres import PostgresStore
     from asyncbatch._store._postgres_shared import RunState, SharedBoard
 
-__all__ = ["coordinate", "open_shared_store", "work_run"]
+__all__ = ["coordinate", "open_shared_store", "work", "work_run"]
 
 _FLUSH_CHUNKS = 32  # chunks written per round trip while enqueueing
 
@@ -300,10 +300,12 @@ async def work_run(
     shared: SharedRun,
     job_ref: str = "",
     keep_items: bool = False,
+    tally: dict[str, int] | None = None,
 ) -> RunState:
     """Work the run in sessions until nothing is left, it ended or was aborted.
 
-    Returns the run's state as last seen. A session that fenced itself or
+    Returns the run's state as last seen; ``tally`` (if given) adds up the
+    jobs per status this process finished. A session that fenced itself or
     lost the database is followed by a new one, with backoff, once the
     database answers again: a worker never exits over an outage.
     """
@@ -328,8 +330,93 @@ async def work_run(
             await anyio.sleep(delay)
             delay = min(delay * 2, 1.0)
             continue
+        if tally is not None and session.engine is not None and not session.fenced:
+            for status, n in session.engine.counts.items():
+                tally[status.value] = tally.get(status.value, 0) + n
         if session.fenced:
             await anyio.sleep(delay)
             delay = min(delay * 2, 1.0)
         else:
             delay = 0.05
+
+
+async def work(
+    job: Callable[[Any], Awaitable[Any]],
+    *,
+    job_ref: str,
+    url: str,
+    run_id: str | None = None,
+    concurrency: int | None = None,
+    wait: float = 30.0,
+) -> list[tuple[str, str, dict[str, int]]]:
+    """`asyncbatch worker`: work one shared run (``run_id``) or every open one of the job.
+
+    Args:
+        job: the job, imported by the caller from ``job_ref``.
+        job_ref: ``module:function``; must be the run's stored job.
+        url: the PostgreSQL store.
+        run_id: the run to join (waited for up to ``wait`` seconds: workers
+            may start before the coordinator); None: every running shared run
+            of this job with work left, one after another, until none has any.
+        concurrency: this worker's concurrency (default: the run's).
+
+    Returns:
+        ``(run id, status as last seen, jobs per status this worker finished)`` per run.
+
+    Raises:
+        UnknownRun: ``run_id`` did not appear within ``wait`` seconds.
+        ConfigError: the run is not shared, or runs another job.
+    """
+    from asyncbatch._store._postgres import PostgresStore
+    from asyncbatch._store._postgres_shared import SharedBoard
+
+    from ._shared import worker_options
+
+    done: list[tuple[str, str, dict[str, int]]] = []
+    async with await PostgresStore.open(url) as probe:
+        board = SharedBoard(probe, lease=15.0)
+        if run_id is not None:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    await probe.get_run(run_id)
+                    break
+                except UnknownRun:
+                    if time.monotonic() >= deadline:
+                        raise
+                    await anyio.sleep(0.2)
+            todo = [run_id]
+        else:
+            todo = await board.open_runs(job_ref)
+        seen: set[str] = set()
+        while todo:
+            rid = todo.pop(0)
+            seen.add(rid)
+            run = await probe.get_run(rid)
+            shared = run.config.get("shared")
+            if not shared:
+                raise ConfigError(
+                    f"run {rid!r} is not a shared run: start it with "
+                    "run_batch(..., store='postgresql://...', shared=True)"
+                )
+            if run.job != job_ref:
+                raise ConfigError(f"run {rid!r} runs {run.job or 'another job'}, not {job_ref}")
+            opts = worker_options(run.config, concurrency=concurrency)
+            spec = SharedRun(chunk_size=int(shared["chunk_size"]), lease=float(shared["lease"]))
+            tally: dict[str, int] = {}
+            store = await open_shared_store(url, lease=spec.lease, durability=opts.durability)
+            try:
+                state = await work_run(
+                    job, opts, SharedBoard(store, lease=spec.lease), rid, shared=spec,
+                    job_ref=job_ref, keep_items=bool(run.config.get("compensate")), tally=tally,
+                )  # fmt: skip
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await store.aclose()
+            status = "aborted" if state.abort_reason is not None else state.status
+            if status == "running" and state.input_done and state.open == 0:
+                status = "done"  # the coordinator finishes the run
+            done.append((rid, status, tally))
+            if run_id is None and not todo:
+                todo = [r for r in await board.open_runs(job_ref) if r not in seen]
+    return done

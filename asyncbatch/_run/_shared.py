@@ -66,7 +66,7 @@ __all__ = [
     "worker_options",
 ]
 
-BEAT = 0.2
+BEAT = 0.1
 """Seconds between a session's heartbeats: how soon it sees an abort decided elsewhere."""
 _POLL_MIN, _POLL_MAX = 0.02, 0.5  # backoff while nothing can be claimed
 
@@ -168,6 +168,7 @@ class Session:
         self._judge = BudgetTracker(budget) if budget is not None else None
         self._renewed = time.monotonic()
         self._renew_at = 0.0
+        self._counted_at = 0.0
         self._posted_abort = False
         self.state: RunState | None = None
         self._stop = False
@@ -287,6 +288,9 @@ class Session:
                     self._lose(no)
             self._renewed = started
             self._renew_at = started + self.lease / 4
+        if self.counter is not None or started >= self._counted_at:
+            # With a budget, every beat: the run-wide verdict is as fresh as the counts.
+            self._counted_at = started + self.lease / 4
             counts = self.counter.totals() if self.counter is not None else {}
             await board.beat(self.run_id, self.owner, counts)
         state = self.state = await board.state(self.run_id)
