@@ -66,6 +66,12 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     return out
 
 
+def kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL, then reap it (and close its pipes)."""
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
 def ledger_lines(ledger: Path) -> list[tuple[str, int, int, float]]:
     """``(kind, key, pid, time)`` per line: kind is start, done or undo."""
     if not ledger.exists():
@@ -82,7 +88,11 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
-        time.sleep(0.02)
+        time.sleep(0.05)
+
+
+def ledger_count(ledger: Path) -> int:
+    return ledger.read_bytes().count(b"\n") if ledger.exists() else 0
 
 
 def started_by(ledger: Path, pid: int) -> int:
@@ -236,8 +246,7 @@ def test_kill_9_of_a_worker_repeated_loses_nothing(pg_url: str, tmp_path: Path) 
     for victim_no in (0, 1):
         victim = workers[victim_no]
         wait_for(lambda v=victim: started_by(ledger, v.pid) >= 50 + 100 * kills)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        kill(victim)
         kills += 1
         workers[victim_no] = worker(pg_url, "k9", ledger, **slow)
     counts = coordinator_counts(finish(coord, 90))
@@ -258,10 +267,9 @@ def test_kill_9_of_every_process_then_resume_by_run_id(pg_url: str, tmp_path: Pa
     slow = {"SHARED_SLEEP": "0.004"}
     coord = coordinator(pg_url, "all9", n, 100, ledger, **slow, SHARED_CONCURRENCY="20")
     w = worker(pg_url, "all9", ledger, **slow)
-    wait_for(lambda: len(ledger_lines(ledger)) >= 1500)
+    wait_for(lambda: ledger_count(ledger) >= 1500)
     for p in (coord, w):
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        kill(p)
     before = len(ledger_lines(ledger))
     assert before < 2 * n, "killed mid-run"
     coord = coordinator(pg_url, "all9", n, 100, ledger, **slow, SHARED_CONCURRENCY="20")
@@ -348,26 +356,33 @@ def test_a_budget_abort_stops_three_workers_within_a_second_and_compensates_once
 def test_a_database_restart_mid_run_stops_no_worker(pg_temp_server: Any, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     url = pg_temp_server.url + "?schema=restart&retry_timeout=30"
-    n = 8000
+    n = 40000
     slow = {"SHARED_SLEEP": "0.004"}
     coord = coordinator(url, "restart", n, 100, ledger, **slow, SHARED_CONCURRENCY="20")
     workers = [worker(url, "restart", ledger, **slow) for _ in range(2)]
-    wait_for(lambda: len(ledger_lines(ledger)) >= 3000)
-    before = _rate(ledger, time.time() - 1.0, time.time())
+    wait_for(lambda: ledger_count(ledger) >= 20000)
+    now = time.time()
+    before = _rate(ledger_lines(ledger), now - 1.0, now)
+    t_restart = time.time()
     pg_temp_server.restart()
     back = time.time()
     counts = coordinator_counts(finish(coord, 90))
     for w in workers:
         finish(w)  # no worker exited over the restart: each finished its work
-    after = max(_rate(ledger, t, t + 1.0) for t in (back + 1, back + 2, back + 3))
-    assert after >= 0.5 * before, (before, after)
+    lines = ledger_lines(ledger)
+    last = max(t for kind, _, _, t in lines if kind == "done")
+    assert last > back + 3, ("the run went on after the restart", t_restart, back, last)
+    # Throughput is back within 10 s (a shared machine: judged loosely, >= half).
+    after = max(_rate(lines, t, t + 1.0) for t in (back + 1, back + 2) if t + 1.0 <= last)
+    histogram = [round(_rate(lines, back + i / 2, back + i / 2 + 0.5)) for i in range(-4, 12)]
+    assert after >= 0.5 * before, (before, after, histogram)
     asyncio.run(
         check_invariants(url, "restart", n, ledger, max_reexecuted=3 * (20 + 2 * 1024), acked=counts)
     )
 
 
-def _rate(ledger: Path, start: float, end: float) -> float:
-    done = sum(1 for kind, _, _, t in ledger_lines(ledger) if kind == "done" and start <= t < end)
+def _rate(lines: list[tuple[str, int, int, float]], start: float, end: float) -> float:
+    done = sum(1 for kind, _, _, t in lines if kind == "done" and start <= t < end)
     return done / (end - start)
 
 
@@ -390,7 +405,10 @@ class Blackhole:
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
 
     async def _serve(self) -> None:
         server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
