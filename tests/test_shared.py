@@ -455,13 +455,15 @@ def test_a_partitioned_worker_fences_itself(
     pg_url: str, tmp_path: Path, blackhole: Blackhole
 ) -> None:
     ledger = tmp_path / "ledger"
-    n = 4000
-    slow = {"SHARED_SLEEP": "0.01"}
+    n = 6000
+    # Big chunks of slow jobs: the cut-off worker still has a chunk's worth of
+    # work in hand when its lease runs out, so only self-fencing stops it.
+    slow = {"SHARED_SLEEP": "0.05"}
     base, schema = _server_and_schema(pg_url)
     host = base.rsplit(":", 1)[0]
     database = base.rsplit("/", 1)[1]
     proxied = f"{host}:{blackhole.port}/{database}?schema={schema}&retry_timeout=3"
-    coord = coordinator(pg_url, "part", n, 50, ledger, **slow, SHARED_CONCURRENCY="20")
+    coord = coordinator(pg_url, "part", n, 1000, ledger, **slow, SHARED_CONCURRENCY="20")
     cut_off = worker(proxied, "part", ledger, **slow)
     wait_for(lambda: started_by(ledger, cut_off.pid) >= 60)
     blackhole.blackholed = True
