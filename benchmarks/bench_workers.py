@@ -33,9 +33,7 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from ._util import row, table
@@ -59,13 +57,12 @@ async def noop(x: Any) -> Any:
 # ------------------------------------------------------------------ children
 
 
-async def _wait_go(go: Path) -> None:
+async def _wait_go() -> None:
     print("ready", flush=True)
-    while not go.exists():
-        await asyncio.sleep(0.001)
+    await asyncio.to_thread(sys.stdin.readline)  # the parent's "go"
 
 
-async def _child_worker(url: str, run_id: str, go: Path) -> None:
+async def _child_worker(url: str, run_id: str) -> None:
     """What `asyncbatch worker` runs, with the connections opened before the clock starts."""
     from asyncbatch._run._coordinator import open_shared_store, work_run
     from asyncbatch._run._shared import worker_options
@@ -78,19 +75,19 @@ async def _child_worker(url: str, run_id: str, go: Path) -> None:
         opts = worker_options(run.config, concurrency=CONCURRENCY)
         spec = SharedRun(chunk_size=int(run.config["shared"]["chunk_size"]), lease=30.0)
         board = SharedBoard(store, lease=spec.lease)
-        await _wait_go(go)
+        await _wait_go()
         await work_run(noop, opts, board, run_id, shared=spec, job_ref=run.job)
     finally:
         await store.aclose()
     print(f"end {time.time():.6f}", flush=True)
 
 
-async def _child_baseline(url: str, schema: str, go: Path) -> None:
+async def _child_baseline(url: str, schema: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     try:
-        await _wait_go(go)
+        await _wait_go()
         while True:
             async with conn.transaction():
                 job = await conn.fetchval(BASELINE_SQL["claim"])
@@ -113,8 +110,10 @@ def _spawn(args: list[str], n: int) -> list[subprocess.Popen[str]]:
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.bench_workers", "--child", *args],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         )
     for p in procs:
         assert p.stdout is not None
@@ -122,10 +121,13 @@ def _spawn(args: list[str], n: int) -> list[subprocess.Popen[str]]:
     return procs
 
 
-def _race(procs: list[subprocess.Popen[str]], go: Path) -> float:
+def _race(procs: list[subprocess.Popen[str]]) -> float:
     """Tell every process to go; seconds until the last one ends."""
     start = time.time()
-    go.touch()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     ends = []
     for p in procs:
         out, _ = p.communicate(timeout=600)
@@ -166,10 +168,7 @@ async def _count_jobs(url: str, run_id: str) -> int:
 def shared_rate(schemas: Any, processes: int, n: int, chunk: int = CHUNK) -> float:
     url = schemas.new()
     asyncio.run(_prepare_run(url, "w", n, chunk))
-    with tempfile.TemporaryDirectory() as tmp:
-        go = Path(tmp) / "go"
-        procs = _spawn(["worker", url, "w", str(go)], processes)
-        elapsed = _race(procs, go)
+    elapsed = _race(_spawn(["worker", url, "w"], processes))
     done = asyncio.run(_count_jobs(url, "w"))
     if done != n:
         raise RuntimeError(f"{done} of {n} jobs have a row")
@@ -192,10 +191,7 @@ async def _prepare_queue(server: str, schema: str, n: int) -> None:
 def baseline_rate(schemas: Any, processes: int, n: int) -> float:
     schema = schemas.new().rsplit("schema=", 1)[1]
     asyncio.run(_prepare_queue(schemas.server, schema, n))
-    with tempfile.TemporaryDirectory() as tmp:
-        go = Path(tmp) / "go"
-        procs = _spawn(["baseline", schemas.server, schema, str(go)], processes)
-        return n / _race(procs, go)
+    return n / _race(_spawn(["baseline", schemas.server, schema], processes))
 
 
 def main(argv: list[str] | None = None) -> list[list[str]]:
@@ -253,9 +249,9 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
 def _child(argv: list[str]) -> None:
     kind, rest = argv[0], argv[1:]
     if kind == "worker":
-        asyncio.run(_child_worker(rest[0], rest[1], Path(rest[2])))
+        asyncio.run(_child_worker(rest[0], rest[1]))
     else:
-        asyncio.run(_child_baseline(rest[0], rest[1], Path(rest[2])))
+        asyncio.run(_child_baseline(rest[0], rest[1]))
 
 
 if __name__ == "__main__":
