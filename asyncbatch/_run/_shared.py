@@ -68,7 +68,7 @@ __all__ = [
 
 BEAT = 0.1
 """Seconds between a session's heartbeats: how soon it sees an abort decided elsewhere."""
-_POLL_MIN, _POLL_MAX = 0.02, 0.5  # backoff while nothing can be claimed
+_POLL_MIN, _POLL_MAX = 0.02, 0.25  # backoff while nothing can be claimed
 
 
 class SelfFenced(StoreError):
@@ -209,7 +209,7 @@ class Session:
                 for _, key, _ in todo:
                     self._chunk_of[key] = chunk.no
             if empty:  # every key finished before (a reclaimed chunk): just mark it done
-                await self._commit([])
+                await self._commit([], also=list(empty))
             for chunk in chunks:
                 for idx, key, item in zip(chunk.idxs, chunk.keys, chunk.items, strict=True):
                     if key in chunk.done:
@@ -221,41 +221,35 @@ class Session:
 
     # -------------------------------------------------------------- commits
 
-    async def _commit(self, records: Sequence[JobRecord]) -> None:
-        """The fenced group commit of ``records`` (and of chunks found all done)."""
-        held = dict(self.held)
-        per_chunk: dict[int, int] = {}
+    async def _commit(self, records: Sequence[JobRecord], also: Sequence[int] = ()) -> None:
+        """The fenced group commit of ``records`` (``also``: chunks found all done)."""
+        per_chunk: dict[int, int] = dict.fromkeys(also, 0)
         chunk_of = self._chunk_of
         for r in records:
             no = chunk_of.get(r.key)
             if no is not None:
                 per_chunk[no] = per_chunk.get(no, 0) + 1
-        left = self._left
-
-        def finished(kept: set[int]) -> list[int]:
-            return [no for no in kept if left.get(no, 1) - per_chunk.get(no, 0) <= 0]
-
-        started = time.monotonic()
+        left, held = self._left, self.held
+        fence = {
+            no: (held[no], left.get(no, 1) - n <= 0) for no, n in per_chunk.items() if no in held
+        }
         kept = await self.board.commit(
             records,
             run_id=self.run_id,
             owner=self.owner,
-            held=held,
+            fence=fence,
             chunk_of=lambda r: chunk_of.get(r.key),
-            finished=finished,
         )
-        self._renewed = max(self._renewed, started)
         for r in records:
             chunk_of.pop(r.key, None)
-        for no, n in per_chunk.items():
-            if no in kept and no in left:
-                left[no] -= n
-        for no in held:
+        for no, (_, finished) in fence.items():
             if no not in kept:
                 self._lose(no)
-            elif left.get(no, 1) <= 0:
-                self.held.pop(no, None)
+            elif finished:
+                held.pop(no, None)
                 left.pop(no, None)
+            else:
+                left[no] -= per_chunk[no]
 
     def _lose(self, no: int) -> None:
         if self.held.pop(no, None) is not None:

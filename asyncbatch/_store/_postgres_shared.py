@@ -6,12 +6,13 @@ with one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)``
 that also takes chunks whose lease ran out (`SharedBoard.claim`), so a dead
 worker's chunks need no reaper. Each claim raises the chunk's *epoch*: the
 fencing token. `SharedBoard.commit` is the group commit of a worker: in ONE
-transaction it first renews the worker's leases where owner and epoch still
-match (and the lease has not run out), drops the records of every chunk it
-lost, writes the rest with the store's own statements, and marks chunks
-whose every key now has its row as done. A worker that was paused past its
-lease (SIGSTOP, a partition) therefore writes nothing when it wakes: its
-epoch is no longer the chunk's.
+transaction it first renews the leases of the chunks it writes records of,
+where owner and epoch still match (and the lease has not run out), marking
+those whose every key now has its row as done; drops the records of every
+chunk it lost; and writes the rest with the store's own statements. (The
+worker's heartbeat renews every chunk it holds, every quarter lease.) A worker
+that was paused past its lease (SIGSTOP, a partition) therefore writes nothing
+when it wakes: its epoch is no longer the chunk's.
 
 The run row carries the run-wide decisions, each one compare-and-swap: an
 abort (`SharedBoard.abort`, the first reason wins) and the finish
@@ -35,7 +36,7 @@ from asyncbatch._errors import UnknownRun
 
 from ._common import decode, encode, zero_counts
 from ._postgres_plan import plan
-from ._postgres_sql import QUERIES, _read, _sections, _strip_trailing_comments
+from ._postgres_sql import _read, _sections, _strip_trailing_comments
 from ._protocol import JobRecord
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class SharedQueries:
     chunks_add: str
     chunks_claim: str
     chunks_renew: str
-    chunks_done: str
+    chunks_fence: str
     chunks_release: str
     chunks_forget: str
     worker_beat: str
@@ -293,42 +294,38 @@ class SharedBoard:
         *,
         run_id: str,
         owner: str,
-        held: dict[int, int],
+        fence: dict[int, tuple[int, bool]],
         chunk_of: Callable[[JobRecord], int | None],
-        finished: Callable[[set[int]], list[int]],
     ) -> set[int]:
-        """The fenced group commit; returns the chunks this worker still holds.
+        """The fenced group commit; returns the chunks of ``fence`` still this worker's.
 
-        In one transaction: renew the leases of ``held`` (chunk → epoch),
-        drop every record whose chunk (``chunk_of``) was lost, write the rest
-        as `PostgresStore.commit` would, and mark ``finished(kept)`` done.
-        Safe to retry like the store's commit (a token says it landed).
+        In one transaction: renew the leases of ``fence`` (chunk → (epoch,
+        done after this commit)) where owner and epoch still match, marking
+        the done ones done; drop every record whose chunk (``chunk_of``) did
+        not come back; write the rest as `PostgresStore.commit` would. Safe
+        to retry like the store's commit: its token makes a retry after a
+        commit that landed write nothing (the chunks it marked done then
+        no longer come back, and are no longer this worker's to hold).
         """
         from ._postgres import _Redo
 
         token = uuid.uuid4().hex
-        nos, epochs = list(held), list(held.values())
-        landed: list[set[int]] = []
+        nos = list(fence)
+        epochs = [e for e, _ in fence.values()]
+        done = [d for _, d in fence.values()]
 
         async def body(conn: asyncpg.Connection) -> set[int]:
-            if await conn.fetchval(QUERIES.token_claim, token + ":fence") is None:
-                return landed[-1]  # an earlier attempt committed before its connection died
-            rows = await conn.fetch(S.chunks_renew, run_id, nos, epochs, owner, self.lease)
+            rows = await conn.fetch(S.chunks_fence, run_id, nos, epochs, owner, self.lease, done)
             kept = {r[0] for r in rows}
             mine = [r for r in records if chunk_of(r) in kept]
             if mine:
                 now = self.store._clock()
                 await self.store._apply(conn, token, [run_id], plan(mine, now), now)
-            done = finished(kept)
-            if done:
-                await conn.execute(S.chunks_done, run_id, done, owner)
-            landed.append(kept)
             return kept
 
         try:
             return await self.store._write(body)
         except _Redo:  # rolled back whole; the run is no longer taken for fresh
-            token = uuid.uuid4().hex
             return await self.store._write(body)
 
     # ----------------------------------------------------------- workers

@@ -93,20 +93,28 @@ SELECT k.no, k.epoch, k.keys, k.idxs, k.payloads,
 FROM claimed k ORDER BY k.no
 
 -- name: chunks_renew
--- Renew this worker's leases where owner and epoch still match and the lease
--- has not run out; the chunks that come back are still its own. The rows
--- stay locked to the end of the transaction (a group commit's), so nobody
--- claims them while it writes.
+-- The heartbeat renews this worker's leases where owner and epoch still match
+-- and the lease has not run out; the chunks that come back are still its own.
 UPDATE chunks c SET lease_until = now() + make_interval(secs => $5)
 FROM unnest($2::bigint[], $3::bigint[]) AS h(no, epoch)
 WHERE c.run_id = $1 AND c.no = h.no AND c.epoch = h.epoch AND c.owner = $4
   AND c.state = 'claimed' AND c.lease_until > now()
 RETURNING c.no
 
--- name: chunks_done
--- Chunks every key of which now has its row (after chunks_renew, same transaction).
-UPDATE chunks SET state = 'done', owner = NULL, lease_until = NULL
-WHERE run_id = $1 AND no = ANY($2::bigint[]) AND owner = $3
+-- name: chunks_fence
+-- The fence of a group commit, first in its transaction: chunks_renew for
+-- the chunks whose records it writes, and those whose every key now has its
+-- row ($6) are marked done at once. Only the records of chunks that come
+-- back are written; the rows stay locked to the end of the transaction, so
+-- nobody claims them while it writes.
+UPDATE chunks c SET
+    lease_until = CASE WHEN h.done THEN NULL ELSE now() + make_interval(secs => $5) END,
+    state = CASE WHEN h.done THEN 'done' ELSE 'claimed' END,
+    owner = CASE WHEN h.done THEN NULL ELSE c.owner END
+FROM unnest($2::bigint[], $3::bigint[], $6::boolean[]) AS h(no, epoch, done)
+WHERE c.run_id = $1 AND c.no = h.no AND c.epoch = h.epoch AND c.owner = $4
+  AND c.state = 'claimed' AND c.lease_until > now()
+RETURNING c.no
 
 -- name: chunks_release
 -- A worker that stops lets its unfinished chunks go at once (no wait for the lease).
