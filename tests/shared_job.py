@@ -8,7 +8,8 @@ are counted outside the database. ``$SHARED_SLEEP`` is each job's duration;
 items divisible by ``$SHARED_FAIL_EVERY`` fail permanently (dead letters);
 with ``$SHARED_FAIL_FROM``, every item at or above it fails (a budget abort).
 
-Coordinator: ``python tests/shared_job.py URL RUN_ID N CHUNK LEASE [budget] [compensate]``
+Coordinator: ``python tests/shared_job.py URL RUN_ID N CHUNK LEASE [budget] [compensate]
+[slowinput]``
 prints the run's counts as JSON (or ``aborted`` and the counts).
 """
 
@@ -19,6 +20,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncbatch as ab
 
@@ -48,6 +51,13 @@ async def undo(item: int, result: dict[str, int]) -> None:
     _log(f"undo {item}")
 
 
+async def _slowly(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        if i % 50 == 0:
+            await asyncio.sleep(0.02)
+        yield i
+
+
 async def main() -> None:
     import shared_job  # the importable module, not __main__: workers import it by name
 
@@ -58,10 +68,13 @@ async def main() -> None:
         options["budget"] = ab.ErrorBudget(max_failures=5)
     if "compensate" in flags:
         options["compensate"] = shared_job.undo
+    items: Any = range(int(n))
+    if "slowinput" in flags:  # a live input: the coordinator can die while it enqueues
+        items = _slowly(int(n))
     try:
         result = await ab.run_batch(
             shared_job.job,
-            range(int(n)),
+            items,
             store=url,
             run_id=run_id,
             concurrency=int(os.environ.get("SHARED_CONCURRENCY", "50")),

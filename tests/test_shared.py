@@ -284,6 +284,25 @@ def test_kill_9_of_every_process_then_resume_by_run_id(pg_url: str, tmp_path: Pa
     )
 
 
+def test_a_coordinator_killed_while_it_enqueues_resumes_by_run_id(
+    pg_url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    n = 3000  # read at 2,500 items/s: the input takes over a second to enqueue
+    coord = coordinator(pg_url, "enq", n, 100, ledger, "slowinput", SHARED_CONCURRENCY="20")
+    w = worker(pg_url, "enq", ledger)
+    wait_for(lambda: ledger_count(ledger) >= 400)
+    kill(coord)
+    state = asyncio.run(db_rows(pg_url, "SELECT input_done FROM runs WHERE id = 'enq'"))
+    assert state[0]["input_done"] is False, "killed while it was enqueueing"
+    coord = coordinator(pg_url, "enq", n, 100, ledger, SHARED_CONCURRENCY="20")
+    counts = coordinator_counts(finish(coord, 90))
+    finish(w)
+    asyncio.run(
+        check_invariants(pg_url, "enq", n, ledger, max_reexecuted=20 + 2 * 1024, acked=counts)
+    )
+
+
 def test_a_sigstopped_worker_writes_nothing_when_it_wakes_past_its_lease(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -493,3 +512,54 @@ def test_a_partitioned_worker_fences_itself(
     asyncio.run(
         check_invariants(pg_url, "part", n, ledger, max_reexecuted=20 + 2 * 1024, acked=counts)
     )
+
+
+async def test_a_resume_with_a_longer_input_runs_the_new_items_too(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHARED_LEDGER", str(tmp_path / "ledger"))
+    monkeypatch.syspath_prepend(str(HERE))
+    import shared_job
+
+    shared = ab.SharedRun(chunk_size=40, lease=LEASE)
+    first = await ab.run_batch(
+        shared_job.job, range(50), store=pg_url, run_id="grow", shared=shared
+    )
+    assert first.counts[ab.JobStatus.SUCCEEDED] == 50
+    # The finished run's chunks are gone: the resume enqueues every item again,
+    # and claims look the keys up.
+    second = await ab.run_batch(
+        shared_job.job, range(90), store=pg_url, run_id="grow", shared=shared
+    )
+    assert second.counts[ab.JobStatus.SUCCEEDED] == 90
+    starts = collections.Counter(
+        k for kind, k, _, _ in ledger_lines(tmp_path / "ledger") if kind == "start"
+    )
+    assert set(starts) == set(range(90))
+    assert max(starts.values()) == 1, "finished keys were skipped, not run again"
+
+
+async def test_a_chunk_enqueued_again_with_more_keys_fences_its_old_holder(pg_url: str) -> None:
+    from asyncbatch._store import JobRecord, RunInfo
+    from asyncbatch._store._postgres import PostgresStore
+    from asyncbatch._store._postgres_shared import SharedBoard
+
+    async with await PostgresStore.open(pg_url) as store:
+        await store.begin_run(RunInfo(run_id="r"))
+        board = SharedBoard(store, lease=30)
+        five = [str(i) for i in range(5)]
+        await board.enqueue("r", [(0, five, list(range(5)), list(range(5)))], lookup=False)
+        (old,) = await board.claim("r", "a", 10, ["succeeded"])
+        assert (old.epoch, old.keys) == (1, five)
+        ten = [str(i) for i in range(10)]
+        await board.enqueue("r", [(0, ten, list(range(10)), list(range(10)))], lookup=True)
+        await board.enqueue("r", [(0, five, list(range(5)), list(range(5)))], lookup=True)
+
+        rec = JobRecord(run_id="r", key="0", status=ab.JobStatus.SUCCEEDED, index=0, attempts=1)
+        kept = await board.commit(
+            [rec], run_id="r", owner="a", fence={0: (1, False)}, chunk_of=lambda r: 0
+        )
+        assert kept == set(), "the old holder's epoch is fenced off"
+        assert sum((await store.count_jobs("r")).values()) == 0, "nothing was written"
+        (new,) = await board.claim("r", "b", 10, ["succeeded"])
+        assert (new.epoch, new.keys) == (3, ten)

@@ -253,10 +253,15 @@ async def enqueue(
             (part[0][0], [k for _, k, _ in part], [i for i, _, _ in part], [x for _, _, x in part])
         )
 
+    flushed = time.monotonic()
+
     async def flush(force: bool = False) -> None:
-        if out and (force or len(out) >= _FLUSH_CHUNKS):
+        nonlocal flushed
+        # Many chunks per round trip, but a slow (live) input's chunks wait at most 50 ms.
+        if out and (force or len(out) >= _FLUSH_CHUNKS or time.monotonic() - flushed > 0.05):
             await board.enqueue(run_id, out, lookup=resumed)
             out.clear()
+            flushed = time.monotonic()
 
     def key(index: int, item: Any) -> str:
         if keyfn is None:

@@ -60,11 +60,18 @@ SELECT status, count(*) AS n FROM jobs WHERE run_id = $1 GROUP BY status
 -- The coordinator enqueues a stretch of input. A chunk is named by its first
 -- input position, so a coordinator that resumes after a crash while it was
 -- enqueueing writes the same chunks again and the existing ones stay ($6:
--- their keys may have finished already, so a claim looks them up).
+-- their keys may have finished already, so a claim looks them up). A resume
+-- whose input grew meets an old, shorter tail chunk under the same name: it
+-- takes the longer key list, is claimable again, and its epoch moves on so
+-- a worker holding the old list cannot mark it done.
 -- Sent with executemany: one pipelined round trip for many chunks.
 INSERT INTO chunks (run_id, no, keys, idxs, payloads, lookup)
 VALUES ($1, $2, $3::text[], $4::bigint[], $5, $6)
-ON CONFLICT (run_id, no) DO NOTHING
+ON CONFLICT (run_id, no) DO UPDATE SET
+    keys = excluded.keys, idxs = excluded.idxs, payloads = excluded.payloads,
+    lookup = true, state = 'pending', owner = NULL, lease_until = NULL,
+    epoch = chunks.epoch + 1
+WHERE cardinality(excluded.keys) > cardinality(chunks.keys)
 
 -- name: chunks_claim
 -- Claim up to $2 chunks of run $1: pending ones, and claimed ones whose
