@@ -47,6 +47,24 @@ async def job(x: int) -> dict[str, int]:
     return {"v": 2 * x, "pid": os.getpid()}  # which process ran (and so wrote) it
 
 
+class RetryLater(ab.RecoverableError):
+    """A failure whose server asked for a wait (``retry_after`` seconds)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"retry in {seconds} s")
+        self.retry_after = seconds
+
+
+async def flaky(x: int) -> int:
+    """Every ``$SHARED_RETRY_EVERY``-th item fails its first attempt with a long Retry-After."""
+    _log(f"start {x}")
+    every = int(os.environ.get("SHARED_RETRY_EVERY", "10"))
+    if x % every == 0 and ab.current_job().attempt == 1:
+        raise RetryLater(float(os.environ.get("SHARED_RETRY_AFTER", "1.0")))
+    _log(f"done {x}")
+    return x
+
+
 async def undo(item: int, result: dict[str, int]) -> None:
     _log(f"undo {item}")
 

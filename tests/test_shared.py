@@ -563,3 +563,45 @@ async def test_a_chunk_enqueued_again_with_more_keys_fences_its_old_holder(pg_ur
         assert sum((await store.count_jobs("r")).values()) == 0, "nothing was written"
         (new,) = await board.claim("r", "b", 10, ["succeeded"])
         assert (new.epoch, new.keys) == (3, ten)
+
+
+async def test_a_long_backoff_is_handed_back_to_the_run_as_a_due_at_row(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = tmp_path / "ledger"
+    monkeypatch.setenv("SHARED_LEDGER", str(ledger))
+    monkeypatch.setenv("SHARED_RETRY_AFTER", "1.0")  # > half the lease: not a local timer
+    monkeypatch.syspath_prepend(str(HERE))
+    import asyncpg
+    import shared_job
+
+    shared = ab.SharedRun(chunk_size=50, lease=LEASE)
+    run = asyncio.ensure_future(
+        ab.run_batch(
+            shared_job.flaky, range(200), store=pg_url, run_id="due", concurrency=20, shared=shared
+        )
+    )
+    seen: list[Any] = []
+    while not run.done():
+        try:
+            seen += await db_rows(
+                pg_url,
+                "SELECT no, keys, retry, due_at > now() AS later FROM chunks "
+                "WHERE run_id = 'due' AND no < 0",
+            )
+        except asyncpg.UndefinedTableError:  # the store is not made yet
+            pass
+        await asyncio.sleep(0.05)
+    result = await run
+    assert result.counts[ab.JobStatus.SUCCEEDED] == 200
+    assert {r["keys"][0] for r in seen} == {str(i) for i in range(0, 200, 10)}
+    assert any(r["later"] for r in seen), "due in the future, on the database clock"
+    assert all(json.loads(r["retry"])["attempt"] == 1 for r in seen)
+    retried = [o for o in result.outcomes if o.index is not None and o.index % 10 == 0]
+    assert {o.attempts for o in retried} == {2}, "the attempts so far came with the row"
+    starts: dict[int, list[float]] = collections.defaultdict(list)
+    for kind, k, _, t in ledger_lines(ledger):
+        if kind == "start":
+            starts[k].append(t)
+    waits = [ts[1] - ts[0] for k, ts in starts.items() if k % 10 == 0]
+    assert min(waits) >= 0.95, "claimed only once due"

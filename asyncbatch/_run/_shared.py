@@ -41,20 +41,23 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, StoreError
+from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, ErrorKind, StoreError
 from asyncbatch._observe._report import ErrorReport, merge_reports
 from asyncbatch._policy._budget import BudgetTracker
-from asyncbatch._result import BatchResult, JobOutcome, JobStatus
+from asyncbatch._result import AttemptRecord, BatchResult, JobOutcome, JobStatus
 from asyncbatch._store import FinishedJob, JobRecord, RunInfo, RunStatus
 
-from ._admission import KeyedSource
+from ._admission import Ahead, KeyedSource
 from ._engine import Engine
+from ._entry import Entry
 from ._options import Options, build_options
 from ._shared_run import SharedRun
 
 if TYPE_CHECKING:
     from asyncbatch._store._postgres import PostgresStore
-    from asyncbatch._store._postgres_shared import RunState, SharedBoard
+    from asyncbatch._store._postgres_shared import Retry, RunState, SharedBoard
+
+    from ._ready import ReadyQueue
 
 __all__ = [
     "BEAT",
@@ -172,15 +175,19 @@ class Session:
         self._posted_abort = False
         self.state: RunState | None = None
         self._stop = False
+        self._handoffs: list[Retry] = []
+        """Retries handed back to the run, written by the next (fenced) commit."""
+        self.handed_off = 0
+        self._lock = asyncio.Lock()  # commits' chunk bookkeeping must not interleave
 
     # -------------------------------------------------------------- input
 
     def source(self) -> KeyedSource:
         """The engine's input: items of the chunks this session claims."""
-        ahead: deque[tuple[int, str]] = deque()
+        ahead: deque[Ahead] = deque()
         return KeyedSource(self._items(ahead), ahead)
 
-    async def _items(self, ahead: deque[tuple[int, str]]) -> AsyncIterator[Any]:
+    async def _items(self, ahead: deque[Ahead]) -> AsyncIterator[Any]:
         delay = _POLL_MIN
         while not self._stop:
             chunks = await self.board.claim(self.run_id, self.owner, self._claim_n, self._finished)
@@ -211,24 +218,41 @@ class Session:
             if empty:  # every key finished before (a reclaimed chunk): just mark it done
                 await self._commit([], also=list(empty))
             for chunk in chunks:
+                restore = _restorer(chunk.retry) if chunk.retry is not None else None
                 for idx, key, item in zip(chunk.idxs, chunk.keys, chunk.items, strict=True):
                     if key in chunk.done:
                         continue
                     if self._stop:
                         return
-                    ahead.append((idx, key))
+                    ahead.append((idx, key) if restore is None else (idx, key, restore))
                     yield item
 
     # -------------------------------------------------------------- commits
 
     async def _commit(self, records: Sequence[JobRecord], also: Sequence[int] = ()) -> None:
-        """The fenced group commit of ``records`` (``also``: chunks found all done)."""
+        """The fenced group commit of ``records`` (``also``: chunks found all done).
+
+        It also writes the retries handed back to the run since the last one.
+        """
+        async with self._lock:
+            handoffs, self._handoffs = self._handoffs, []
+            try:
+                await self._commit_locked(records, also, handoffs)
+            except BaseException:
+                self._handoffs[:0] = handoffs  # the next commit writes them
+                raise
+
+    async def _commit_locked(
+        self, records: Sequence[JobRecord], also: Sequence[int], handoffs: list[Retry]
+    ) -> None:
         per_chunk: dict[int, int] = dict.fromkeys(also, 0)
         chunk_of = self._chunk_of
         for r in records:
             no = chunk_of.get(r.key)
             if no is not None:
                 per_chunk[no] = per_chunk.get(no, 0) + 1
+        for h in handoffs:
+            per_chunk[h.chunk] = per_chunk.get(h.chunk, 0) + 1
         left, held = self._left, self.held
         fence = {
             no: (held[no], left.get(no, 1) - n <= 0) for no, n in per_chunk.items() if no in held
@@ -239,9 +263,12 @@ class Session:
             owner=self.owner,
             fence=fence,
             chunk_of=lambda r: chunk_of.get(r.key),
+            retries=handoffs,
         )
         for r in records:
             chunk_of.pop(r.key, None)
+        for h in handoffs:
+            chunk_of.pop(h.key, None)
         for no, (_, finished) in fence.items():
             if no not in kept:
                 self._lose(no)
@@ -250,6 +277,39 @@ class Session:
                 left.pop(no, None)
             else:
                 left[no] -= per_chunk[no]
+
+    def park_hook(
+        self, park: Callable[[Entry, float], None], queue: ReadyQueue
+    ) -> Callable[[Entry, float], None]:
+        """The outcome path's ``park``, handing retries longer than half a lease back to the run.
+
+        A short backoff stays on this worker's timer. A longer one would hold
+        its chunk's lease for nothing (and be lost with this worker): the job
+        leaves this worker and becomes a row that any worker claims when it
+        is due, with its attempts so far.
+        """
+        from asyncbatch._store._postgres_shared import Retry
+
+        def hand_off(entry: Entry, delay: float) -> None:
+            chunk = self._chunk_of.get(entry.key)
+            if delay <= self.lease / 2 or chunk is None or entry.index is None:
+                park(entry, delay)
+                return
+            queue.finished()  # it ends here; the run keeps it as a due-at row
+            self.handed_off += 1
+            state = {
+                "attempt": entry.attempt,
+                "history": [a.to_dict() for a in entry.history],
+                "prev_delay": entry.prev_delay,
+                "kind": None if entry.kind is None else entry.kind.value,
+            }
+            no = -((entry.attempt << 40) + entry.index + 1)
+            self._handoffs.append(
+                Retry(chunk=chunk, no=no, key=entry.key, index=entry.index, item=entry.item,
+                      delay=delay, state=state)
+            )  # fmt: skip
+
+        return hand_off
 
     def _lose(self, no: int) -> None:
         if self.held.pop(no, None) is not None:
@@ -287,6 +347,8 @@ class Session:
             self._counted_at = started + self.lease / 4
             counts = self.counter.totals() if self.counter is not None else {}
             await board.beat(self.run_id, self.owner, counts)
+        if self._handoffs:
+            await self._commit([])
         state = self.state = await board.state(self.run_id)
         if not self.held:  # nothing to lose: reaching the database is enough
             self._renewed = max(self._renewed, started)
@@ -412,6 +474,21 @@ class SessionStore:
         """The session does not own the store."""
 
 
+def _restorer(state: dict[str, Any]) -> Callable[[Entry], None]:
+    """Puts a handed-back retry's attempts so far onto its new entry."""
+    history = [AttemptRecord.from_dict(a) for a in state.get("history") or ()]
+    kind = state.get("kind")
+
+    def restore(entry: Entry) -> None:
+        entry.attempt = int(state.get("attempt") or 0)
+        entry.history = list(history)
+        entry.prev_delay = float(state.get("prev_delay") or 0.0)
+        entry.kind = None if kind is None else ErrorKind(kind)
+        entry.started = time.perf_counter()
+
+    return restore
+
+
 def finished_statuses(retry_dead: bool) -> list[str]:
     """Statuses whose jobs a claim does not run again."""
     done = [JobStatus.SUCCEEDED.value]
@@ -463,6 +540,7 @@ async def run_session(
         session.counter = outcomes.budget = BudgetTracker(budget, judge=False)
     if keep_items:
         outcomes._keep_done = True  # a rollback (the coordinator's) needs the items
+    outcomes.park = session.park_hook(outcomes.park, engine._queue)  # type: ignore[method-assign,assignment]
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(session.beat)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from ._postgres import PostgresStore
 
-__all__ = ["Chunk", "RunState", "SharedBoard", "SharedQueries"]
+__all__ = ["Chunk", "Retry", "RunState", "SharedBoard", "SharedQueries"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +63,7 @@ class SharedQueries:
     chunks_claim: str
     chunks_renew: str
     chunks_fence: str
+    chunks_retry: str
     chunks_release: str
     chunks_forget: str
     worker_beat: str
@@ -100,6 +101,8 @@ class Chunk:
         idxs: their input positions.
         items: the items (decoded payloads).
         done: keys that already have a finished row (a reclaimed chunk): not run again.
+        retry: for a retry handed back to the run, the job's state so far
+            (``attempt``, ``history``, ``prev_delay``, ``kind``), else None.
     """
 
     no: int
@@ -108,6 +111,31 @@ class Chunk:
     idxs: list[int]
     items: list[Any]
     done: set[str]
+    retry: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """A job's retry handed back to the run: claimable by any worker after ``delay`` s.
+
+    Attributes:
+        chunk: the chunk the job came from (the retry is written only while
+            this worker still holds it).
+        no: the retry row's name (below zero, unique per key and attempt).
+        key: the job key.
+        index: its input position.
+        item: the item.
+        delay: seconds until it is due (database clock).
+        state: the job's attempts so far, as `Chunk.retry` returns them.
+    """
+
+    chunk: int
+    no: int
+    key: str
+    index: int
+    item: Any
+    delay: float
+    state: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,6 +287,7 @@ class SharedBoard:
                 idxs=list(r["idxs"]),
                 items=json.loads(r["payloads"]),
                 done=set(r["done"]),
+                retry=decode(r["retry"]) if r["retry"] is not None else None,
             )
             for r in rows
         ]
@@ -296,13 +325,15 @@ class SharedBoard:
         owner: str,
         fence: dict[int, tuple[int, bool]],
         chunk_of: Callable[[JobRecord], int | None],
+        retries: Sequence[Retry] = (),
     ) -> set[int]:
         """The fenced group commit; returns the chunks of ``fence`` still this worker's.
 
         In one transaction: renew the leases of ``fence`` (chunk → (epoch,
         done after this commit)) where owner and epoch still match, marking
         the done ones done; drop every record whose chunk (``chunk_of``) did
-        not come back; write the rest as `PostgresStore.commit` would. Safe
+        not come back; write the rest as `PostgresStore.commit` would, and
+        the ``retries`` of kept chunks as claimable rows (`chunks_retry`). Safe
         to retry like the store's commit: its token makes a retry after a
         commit that landed write nothing (the chunks it marked done then
         no longer come back, and are no longer this worker's to hold).
@@ -321,6 +352,13 @@ class SharedBoard:
             if mine:
                 now = self.store._clock()
                 await self.store._apply(conn, token, [run_id], plan(mine, now), now)
+            handed = [r for r in retries if r.chunk in kept]
+            if handed:
+                await conn.execute(
+                    S.chunks_retry, run_id, [r.no for r in handed], [r.key for r in handed],
+                    [r.index for r in handed], [_items_text([r.item]) for r in handed],
+                    [r.delay for r in handed], [encode(r.state) for r in handed],
+                )  # fmt: skip
             return kept
 
         try:

@@ -115,6 +115,10 @@ CREATE TABLE chunks (
     lease_until timestamptz,
     epoch       bigint NOT NULL DEFAULT 0,
     lookup      boolean NOT NULL DEFAULT false,   -- keys may have finished before: look them up
+    -- A retry handed back to the run (its backoff is longer than half a lease):
+    -- one key, claimable from due_at on, with the job's attempts so far in retry.
+    due_at      timestamptz,
+    retry       text,
     PRIMARY KEY (run_id, no)
 );
 -- What a claim scans: only the chunks not done yet, of any run (a database

@@ -86,13 +86,14 @@ WITH claimed AS (
     FROM (SELECT o.run_id, o.no FROM chunks o
           WHERE o.run_id = $1 AND o.state <> 'done'
             AND (o.state = 'pending' OR o.lease_until <= now())
+            AND (o.due_at IS NULL OR o.due_at <= now())
           ORDER BY o.no
           LIMIT $2
           FOR UPDATE SKIP LOCKED) AS s
     WHERE c.run_id = s.run_id AND c.no = s.no
-    RETURNING c.no, c.epoch, c.keys, c.idxs, c.payloads, c.lookup
+    RETURNING c.no, c.epoch, c.keys, c.idxs, c.payloads, c.lookup, c.retry
 )
-SELECT k.no, k.epoch, k.keys, k.idxs, k.payloads,
+SELECT k.no, k.epoch, k.keys, k.idxs, k.payloads, k.retry,
        CASE WHEN k.epoch > 1 OR k.lookup
             THEN ARRAY(SELECT j.key FROM jobs j
                        WHERE j.run_id = $1 AND j.key = ANY(k.keys) AND j.status = ANY($5::text[]))
@@ -122,6 +123,17 @@ FROM unnest($2::bigint[], $3::bigint[], $6::boolean[]) AS h(no, epoch, done)
 WHERE c.run_id = $1 AND c.no = h.no AND c.epoch = h.epoch AND c.owner = $4
   AND c.state = 'claimed' AND c.lease_until > now()
 RETURNING c.no
+
+-- name: chunks_retry
+-- Retries handed back to the run by a group commit (after chunks_fence, for
+-- keys of chunks it kept): a one-key chunk each, claimable by any worker from
+-- due_at on (database clock), named below zero so they never meet the input's.
+INSERT INTO chunks (run_id, no, keys, idxs, payloads, due_at, retry)
+SELECT $1, u.no, ARRAY[u.key], ARRAY[u.idx], u.payload, now() + make_interval(secs => u.delay),
+       u.retry
+FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::double precision[],
+            $7::text[]) AS u(no, key, idx, payload, delay, retry)
+ON CONFLICT (run_id, no) DO NOTHING
 
 -- name: chunks_release
 -- A worker that stops lets its unfinished chunks go at once (no wait for the lease).
