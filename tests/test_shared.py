@@ -180,6 +180,8 @@ async def test_coordinator_with_two_workers_returns_the_whole_run(
     assert len(pids) == 3, "the coordinator and both workers worked"
     assert all("this worker finished" in o for o in outs)
     assert result.report.dead_lettered == dead
+    # Every worker's report is merged into the run's: each dead letter's failed attempt.
+    assert sum(g.count for g in result.report.groups) == dead
     async with ab.open_store(pg_url) as store:
         run = await store.get_run("w2")
     assert run.status == "finished"

@@ -39,6 +39,7 @@ from ._shared import (
     result_from_store,
     run_session,
     wait_for_quiet,
+    wait_for_workers,
     whole_report,
 )
 
@@ -157,6 +158,9 @@ async def coordinate(
             counts = await board.run_counts(run_id)
             await lease.end("interrupted", counts, None)
             raise failed[0]
+        # Workers stop at their next poll: wait (briefly) for their reports to merge them.
+        with anyio.move_on_after(1.0):
+            await wait_for_workers(board, run_id, shared.lease)
         await board.finish(run_id, whole_report)
         run = await store.get_run(run_id)
         await lease.end("finished", run.counts, run.report)

@@ -601,3 +601,11 @@ async def wait_for_quiet(board: SharedBoard, run_id: str, lease: float) -> None:
         if (await board.state(run_id)).held == 0:
             return
         await asyncio.sleep(BEAT / 2)
+
+
+async def wait_for_workers(board: SharedBoard, run_id: str, lease: float) -> None:
+    """Wait until no worker of the run beats without having stopped (bound it by a scope)."""
+    while True:
+        if await board.live_workers(run_id, lease) == 0:
+            return
+        await asyncio.sleep(BEAT / 2)
