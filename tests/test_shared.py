@@ -345,8 +345,8 @@ def test_a_budget_abort_stops_three_workers_within_a_second_and_compensates_once
     pg_url: str, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger"
-    n = 20000
-    env = {"SHARED_SLEEP": "0.002", "SHARED_FAIL_FROM": "3000"}
+    n = 8000
+    env = {"SHARED_SLEEP": "0.002", "SHARED_FAIL_FROM": "1000"}
     coord = coordinator(
         pg_url, "budget", n, 50, ledger, "budget", "compensate", **env, SHARED_CONCURRENCY="20"
     )
@@ -357,7 +357,7 @@ def test_a_budget_abort_stops_three_workers_within_a_second_and_compensates_once
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["aborted"] is True
     lines = ledger_lines(ledger)
-    failing = sorted(t for kind, k, _, t in lines if kind == "start" and k >= 3000)
+    failing = sorted(t for kind, k, _, t in lines if kind == "start" and k >= 1000)
     t_abort = failing[5]  # max_failures=5: the sixth failure exhausts the budget
     late = [(k, p) for kind, k, p, t in lines if kind == "start" and t > t_abort + 1.0]
     assert late == [], f"{len(late)} attempts started more than 1 s after the abort"
@@ -488,7 +488,7 @@ def test_a_partitioned_worker_fences_itself(
     pg_url: str, tmp_path: Path, blackhole: Blackhole
 ) -> None:
     ledger = tmp_path / "ledger"
-    n = 6000
+    n = 4000
     # Big chunks of slow jobs: the cut-off worker still has a chunk's worth of
     # work in hand when its lease runs out, so only self-fencing stops it.
     slow = {"SHARED_SLEEP": "0.05"}
@@ -496,7 +496,7 @@ def test_a_partitioned_worker_fences_itself(
     host = base.rsplit(":", 1)[0]
     database = base.rsplit("/", 1)[1]
     proxied = f"{host}:{blackhole.port}/{database}?schema={schema}&retry_timeout=3"
-    coord = coordinator(pg_url, "part", n, 1000, ledger, **slow, SHARED_CONCURRENCY="20")
+    coord = coordinator(pg_url, "part", n, 1000, ledger, **slow, SHARED_CONCURRENCY="50")
     cut_off = worker(proxied, "part", ledger, **slow)
     wait_for(lambda: started_by(ledger, cut_off.pid) >= 60)
     blackhole.cut()

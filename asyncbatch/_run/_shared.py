@@ -323,11 +323,13 @@ class Session:
         while True:
             await anyio.sleep(BEAT)
             started = time.monotonic()
-            try:
-                with anyio.fail_after(max(self.lease / 3, BEAT)):
-                    await self._beat_once(started)
-            except (StoreError, TimeoutError, OSError):
-                pass
+            # Shielded (a transaction is never cut in the middle), bounded instead.
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.fail_after(max(self.lease / 3, BEAT)):
+                        await self._beat_once(started)
+                except (StoreError, TimeoutError, OSError):
+                    pass
             if time.monotonic() - self._renewed > self.lease:
                 self._fence()
                 return
