@@ -142,6 +142,8 @@ async def check_invariants(
     assert reexecuted <= max_reexecuted, f"{reexecuted} re-executions"
     chunks = await db_rows(url, "SELECT count(*) AS n FROM chunks WHERE run_id = $1", run_id)
     assert chunks[0]["n"] == 0, "a finished run's chunks are deleted"
+    runs = await db_rows(url, "SELECT status FROM runs WHERE id = $1", run_id)
+    assert runs[0]["status"] == "finished"
     return {"reexecuted": reexecuted, "dead": len(dead)}
 
 

@@ -527,6 +527,9 @@ async def run_session(
         budget=budget,
     )
     local = replace(opts, budget=None, compensate=None, store=None, run_id=run_id)
+    # A job gets its row once (claims skip keys that have one), so commits take the
+    # plain INSERT; a row met after all (retry_dead=) makes the store redo with upserts.
+    board.store._fresh.add(run_id)
     store = SessionStore(board.store, session)
     engine: Engine[Any] = Engine(
         job,

@@ -66,6 +66,7 @@ class SharedQueries:
     chunks_retry: str
     chunks_release: str
     chunks_forget: str
+    workers_forget: str
     worker_beat: str
     workers_counts: str
     workers_reports: str
@@ -241,8 +242,9 @@ class SharedBoard:
     ) -> bool:
         """Finish the run if it is done (compare-and-swap); True for the one winner.
 
-        The winner stores the counts (SQL aggregates), ``report(worker
-        reports, counts)`` and releases the run, all in the same transaction.
+        The winner stores the counts (SQL aggregates) and ``report(worker
+        reports, counts)``, and deletes the run's chunks and worker rows, all
+        in the same transaction.
         """
         now = time.time()
 
@@ -255,6 +257,7 @@ class SharedBoard:
             whole = report([r for r in reports if r], counts)
             await conn.execute(S.run_close, run_id, encode(counts), encode(whole))
             await conn.execute(S.chunks_forget, run_id)
+            await conn.execute(S.workers_forget, run_id)
             return True
 
         return await self.store._db.write(body)

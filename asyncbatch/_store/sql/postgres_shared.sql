@@ -145,6 +145,10 @@ WHERE run_id = $1 AND owner = $2 AND state = 'claimed' AND no = ANY($3::bigint[]
 -- A finished run keeps its jobs; its chunks go.
 DELETE FROM chunks WHERE run_id = $1
 
+-- name: workers_forget
+-- ...and so do its workers' rows (their reports are merged into the run's).
+DELETE FROM workers WHERE run_id = $1
+
 -- ------------------------------------------------------------------ workers
 
 -- name: worker_beat
