@@ -238,6 +238,38 @@ def test_worker_cli_errors_are_one_line(pg_url: str) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_worker_with_all_joins_open_runs_and_the_cli_shows_the_whole_run(
+    pg_url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    slow = {"SHARED_SLEEP": "0.01", "SHARED_FAIL_EVERY": "50"}
+    coord = coordinator(pg_url, "every", 1000, 50, ledger, **slow, SHARED_CONCURRENCY="10")
+    wait_for(lambda: ledger_count(ledger) >= 50)
+    cmd = [sys.executable, "-m", "asyncbatch", "worker", "shared_job:job", "--db", pg_url]
+    joined = subprocess.run(
+        [*cmd, "--all"], env=_env(ledger, **slow), capture_output=True, text=True, timeout=60
+    )
+    assert joined.returncode == 0, joined.stderr
+    assert joined.stdout.startswith("run every: done; this worker finished ")
+    counts = coordinator_counts(finish(coord, 60))
+    assert counts == {"succeeded": 980, "dead_lettered": 20}
+    pids = {p for kind, _, p, _ in ledger_lines(ledger) if kind == "done"}
+    assert len(pids) == 2, "both processes worked"
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncbatch", *args, "--db", pg_url],
+            capture_output=True, text=True, timeout=60, env=_env(ledger),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    report = json.loads(cli("report", "every", "--json"))
+    assert report["counts"]["succeeded"] == 980
+    assert report["counts"]["dead_lettered"] == 20
+    assert "every" in cli("runs")
+
+
 # ------------------------------------------------------------------ crashes
 
 
