@@ -9,7 +9,7 @@ items divisible by ``$SHARED_FAIL_EVERY`` fail permanently (dead letters);
 with ``$SHARED_FAIL_FROM``, every item at or above it fails (a budget abort).
 
 Coordinator: ``python tests/shared_job.py URL RUN_ID N CHUNK LEASE [budget] [compensate]
-[slowinput]``
+[slowinput] [limited]``
 prints the run's counts as JSON (or ``aborted`` and the counts).
 """
 
@@ -86,6 +86,9 @@ async def main() -> None:
         options["budget"] = ab.ErrorBudget(max_failures=5)
     if "compensate" in flags:
         options["compensate"] = shared_job.undo
+    if "limited" in flags:  # a bulkhead of 4 around every attempt, split among workers
+        options["limits"] = {"api": 4}
+        options["uses"] = ["api"]
     items: Any = range(int(n))
     if "slowinput" in flags:  # a live input: the coordinator can die while it enqueues
         items = _slowly(int(n))

@@ -641,3 +641,76 @@ async def test_a_long_backoff_is_handed_back_to_the_run_as_a_due_at_row(
             starts[k].append(t)
     waits = [ts[1] - ts[0] for k, ts in starts.items() if k % 10 == 0]
     assert min(waits) >= 0.95, "claimed only once due"
+
+
+def test_a_bulkhead_is_split_among_the_live_workers_of_a_shared_run(
+    pg_url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    slow = {"SHARED_SLEEP": "0.02"}
+    coord = coordinator(pg_url, "split", 800, 10, ledger, "limited", **slow)
+    wait_for(lambda: ledger_count(ledger) >= 20)
+    joined = worker(pg_url, "split", ledger, **slow)
+    counts = coordinator_counts(finish(coord, 60))
+    finish(joined)
+    assert counts == {"succeeded": 800}
+    lines = ledger_lines(ledger)
+    second = min(t for kind, _, p, t in lines if p == joined.pid)
+    # Once a heartbeat has seen both (every quarter lease), each holds at most 4 / 2 slots.
+    peaks = collections.Counter[int]()
+    inside = collections.Counter[int]()
+    for kind, _, pid, t in sorted(lines, key=lambda line: line[3]):
+        if kind == "start":
+            inside[pid] += 1
+            if t > second + LEASE / 4 + 0.2:
+                peaks[pid] = max(peaks[pid], inside[pid])
+        elif kind == "done":
+            inside[pid] -= 1
+    assert peaks, "both worked after the split"
+    assert max(peaks.values()) <= 2
+
+
+# ------------------------------------------------------------------ limits split among workers
+
+
+def _dependencies(**options: Any) -> Any:
+    from asyncbatch._deps import Dependencies
+
+    return Dependencies(
+        run_id="r", limits=options.get("limits"), rates=options.get("rates"), breakers=None,
+        classify=lambda exc: ab.ErrorKind.TRANSIENT, emit=lambda event: None,
+    )  # fmt: skip
+
+
+async def test_a_bulkhead_shared_among_workers_allows_each_its_share() -> None:
+    deps = _dependencies(limits={"db": 5})
+    deps.share(2)  # two live workers: ceil(5 / 2) = 3 each
+    inside = peak = 0
+
+    async def call() -> None:
+        nonlocal inside, peak
+        async with deps.guard("db"):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.002)
+            inside -= 1
+
+    await asyncio.gather(*(call() for _ in range(30)))
+    assert peak == 3
+    deps.share(1)  # the other worker left: the whole limit again
+    peak = 0
+    await asyncio.gather(*(call() for _ in range(30)))
+    assert peak == 5
+
+
+@pytest.mark.looptime
+async def test_a_rate_shared_among_workers_allows_each_its_share() -> None:
+    deps = _dependencies(rates={"api": ab.Rate(10, per=1)})
+    deps.share(2)  # 5 calls a second here
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    starts = []
+    for _ in range(10):
+        async with deps.guard("api"):
+            starts.append(loop.time() - start)
+    assert starts[-1] == pytest.approx(9 / 5, abs=0.02)

@@ -21,8 +21,9 @@ to other workers; what it commits later is dropped by the fencing). The
 process then joins again, in a new session, once the database answers.
 
 What is per process: breakers (``fail_max`` counts this process's
-failures), bulkheads and rate limits (each process applies the stored
-limits on its own), event hooks and OpenTelemetry (the process's own).
+failures), event hooks and OpenTelemetry (the process's own). Bulkheads and
+rate limits are split among the live workers, recomputed on the heartbeat
+(`Dependencies.share`).
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class Session:
         self._renewed = time.monotonic()
         self._renew_at = 0.0
         self._counted_at = 0.0
+        self._among = 1  # workers the bulkheads and rate limits are split among
         self._posted_abort = False
         self.state: RunState | None = None
         self._stop = False
@@ -349,6 +351,12 @@ class Session:
             self._counted_at = started + self.lease / 4
             counts = self.counter.totals() if self.counter is not None else {}
             await board.beat(self.run_id, self.owner, counts)
+            deps = self.engine._deps if self.engine is not None else None
+            if deps is not None:  # bulkheads and rate limits: split among live workers
+                workers = max(1, await board.live_workers(self.run_id, self.lease))
+                if workers != self._among:
+                    self._among = workers
+                    deps.share(workers)
         if self._handoffs:
             await self._commit([])
         state = self.state = await board.state(self.run_id)
