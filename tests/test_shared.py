@@ -714,3 +714,30 @@ async def test_a_rate_shared_among_workers_allows_each_its_share() -> None:
         async with deps.guard("api"):
             starts.append(loop.time() - start)
     assert starts[-1] == pytest.approx(9 / 5, abs=0.02)
+
+
+async def test_a_reclaimed_chunk_skips_keys_handed_back_as_retries(pg_url: str) -> None:
+    from asyncbatch._store import RunInfo
+    from asyncbatch._store._postgres import PostgresStore
+    from asyncbatch._store._postgres_shared import Retry, SharedBoard
+
+    async with await PostgresStore.open(pg_url) as store:
+        await store.begin_run(RunInfo(run_id="r"))
+        board = SharedBoard(store, lease=0.5)
+        keys = [str(i) for i in range(3)]
+        await board.enqueue("r", [(0, keys, [0, 1, 2], [0, 1, 2])], lookup=False)
+        (chunk,) = await board.claim("r", "a", 1, ["succeeded"])
+        state = {"attempt": 1, "history": [], "prev_delay": 60.0, "kind": None}
+        handed = Retry(
+            chunk=0, no=-((1 << 40) + 2), key="1", index=1, item=1, delay=60.0, state=state
+        )
+        kept = await board.commit(
+            [], run_id="r", owner="a", fence={0: (chunk.epoch, False)},
+            chunk_of=lambda r: 0, retries=[handed],
+        )  # fmt: skip
+        assert kept == {0}
+        await asyncio.sleep(0.6)  # "a" dies: its lease runs out
+        (again,) = await board.claim("r", "b", 1, ["succeeded"])
+        assert again.no == 0
+        assert again.done == {"1"}, "the retry row runs key 1, not the reclaimed chunk"
+        assert await board.claim("r", "b", 5, ["succeeded"]) == [], "the retry is not due yet"

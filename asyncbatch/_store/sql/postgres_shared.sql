@@ -78,8 +78,9 @@ WHERE cardinality(excluded.keys) > cardinality(chunks.keys)
 -- lease expired (their worker died or is partitioned away: no reaper
 -- needed). SKIP LOCKED lets concurrent claimers pass each other. Each claim
 -- raises the epoch, the fencing token the claimer's writes must carry.
--- Keys that already have a finished row (statuses $5) come back in `done`
--- for chunks that were claimed before or enqueued by a resume.
+-- Keys that already have a finished row (statuses $5), or that an earlier
+-- holder handed back as a retry row, come back in `done` for chunks that were
+-- claimed before or enqueued by a resume.
 WITH claimed AS (
     UPDATE chunks c SET state = 'claimed', owner = $3, epoch = c.epoch + 1,
                         lease_until = now() + make_interval(secs => $4)
@@ -96,7 +97,12 @@ WITH claimed AS (
 SELECT k.no, k.epoch, k.keys, k.idxs, k.payloads, k.retry,
        CASE WHEN k.epoch > 1 OR k.lookup
             THEN ARRAY(SELECT j.key FROM jobs j
-                       WHERE j.run_id = $1 AND j.key = ANY(k.keys) AND j.status = ANY($5::text[]))
+                       WHERE j.run_id = $1 AND j.key = ANY(k.keys) AND j.status = ANY($5::text[])
+                       UNION
+                       -- handed back as a retry by the chunk's earlier holder: that row runs it
+                       SELECT r.keys[1] FROM chunks r
+                       WHERE r.run_id = $1 AND r.no < 0 AND r.no <> k.no AND r.state <> 'done'
+                         AND r.keys[1] = ANY(k.keys))
             ELSE '{}'::text[] END AS done
 FROM claimed k ORDER BY k.no
 
