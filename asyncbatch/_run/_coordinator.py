@@ -34,7 +34,6 @@ from ._identity import callable_name, check_identity, key_spec
 from ._lease import Lease
 from ._options import Options
 from ._shared import (
-    SharedRun,
     policy_config,
     result_from_store,
     run_session,
@@ -42,6 +41,7 @@ from ._shared import (
     wait_for_workers,
     whole_report,
 )
+from ._shared_run import SharedRun
 
 if TYPE_CHECKING:
     from asyncbatch._store._postgres import PostgresStore

@@ -52,7 +52,6 @@ from ._admission import Ahead, KeyedSource
 from ._engine import Engine
 from ._entry import Entry
 from ._options import Options, build_options
-from ._shared_run import SharedRun
 
 if TYPE_CHECKING:
     from asyncbatch._store._postgres import PostgresStore
@@ -62,21 +61,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEAT",
-    "SelfFenced",
     "Session",
     "SessionStore",
-    "SharedRun",
+    "finished_statuses",
+    "new_owner",
     "policy_config",
+    "result_from_store",
+    "run_session",
+    "wait_for_quiet",
+    "wait_for_workers",
+    "whole_report",
     "worker_options",
 ]
 
 BEAT = 0.1
 """Seconds between a session's heartbeats: how soon it sees an abort decided elsewhere."""
 _POLL_MIN, _POLL_MAX = 0.02, 0.25  # backoff while nothing can be claimed
-
-
-class SelfFenced(StoreError):
-    """A session could not renew its leases within the lease: it stopped starting attempts."""
 
 
 def new_owner() -> str:
