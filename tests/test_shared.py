@@ -296,6 +296,7 @@ def test_kill_9_of_a_worker_repeated_loses_nothing(pg_url: str, tmp_path: Path) 
         )
     )
     assert measured["dead"] == len(range(0, n, 89))
+    assert measured["reexecuted"] > 0, "the kills hit jobs in flight (their chunks were taken over)"
 
 
 def test_kill_9_of_every_process_then_resume_by_run_id(pg_url: str, tmp_path: Path) -> None:
