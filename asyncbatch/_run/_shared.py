@@ -484,6 +484,13 @@ class SessionStore:
         """The session does not own the store."""
 
 
+class _Forget(list[Any]):
+    """A list that keeps nothing: a worker's succeeded jobs are undone from the store."""
+
+    def append(self, item: Any) -> None:
+        pass
+
+
 def _restorer(state: dict[str, Any]) -> Callable[[Entry], None]:
     """Puts a handed-back retry's attempts so far onto its new entry."""
     history = [AttemptRecord.from_dict(a) for a in state.get("history") or ()]
@@ -552,7 +559,8 @@ async def run_session(
     if budget is not None:
         session.counter = outcomes.budget = BudgetTracker(budget, judge=False)
     if keep_items:
-        outcomes._keep_done = True  # a rollback (the coordinator's) needs the items
+        outcomes._keep_done = True  # a rollback (the coordinator's) needs the items stored
+        outcomes.done = _Forget()  # ...from the store: this process rolls nothing back
     outcomes.park = session.park_hook(outcomes.park, engine._queue)  # type: ignore[method-assign,assignment]
     try:
         async with anyio.create_task_group() as tg:
