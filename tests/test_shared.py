@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import asyncbatch as ab
@@ -742,3 +743,23 @@ async def test_a_reclaimed_chunk_skips_keys_handed_back_as_retries(pg_url: str) 
         assert again.no == 0
         assert again.done == {"1"}, "the retry row runs key 1, not the reclaimed chunk"
         assert await board.claim("r", "b", 5, ["succeeded"]) == [], "the retry is not due yet"
+
+
+def _fifty(x: int) -> str:
+    return str(x % 50)
+
+
+async def test_a_key_the_input_holds_twice_is_one_job_and_the_run_finishes(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHARED_LEDGER", str(tmp_path / "ledger"))
+    monkeypatch.syspath_prepend(str(HERE))
+    import shared_job
+
+    with anyio.fail_after(30):  # chunks whose keys run elsewhere still finish
+        result = await ab.run_batch(
+            shared_job.job, range(200), key=_fifty, store=pg_url, run_id="twice",
+            shared=ab.SharedRun(chunk_size=40, lease=LEASE),
+        )  # fmt: skip
+    assert sorted(o.key for o in result.outcomes) == sorted(str(i) for i in range(50))
+    assert result.counts[ab.JobStatus.SUCCEEDED] == 50

@@ -55,7 +55,7 @@ from ._options import Options, build_options
 
 if TYPE_CHECKING:
     from asyncbatch._store._postgres import PostgresStore
-    from asyncbatch._store._postgres_shared import Retry, RunState, SharedBoard
+    from asyncbatch._store._postgres_shared import Chunk, Retry, RunState, SharedBoard
 
     from ._ready import ReadyQueue
 
@@ -205,25 +205,27 @@ class Session:
                 continue
             delay = _POLL_MIN
             empty: dict[int, int] = {}
+            work: list[tuple[Chunk, list[tuple[int, str, Any]]]] = []
+            chunk_of = self._chunk_of
             for chunk in chunks:
                 self.held[chunk.no] = chunk.epoch
-                todo = [
-                    (idx, key, item)
-                    for idx, key, item in zip(chunk.idxs, chunk.keys, chunk.items, strict=True)
-                    if key not in chunk.done
-                ]
+                todo = []
+                for idx, key, item in zip(chunk.idxs, chunk.keys, chunk.items, strict=True):
+                    # A key finished before, or in flight here from another chunk (a key
+                    # the input holds twice): one job, run once by this worker.
+                    if key in chunk.done or chunk_of.get(key, chunk.no) != chunk.no:
+                        continue
+                    chunk_of[key] = chunk.no
+                    todo.append((idx, key, item))
                 self._left[chunk.no] = len(todo)
                 if not todo:
                     empty[chunk.no] = chunk.epoch
-                for _, key, _ in todo:
-                    self._chunk_of[key] = chunk.no
-            if empty:  # every key finished before (a reclaimed chunk): just mark it done
+                work.append((chunk, todo))
+            if empty:  # nothing of theirs left to run: just mark them done
                 await self._commit([], also=list(empty))
-            for chunk in chunks:
+            for chunk, todo in work:
                 restore = _restorer(chunk.retry) if chunk.retry is not None else None
-                for idx, key, item in zip(chunk.idxs, chunk.keys, chunk.items, strict=True):
-                    if key in chunk.done:
-                        continue
+                for idx, key, item in todo:
                     if self._stop:
                         return
                     ahead.append((idx, key) if restore is None else (idx, key, restore))
