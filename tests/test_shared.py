@@ -277,7 +277,8 @@ def test_a_worker_with_all_joins_open_runs_and_the_cli_shows_the_whole_run(
 def test_kill_9_of_a_worker_repeated_loses_nothing(pg_url: str, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     n = 6000
-    slow = {"SHARED_SLEEP": "0.004", "SHARED_FAIL_EVERY": "89"}
+    # At most 3,000 jobs/s (3 processes x 20 x 20 ms): the kills land mid-run.
+    slow = {"SHARED_SLEEP": "0.02", "SHARED_FAIL_EVERY": "89"}
     coord = coordinator(pg_url, "k9", n, 100, ledger, **slow, SHARED_CONCURRENCY="20")
     workers = [worker(pg_url, "k9", ledger, **slow) for _ in range(2)]
     kills = 0
@@ -303,7 +304,7 @@ def test_kill_9_of_a_worker_repeated_loses_nothing(pg_url: str, tmp_path: Path) 
 def test_kill_9_of_every_process_then_resume_by_run_id(pg_url: str, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     n = 4000
-    slow = {"SHARED_SLEEP": "0.004"}
+    slow = {"SHARED_SLEEP": "0.02"}  # at most 2,000 jobs/s: killed mid-run
     coord = coordinator(pg_url, "all9", n, 100, ledger, **slow, SHARED_CONCURRENCY="20")
     w = worker(pg_url, "all9", ledger, **slow)
     wait_for(lambda: ledger_count(ledger) >= 1500)
@@ -417,11 +418,12 @@ def test_a_budget_abort_stops_three_workers_within_a_second_and_compensates_once
 def test_a_database_restart_mid_run_stops_no_worker(pg_temp_server: Any, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     url = pg_temp_server.url + "?schema=restart&retry_timeout=30"
-    n = 40000
-    slow = {"SHARED_SLEEP": "0.004"}
+    # At most 3,000 jobs/s (3 processes x 20 x 20 ms): the run lasts past the restart.
+    n = 20000
+    slow = {"SHARED_SLEEP": "0.02"}
     coord = coordinator(url, "restart", n, 100, ledger, **slow, SHARED_CONCURRENCY="20")
     workers = [worker(url, "restart", ledger, **slow) for _ in range(2)]
-    wait_for(lambda: ledger_count(ledger) >= 20000)
+    wait_for(lambda: ledger_count(ledger) >= 8000)
     now = time.time()
     before = _rate(ledger_lines(ledger), now - 1.0, now)
     t_restart = time.time()
