@@ -69,6 +69,7 @@ from ._run._batch import (
 from ._run._control import Progress
 from ._run._hedge import Hedge
 from ._run._options import BatchOptions
+from ._run._shared_run import SharedRun
 from ._store import (
     MemoryStore,
     Store,
@@ -138,6 +139,7 @@ __all__ = [
     "RunOwned",
     "RunStarted",
     "SQLiteStore",
+    "SharedRun",
     "Store",
     "StoreError",
     "TransientError",

@@ -10,8 +10,8 @@ def main() -> None:
     argv = sys.argv[1:]
     for name in (
         "bench_core", "bench_store", "bench_postgres", "bench_otel", "bench_crash",
-        "bench_resume", "bench_parking", "bench_http", "bench_ui", "bench_callgrind",
-        "bench_traffic",
+        "bench_resume", "bench_parking", "bench_http", "bench_ui", "bench_traffic",
+        "bench_workers", "bench_callgrind",
     ):  # fmt: skip
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"\n## {name}", flush=True)

@@ -34,6 +34,7 @@ from ._run import run
 from ._runs import report, runs
 from ._telemetry import telemetry_options
 from ._ui import ui
+from ._worker import worker
 
 __all__ = ["cli", "main"]
 
@@ -157,6 +158,7 @@ cli.add_command(run)
 cli.add_command(runs)
 cli.add_command(report)
 cli.add_command(ui)  # the web dashboard: _cli/_ui.py, asyncbatch/_ui/
+cli.add_command(worker)  # shared runs: in _worker
 
 
 def main() -> None:

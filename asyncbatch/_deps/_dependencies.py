@@ -220,6 +220,24 @@ class Dependencies:
     def __repr__(self) -> str:
         return f"<Dependencies run={self.run_id!r} {sorted(self._deps)}>"
 
+    def share(self, workers: int) -> None:
+        """Split every bulkhead and rate limit among ``workers`` processes (a shared run).
+
+        Each process then allows ``ceil(limit / workers)`` calls at once
+        (at least 1) and ``n / workers`` calls per period; the shared run's
+        heartbeat calls this again as workers join and leave. Calls already
+        waiting keep the share they started under.
+        """
+        workers = max(1, workers)
+        for dep in self._deps.values():
+            # An adaptive bulkhead is left alone: each process finds its own limit.
+            if dep.limit is not None and dep.limiter is not None and dep.adaptive is None:
+                dep.limiter.total_tokens = max(1, math.ceil(dep.limit / workers))
+            if dep.rate is not None:
+                share = Rate(dep.rate.n, per=dep.rate.per * workers)  # n/workers per period
+                dep.rate_limiter = limiter(share)
+                dep.rate_cost = rate_cost(share)
+
     def breaker(self, name: str) -> Breaker | None:
         """The `Breaker` policy configured for ``name`` (None without one)."""
         return self._breakers.get(name)

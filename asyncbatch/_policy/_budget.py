@@ -236,11 +236,14 @@ class BudgetTracker:
     `record_job` on every finished job; each returns the `BudgetExceeded`
     verdict the first time the budget is exhausted and None otherwise. Both
     are on the hot path: a success costs an increment and one comparison.
+    With ``judge=False`` it only counts (a worker of a shared run: the
+    budget is judged on every worker's counts summed, see `judge_totals`).
     """
 
     __slots__ = (
         "_exhausted",
         "_judge_at",
+        "_judges",
         "_per_kind",
         "attempts",
         "budget",
@@ -251,8 +254,9 @@ class BudgetTracker:
         "verdict",
     )
 
-    def __init__(self, budget: ErrorBudget) -> None:
+    def __init__(self, budget: ErrorBudget, *, judge: bool = True) -> None:
         self.budget = budget
+        self._judges = judge
         self.jobs = 0
         self.failures = 0
         self.attempts = 0
@@ -261,7 +265,7 @@ class BudgetTracker:
         self.verdict: BudgetExceeded | None = None
         self._exhausted = False
         # Rates are judged from this many finished jobs on (never on zero jobs).
-        self._judge_at = max(budget.min_jobs, 1)
+        self._judge_at: float = max(budget.min_jobs, 1) if judge else math.inf
         self._per_kind = tuple((ErrorKind(k), v) for k, v in (budget.per_kind or {}).items())
 
     @property
@@ -304,7 +308,28 @@ class BudgetTracker:
             return None
         return self._judge()
 
+    def judge_totals(
+        self, *, jobs: int, failures: int, retries: int, by_kind: Mapping[str, int]
+    ) -> BudgetExceeded | None:
+        """Judge counts summed elsewhere (every worker of a shared run); the verdict once."""
+        if self._exhausted:
+            return None
+        self.jobs, self.failures, self.retries = jobs, failures, retries
+        self.by_kind = {k: int(by_kind.get(k.value, 0)) for k in ErrorKind}
+        return self._judge()
+
+    def totals(self) -> dict[str, Any]:
+        """What `judge_totals` sums over workers: this tracker's counts, JSON-safe."""
+        return {
+            "jobs": self.jobs,
+            "failures": self.failures,
+            "retries": self.retries,
+            "by_kind": {k.value: n for k, n in self.by_kind.items()},
+        }
+
     def _judge(self) -> BudgetExceeded | None:
+        if not self._judges:
+            return None
         b = self.budget
         jobs, failures = self.jobs, self.failures
         if b.max_failures is not None and failures > b.max_failures:

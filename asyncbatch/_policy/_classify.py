@@ -174,6 +174,11 @@ class Classifier:
         object.__setattr__(self, "_exc_rules", exc_rules + (BUILTIN_RULES if builtins else ()))
         object.__setattr__(self, "_result_rules", tuple(r for r in rules if r.result is not None))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by its arguments (a shared run sends it to every worker):
+        # the built-in rules hold closures, and are rebuilt on the other side.
+        return (_classifier, (self.rules, self.default, self.builtins))
+
     def __call__(self, exc: BaseException) -> ErrorKind:
         """Classify one exception."""
         for rule in self._exc_rules:
@@ -193,6 +198,10 @@ class Classifier:
             if rule.result(value):
                 return rule.kind
         return None
+
+
+def _classifier(rules: tuple[Rule, ...], default: ErrorKind, builtins: bool) -> Classifier:
+    return Classifier(rules, default=default, builtins=builtins)
 
 
 ClassifierLike = Classifier | Callable[[BaseException], "ErrorKind | str"]

@@ -33,10 +33,30 @@ from asyncbatch._store import FinishedJob, Store, storable_key
 from ._entry import Entry
 from ._options import Options
 
-__all__ = ["LOOKUP_CHUNK", "Admission"]
+__all__ = ["LOOKUP_CHUNK", "Admission", "KeyedSource"]
+
+Ahead = tuple[int, str] | tuple[int, str, Callable[[Entry], None]]
+"""Where the next admitted item stands (and, from a `KeyedSource`, how to restore it)."""
 
 LOOKUP_CHUNK = 500
 """Items read ahead and looked up in the store at once while resuming."""
+
+
+class KeyedSource:
+    """An input whose items come with their keys and positions (a shared run's chunks).
+
+    The source appends ``(position, key)`` to `ahead` before it yields each
+    item; admission takes them from there instead of making keys itself.
+    ``(position, key, restore)`` also calls ``restore(entry)`` on the new
+    entry (a retry handed over by another worker: its attempts so far).
+    """
+
+    def __init__(self, items: AsyncIterable[Any], ahead: deque[Ahead] | None = None) -> None:
+        self.items = items
+        self.ahead: deque[Ahead] = deque() if ahead is None else ahead
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return aiter(self.items)
 
 
 class Admission:
@@ -57,7 +77,7 @@ class Admission:
         self.redrive: dict[int, tuple[int, str]] | None = None
         self.skipped_at: dict[str, int | None] = {}
         self.live: dict[str, int | None] | None = None
-        self._ahead: deque[tuple[int, str]] | None = None
+        self._ahead: deque[Ahead] | None = None
         self.room: Callable[[], Awaitable[None]] | None = None
         """Waits while outcomes back up (set by the engine; bounds skipped outcomes too)."""
         self._seen: dict[str, int | None] | None = None
@@ -82,6 +102,9 @@ class Admission:
         """
         if self.redrive is not None:
             return items  # keys come from the DLQ, one entry each
+        if isinstance(items, KeyedSource):  # keys and positions come with the items
+            self._ahead = items.ahead
+            return items
         custom = self._opts.key is not None
         if store is None:
             if custom:
@@ -191,8 +214,12 @@ class Admission:
     def __call__(self, index: int | None, item: Any) -> Entry | None:
         """Make an entry for a new item (None: it was acknowledged SKIPPED instead)."""
         redrive = self.redrive
+        restore = None
         if self._ahead is not None:
-            index, key = self._ahead.popleft()  # looked up (and positioned) by _prefetch
+            ahead = self._ahead.popleft()  # looked up (and positioned) by _prefetch
+            index, key = ahead[0], ahead[1]
+            if len(ahead) > 2:  # a KeyedSource's job that ran before elsewhere
+                restore = ahead[2]
         elif redrive is not None and index is not None:
             key = redrive[index][1]
         elif self._opts.key is None:
@@ -209,6 +236,8 @@ class Admission:
         entry = Entry(self._run_id, index, key, item)
         if redrive is not None and index is not None:
             entry.redrive_of = redrive[index][0]
+        if restore is not None:
+            restore(entry)
         return entry
 
     def admitter(self) -> Callable[[int | None, Any], Entry | None]:

@@ -224,6 +224,13 @@ class Batch(Generic[T, R]):
                 ``.result`` holds the partial result (outcomes in input order).
         """
         _require_asyncio()
+        if self.options.shared is not None:  # many workers: see _coordinator
+            from ._coordinator import coordinate
+
+            return await coordinate(
+                self.job, items, self.options, shared=self.options.shared,
+                run_id=self.options.run_id or new_run_id(), job_ref=job_ref(self.job),
+            )  # fmt: skip
         outcomes: list[JobOutcome[R]] = []
         async with _open(self.options) as store:
             engine = self._engine(store, outcomes.append)
@@ -243,6 +250,11 @@ class Batch(Generic[T, R]):
         early cancels the remaining work (it stays resumable).
         """
         _require_asyncio()
+        if self.options.shared is not None:
+            raise ConfigError(
+                "a shared run cannot be streamed: await batch.run(items) for its result, "
+                "or read its jobs from the store (asyncbatch report RUN_ID)"
+            )
         async with _open(self.options) as store:
             stream: OutcomeStream[R] = OutcomeStream()
             engine = self._engine(store, stream._push, backlog=stream.__len__)

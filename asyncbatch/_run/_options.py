@@ -18,6 +18,8 @@ from asyncbatch._policy._retry import (
 )
 from asyncbatch._store._codec import CodecLike, ResultCodec, as_codec
 
+from ._shared_run import SharedRun
+
 if TYPE_CHECKING:
     from asyncbatch._context import JobContext
     from asyncbatch._deps import Adaptive, Rate
@@ -74,6 +76,7 @@ class BatchOptions(RedriveOptions, total=False):
     key: Callable[[Any], str] | None
     run_id: str | None
     store: Store | str | None
+    shared: bool | SharedRun
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +118,8 @@ class Options:
     # keeps its settings there so that `asyncbatch demo --run-id` resumes the
     # same batch. Set with dataclasses.replace on a Batch's options.
     run_config: Mapping[str, Any] = field(default_factory=dict)
+    shared: SharedRun | None = None
+    """Many worker processes share the run (``shared=True`` or an `ab.SharedRun`)."""
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -164,8 +169,11 @@ def build_options(
     tracer_provider: Any = None,
     meter_provider: Any = None,
     result_codec: CodecLike = "json",
+    shared: bool | SharedRun = False,
 ) -> Options:
     """Validate the keywords; raises `ConfigError` with a one-line fix."""
+    if not isinstance(shared, bool | SharedRun):
+        raise ConfigError(f"shared must be True, False or an ab.SharedRun, got {shared!r}")
     if durability not in ("normal", "full"):
         raise ConfigError(f'durability must be "normal" or "full", got {durability!r}')
     if key is not None and not callable(key):
@@ -237,4 +245,5 @@ def build_options(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         result_codec=as_codec(result_codec),
+        shared=SharedRun() if shared is True else (shared or None),
     )

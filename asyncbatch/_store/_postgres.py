@@ -38,7 +38,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import asyncpg
@@ -132,6 +132,8 @@ class PostgresStore:
         retry_timeout: float | None = None,
         pool_size: int = 4,
         clock: Clock = wall_clock,
+        server_settings: Mapping[str, str] | None = None,
+        command_timeout: float | None = None,
     ) -> PostgresStore:
         """Connect to (creating or migrating) the store at ``url``; close it with `aclose`.
 
@@ -144,6 +146,8 @@ class PostgresStore:
             retry_timeout: how long a lost database is waited for (overrides the URL's).
             pool_size: most connections the store holds (one writer, the rest readers).
             clock: epoch-seconds clock for timestamps.
+            server_settings: more session settings (a shared run's timeouts).
+            command_timeout: seconds any statement may take, client side.
 
         Raises:
             ConfigError: a bad URL option.
@@ -159,7 +163,9 @@ class PostgresStore:
                 "search_path": quote_ident(target.schema),
                 "synchronous_commit": "on",
                 "application_name": os.environ.get("PGAPPNAME", "asyncbatch"),
+                **(server_settings or {}),
             },
+            command_timeout=command_timeout,
         )
         store = cls(Connector(pool, target), target, clock=clock)
         try:

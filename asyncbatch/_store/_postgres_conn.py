@@ -97,9 +97,16 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def connect(
-    target: PostgresTarget, *, max_size: int, server_settings: Mapping[str, str]
+    target: PostgresTarget,
+    *,
+    max_size: int,
+    server_settings: Mapping[str, str],
+    command_timeout: float | None = None,
 ) -> asyncpg.Pool:
     """A pool of up to ``max_size`` connections; the first is opened now.
+
+    ``command_timeout`` bounds every statement on the client side (a shared
+    run's workers: a server behind a blackholing network must not hang them).
 
     Raises:
         StoreError: the server cannot be reached or refuses us (one line, with a hint).
@@ -112,6 +119,7 @@ async def connect(
             timeout=10.0,
             server_settings=dict(server_settings),
             reset=_keep_session,
+            command_timeout=command_timeout,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _connect_error(target, exc) from exc

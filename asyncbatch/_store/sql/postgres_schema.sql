@@ -92,3 +92,47 @@ ALTER TABLE runs
     ADD COLUMN owner        text,
     ADD COLUMN owned_since  double precision,
     ADD COLUMN heartbeat_at double precision;
+
+-- migration: 3 shared runs: the input as leased chunks, one row per worker
+-- A run worked by many processes (run_batch(..., shared=True) and
+-- `asyncbatch worker`): its input is written as chunk rows that workers
+-- claim with a lease (database clock) and an epoch (the fencing token: a
+-- worker's writes count only while its epoch is the chunk's). Jobs still get
+-- one row each in jobs when they finish, written by the group commit.
+ALTER TABLE runs
+    ADD COLUMN shared       boolean NOT NULL DEFAULT false,
+    ADD COLUMN input_done   boolean NOT NULL DEFAULT false,
+    ADD COLUMN abort_reason text;
+
+CREATE TABLE chunks (
+    run_id      text NOT NULL,
+    no          bigint NOT NULL,               -- input position of its first item
+    keys        text[] NOT NULL,
+    idxs        bigint[] NOT NULL,
+    payloads    text NOT NULL,                 -- a JSON array, one item per key
+    state       text NOT NULL DEFAULT 'pending',  -- pending | claimed | done
+    owner       text,
+    lease_until timestamptz,
+    epoch       bigint NOT NULL DEFAULT 0,
+    lookup      boolean NOT NULL DEFAULT false,   -- keys may have finished before: look them up
+    -- A retry handed back to the run (its backoff is longer than half a lease):
+    -- one key, claimable from due_at on, with the job's attempts so far in retry.
+    due_at      timestamptz,
+    retry       text,
+    PRIMARY KEY (run_id, no)
+);
+-- What a claim scans: only the chunks not done yet, of any run (a database
+-- holding many finished runs keeps this index small: their chunks are deleted).
+CREATE INDEX chunks_open ON chunks (run_id, no) WHERE state <> 'done';
+
+-- Each worker's counts (summed for run-wide error budgets) and report (merged
+-- into the run's report when it finishes), written by its heartbeat.
+CREATE TABLE workers (
+    run_id   text NOT NULL,
+    owner    text NOT NULL,
+    counts   text NOT NULL DEFAULT '{}',
+    report   text,
+    state    text NOT NULL DEFAULT 'working',   -- working | stopped
+    beat_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, owner)
+);

@@ -1,0 +1,431 @@
+"""The coordinator of a shared run, and the loop every worker process runs.
+
+`coordinate` is ``run_batch(..., shared=True)``: it takes the run's lease
+(one coordinator per run), stores the job reference and the policy every
+worker applies, writes the input as chunks while it works on them too
+(`enqueue`, `work_run`), and when every chunk is done finishes the run by
+compare-and-swap and returns the whole run's `BatchResult`, read back from
+the database. After an abort decided anywhere it waits for the workers to
+stop, then rolls the whole run back (newest first, crash-safe: an
+interrupted rollback is finished by running the coordinator again).
+
+`work_run` is what `asyncbatch worker` runs for one run: sessions one after
+another (`_shared.run_session`) until the run has nothing left, ended, or
+was aborted; a session that fenced itself, or lost the database, is
+followed by a new one once the database answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+
+from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, StoreError, UnknownRun
+from asyncbatch._result import BatchResult
+from asyncbatch._store import RunInfo, storable_key
+
+from ._engine import Engine
+from ._identity import callable_name, check_identity, key_spec
+from ._lease import Lease
+from ._options import Options
+from ._shared import (
+    policy_config,
+    result_from_store,
+    run_session,
+    wait_for_quiet,
+    wait_for_workers,
+    whole_report,
+)
+from ._shared_run import SharedRun
+
+if TYPE_CHECKING:
+    from asyncbatch._store._postgres import PostgresStore
+    from asyncbatch._store._postgres_shared import RunState, SharedBoard
+
+__all__ = ["coordinate", "open_shared_store", "work", "work_run"]
+
+_FLUSH_CHUNKS = 32  # chunks written per round trip while enqueueing
+
+
+def session_settings(lease: float) -> dict[str, str]:
+    """Server settings of a shared run's connections: nothing may hang past a lease."""
+    ms = str(int(max(lease, 1.0) * 1000))
+    return {"idle_in_transaction_session_timeout": ms, "statement_timeout": ms}
+
+
+async def open_shared_store(url: str, *, lease: float, durability: Any = "normal") -> PostgresStore:
+    """A PostgreSQL store for a shared run: its sessions time out, its pool is larger."""
+    from asyncbatch._store._postgres import PostgresStore
+
+    return await PostgresStore.open(
+        url,
+        durability=durability,
+        pool_size=6,
+        server_settings=session_settings(lease),
+        command_timeout=max(lease, 1.0),
+    )
+
+
+def _config(job: Callable[..., Any], opts: Options, shared: SharedRun) -> dict[str, Any]:
+    return {
+        **opts.run_config,
+        "concurrency": opts.concurrency,
+        "timeout": opts.timeout,
+        "deadline": opts.deadline,
+        "durability": opts.durability,
+        "uses": list(opts.uses),
+        "retry_dead": opts.retry_dead,
+        "compensate": opts.compensate is not None,
+        "result_codec": "json" if opts.result_codec is None else opts.result_codec.name,
+        "key": key_spec(opts.key),
+        "job": callable_name(job),
+        "shared": {
+            "chunk_size": shared.chunk_size,
+            "lease": shared.lease,
+            "policy": policy_config(opts),
+        },
+    }
+
+
+async def coordinate(
+    job: Callable[[Any], Awaitable[Any]],
+    items: Iterable[Any] | AsyncIterable[Any],
+    opts: Options,
+    *,
+    shared: SharedRun,
+    run_id: str,
+    job_ref: str,
+) -> BatchResult[Any]:
+    """Run ``items`` as a shared run: enqueue, work, finish; the whole run's result.
+
+    Raises:
+        BatchAborted: the run was aborted (anywhere); ``.result`` is the whole
+            run as stored after the rollback.
+        ConfigError: the job cannot be imported by workers, an option cannot
+            be sent to them, or the store is not PostgreSQL.
+    """
+    if not job_ref:
+        raise ConfigError(
+            "a shared run's job must be importable by the workers: define it at module "
+            "level of an importable module (not __main__ or a closure)"
+        )
+    if not isinstance(opts.store, str) or not opts.store.startswith(("postgresql:", "postgres:")):
+        raise ConfigError("shared= needs a PostgreSQL store: store='postgresql://user@host/db'")
+    t0 = time.monotonic()
+    now = time.time()
+    info = RunInfo(
+        run_id=run_id, job=job_ref, config=_config(job, opts, shared), created_at=now,
+        updated_at=now,
+    )  # fmt: skip
+    from asyncbatch._store._postgres_shared import SharedBoard
+
+    store = await open_shared_store(opts.store, lease=shared.lease, durability=opts.durability)
+    try:
+        board = SharedBoard(store, lease=shared.lease)
+        lease = Lease(store, run_id)
+        prev = await lease.begin(info)
+        if prev is not None and not opts.force_resume:
+            try:
+                check_identity(run_id, prev.config, info.config)
+            except ConfigError:
+                await lease.end(prev.status, prev.counts, prev.report)
+                raise
+        if prev is not None and prev.status == "compensating":
+            return await _abort_end(
+                store, board, lease, opts, run_id, shared, t0, AsyncBatchError(
+                    "rollback resumed after an earlier abort"
+                ),
+            )  # fmt: skip
+        await board.share(run_id)
+        failed: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lease.run)
+            tg.start_soon(_enqueue_safely, board, run_id, items, opts, shared, prev, failed)
+            state = await work_run(
+                job, opts, board, run_id, shared=shared, job_ref=job_ref,
+                keep_items=opts.compensate is not None,
+            )  # fmt: skip
+            tg.cancel_scope.cancel()
+        if state.abort_reason is not None:
+            cause = AsyncBatchError(f"the run was aborted: {state.abort_reason}")
+            return await _abort_end(store, board, lease, opts, run_id, shared, t0, cause)
+        if failed:
+            counts = await board.run_counts(run_id)
+            await lease.end("interrupted", counts, None)
+            raise failed[0]
+        # Workers stop at their next poll: wait (briefly) for their reports to merge them.
+        with anyio.move_on_after(1.0):
+            await wait_for_workers(board, run_id, shared.lease)
+        await board.finish(run_id, whole_report)
+        run = await store.get_run(run_id)
+        await lease.end("finished", run.counts, run.report)
+        jobs = await store.jobs(run_id)
+        return result_from_store(run_id, jobs, run, time.monotonic() - t0, opts.result_codec)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
+
+
+async def _abort_end(
+    store: PostgresStore,
+    board: SharedBoard,
+    lease: Lease,
+    opts: Options,
+    run_id: str,
+    shared: SharedRun,
+    t0: float,
+    cause: BaseException,
+) -> BatchResult[Any]:
+    """After an abort: wait for every worker to stop, roll the whole run back, raise."""
+    await wait_for_quiet(board, run_id, shared.lease)
+    counts = await board.run_counts(run_id)
+    if opts.compensate is not None:
+        # The rollback engine takes the run itself (its checkpoints are crash-safe as today).
+        lease.stop()
+        await lease.end("aborted", counts, None)
+        rollback_opts = replace(opts, budget=None, store=None, run_id=run_id)
+        engine: Engine[Any] = Engine(
+            _never, rollback_opts, run_id=run_id, store=store, sink=None, rollback_only=True
+        )
+        try:
+            await engine.execute(())
+        except BatchAborted:
+            pass
+    else:
+        await lease.end("aborted", counts, None)
+    run = await store.get_run(run_id)
+    counts = await board.run_counts(run_id)
+    report = whole_report([run.report] if run.report else [], counts)
+    await board.close(run_id, counts, report)
+    run = await store.get_run(run_id)
+    jobs = await store.jobs(run_id)
+    result = result_from_store(run_id, jobs, run, time.monotonic() - t0, opts.result_codec)
+    raise BatchAborted(result, cause) from cause
+
+
+async def _never(item: Any) -> Any:  # pragma: no cover - a rollback runs no jobs
+    raise AssertionError("a rollback runs no jobs")
+
+
+# ------------------------------------------------------------------ enqueue
+
+
+async def _enqueue_safely(
+    board: SharedBoard,
+    run_id: str,
+    items: Iterable[Any] | AsyncIterable[Any],
+    opts: Options,
+    shared: SharedRun,
+    prev: RunInfo | None,
+    failed: list[Exception],
+) -> None:
+    """`enqueue`, noting an input that raised (the run then ends ``interrupted``)."""
+    try:
+        await enqueue(board, run_id, items, opts, shared, resumed=prev is not None)
+    except Exception as exc:
+        failed.append(exc)
+    await board.input_done(run_id)
+
+
+async def enqueue(
+    board: SharedBoard,
+    run_id: str,
+    items: Iterable[Any] | AsyncIterable[Any],
+    opts: Options,
+    shared: SharedRun,
+    *,
+    resumed: bool,
+) -> None:
+    """Write the input as chunks (``chunk_size`` items; the last ones an eighth of it).
+
+    Chunks are named by their first input position and cut the same way from
+    the same input, so a coordinator that crashed while enqueueing writes the
+    same chunks again on resume (existing ones stay).
+    """
+    size = shared.chunk_size
+    keyfn = opts.key
+    buffer: list[tuple[int, str, Any]] = []
+    out: list[tuple[int, list[str], list[int], list[Any]]] = []
+
+    def cut(part: list[tuple[int, str, Any]]) -> None:
+        out.append(
+            (part[0][0], [k for _, k, _ in part], [i for i, _, _ in part], [x for _, _, x in part])
+        )
+
+    flushed = time.monotonic()
+
+    async def flush(force: bool = False) -> None:
+        nonlocal flushed
+        # Many chunks per round trip, but a slow (live) input's chunks wait at most 50 ms.
+        if out and (force or len(out) >= _FLUSH_CHUNKS or time.monotonic() - flushed > 0.05):
+            await board.enqueue(run_id, out, lookup=resumed)
+            out.clear()
+            flushed = time.monotonic()
+
+    def key(index: int, item: Any) -> str:
+        if keyfn is None:
+            return str(index)
+        k = keyfn(item)
+        return storable_key(k if isinstance(k, str) else str(k))
+
+    async def add(index: int, item: Any) -> None:
+        buffer.append((index, key(index, item), item))
+        if len(buffer) >= 2 * size:  # keep a tail back: the last chunks are cut smaller
+            cut(buffer[:size])
+            del buffer[:size]
+            await flush()
+
+    index = 0
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            await add(index, item)
+            index += 1
+    else:
+        for item in items:
+            await add(index, item)
+            index += 1
+            if index % 4096 == 0:
+                await anyio.lowlevel.checkpoint()  # a long list must not hold the loop
+    small = max(1, size // 8)
+    for start in range(0, len(buffer), small):
+        cut(buffer[start : start + small])
+    await flush(force=True)
+
+
+# ------------------------------------------------------------------ working
+
+
+async def work_run(
+    job: Callable[[Any], Awaitable[Any]],
+    opts: Options,
+    board: SharedBoard,
+    run_id: str,
+    *,
+    shared: SharedRun,
+    job_ref: str = "",
+    keep_items: bool = False,
+    tally: dict[str, int] | None = None,
+) -> RunState:
+    """Work the run in sessions until nothing is left, it ended or was aborted.
+
+    Returns the run's state as last seen; ``tally`` (if given) adds up the
+    jobs per status this process finished. A session that fenced itself or
+    lost the database is followed by a new one, with backoff, once the
+    database answers again: a worker never exits over an outage.
+    """
+    delay = 0.05
+    while True:
+        try:
+            state = await board.state(run_id)
+        except StoreError:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            continue
+        if state.status != "running" or state.abort_reason is not None:
+            return state
+        if state.input_done and state.open == 0:
+            return state
+        try:
+            session = await run_session(
+                job, opts, board, run_id, lease=shared.lease, chunk_size=shared.chunk_size,
+                keep_items=keep_items, job_ref=job_ref,
+            )  # fmt: skip
+        except (StoreError, UnknownRun):
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            continue
+        if tally is not None and session.engine is not None and not session.fenced:
+            for status, n in session.engine.counts.items():
+                tally[status.value] = tally.get(status.value, 0) + n
+        if session.fenced:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        else:
+            delay = 0.05
+
+
+async def work(
+    job: Callable[[Any], Awaitable[Any]],
+    *,
+    job_ref: str,
+    url: str,
+    run_id: str | None = None,
+    concurrency: int | None = None,
+    wait: float = 30.0,
+) -> list[tuple[str, str, dict[str, int]]]:
+    """`asyncbatch worker`: work one shared run (``run_id``) or every open one of the job.
+
+    Args:
+        job: the job, imported by the caller from ``job_ref``.
+        job_ref: ``module:function``; must be the run's stored job.
+        url: the PostgreSQL store.
+        run_id: the run to join (waited for up to ``wait`` seconds: workers
+            may start before the coordinator); None: every running shared run
+            of this job with work left, one after another, until none has any.
+        concurrency: this worker's concurrency (default: the run's).
+
+    Returns:
+        ``(run id, status as last seen, jobs per status this worker finished)`` per run.
+
+    Raises:
+        UnknownRun: ``run_id`` did not appear within ``wait`` seconds.
+        ConfigError: the run is not shared, or runs another job.
+    """
+    from asyncbatch._store._postgres import PostgresStore
+    from asyncbatch._store._postgres_shared import SharedBoard
+
+    from ._shared import worker_options
+
+    done: list[tuple[str, str, dict[str, int]]] = []
+    async with await PostgresStore.open(url) as probe:
+        board = SharedBoard(probe, lease=15.0)
+        if run_id is not None:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    await probe.get_run(run_id)
+                    break
+                except UnknownRun:
+                    if time.monotonic() >= deadline:
+                        raise
+                    await anyio.sleep(0.2)
+            todo = [run_id]
+        else:
+            todo = await board.open_runs(job_ref)
+        seen: set[str] = set()
+        while todo:
+            rid = todo.pop(0)
+            seen.add(rid)
+            run = await probe.get_run(rid)
+            shared = run.config.get("shared")
+            if not shared:
+                raise ConfigError(
+                    f"run {rid!r} is not a shared run: start it with "
+                    "run_batch(..., store='postgresql://...', shared=True)"
+                )
+            if run.job != job_ref:
+                raise ConfigError(f"run {rid!r} runs {run.job or 'another job'}, not {job_ref}")
+            opts = worker_options(run.config, concurrency=concurrency)
+            spec = SharedRun(chunk_size=int(shared["chunk_size"]), lease=float(shared["lease"]))
+            tally: dict[str, int] = {}
+            store = await open_shared_store(url, lease=spec.lease, durability=opts.durability)
+            try:
+                state = await work_run(
+                    job, opts, SharedBoard(store, lease=spec.lease), rid, shared=spec,
+                    job_ref=job_ref, keep_items=bool(run.config.get("compensate")), tally=tally,
+                )  # fmt: skip
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await store.aclose()
+            status = "aborted" if state.abort_reason is not None else state.status
+            if status == "running" and state.input_done and state.open == 0:
+                status = "done"  # the coordinator finishes the run
+            done.append((rid, status, tally))
+            if run_id is None and not todo:
+                todo = [r for r in await board.open_runs(job_ref) if r not in seen]
+    return done
