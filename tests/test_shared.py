@@ -28,6 +28,7 @@ import anyio
 import pytest
 
 import asyncbatch as ab
+from asyncbatch._store._postgres import GROUP_SIZE as GROUP  # a commit group's most records
 
 HERE = Path(__file__).parent
 LEASE = 1.5
@@ -294,7 +295,7 @@ def test_kill_9_of_a_worker_repeated_loses_nothing(pg_url: str, tmp_path: Path) 
     # What a killed worker can cost: its attempts in flight and its uncommitted jobs.
     measured = asyncio.run(
         check_invariants(
-            pg_url, "k9", n, ledger, max_reexecuted=kills * (20 + 2 * 1024), acked=counts
+            pg_url, "k9", n, ledger, max_reexecuted=kills * (20 + 2 * GROUP), acked=counts
         )
     )
     assert measured["dead"] == len(range(0, n, 89))
@@ -318,7 +319,7 @@ def test_kill_9_of_every_process_then_resume_by_run_id(pg_url: str, tmp_path: Pa
     finish(w)
     asyncio.run(
         check_invariants(
-            pg_url, "all9", n, ledger, max_reexecuted=2 * (20 + 2 * 1024), acked=counts
+            pg_url, "all9", n, ledger, max_reexecuted=2 * (20 + 2 * GROUP), acked=counts
         )
     )
 
@@ -338,7 +339,7 @@ def test_a_coordinator_killed_while_it_enqueues_resumes_by_run_id(
     counts = coordinator_counts(finish(coord, 90))
     finish(w)
     asyncio.run(
-        check_invariants(pg_url, "enq", n, ledger, max_reexecuted=20 + 2 * 1024, acked=counts)
+        check_invariants(pg_url, "enq", n, ledger, max_reexecuted=20 + 2 * GROUP, acked=counts)
     )
 
 
@@ -374,7 +375,7 @@ def test_a_sigstopped_worker_writes_nothing_when_it_wakes_past_its_lease(
     assert late == [], "the zombie's writes after its lease ran out were fenced off"
     assert t_cont - t_stop > LEASE
     asyncio.run(
-        check_invariants(pg_url, "zombie", n, ledger, max_reexecuted=20 + 2 * 1024, acked=counts)
+        check_invariants(pg_url, "zombie", n, ledger, max_reexecuted=20 + 2 * GROUP, acked=counts)
     )
 
 
@@ -441,7 +442,7 @@ def test_a_database_restart_mid_run_stops_no_worker(pg_temp_server: Any, tmp_pat
     assert after >= 0.5 * before, (before, after, histogram)
     asyncio.run(
         check_invariants(
-            url, "restart", n, ledger, max_reexecuted=3 * (20 + 2 * 1024), acked=counts
+            url, "restart", n, ledger, max_reexecuted=3 * (20 + 2 * GROUP), acked=counts
         )
     )
 
@@ -550,7 +551,7 @@ def test_a_partitioned_worker_fences_itself(
     ]  # fmt: skip
     assert fenced_window == [], "no attempt started once its lease had run out"
     asyncio.run(
-        check_invariants(pg_url, "part", n, ledger, max_reexecuted=20 + 2 * 1024, acked=counts)
+        check_invariants(pg_url, "part", n, ledger, max_reexecuted=20 + 2 * GROUP, acked=counts)
     )
 
 

@@ -38,7 +38,7 @@ from asyncbatch._observe._events import Event, EventDispatcher, RunFinished, Run
 from asyncbatch._observe._otel import Instrumentation
 from asyncbatch._observe._report import ErrorReport, merge_reports
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus, all_ok
-from asyncbatch._store import RunInfo, Store
+from asyncbatch._store import DEFAULT_GROUP, RunInfo, Store
 from asyncbatch._store._codec import new_run_warnings
 
 from ._abort import Abort, Rollback
@@ -94,7 +94,7 @@ class Engine(Generic[R]):
             self._admission,
             concurrency=opts.concurrency,
             backlog=backlog,
-            max_backlog=max(1024, 2 * opts.concurrency),
+            max_backlog=backlog_cap(store, opts.concurrency),
         )
         self._abort = Abort(run_id, self._queue, self._emit)
         self._outcomes = Outcomes(
@@ -489,6 +489,16 @@ class Engine(Generic[R]):
     def relieve(self) -> None:
         """A stream reader took outcomes: the backlog shrank."""
         self._queue.relieve()
+
+
+def backlog_cap(store: Store | None, concurrency: int) -> int:
+    """How many finished jobs may wait for the next group commit before new items wait.
+
+    ``max(group_size, 2 x concurrency)``: a store may name the group it
+    commits best (``group_size``, default `DEFAULT_GROUP`); PostgreSQL pays
+    round trips and a WAL flush per commit, so it takes bigger groups.
+    """
+    return max(getattr(store, "group_size", DEFAULT_GROUP), 2 * concurrency)
 
 
 def _workers_needed(items: object, concurrency: int) -> int:

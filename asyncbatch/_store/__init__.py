@@ -21,6 +21,7 @@ from ._common import check_durability, owning_here, safe_repr, storable_key, sto
 from ._memory import MemoryDeadLetterQueue, MemoryStore
 from ._postgres_url import PostgresTarget, parse_postgres_url
 from ._protocol import (
+    DEFAULT_GROUP,
     DEFAULT_LEASE,
     DeadLetterQueue,
     FinishedJob,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from ._sqlite_dlq import SQLiteDeadLetterQueue
 
 __all__ = [
+    "DEFAULT_GROUP",
     "DEFAULT_LEASE",
     "DeadLetterQueue",
     "FinishedJob",

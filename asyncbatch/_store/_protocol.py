@@ -181,9 +181,18 @@ class DeadLetterQueue(Protocol):
         ...
 
 
+DEFAULT_GROUP = 1024
+"""Records a group commit takes when the store names no ``group_size`` of its own."""
+
+
 @runtime_checkable
 class Store(Protocol):
-    """A checkpoint store: runs, jobs, and the dead-letter queue."""
+    """A checkpoint store: runs, jobs, and the dead-letter queue.
+
+    A store may also have a ``group_size`` attribute: the number of records
+    it commits best in one group (the engine lets that many finished jobs
+    wait for a commit; `DEFAULT_GROUP` without it).
+    """
 
     url: str
     dlq: DeadLetterQueue
