@@ -502,7 +502,7 @@ def backlog_cap(store: Store | None, concurrency: int) -> int:
 
 
 def _workers_needed(items: object, concurrency: int) -> int:
-    """One worker per slot, but no more than a sized input has items (100 items
+    """At most one worker per slot, and no more than a sized input has items (100 items
     at concurrency 10,000 start 100 workers: a worker only ever runs admitted
     jobs, and a run never has more of them alive than it has items)."""
     if isinstance(items, Sized):

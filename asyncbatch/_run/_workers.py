@@ -1,4 +1,7 @@
-"""The workers: exactly ``concurrency`` loops, so a worker IS a concurrency slot.
+"""The workers: at most ``concurrency`` loops, so a worker IS a concurrency slot.
+
+They start as the run needs them (`_control.Control.demand`) and leave once
+no work is left for them (`_ready.ReadyQueue.wait`).
 
 Each loop takes the next entry from the ready queue, runs one attempt (its
 guards, timeout, deadline and span around the job) and hands the result to
