@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +40,7 @@ from aiohttp import web
 
 import asyncbatch as ab
 
+from ._server import serve_app, server_process
 from ._util import row, table
 
 FAIL_EVERY = 5  # 20% of the items
@@ -84,43 +84,17 @@ def serve() -> None:
         stats.update(calls=0, unavailable=0)
         return web.json_response(stats)
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/items/{id}", item)
-        app.router.add_get("/ok", ok)
-        app.router.add_get("/stats", get_stats)
-        app.router.add_post("/reset", reset)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        server = site._server  # the one place the chosen port is exposed
-        assert isinstance(server, asyncio.Server)
-        print(server.sockets[0].getsockname()[1], flush=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
-        await runner.cleanup()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/items/{id}", item)
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/stats", get_stats)
+    app.router.add_post("/reset", reset)
+    serve_app(app, backlog=1024)
 
 
-@contextlib.contextmanager
-def server_process() -> Any:
+def http_server() -> contextlib.AbstractContextManager[str]:
     """The server in its own process; yields its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.bench_http", "--serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
+    return server_process("benchmarks.bench_http", "--serve")
 
 
 async def server_stats(session: aiohttp.ClientSession, url: str, *, reset: bool) -> dict[str, int]:
@@ -310,7 +284,7 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
         return []
     n = args.n or (2_000 if args.quick else 20_000)
     rows = []
-    with server_process() as base:
+    with http_server() as base:
         if not args.cpu_only:
             rows += scenario_retry_after(base, n, args.concurrency)
         rows += scenario_client_cpu(base, 1_000 if args.quick else 5_000)

@@ -30,10 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import random
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -41,6 +38,7 @@ from aiohttp import web
 
 import asyncbatch as ab
 
+from ._server import serve_app, server_process
 from ._util import row, table
 
 BASE = 0.02  # seconds per request at no load
@@ -81,43 +79,17 @@ def serve(capacity: int) -> None:
         stats.update(calls=0, rejected=0)
         return web.json_response(stats)
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/items/{id}", item)
-        app.router.add_get("/tail/{id}", tail)
-        app.router.add_get("/stats", get_stats)
-        app.router.add_post("/reset", reset)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-        await site.start()
-        server = site._server  # the one place the chosen port is exposed
-        assert isinstance(server, asyncio.Server)
-        print(server.sockets[0].getsockname()[1], flush=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
-        await runner.cleanup()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/items/{id}", item)
+    app.router.add_get("/tail/{id}", tail)
+    app.router.add_get("/stats", get_stats)
+    app.router.add_post("/reset", reset)
+    serve_app(app, backlog=4096)
 
 
-@contextlib.contextmanager
-def server_process(capacity: int) -> Iterator[str]:
+def traffic_server(capacity: int) -> contextlib.AbstractContextManager[str]:
     """The server in its own process; yields its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.bench_traffic", "--serve", "--capacity", str(capacity)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
+    return server_process("benchmarks.bench_traffic", "--serve", "--capacity", str(capacity))
 
 
 # ------------------------------------------------------------------ client
@@ -256,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     n = args.n or (4000 if args.quick else 20000)
     k = args.capacity
     tail_n = 2000 if args.quick else 5000
-    with server_process(k) as url:
+    with traffic_server(k) as url:
         rows = asyncio.run(scenario(url, n, k))
         hedge_rows = asyncio.run(hedging(url, tail_n))
     print(
