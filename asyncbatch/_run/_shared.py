@@ -49,7 +49,7 @@ from asyncbatch._result import AttemptRecord, BatchResult, JobOutcome, JobStatus
 from asyncbatch._store import FinishedJob, JobRecord, RunInfo, RunStatus
 
 from ._admission import Ahead, KeyedSource
-from ._engine import Engine
+from ._engine import Engine, unwrap_group
 from ._entry import Entry
 from ._options import Options, build_options
 
@@ -568,14 +568,23 @@ async def run_session(
         outcomes.done = _Forget()  # ...from the store: this process rolls nothing back
     outcomes.park = session.park_hook(outcomes.park, engine._queue)  # type: ignore[method-assign,assignment]
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(session.beat)
-            try:
-                await engine.execute(session.source())
-            except BatchAborted:
-                pass
-            finally:
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session.beat)
+                try:
+                    await engine.execute(session.source())
+                except BatchAborted:
+                    pass
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The task group wraps what its body raised: a lost database (a
+            # statement cancelled while this process was stopped, say) must
+            # reach the caller as the StoreError it is, which starts a new session.
+            inner = unwrap_group(group)
+            if isinstance(inner, StoreError):
+                raise inner from None
+            raise
     except StoreError:
         if not session.fenced:
             raise
