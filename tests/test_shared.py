@@ -419,8 +419,8 @@ def test_a_budget_abort_stops_three_workers_within_a_second_and_compensates_once
 def test_a_database_restart_mid_run_stops_no_worker(pg_temp_server: Any, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     url = pg_temp_server.url + "?schema=restart&retry_timeout=30"
-    # At most 3,000 jobs/s (3 processes x 20 x 20 ms): the run lasts past the restart.
-    n = 20000
+    # At most 3,000 jobs/s (3 processes x 20 x 20 ms): the run lasts 10 s past the restart.
+    n = 40000
     slow = {"SHARED_SLEEP": "0.02"}
     coord = coordinator(url, "restart", n, 100, ledger, **slow, SHARED_CONCURRENCY="20")
     workers = [worker(url, "restart", ledger, **slow) for _ in range(2)]
@@ -436,10 +436,12 @@ def test_a_database_restart_mid_run_stops_no_worker(pg_temp_server: Any, tmp_pat
     lines = ledger_lines(ledger)
     last = max(t for kind, _, _, t in lines if kind == "done")
     assert last > back + 3, ("the run went on after the restart", t_restart, back, last)
-    # Throughput is back within 10 s (a shared machine: judged loosely, >= half).
-    after = max(_rate(lines, t, t + 1.0) for t in (back + 1, back + 2) if t + 1.0 <= last)
-    histogram = [round(_rate(lines, back + i / 2, back + i / 2 + 0.5)) for i in range(-4, 12)]
-    assert after >= 0.5 * before, (before, after, histogram)
+    # >= 90% of the throughput is back within 10 s (a full second's rate, the
+    # jobs wait on I/O: the machine's other load hardly moves it).
+    starts = [back + i / 2 for i in range(19)]
+    after = max(_rate(lines, t, t + 1.0) for t in starts if t + 1.0 <= last)
+    histogram = [round(_rate(lines, back + i / 2, back + i / 2 + 0.5)) for i in range(-4, 20)]
+    assert after >= 0.9 * before, (before, after, histogram)
     asyncio.run(
         check_invariants(
             url, "restart", n, ledger, max_reexecuted=3 * (20 + 2 * GROUP), acked=counts
