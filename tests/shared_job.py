@@ -6,7 +6,8 @@ before it runs and ``done KEY PID TIME`` when it succeeds, one write(2) on an
 O_APPEND descriptor per line (lines never interleave or tear): executions
 are counted outside the database. ``$SHARED_SLEEP`` is each job's duration;
 items divisible by ``$SHARED_FAIL_EVERY`` fail permanently (dead letters);
-with ``$SHARED_FAIL_FROM``, every item at or above it fails (a budget abort).
+with ``$SHARED_FAIL_FROM``, every item at or above it fails (a budget abort),
+once the file ``$SHARED_FAIL_GATE`` exists when that is set.
 
 Coordinator: ``python tests/shared_job.py URL RUN_ID N CHUNK LEASE [budget] [compensate]
 [slowinput] [limited]``
@@ -26,6 +27,10 @@ from typing import Any
 import asyncbatch as ab
 
 
+def _closed(gate: str) -> bool:
+    return not os.path.exists(gate)
+
+
 def _log(line: str) -> None:
     fd = os.open(os.environ["SHARED_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -35,12 +40,17 @@ def _log(line: str) -> None:
 
 
 async def job(x: int) -> dict[str, int]:
+    start = int(os.environ.get("SHARED_FAIL_FROM", "-1"))
+    gate = os.environ.get("SHARED_FAIL_GATE")
+    if gate and start >= 0 and x >= start and _closed(gate):
+        _log(f"held {x}")  # a failing item waits until the test opens the gate
+        while _closed(gate):  # noqa: ASYNC110  (another process opens it: a file)
+            await asyncio.sleep(0.01)
     _log(f"start {x}")
     await asyncio.sleep(float(os.environ.get("SHARED_SLEEP", "0")))
     every = int(os.environ.get("SHARED_FAIL_EVERY", "0"))
     if every and x % every == 0:
         raise ab.PermanentError(f"item {x} is malformed")
-    start = int(os.environ.get("SHARED_FAIL_FROM", "-1"))
     if start >= 0 and x >= start:
         raise ab.PermanentError(f"item {x} fails")
     _log(f"done {x}")

@@ -75,7 +75,7 @@ def kill(proc: subprocess.Popen[str]) -> None:
 
 
 def ledger_lines(ledger: Path) -> list[tuple[str, int, int, float]]:
-    """``(kind, key, pid, time)`` per line: kind is start, done or undo."""
+    """``(kind, key, pid, time)`` per line: kind is start, done, undo or held."""
     if not ledger.exists():
         return []
     rows = []
@@ -383,12 +383,17 @@ def test_a_budget_abort_stops_three_workers_within_a_second_and_compensates_once
     pg_url: str, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger"
+    gate = tmp_path / "gate"
     n = 8000
-    env = {"SHARED_SLEEP": "0.002", "SHARED_FAIL_FROM": "1000"}
+    env = {"SHARED_SLEEP": "0.002", "SHARED_FAIL_FROM": "1000", "SHARED_FAIL_GATE": str(gate)}
     coord = coordinator(
         pg_url, "budget", n, 50, ledger, "budget", "compensate", **env, SHARED_CONCURRENCY="20"
     )
     workers = [worker(pg_url, "budget", ledger, **env) for _ in range(2)]
+    # The failures begin once all three processes work on the run (a worker
+    # process takes longer to start than the first 1,000 jobs take to run).
+    wait_for(lambda: len({p for _, _, p, _ in ledger_lines(ledger)}) == 3)
+    gate.touch()
     out = finish(coord, 90)
     for w in workers:
         finish(w)
