@@ -139,35 +139,22 @@ class Outcomes:
 
     def succeeded(self, entry: Entry, result: Any) -> None:
         """The attempt returned ``result`` and no rule rejected it."""
-        if self._lean and not entry.history:
-            # The hot path of a run with nothing to checkpoint, judge, keep or
-            # meter: `finish` and `ack` in one frame (measured: a third of the
-            # per-job instructions were calls between them).
+        if entry.history:
+            outcome = entry.outcome(JobStatus.SUCCEEDED, result=result)
+        else:
             outcome = fast_outcome(
-                entry.key,
-                _SUCCEEDED,
-                result,
-                entry.attempt,
-                _perf() - entry.started,
-                entry.index,
+                entry.key, _SUCCEEDED, result, entry.attempt, _perf() - entry.started, entry.index
             )
+        if self._lean:
+            # A run with nothing to checkpoint, judge, keep or meter: `finish`
+            # and `ack` in one frame (measured: a third of the per-job
+            # instructions were calls between them).
             self._queue.finished()
             self.counts[_SUCCEEDED] += 1
             self.report.job_finished(outcome)
             if self._sink is not None:
                 self._sink(outcome)
             return
-        if entry.history:
-            outcome = entry.outcome(JobStatus.SUCCEEDED, result=result)
-        else:
-            outcome = fast_outcome(
-                entry.key,
-                JobStatus.SUCCEEDED,
-                result,
-                entry.attempt,
-                time.perf_counter() - entry.started,
-                entry.index,
-            )
         if self._keep_done:
             self.done.append(Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED))
         self.finish(entry, outcome)
