@@ -25,7 +25,7 @@ __all__ = ["PostgresDeadLetterQueue"]
 
 
 def _params(f: DeadLetterFilter) -> tuple[Any, ...]:
-    """The parameters of dlq_select / dlq_purge (None: that filter is off)."""
+    """The parameters of dlq_purge, the first six dlq_page's (None: that filter is off)."""
     return (f.run_id, f.kind, f.error_type, f.status, f.since, f.until, f.limit)
 
 
@@ -40,7 +40,9 @@ class PostgresDeadLetterQueue(DeadLetterQueueBase):
         self._store = store
 
     async def _select(self, f: DeadLetterFilter) -> list[DeadLetter]:
-        return [_value(row) for row in await self._store._fetch(QUERIES.dlq_select, *_params(f))]
+        # dlq_page from the start: its keyset condition is off with no id ($7 NULL).
+        rows = await self._store._fetch(QUERIES.dlq_page, *_params(f)[:6], None, f.limit)
+        return [_value(row) for row in rows]
 
     async def _page(self, f: DeadLetterFilter, after: int | None, size: int) -> list[DeadLetter]:
         rows = await self._store._fetch(QUERIES.dlq_page, *_params(f)[:6], after, size)

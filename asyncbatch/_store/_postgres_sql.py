@@ -59,7 +59,6 @@ class Queries:
     dlq_resolve_by_id: str
     dlq_resolve_by_key: str
     commits_forget: str
-    dlq_select: str
     dlq_purge: str
     dlq_page: str
     dlq_get: str

@@ -294,19 +294,6 @@ DELETE FROM commits WHERE committed_at < now() - interval '1 hour'
 -- is NULL. $3 (error_type) matches the qualified name or its last dotted
 -- parts; $5 (since) is inclusive, $6 (until) exclusive; LIMIT NULL is none.
 
--- name: dlq_select
-SELECT id, run_id, key, payload, payload_is_repr, kind, error_type, message, traceback,
-       attempts, redrive_count, status, created_at
-FROM dlq
-WHERE ($1::text IS NULL OR run_id = $1)
-  AND ($2::text IS NULL OR kind = $2)
-  AND ($3::text IS NULL OR error_type = $3 OR right(error_type, length($3) + 1) = '.' || $3)
-  AND ($4::text IS NULL OR status = $4)
-  AND ($5::double precision IS NULL OR created_at >= $5)
-  AND ($6::double precision IS NULL OR created_at < $6)
-ORDER BY id
-LIMIT $7::bigint
-
 -- name: dlq_purge
 DELETE FROM dlq WHERE id IN (
     SELECT id FROM dlq
@@ -321,8 +308,8 @@ DELETE FROM dlq WHERE id IN (
 )
 
 -- name: dlq_page
--- One page of export: the dlq_select filters ($1-$6), entries after id $7
--- (keyset pagination by the primary key, never OFFSET), at most $8.
+-- dlq.list (no $7) and one page of export: the filters ($1-$6), entries
+-- after id $7 (keyset pagination by the primary key, never OFFSET), at most $8.
 SELECT id, run_id, key, payload, payload_is_repr, kind, error_type, message, traceback,
        attempts, redrive_count, status, created_at
 FROM dlq
