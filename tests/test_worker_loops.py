@@ -54,20 +54,26 @@ async def test_retries_after_the_input_ends_still_run_side_by_side() -> None:
     assert loop.time() - start == pytest.approx(0.19 + 5 + 1, abs=0.05)
 
 
-async def test_an_unsized_input_runs_at_full_concurrency() -> None:
-    running = peak = 0
+class Peak:
+    """A job that waits ``seconds`` and counts how many of it ran at once (``most``)."""
 
-    async def job(x: int) -> int:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.001)
-        running -= 1
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.running = self.most = 0
+
+    async def __call__(self, x: int) -> int:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(self.seconds)
+        self.running -= 1
         return x
 
+
+async def test_an_unsized_input_runs_at_full_concurrency() -> None:
+    job = Peak(0.001)
     result = await ab.run_batch(job, (i for i in range(200)), concurrency=50)
     assert result.ok
-    assert peak == 50
+    assert job.most == 50
 
 
 async def test_jobs_that_never_suspend_still_let_other_tasks_run() -> None:
@@ -128,16 +134,7 @@ async def test_workers_start_as_the_run_needs_them() -> None:
     assert peak_tasks < 2_000
 
     # Jobs that wait reach the full concurrency.
-    running = peak = 0
-
-    async def waits(x: int) -> int:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.01)
-        running -= 1
-        return x
-
+    waits = Peak(0.01)
     result = await ab.run_batch(waits, range(3_000), concurrency=1_000)
     assert result.ok
-    assert peak == 1_000
+    assert waits.most == 1_000
