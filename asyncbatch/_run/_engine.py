@@ -459,7 +459,7 @@ class Engine(Generic[R]):
         items = admission.source(items, store=self.store, resumed=self.resumed, seq0=self._seq0)
         if admission.live is not None:
             self._outcomes.release = admission.release
-        self._queue.admit_with(admission.admitter())
+        self._queue.admit_with(admission, admission.entries())
         self._outcomes.prepare()
         admission.room = self._queue.room
         try:
