@@ -470,12 +470,20 @@ class Outcomes:
         """`ack` each outcome of a committed group, in order (None: nothing to acknowledge)."""
         counts = self.counts
         job_finished = self.report.job_finished
+        durations = self._durations
         inst, release, sink = self.inst, self.release, self.sink
         for outcome in outcomes:
             if outcome is None:
                 continue
-            counts[outcome.status] += 1
-            job_finished(outcome)
+            status = outcome.status
+            counts[status] += 1
+            if status is _SUCCEEDED and not outcome.history:
+                # What job_finished does for a first-attempt success, without the call.
+                durations.append(outcome.duration)
+                if len(durations) >= DURATION_CHUNK:
+                    self.report.fold_durations()
+            else:
+                job_finished(outcome)
             if inst is not None:
                 inst.job_finished(outcome.status)
             if release is not None:

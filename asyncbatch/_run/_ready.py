@@ -218,7 +218,12 @@ class ReadyQueue:
         source = self._source
         if source is None:
             return None
-        if self._gated and self._behind():
+        if self._gated and (
+            # What `_behind` needs before it can hold (its call costs more than this).
+            self._strained
+            or self.parked >= self._max_parked
+            or ((backlog := self._backlog) is not None and backlog() >= self._max_backlog)
+        ) and self._behind():
             self._blocked = True
             return None
         try:
