@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sized
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Sized
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -90,11 +90,13 @@ class Engine(Generic[R]):
         self._lease: Lease | None = None
         self._rollback_only = rollback_only
         self._admission = Admission(opts, run_id)
+        # Chunked calls (batch_size=): read-ahead and backlog count items, a worker holds a chunk.
+        items_in_flight = opts.concurrency * (opts.batch_size or 1)
         self._queue = ReadyQueue(
             self._admission,
-            concurrency=opts.concurrency,
+            concurrency=items_in_flight,
             backlog=backlog,
-            max_backlog=backlog_cap(store, opts.concurrency),
+            max_backlog=backlog_cap(store, items_in_flight),
         )
         self._abort = Abort(run_id, self._queue, self._emit)
         self._outcomes = Outcomes(
@@ -473,7 +475,7 @@ class Engine(Generic[R]):
                     # anyio's start_soon costs several times more per task, which
                     # showed at concurrency 10,000 (measured in benchmarks/bench_core.py).
                     # `Control` starts them (and more on a resize), at most most_workers.
-                    run = workers.pick()
+                    run = workers.pick() if self.opts.batch_size is None else self._chunked()
                     self._queue.workers = 0
                     async with asyncio.TaskGroup() as pool:
                         self.control.start(
@@ -485,6 +487,22 @@ class Engine(Generic[R]):
             self._outcomes.let_go()
             if deps_token is not None:
                 reset_dependencies(deps_token)
+
+    def _chunked(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The chunk worker loop (``batch_size=``), see `_chunks`."""
+        from ._chunks import Chunks
+
+        chunks = Chunks(
+            self.job,
+            self.opts,
+            queue=self._queue,
+            outcomes=self._outcomes,
+            abort=self._abort,
+            inst=self._inst,
+            deps=self._deps,
+            traffic=self._traffic,
+        )
+        return chunks.loop
 
     def relieve(self) -> None:
         """A stream reader took outcomes: the backlog shrank."""
