@@ -33,7 +33,9 @@ async def job(items: list[int]) -> list[Any]:
         os.close(fd)
     if any(x % 97 == 0 and x % 2 == 0 for x in items):
         raise ab.PermanentError("the bulk API rejected the request: a malformed record")
-    return [ab.ItemError(ValueError(f"item {x} is malformed")) if x % 97 == 0 else 2 * x for x in items]
+    return [
+        ab.ItemError(ValueError(f"item {x} is malformed")) if x % 97 == 0 else 2 * x for x in items
+    ]
 
 
 async def main() -> None:

@@ -66,13 +66,16 @@ async def test_each_item_keeps_its_own_status_checkpoint_and_dlq_entry(
         assert result.counts[S.SUCCEEDED] == 45
         assert result.counts[S.DEAD_LETTERED] == 5
         by_key = {o.key: o for o in result.outcomes}
-        assert by_key["4"].result == 8 and by_key["4"].attempts == 1
+        assert by_key["4"].result == 8
+        assert by_key["4"].attempts == 1
         assert by_key["13"].status is S.DEAD_LETTERED
         assert isinstance(by_key["13"].error, ValueError)
         dead = await store.dlq.list(run_id="chunks")
         assert sorted(d.key for d in dead) == ["13", "23", "3", "33", "43"]
         (entry,) = [d for d in dead if d.key == "23"]
-        assert entry.payload == 23 and entry.message == "bad 23" and entry.kind == "permanent"
+        assert entry.payload == 23
+        assert entry.message == "bad 23"
+        assert entry.kind == "permanent"
         assert len(entry.attempts) == 1
         report = result.report.to_dict()
         assert report["dead_lettered"] == 5
@@ -144,7 +147,8 @@ async def test_rates_count_calls_not_items() -> None:
         rates={"api": ab.Rate(2, per=1.0)},
         uses=["api"],
     )
-    assert result.ok and len(starts) == 10
+    assert result.ok
+    assert len(starts) == 10
     # 10 calls at 2 per second: about 4-5 s of virtual time (100 items would take ~50 s).
     assert 3.0 <= loop.time() - t0 <= 6.0
 
@@ -192,7 +196,8 @@ async def test_an_item_error_retries_that_item_alone() -> None:
     assert calls.sizes() == [10, 2]  # the two failed items came back as one later chunk
     assert sorted(calls.chunks[1]) == [5, 6]
     attempts = {o.key: o.attempts for o in result.outcomes}
-    assert attempts["5"] == attempts["6"] == 2 and attempts["0"] == 1
+    assert attempts["5"] == attempts["6"] == 2
+    assert attempts["0"] == 1
 
 
 def _poison_calls(poison: int, n: int = 100) -> tuple[int, int, ab.BatchResult[Any]]:
@@ -221,7 +226,8 @@ def test_a_poison_item_among_100_is_isolated_in_log2_plus_1_extra_calls() -> Non
         assert result.counts[S.DEAD_LETTERED] == 1, poison
         assert result.counts[S.SUCCEEDED] == 99, poison  # its neighbours are not dead-lettered
         dead = result.outcomes[poison]
-        assert dead.status is S.DEAD_LETTERED and dead.attempts == 1
+        assert dead.status is S.DEAD_LETTERED
+        assert dead.attempts == 1
         assert str(dead.error) == f"item {poison} breaks the whole request"
         worst_isolation = max(worst_isolation, isolated_at - 1)
         worst_total = max(worst_total, calls - 1)
@@ -249,7 +255,8 @@ async def test_a_chunk_failing_only_as_a_whole_dead_letters_nothing() -> None:
         return items
 
     result = await ab.run_batch(job, range(16), batch_size=16)
-    assert result.ok and result.counts[S.SUCCEEDED] == 16
+    assert result.ok
+    assert result.counts[S.SUCCEEDED] == 16
 
 
 async def test_a_fatal_chunk_failure_aborts_the_batch() -> None:
@@ -280,8 +287,10 @@ async def test_results_that_do_not_match_the_items_abort_with_a_clear_error(
     with pytest.raises(ab.BatchAborted) as caught:
         await ab.run_batch(job, range(4), batch_size=4)
     cause = caught.value.cause
-    assert isinstance(cause, ab.ChunkResultError) and isinstance(cause, TypeError)
-    assert says in str(cause) and "got 4 item(s)" in str(cause)
+    assert isinstance(cause, ab.ChunkResultError)
+    assert isinstance(cause, TypeError)
+    assert says in str(cause)
+    assert "got 4 item(s)" in str(cause)
     assert "\n" not in str(cause)
 
 
@@ -394,7 +403,8 @@ async def test_one_attempt_span_per_call_with_the_chunk_size_and_item_events() -
     items = [e for e in first.events if e.name == "asyncbatch.item"]
     assert [e.attributes["asyncbatch.job.key"] for e in items] == ["0", "1", "2", "3", "4"]  # type: ignore[index]
     bad = items[3].attributes
-    assert bad is not None and bad["asyncbatch.attempt.outcome"] == "failure"
+    assert bad is not None
+    assert bad["asyncbatch.attempt.outcome"] == "failure"
     assert bad["asyncbatch.error.kind"] == "permanent"
     assert first.attributes["asyncbatch.chunk.failed"] == 1  # type: ignore[index]
 

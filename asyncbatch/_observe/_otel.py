@@ -363,7 +363,11 @@ class AttemptScope:
             span.set_attribute(CHUNK_SIZE, size)
 
     def item(
-        self, key: str, outcome: str, kind: ErrorKind | None = None, exc: BaseException | None = None
+        self,
+        key: str,
+        outcome: str,
+        kind: ErrorKind | None = None,
+        exc: BaseException | None = None,
     ) -> None:
         """One item of a chunked call ended this way: an ``asyncbatch.item`` event.
 

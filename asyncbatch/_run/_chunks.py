@@ -213,7 +213,9 @@ class Chunks:
         first = entries[0]
         items = [e.item for e in entries]
         token = _current.set(JobContext(first.run_id, first.key, first.attempt, items))
-        scope_cm: Any = inst.attempt(first.key, first.attempt) if inst is not None else nullcontext()
+        scope_cm: Any = (
+            inst.attempt(first.key, first.attempt) if inst is not None else nullcontext()
+        )
         try:
             with scope_cm as scope:
                 if scope is not None:
@@ -352,10 +354,10 @@ class Chunks:
             pending.discard(entry)
             error: Exception = exc
             item_kind = kind
-            if isinstance(exc, TimeoutError) and entry.deadline_at is not None:
-                if loop.time() >= entry.deadline_at:
-                    error = DeadlineExceeded(entry.key, self.opts.deadline or 0.0)
-                    item_kind = ErrorKind.TRANSIENT
+            expired = entry.deadline_at is not None and loop.time() >= entry.deadline_at
+            if isinstance(exc, TimeoutError) and expired:
+                error = DeadlineExceeded(entry.key, self.opts.deadline or 0.0)
+                item_kind = ErrorKind.TRANSIENT
             _, delay = outcomes.failed(entry, error, start, kind=item_kind)
             if delay is not None:
                 retried.append((entry, delay))
@@ -379,7 +381,9 @@ class Chunks:
             self._abort.interrupted.extend(entries[1:])
             return None
 
-    def _together(self, retried: list[tuple[Entry, float]], loop: asyncio.AbstractEventLoop) -> None:
+    def _together(
+        self, retried: list[tuple[Entry, float]], loop: asyncio.AbstractEventLoop
+    ) -> None:
         """Items retried after one call come due together (the longest delay), as one chunk.
 
         Each was parked with its own jittered delay; timers due at different
