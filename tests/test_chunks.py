@@ -509,3 +509,129 @@ def test_resume_after_sigkill_reforms_chunks_from_unfinished_items_only(tmp_path
     assert set(final) == {str(i) for i in range(N)}
     dead = {k for k, s in final.items() if s == "dead_lettered"}
     assert dead == {str(i) for i in range(N) if i % 97 == 0}
+
+
+# ------------------------------------------------------------ CLI
+
+CLI_JOBS = """
+import asyncbatch as ab
+
+CHUNKS = []
+
+
+async def double(items):
+    CHUNKS.append(len(items))
+    return [ab.ItemError(ValueError("odd one")) if it["n"] == 7 else 2 * it["n"] for it in items]
+"""
+
+
+def test_cli_run_batch_size_calls_the_job_with_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from asyncbatch._cli._main import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    (tmp_path / "chunk_cli_jobs.py").write_text(CLI_JOBS)
+    items = "".join(json.dumps({"id": f"k{i}", "n": i}) + "\n" for i in range(25))
+    (tmp_path / "items.jsonl").write_text(items)
+    args = ["run", "chunk_cli_jobs:double", "--input", "items.jsonl", "--key", "id"]
+    try:
+        result = CliRunner().invoke(
+            cli, [*args, "--db", "t.db", "--batch-size", "10", "--output", "out.jsonl", "--quiet"]
+        )
+        assert result.exit_code == 3, result.output  # one item dead-lettered
+        assert sys.modules["chunk_cli_jobs"].CHUNKS == [10, 10, 5]
+        lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        by_key = {line["key"]: line for line in lines}
+        assert by_key["k3"]["result"] == 6
+        assert by_key["k7"]["status"] == "dead_lettered"
+
+        bad = CliRunner().invoke(cli, [*args, "--db", "u.db", "--batch-wait", "1"])
+        assert bad.exit_code not in (0, None)
+        assert bad.stderr.strip().splitlines() == [
+            "error: batch_wait= needs batch_size=; HINT: batch_size=100, batch_wait=0.05"
+        ]
+    finally:
+        sys.modules.pop("chunk_cli_jobs", None)
+
+
+def test_the_readme_chunked_calls_example_runs_and_resumes(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("## Chunked calls")
+    block = readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "chunks_example.py"
+    script.write_text(block)
+    run = [sys.executable, str(script)]
+    first = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "1000 embedded\n1 dead-lettered\n"
+    again = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "0 embedded\n0 dead-lettered\n"  # resumed: all finished, skipped
+
+
+@pytest.mark.looptime
+async def test_an_open_breaker_parks_whole_chunks_without_spending_attempts() -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    calls = Calls()
+
+    async def job(items: list[int]) -> list[int]:
+        calls.chunks.append(items)
+        if loop.time() - t0 < 5:
+            raise ConnectionError("bulk endpoint down")
+        return items
+
+    result = await ab.run_batch(
+        job,
+        range(40),
+        batch_size=10,
+        concurrency=2,
+        uses=["bulk"],
+        breakers={"bulk": ab.Breaker(fail_max=2, reset_timeout=2)},
+        retry=ab.Retry(attempts=10, backoff=ab.Backoff.constant(0.5)),
+    )
+    assert result.ok
+    # Only the calls made before the circuit opened (and its probes) failed: far fewer
+    # than the 40 items' worth, and every item kept attempts in hand.
+    assert len(calls) < 20
+    assert max(o.attempts for o in result.outcomes) <= 4
+    assert result.report.to_dict()["breakers"]["bulk"]["trips"] >= 1
+
+
+async def test_adaptive_concurrency_works_with_chunks() -> None:
+    async def job(items: list[int]) -> list[int]:
+        await asyncio.sleep(0.001)
+        return items
+
+    result = await ab.run_batch(
+        job, range(300), batch_size=10, concurrency=ab.Adaptive(min=1, max=8, initial=2)
+    )
+    assert result.ok
+    assert [o.result for o in result.outcomes] == list(range(300))
+
+
+@pytest.mark.looptime
+async def test_deadline_ends_only_the_items_that_run_out_of_time() -> None:
+    calls = Calls()
+
+    async def job(items: list[int]) -> list[Any]:
+        calls.chunks.append(items)
+        # Items 0-4 keep failing; the others succeed.
+        return [ab.ItemError(ConnectionError("flaky")) if x < 5 else x for x in items]
+
+    result = await ab.run_batch(
+        job,
+        range(10),
+        batch_size=10,
+        deadline=3.0,
+        retry=ab.Retry(attempts=100, backoff=ab.Backoff.constant(1.0)),
+    )
+    statuses = Counter(o.status for o in result.outcomes)
+    assert statuses == {S.SUCCEEDED: 5, S.DEAD_LETTERED: 5}
+    # Attempts at 0, 1 and 2 s; a retry at 3 s would be past the deadline: dead-lettered.
+    assert [o.attempts for o in result.outcomes[:5]] == [3] * 5
+    assert calls.sizes() == [10, 5, 5]  # the failing five came back together each time

@@ -107,6 +107,7 @@ class Engine(Generic[R]):
             self._queue, self._outcomes, concurrency=opts.concurrency, run_id=run_id
         )
         self._queue.controlled_by(self.control)
+        self.control.items_per_call = opts.batch_size or 1
         self._rollback: Rollback | None = None
         self._report: ErrorReport | None = None
         self._prev: RunInfo | None = None
