@@ -635,3 +635,27 @@ async def test_deadline_ends_only_the_items_that_run_out_of_time() -> None:
     # Attempts at 0, 1 and 2 s; a retry at 3 s would be past the deadline: dead-lettered.
     assert [o.attempts for o in result.outcomes[:5]] == [3] * 5
     assert calls.sizes() == [10, 5, 5]  # the failing five came back together each time
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_a_resume_may_not_switch_between_chunks_and_single_items(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    url = store_url(request, tmp_path, kind)
+
+    async def job(items: list[int]) -> list[Any]:
+        return [ab.ItemError(ConnectionError("later")) if x == 3 else x for x in items]
+
+    retry = ab.Retry(attempts=1)
+    async with ab.open_store(url) as store:
+        await ab.run_batch(job, range(5), batch_size=5, store=store, run_id="sw", retry=retry)
+        with pytest.raises(ab.ConfigError, match=r"batch_size=5 \(a job taking lists\)"):
+            await ab.run_batch(job, range(5), store=store, run_id="sw")  # batch_size forgotten
+        # Another size is fine: the dead item runs again in a chunk of its own.
+        again = await ab.run_batch(
+            job, range(5), batch_size=2, store=store, run_id="sw", retry_dead=True
+        )
+        assert again.counts[S.SKIPPED] == 4
+        await ab.run_batch(job, [], store=store, run_id="plain")
+        with pytest.raises(ab.ConfigError, match="one item per call"):
+            await ab.run_batch(job, range(2), batch_size=2, store=store, run_id="plain")

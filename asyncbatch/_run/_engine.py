@@ -224,7 +224,7 @@ class Engine(Generic[R]):
         elif stored is not None and not self.opts.force_resume:
             # The run keeps the identity it was made with (checked below).
             kept: dict[str, Any] = {
-                f: stored.config[f] for f in ("key", "job") if f in stored.config
+                f: stored.config[f] for f in ("key", "job", "batch_size") if f in stored.config
             }
             info = replace(info, config={**info.config, **kept})
         self._lease = Lease(store, self.run_id)
@@ -372,6 +372,7 @@ class Engine(Generic[R]):
             "result_codec": "json" if o.result_codec is None else o.result_codec.name,
             "key": key_spec(o.key),
             "job": callable_name(self.job),
+            "batch_size": o.batch_size,
         }
         if self._total is not None:
             config.setdefault("total", self._total)
