@@ -337,10 +337,12 @@ class Chunks:
             if scope is not None:
                 scope.rejected(exc.dependency)
             for entry in entries:
+                spent = entry.attempt
+                await outcomes.circuit_open(entry, exc, start)  # a fallback may be awaited
+                if split and entry.attempt < spent:
+                    # Parked, its attempt given back; but the chunk's failed call did count.
+                    entry.attempt = spent
                 pending.discard(entry)
-                if split:
-                    entry.attempt += 1  # the split call was no attempt of its own to give back
-                await outcomes.circuit_open(entry, exc, start)
             return None
         kind = self._kind(exc, entries, pending)
         if kind is None:
