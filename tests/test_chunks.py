@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -659,3 +661,55 @@ async def test_a_resume_may_not_switch_between_chunks_and_single_items(
         await ab.run_batch(job, [], store=store, run_id="plain")
         with pytest.raises(ab.ConfigError, match="one item per call"):
             await ab.run_batch(job, range(2), batch_size=2, store=store, run_id="plain")
+
+
+# ------------------------------------------------ property: nothing lost, nothing repeated
+
+# Per item: "ok", "bad" (an ItemError, PERMANENT), "flaky" (an ItemError, TRANSIENT once),
+# "poison" (the whole call raises PERMANENT while it is in it), "reset" (the whole call
+# raises TRANSIENT the first time it is in one).
+behaviours = st.lists(st.sampled_from(["ok", "ok", "ok", "bad", "flaky", "poison", "reset"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=behaviours.filter(lambda p: len(p) > 0),
+    batch_size=st.integers(1, 12),
+    concurrency=st.integers(1, 4),
+)
+def test_every_item_ends_as_its_own_behaviour_says_and_no_success_runs_twice(
+    plan: list[str], batch_size: int, concurrency: int
+) -> None:
+    succeeded_calls: Counter[int] = Counter()
+    tripped: set[int] = set()
+
+    async def job(items: list[int]) -> list[Any]:
+        await asyncio.sleep(0)
+        if any(plan[i] == "poison" for i in items):
+            raise ab.PermanentError("poison in the request")
+        fresh = [i for i in items if plan[i] == "reset" and i not in tripped]
+        if fresh:
+            tripped.update(fresh)
+            raise ConnectionError("connection reset")
+        out: list[Any] = []
+        for i in items:
+            if plan[i] == "bad":
+                out.append(ab.ItemError(ValueError(f"bad {i}")))
+            elif plan[i] == "flaky" and i not in tripped:
+                tripped.add(i)
+                out.append(ab.ItemError(TimeoutError(f"flaky {i}")))
+            else:
+                succeeded_calls[i] += 1
+                out.append(i)
+        return out
+
+    result = asyncio.run(
+        ab.run_batch(job, range(len(plan)), batch_size=batch_size, concurrency=concurrency,
+                     retry=NO_WAIT)
+    )  # fmt: skip
+    expected = [S.DEAD_LETTERED if b in ("bad", "poison") else S.SUCCEEDED for b in plan]
+    assert [o.status for o in result.outcomes] == expected
+    assert [o.result for o in result.outcomes if o.status is S.SUCCEEDED] == [
+        i for i, b in enumerate(plan) if b not in ("bad", "poison")
+    ]
+    assert all(n == 1 for n in succeeded_calls.values())  # a success is never run again

@@ -360,9 +360,11 @@ class Chunks:
             if isinstance(exc, TimeoutError) and expired:
                 error = DeadlineExceeded(entry.key, self.opts.deadline or 0.0)
                 item_kind = ErrorKind.TRANSIENT
-            _, delay = outcomes.failed(entry, error, start, kind=item_kind)
+            item_kind, delay = outcomes.failed(entry, error, start, kind=item_kind)
             if delay is not None:
                 retried.append((entry, delay))
+            if scope is not None:
+                scope.item(entry.key, "failure", item_kind, error)
         if scope is not None:
             scope.failed(kind, exc, retry_in=max((d for _, d in retried), default=None))
         self._together(retried, loop)
