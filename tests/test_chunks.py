@@ -429,9 +429,14 @@ async def test_redrive_sends_dead_items_back_as_chunks(
     async with ab.open_store(url) as store:
         first = await ab.run_batch(flaky, range(30), batch_size=10, store=store, run_id="rd")
         assert first.counts[S.DEAD_LETTERED] == 10
-        again = await ab.redrive(fixed, store=store, run_id="rd", batch_size=10)
-        assert again.counts[S.SUCCEEDED] == 10
-        assert calls.sizes() == [10]
+        dead = (await store.dlq.list(run_id="rd"))[0]
+        one = await ab.redrive(fixed, store=store, run_id="rd", ids=[dead.id], batch_size=4)
+        assert one.counts[S.SUCCEEDED] == 1
+        assert calls.chunks == [[dead.payload]]
+        # Without batch_size=: the run's own (10), since its job takes lists.
+        rest = await ab.redrive(fixed, store=store, run_id="rd")
+        assert rest.counts[S.SUCCEEDED] == 9
+        assert calls.sizes() == [1, 9]
         assert await store.dlq.list(run_id="rd") == []
 
 
@@ -524,6 +529,11 @@ CHUNKS = []
 async def double(items):
     CHUNKS.append(len(items))
     return [ab.ItemError(ValueError("odd one")) if it["n"] == 7 else 2 * it["n"] for it in items]
+
+
+async def fixed(items):
+    CHUNKS.append(len(items))
+    return [2 * it["n"] for it in items]
 """
 
 
@@ -542,7 +552,8 @@ def test_cli_run_batch_size_calls_the_job_with_chunks(
     args = ["run", "chunk_cli_jobs:double", "--input", "items.jsonl", "--key", "id"]
     try:
         result = CliRunner().invoke(
-            cli, [*args, "--db", "t.db", "--batch-size", "10", "--output", "out.jsonl", "--quiet"]
+            cli,
+            [*args, "--db", "t.db", "--batch-size", "10", "--run-id", "r", "--output", "out.jsonl"],
         )
         assert result.exit_code == 3, result.output  # one item dead-lettered
         assert sys.modules["chunk_cli_jobs"].CHUNKS == [10, 10, 5]
@@ -550,6 +561,14 @@ def test_cli_run_batch_size_calls_the_job_with_chunks(
         by_key = {line["key"]: line for line in lines}
         assert by_key["k3"]["result"] == 6
         assert by_key["k7"]["status"] == "dead_lettered"
+
+        # The run's dead letters go back as chunks (the run's own batch size).
+        redriven = CliRunner().invoke(
+            cli, ["dlq", "redrive", "--run-id", "r", "chunk_cli_jobs:fixed", "--db", "t.db"]
+        )
+        assert redriven.exit_code == 0, redriven.output
+        assert "1 resolved, 0 dead again" in redriven.output
+        assert sys.modules["chunk_cli_jobs"].CHUNKS == [10, 10, 5, 1]
 
         bad = CliRunner().invoke(cli, [*args, "--db", "u.db", "--batch-wait", "1"])
         assert bad.exit_code not in (0, None)
