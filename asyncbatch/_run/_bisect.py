@@ -17,7 +17,12 @@ after all (the chunk failed as a whole, say too large a request, and no item
 alone), it is simply a success. Hence one poison item among N is isolated and
 dead-lettered in at most ceil(log2 N) + 1 extra calls (8 for N = 100), and
 its neighbours set aside finish in at most one more call; further bad items
-among those are isolated the same way.
+among those are isolated the same way. Nine extra calls in all is the least
+any strategy can promise for N = 100 without dead-lettering an item that
+never failed a call of its own (a search over every strategy that calls a
+part of the suspects, with or without the items set aside, finds none
+better); trusting the inference instead would save that call but
+dead-letter an innocent item whenever a chunk fails only as a whole.
 
 A call of a split that fails in any other way (a retryable error, FATAL, an
 open circuit, per-item errors) is handled by the chunk path as usual: those

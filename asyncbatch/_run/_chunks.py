@@ -64,11 +64,7 @@ _PERMANENT = ErrorKind.PERMANENT
 
 
 class Chunks:
-    """The chunk worker loop of a run with ``batch_size=`` (takes `Workers`' arguments).
-
-    Attributes:
-        calls: calls made so far (chunks and their bisection splits).
-    """
+    """The chunk worker loop of a run with ``batch_size=`` (takes `Workers`' arguments)."""
 
     def __init__(
         self,
@@ -93,7 +89,6 @@ class Chunks:
         self._inst = inst
         self._deps = deps
         self._traffic = traffic
-        self.calls = 0
 
     async def loop(self) -> None:
         """One worker: form a chunk, run it, until no work is left for it."""
@@ -209,7 +204,6 @@ class Chunks:
             entries = self._unexpired(entries, loop, pending, start)
             if not entries:
                 return None
-        self.calls += 1
         first = entries[0]
         items = [e.item for e in entries]
         token = _current.set(JobContext(first.run_id, first.key, first.attempt, items))
