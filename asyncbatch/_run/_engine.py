@@ -11,8 +11,9 @@ Data flows one way::
        └──────────────────── ack ◄── checkpoint writer ◄───────┘ finished
 
 The parts, one module each: `_admission` (keys, resume), `_ready` (the
-hand-off to workers), `_workers` (the attempt loops), `_outcomes` (classify
-→ retry | dead letter | abort → ack), `_abort` (stopping and rolling back),
+hand-off to workers), `_workers` (the attempt loops; `_chunks` with
+``batch_size=``), `_outcomes` (classify → retry | dead letter | abort →
+ack), `_abort` (stopping and rolling back),
 `_checkpoint` (group commit). The engine owns their lifetime: it opens the
 run in the store, starts the services (event hooks, the checkpoint writer)
 and the workers, and at the end commits what is pending, builds the report
