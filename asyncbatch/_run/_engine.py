@@ -45,6 +45,7 @@ from asyncbatch._store._codec import new_run_warnings
 from ._abort import Abort, Rollback
 from ._admission import Admission
 from ._checkpoint import Checkpointer
+from ._collector import collector_tuned
 from ._control import Control
 from ._identity import callable_name, check_identity, key_spec
 from ._lease import Lease
@@ -288,6 +289,11 @@ class Engine(Generic[R]):
             with anyio.move_on_after(60):
                 await cp.flush()
         outcomes = self._outcomes
+        # Every outcome is delivered. The run's internals hold one another in
+        # cycles; without this, they would hold the caller's outcome list too,
+        # and a dropped result would wait for the cyclic collector (which then
+        # walks every outcome) instead of being freed at once.
+        outcomes.sink = None
         summary = self._rollback.summary if self._rollback is not None else None
         self._report = outcomes.report.build(
             started_at=self.started_at,
@@ -464,11 +470,13 @@ class Engine(Generic[R]):
         items = admission.source(items, store=self.store, resumed=self.resumed, seq0=self._seq0)
         if admission.live is not None:
             self._outcomes.release = admission.release
-        self._queue.admit_with(admission.admitter())
+        self._queue.admit_with(admission, admission.entries())
+        adaptive = self.opts.adaptive
+        most_slots = adaptive.max if adaptive is not None else self.opts.concurrency
         self._outcomes.prepare()
         admission.room = self._queue.room
         try:
-            with anyio.CancelScope() as self._abort.work_scope:
+            with collector_tuned(most_slots), anyio.CancelScope() as self._abort.work_scope:
                 async with anyio.create_task_group() as tg:
                     async_items = self._queue.start(items)
                     if async_items is not None:
