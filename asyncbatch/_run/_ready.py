@@ -275,6 +275,16 @@ class ReadyQueue:
         await fut
         return True
 
+    # ------------------------------------------------ chunk forming (_chunks)
+
+    def notify(self, fut: asyncio.Future[None]) -> None:
+        """Resolve ``fut`` when the next entry becomes ready (a chunk waits to fill)."""
+        self._waiters.append(fut)
+
+    def more_coming(self) -> bool:
+        """Whether an entry may still become ready: input left, or jobs parked."""
+        return not self._stopped and (not self._source_done or self.parked > 0)
+
     def push(self, entry: Entry) -> None:
         """An admitted entry is ready again (a retry came due)."""
         self._ready.append(entry)
