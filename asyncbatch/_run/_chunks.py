@@ -394,15 +394,8 @@ class Chunks:
         delay = max(d for _, d in retried)
         when = loop.time() + delay
         for entry, _ in retried:
-            timer = entry.timer
-            if entry not in outcomes.parked or not isinstance(timer, asyncio.TimerHandle):
-                continue  # not on a backoff timer (a retry budget or circuit holds it)
-            timer.cancel()
-            entry.prev_delay = delay
-            if entry.deadline_at is not None and when >= entry.deadline_at:
-                entry.timer = loop.call_at(entry.deadline_at, outcomes._expire, entry)
-            else:
-                entry.timer = loop.call_at(when, outcomes._unpark, entry)
+            if outcomes.repark(entry, when):
+                entry.prev_delay = delay
 
 
 def split_results(raw: Any, entries: list[Entry]) -> Sequence[Any]:

@@ -366,6 +366,23 @@ class Outcomes:
         else:
             entry.timer = loop.call_later(delay, self._unpark, entry)
 
+    def repark(self, entry: Entry, when: float) -> bool:
+        """Move a job parked on a backoff timer to come due at loop time ``when``
+        (or at its deadline, if that comes first). False when it is not on a
+        backoff timer (a circuit or the retry budget holds it): it stays as it is."""
+        timer = entry.timer
+        if entry not in self.parked or not isinstance(timer, asyncio.TimerHandle):
+            return False
+        timer.cancel()
+        loop = self.loop
+        assert loop is not None
+        deadline_at = entry.deadline_at
+        if deadline_at is not None and when >= deadline_at:
+            entry.timer = loop.call_at(deadline_at, self._expire, entry)
+        else:
+            entry.timer = loop.call_at(when, self._unpark, entry)
+        return True
+
     def _park_on(self, entry: Entry, circuit: Circuit) -> None:
         """Hold ``entry`` on the circuit until it can admit it (or until its deadline)."""
         loop = self.loop
