@@ -58,7 +58,7 @@ from ._common import (
 )
 from ._postgres_conn import Connector, connect
 from ._postgres_dlq import PostgresDeadLetterQueue
-from ._postgres_plan import Segment, columns, dead_columns, plan
+from ._postgres_plan import COPY_COLUMNS, Segment, columns, dead_columns, plan
 from ._postgres_sql import MIGRATIONS, QUERIES, SCHEMA_VERSION, quote_ident
 from ._postgres_url import PostgresTarget, parse_postgres_url
 from ._protocol import (
@@ -127,7 +127,7 @@ class PostgresStore:
         self._lock = asyncio.Lock()
         self._touched: dict[str, float] = {}
         self._fresh: set[str] = set()
-        """Runs this store created: their jobs have no rows yet (see `job_insert`)."""
+        """Runs this store created: their jobs have no rows yet (see `job_copy`)."""
         self._forgotten = time.monotonic()
         self._closed = False
         self.dlq: DeadLetterQueue = PostgresDeadLetterQueue(self)
@@ -508,7 +508,9 @@ class PostgresStore:
         for seg in segments:
             if seg.run_id is not None and seg.run_id in self._fresh:
                 try:
-                    await conn.execute(Q.job_insert, *seg.upsert[1])
+                    await conn.copy_records_to_table(
+                        "jobs", records=seg.copy_rows(), columns=COPY_COLUMNS
+                    )
                 except asyncpg.UniqueViolationError:
                     self._fresh.discard(seg.run_id)
                     raise _Redo from None

@@ -8,6 +8,8 @@ retried after a lost connection sends exactly the same thing again.
 from __future__ import annotations
 
 import itertools
+import operator
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,12 +32,25 @@ from ._common import (
 from ._postgres_sql import QUERIES as Q
 from ._protocol import JobRecord
 
-__all__ = ["Segment", "columns", "dead_columns", "plain_segment", "plan"]
+__all__ = ["COPY_COLUMNS", "Segment", "columns", "dead_columns", "plain_segment", "plan"]
 
 _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
 # The job_row columns job_upsert/job_compensate take as arrays, in their order
 # (seq is the sequence's, has_result is computed, updated_at is one value).
 _ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 14)
+
+
+
+def _copy_columns(statement: str) -> tuple[str, ...]:
+    found = re.search(r"^COPY jobs \(([^)]*)\)", statement, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"job_copy is not a COPY into jobs: {statement!r}")
+    return tuple(c.strip() for c in found.group(1).split(","))
+
+
+COPY_COLUMNS = _copy_columns(Q.job_copy)
+"""The columns of `Segment.copy_rows`, in order: those of the job_copy statement."""
+_STATUS = _SUCCEEDED.value
 
 
 @dataclass(slots=True)
@@ -59,6 +74,18 @@ class Segment:
     """The statement writing ``jobs`` and its parameters (see `Segment.seal`)."""
     run_id: str | None = None
     """The run of every job record, when they are all plain successes of one run."""
+    copy: list[tuple[Any, ...]] | None = None
+    """`copy_rows`, once built."""
+
+    def copy_rows(self) -> list[tuple[Any, ...]]:
+        """job_copy's rows (`COPY_COLUMNS`) for the job_success segment; built once, for retries."""
+        if self.copy is None:
+            run_id, keys, idxs, attempts, durations, results, now = self.upsert[1]
+            same = itertools.repeat
+            has = map(operator.is_not, results, same(None))
+            self.copy = list(zip(same(run_id), keys, idxs, same(_STATUS), attempts, durations,
+                                 results, has, same(now), strict=False))  # fmt: skip
+        return self.copy
 
     def seal(self, now: float) -> None:
         """Choose and build the jobs statement: `job_success` when it can, else `job_upsert`."""
