@@ -190,7 +190,8 @@ def test_the_fast_plan_of_plain_successes_equals_the_general_one(
 
     def plain(seg: Any) -> Any:
         return (seg.upsert[0], [list(p) if isinstance(p, list | tuple) else p
-                                for p in seg.upsert[1]], seg.resolve_keys, seg.run_id)  # fmt: skip
+                                for p in seg.upsert[1]], seg.to_resolve(["r1"]),
+                list(seg.copy_rows()), seg.run_id)  # fmt: skip
 
     assert plain(fast) == plain(general)
     assert fast.upsert[0] is _postgres_sql.QUERIES.job_success

@@ -484,7 +484,11 @@ class PostgresStore:
         self._check_open()
         now = self._clock()
         segments = plan(records, now)
-        run_ids = list({r.run_id: None for r in records})
+        first = segments[0].run_id
+        if segments[0].resolve_all and first is not None:  # `plain_segment`: the commonest
+            run_ids = [first]
+        else:
+            run_ids = list({r.run_id: None for r in records})
         token = uuid.uuid4().hex
         try:
             await self._write(lambda conn: self._apply(conn, token, run_ids, segments, now))
@@ -522,7 +526,7 @@ class PostgresStore:
                 await conn.execute(Q.dlq_dead, *dead_columns(seg.dead), now)
             if seg.resolve_ids:
                 await conn.execute(Q.dlq_resolve_by_id, seg.resolve_ids, now)
-            resolve = [k for k in seg.resolve_keys if k[0] in open_runs] if open_runs else ()
+            resolve = seg.to_resolve(open_runs)
             if resolve:
                 runs, keys = zip(*resolve, strict=True)
                 await conn.execute(Q.dlq_resolve_by_key, runs, keys, now)
