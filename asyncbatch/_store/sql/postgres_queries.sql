@@ -144,11 +144,14 @@ FROM jobs WHERE run_id = $1 ORDER BY seq
 -- runs of $2 that do not exist (the commit then writes nothing); and those
 -- with unresolved DLQ entries (only their successes can resolve one, so
 -- dlq_resolve_by_key is skipped for the others: most runs, most commits).
+-- Each run is a probe of runs' primary key (an EXCEPT against all of runs
+-- scanned the whole table every commit: 5 ms a commit with 20,000 runs).
 WITH token AS (
     INSERT INTO commits (token) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1
 )
 SELECT (SELECT count(*) FROM token) = 1 AS fresh,
-       ARRAY(SELECT unnest($2::text[]) EXCEPT SELECT id FROM runs) AS missing,
+       ARRAY(SELECT r.id FROM unnest($2::text[]) AS r(id)
+             WHERE NOT EXISTS (SELECT 1 FROM runs WHERE runs.id = r.id)) AS missing,
        ARRAY(SELECT r.id FROM unnest($2::text[]) AS r(id)
              WHERE EXISTS (SELECT 1 FROM dlq
                            WHERE dlq.run_id = r.id AND dlq.status <> 'resolved')) AS open
