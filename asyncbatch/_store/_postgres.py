@@ -9,7 +9,9 @@ parameters `_postgres_plan` builds.
 The hot path is `PostgresStore.commit`: every pending record of a flush goes
 into ONE transaction of set-based statements (``INSERT ... SELECT FROM
 unnest(...)``, one array per column) — a handful of round trips per group,
-whatever its size. Completion order comes from a sequence. A commit carries
+whatever its size. The commonest group, plain successes of a run this store
+created, is one binary COPY into ``jobs`` instead (see ``job_copy``).
+Completion order comes from a sequence. A commit carries
 a token, so when the connection is lost and the `Connector` retries it, a
 commit that had in fact landed is not applied twice (a dead-lettered job
 would otherwise double its attempt history).
