@@ -40,7 +40,6 @@ _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
 _ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 14)
 
 
-
 def _copy_columns(statement: str) -> tuple[str, ...]:
     found = re.search(r"^COPY jobs \(([^)]*)\)", statement, re.MULTILINE)
     if found is None:
