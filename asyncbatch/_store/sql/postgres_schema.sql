@@ -136,3 +136,12 @@ CREATE TABLE workers (
     beat_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, owner)
 );
+
+-- migration: 4 jobs.seq defaults to the sequence: a fresh run's successes arrive by COPY
+-- A run this store created has no job rows yet, so its plain successes are
+-- written by a binary COPY into jobs (no unnest, no ON CONFLICT: a fifth
+-- less server time a row, and asyncpg encodes the rows without an array
+-- parameter's per-element checks). COPY cannot call nextval itself, but it
+-- computes the default of every column it is not given, row by row in the
+-- order the rows come: so seq still follows completion order.
+ALTER TABLE jobs ALTER COLUMN seq SET DEFAULT nextval('job_seq');
