@@ -8,6 +8,7 @@ ledger written outside the database (tests/shared_job.py).
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from test_shared import (
     wait_for,
     worker,
 )
+
+import asyncbatch as ab
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -124,6 +127,88 @@ async def test_a_finished_runs_limits_are_forgotten(board: Any) -> None:
     assert await board.claim("r", "api", "a", 2) == []
     with pytest.raises(LookupError):
         await board.reserve("r", "api", 1)
+
+
+# ------------------------------------------------------------------ the limiter in one process
+
+
+async def _exact_deps(store: Any, owner: str, **options: Any) -> tuple[Any, Any]:
+    from asyncbatch._deps import Dependencies
+    from asyncbatch._deps._global import exact_limits, exact_names
+
+    deps = Dependencies(
+        run_id="r", limits=options.get("limits"), rates=options.get("rates"), breakers=None,
+        classify=lambda exc: ab.ErrorKind.TRANSIENT, emit=lambda event: None,
+    )  # fmt: skip
+    names = exact_names(True, options.get("limits"), options.get("rates"))
+    limits = exact_limits(store, deps, names, run_id="r", owner=owner, lease=10.0)
+    return deps, limits
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[Any]:
+    from asyncbatch._store import RunInfo
+    from asyncbatch._store._postgres import PostgresStore
+
+    async with await PostgresStore.open(pg_url) as store:
+        await store.begin_run(RunInfo(run_id="r"))
+        yield store
+
+
+async def test_two_sessions_share_one_bulkhead_and_a_cancelled_wait_leaks_no_slot(
+    store: Any,
+) -> None:
+    inside = peak = 0
+
+    async def call(deps: Any) -> None:
+        nonlocal inside, peak
+        async with deps.guard("db"):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.005)
+            inside -= 1
+
+    sessions = [await _exact_deps(store, owner, limits={"db": 3}) for owner in ("a", "b")]
+    async with asyncio.TaskGroup() as tg:
+        services = [tg.create_task(limits.run()) for _, limits in sessions]
+        await asyncio.gather(*(call(deps) for deps, _ in sessions for _ in range(20)))
+        assert peak == 3, "3 at once across both, not 3 each"
+        # A call waiting for a slot is cancelled (a timeout): nothing leaks.
+        (deps_a, _), (deps_b, _) = sessions
+        hold = asyncio.Event()
+        held = 0
+
+        async def holder() -> None:
+            nonlocal held
+            async with deps_a.guard("db"):
+                held += 1
+                await hold.wait()
+
+        holders = [tg.create_task(holder()) for _ in range(3)]
+        while held < 3:  # noqa: ASYNC110  (three tasks to enter: a counter is plainer)
+            await asyncio.sleep(0.001)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await call(deps_b)
+        hold.set()
+        await asyncio.gather(*holders)
+        peak = 0
+        await asyncio.gather(*(call(deps_b) for _ in range(10)))
+        assert peak == 3, "every slot came back"
+        for service in services:
+            service.cancel()
+
+
+async def test_an_exact_name_without_a_limit_or_an_adaptive_one_is_a_config_error() -> None:
+    from asyncbatch._deps._global import exact_names
+
+    with pytest.raises(ab.ConfigError, match="no limits= or rates= entry"):
+        exact_names(["api"], {"db": 2}, None)
+    with pytest.raises(ab.ConfigError, match="adaptive"):
+        exact_names(["db"], {"db": ab.Adaptive()}, None)
+    assert exact_names(True, {"db": ab.Adaptive(), "x": 2}, {"api": ab.Rate(5)}) == ["api", "x"]
+    with pytest.raises(ab.ConfigError, match="exact_limits"):
+        ab.SharedRun(exact_limits="api")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ real processes

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ExactLimit", "ExactLimits", "exact_limits", "exact_names", "forget_limits"]
 
+REUSE = 0.05
+"""Seconds a slot leased from the database may pass from call to call in one worker."""
 _POLL_MIN, _POLL_MAX = 0.001, 0.02  # backoff while no slot is free (< YIELD)
 _RESERVE_MAX = 64  # starts reserved by one statement
 
@@ -86,8 +88,8 @@ def exact_names(
 class ExactLimit:
     """One dependency's exact limits in one worker session (what its guard awaits)."""
 
-    __slots__ = ("_claim_wake", "_limits", "_reserve_wake", "_slot_waiters", "_start_waiters",
-                 "name", "rate", "slots")  # fmt: skip
+    __slots__ = ("_claim_wake", "_claimed", "_idle", "_limits", "_reserve_wake",
+                 "_slot_waiters", "_start_waiters", "name", "rate", "slots")  # fmt: skip
 
     def __init__(self, limits: ExactLimits, name: str, slots: int | None, rate: Rate | None):
         self._limits = limits
@@ -98,10 +100,19 @@ class ExactLimit:
         self._start_waiters: deque[asyncio.Future[float]] = deque()
         self._claim_wake = asyncio.Event()
         self._reserve_wake = asyncio.Event()
+        self._claimed: dict[Slot, float] = {}
+        """Slots this session holds → loop time it leased each from the database."""
+        self._idle: dict[Slot, asyncio.TimerHandle] = {}
+        """Held slots no call uses right now → the timer that frees each."""
 
     async def acquire(self) -> Slot | None:
         """Wait for a slot (a bulkhead), then for a start time (a rate); the slot, or None."""
-        slot = await self._wait(self._slot_waiters, self._claim_wake) if self.slots else None
+        slot = None
+        if self._idle:  # a slot this worker holds and no call uses: no round trip
+            slot, timer = self._idle.popitem()
+            timer.cancel()
+        elif self.slots:
+            slot = await self._wait(self._slot_waiters, self._claim_wake)
         if self.rate is not None:
             try:
                 at = await self._wait(self._start_waiters, self._reserve_wake)
@@ -115,8 +126,32 @@ class ExactLimit:
         return slot
 
     def release(self, slot: Slot) -> None:
-        """The call ended: free its slot (queued; this does not wait)."""
+        """The call ended: pass its slot on, or free it (queued; this does not wait).
+
+        A slot leased less than `REUSE` seconds ago goes to the next call here:
+        one waiting, or one that comes before that age (it stays this
+        worker's, under the same lease): no round trip. Older ones go back to
+        the database, where the other workers' demand is served first.
+        """
+        since = self._claimed.get(slot)
+        if since is not None:
+            loop = asyncio.get_running_loop()
+            left = since + REUSE - loop.time()
+            if left > 0:
+                if not _hand(self._slot_waiters, slot):
+                    self._idle[slot] = loop.call_later(left, self._free, slot)
+                return
+        self._free(slot)
+
+    def _free(self, slot: Slot) -> None:
+        self._idle.pop(slot, None)
+        self._claimed.pop(slot, None)
         self._limits._release(slot)
+
+    def _close(self) -> None:
+        for timer in self._idle.values():
+            timer.cancel()
+        self._idle.clear()
 
     async def _wait(self, waiters: deque[asyncio.Future[Any]], wake: asyncio.Event) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -193,6 +228,8 @@ class ExactLimits:
     async def aclose(self) -> None:
         """The session ends: free every slot it still holds (bounded by the caller)."""
         self._pending.clear()
+        for limit in self.limits.values():
+            limit._close()
         try:
             await self.board.drop(self.run_id, self.owner)
         except (StoreError, OSError):
@@ -239,9 +276,11 @@ class ExactLimits:
             # session, as a failed chunk claim does; its guards' waits are cancelled.
             self.round_trips += 1
             got = await self.board.claim(self.run_id, limit.name, self.owner, wanted)
+            now = asyncio.get_running_loop().time()
             for slot in got:
+                limit._claimed[slot] = now
                 if not _hand(waiters, slot):
-                    self._release(slot)  # its call was cancelled meanwhile
+                    limit.release(slot)  # its call was cancelled meanwhile
             if len(got) >= wanted:
                 delay = _POLL_MIN
                 continue
