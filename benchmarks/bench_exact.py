@@ -77,6 +77,25 @@ async def _one(
     return took
 
 
+async def _round_trip(url: str, n: int = 300) -> float:
+    """Median seconds of one slot statement (a claim, then a release, n times)."""
+    from asyncbatch._store import RunInfo
+    from asyncbatch._store._postgres import PostgresStore
+    from asyncbatch._store._postgres_limits import LimitBoard
+
+    async with await PostgresStore.open(url) as store:
+        await store.begin_run(RunInfo(run_id="rt"))
+        board = LimitBoard(store, lease=10.0)
+        await board.make("rt", slots={"api": 1}, spacing={})
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            slots = await board.claim("rt", "api", "me", 1)
+            await board.release("rt", "me", slots)
+            times.append((time.perf_counter() - start) / 2)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> list[list[str]]:
     """Print calls/s with exact and split limits, 1 and 3 processes."""
     from .bench_postgres import Schemas, _answers, server_url
@@ -105,6 +124,7 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
                 t = asyncio.run(_one(store, n, exact=exact, workers=p - 1))
                 times[(p, exact)].append(t)
                 loads.append(os.getloadavg()[0])
+        trip = asyncio.run(_round_trip(store))
         rated = asyncio.run(_one(store, 3_000, exact=True, workers=2, rate=1000.0, limit=False))
     finally:
         asyncio.run(schemas.drop_all())
@@ -118,6 +138,8 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
                         f"{split:,.0f} calls/s"))  # fmt: skip
         rows.append(row(f"{n:,} calls, bulkhead {LIMIT}, exact, {procs}",
                         f"{exact:,.0f} calls/s = {exact / split:.2f}x split"))  # fmt: skip
+    rows.append(row("one slot statement (claim or release), median of 600",
+                    f"{trip * 1000:.2f} ms"))  # fmt: skip
     kept = 3_000 / rated
     rows.append(row("3,000 calls, exact Rate(1000), no bulkhead, 3 processes",
                     f"{kept:,.0f} calls/s kept", "<= 1,000/s", kept <= 1_000))  # fmt: skip
