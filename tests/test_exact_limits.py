@@ -199,6 +199,48 @@ async def test_two_sessions_share_one_bulkhead_and_a_cancelled_wait_leaks_no_slo
             service.cancel()
 
 
+class FakeBoard:
+    """The slot statements in memory: what a session sends, and N slots."""
+
+    def __init__(self, n: int) -> None:
+        self.free = list(range(n))
+        self.claims = 0
+        self.released: list[Any] = []
+
+    async def make(self, run_id: str, **kinds: Any) -> None:
+        pass
+
+    async def claim(self, run_id: str, dep: str, owner: str, n: int) -> list[Any]:
+        self.claims += 1
+        got, self.free = self.free[:n], self.free[n:]
+        return [(dep, s, 1) for s in got]
+
+    async def release(self, run_id: str, owner: str, slots: list[Any]) -> None:
+        self.released += slots
+        self.free += [s for _, s, _ in slots]
+
+
+@pytest.mark.looptime
+async def test_a_slot_passes_to_the_next_call_only_while_it_is_fresh() -> None:
+    from asyncbatch._deps._global import REUSE, ExactLimits
+
+    board = FakeBoard(1)
+    limits = ExactLimits(board, "r", "me")  # type: ignore[arg-type]
+    limit = limits.add("api", 1, None)
+    service = asyncio.create_task(limits.run())
+    slot = await limit.acquire()
+    limit.release(slot)  # nobody waits: kept for the next call, no round trip
+    assert await limit.acquire() == slot
+    assert board.claims == 1
+    assert board.released == []
+    limit.release(slot)
+    await asyncio.sleep(REUSE)  # too old to pass on: back to the database
+    assert board.released == [slot]
+    assert await limit.acquire() == slot
+    assert board.claims == 2, "leased again"
+    service.cancel()
+
+
 async def test_an_exact_name_without_a_limit_or_an_adaptive_one_is_a_config_error() -> None:
     from asyncbatch._deps._global import exact_names
 
@@ -209,6 +251,21 @@ async def test_an_exact_name_without_a_limit_or_an_adaptive_one_is_a_config_erro
     assert exact_names(True, {"db": ab.Adaptive(), "x": 2}, {"api": ab.Rate(5)}) == ["api", "x"]
     with pytest.raises(ab.ConfigError, match="exact_limits"):
         ab.SharedRun(exact_limits="api")  # type: ignore[arg-type]
+
+
+async def test_a_run_naming_an_unlimited_dependency_exact_fails_before_it_starts(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHARED_LEDGER", str(tmp_path / "ledger"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import shared_job
+
+    with pytest.raises(ab.ConfigError, match="'payments', which has no limits="):
+        await ab.run_batch(
+            shared_job.job, range(3), store=pg_url, run_id="bad", limits={"db": 2},
+            shared=ab.SharedRun(exact_limits=["payments"]),
+        )  # fmt: skip
+    assert not (tmp_path / "ledger").exists(), "no job ran"
 
 
 # ------------------------------------------------------------------ real processes

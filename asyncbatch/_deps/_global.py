@@ -107,11 +107,8 @@ class ExactLimit:
 
     async def acquire(self) -> Slot | None:
         """Wait for a slot (a bulkhead), then for a start time (a rate); the slot, or None."""
-        slot = None
-        if self._idle:  # a slot this worker holds and no call uses: no round trip
-            slot, timer = self._idle.popitem()
-            timer.cancel()
-        elif self.slots:
+        slot = self._reuse() if self._idle else None
+        if slot is None and self.slots:
             slot = await self._wait(self._slot_waiters, self._claim_wake)
         if self.rate is not None:
             try:
@@ -142,6 +139,22 @@ class ExactLimit:
                     self._idle[slot] = loop.call_later(left, self._free, slot)
                 return
         self._free(slot)
+
+    def _reuse(self) -> Slot | None:
+        """A slot this worker holds and no call uses (no round trip), if one is fresh.
+
+        Its age is checked again here, not only by its timer: after the
+        process was frozen (SIGSTOP) the timer may not have run yet, and the
+        slot may be another worker's by now.
+        """
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            slot, timer = self._idle.popitem()
+            timer.cancel()
+            if now - self._claimed.get(slot, -REUSE) < REUSE:
+                return slot
+            self._free(slot)
+        return None
 
     def _free(self, slot: Slot) -> None:
         self._idle.pop(slot, None)

@@ -23,7 +23,9 @@ process then joins again, in a new session, once the database answers.
 What is per process: breakers (``fail_max`` counts this process's
 failures), event hooks and OpenTelemetry (the process's own). Bulkheads and
 rate limits are split among the live workers, recomputed on the heartbeat
-(`Dependencies.share`).
+(`Dependencies.share`), unless ``SharedRun(exact_limits=...)`` makes them
+exact: then the database holds them (`_deps._global`), and the heartbeat
+renews the session's slot leases with its chunks'.
 """
 
 from __future__ import annotations
