@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from asyncbatch._deps._global import exact_names, forget_limits
 from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, StoreError, UnknownRun
 from asyncbatch._result import BatchResult
 from asyncbatch._store import RunInfo, storable_key
@@ -87,6 +88,7 @@ def _config(job: Callable[..., Any], opts: Options, shared: SharedRun) -> dict[s
         "shared": {
             "chunk_size": shared.chunk_size,
             "lease": shared.lease,
+            "exact_limits": shared.exact_limits,
             "policy": policy_config(opts),
         },
     }
@@ -116,6 +118,8 @@ async def coordinate(
         )
     if not isinstance(opts.store, str) or not opts.store.startswith(("postgresql:", "postgres:")):
         raise ConfigError("shared= needs a PostgreSQL store: store='postgresql://user@host/db'")
+    if shared.exact_limits:  # a name without a limit, an adaptive one: say so before starting
+        exact_names(shared.exact_limits, opts.limits, opts.rates)
     t0 = time.monotonic()
     now = time.time()
     info = RunInfo(
@@ -161,7 +165,8 @@ async def coordinate(
         # Workers stop at their next poll: wait (briefly) for their reports to merge them.
         with anyio.move_on_after(1.0):
             await wait_for_workers(board, run_id, shared.lease)
-        await board.finish(run_id, whole_report)
+        if await board.finish(run_id, whole_report) and shared.exact_limits:
+            await forget_limits(store, run_id)
         run = await store.get_run(run_id)
         await lease.end("finished", run.counts, run.report)
         jobs = await store.jobs(run_id)
@@ -333,7 +338,7 @@ async def work_run(
         try:
             session = await run_session(
                 job, opts, board, run_id, lease=shared.lease, chunk_size=shared.chunk_size,
-                keep_items=keep_items, job_ref=job_ref,
+                keep_items=keep_items, job_ref=job_ref, exact_limits=shared.exact_limits,
             )  # fmt: skip
         except (StoreError, UnknownRun):
             await anyio.sleep(delay)
@@ -411,7 +416,10 @@ async def work(
             if run.job != job_ref:
                 raise ConfigError(f"run {rid!r} runs {run.job or 'another job'}, not {job_ref}")
             opts = worker_options(run.config, concurrency=concurrency)
-            spec = SharedRun(chunk_size=int(shared["chunk_size"]), lease=float(shared["lease"]))
+            spec = SharedRun(
+                chunk_size=int(shared["chunk_size"]), lease=float(shared["lease"]),
+                exact_limits=shared.get("exact_limits") or False,
+            )  # fmt: skip
             tally: dict[str, int] = {}
             store = await open_shared_store(url, lease=spec.lease, durability=opts.durability)
             try:
