@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +89,10 @@ class Chunks:
         self._inst = inst
         self._deps = deps
         self._traffic = traffic
+
+    def pick(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The worker loop (one for every chunked run), as `Workers.pick` names one."""
+        return self.loop
 
     async def loop(self) -> None:
         """One worker: form a chunk, run it, until no work is left for it."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Sized
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sized
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -55,6 +55,7 @@ from ._ready import ReadyQueue
 from ._workers import Workers
 
 if TYPE_CHECKING:
+    from ._chunks import Chunks
     from ._traffic import Traffic
 
 __all__ = ["Engine", "unwrap_group"]
@@ -453,7 +454,12 @@ class Engine(Generic[R]):
             from asyncbatch._deps import reset_dependencies, use_dependencies
 
             deps_token = use_dependencies(self._deps)
-        workers = Workers(
+        kind: type[Workers] | type[Chunks] = Workers
+        if self.opts.batch_size is not None:
+            from ._chunks import Chunks  # the chunk worker loop (``batch_size=``)
+
+            kind = Chunks
+        loops = kind(
             self.job,
             self.opts,
             queue=self._queue,
@@ -486,7 +492,7 @@ class Engine(Generic[R]):
                     # anyio's start_soon costs several times more per task, which
                     # showed at concurrency 10,000 (measured in benchmarks/bench_core.py).
                     # `Control` starts them (and more on a resize), at most most_workers.
-                    run = workers.pick() if self.opts.batch_size is None else self._chunked()
+                    run = loops.pick()
                     self._queue.workers = 0
                     async with asyncio.TaskGroup() as pool:
                         self.control.start(
@@ -498,22 +504,6 @@ class Engine(Generic[R]):
             self._outcomes.let_go()
             if deps_token is not None:
                 reset_dependencies(deps_token)
-
-    def _chunked(self) -> Callable[[], Coroutine[Any, Any, None]]:
-        """The chunk worker loop (``batch_size=``), see `_chunks`."""
-        from ._chunks import Chunks
-
-        chunks = Chunks(
-            self.job,
-            self.opts,
-            queue=self._queue,
-            outcomes=self._outcomes,
-            abort=self._abort,
-            inst=self._inst,
-            deps=self._deps,
-            traffic=self._traffic,
-        )
-        return chunks.loop
 
     def relieve(self) -> None:
         """A stream reader took outcomes: the backlog shrank."""
