@@ -209,9 +209,6 @@ async def test_shared_options_that_cannot_work_fail_in_one_line(pg_url: str) -> 
             _module_job, [1], store=pg_url, shared=True,
             classify=ab.Classifier([ab.Rule(ValueError, kind="transient", when=lambda e: True)]),
         )  # fmt: skip
-    with pytest.raises(ab.ConfigError, match="streamed"):
-        async with ab.Batch(_module_job, store=pg_url, shared=True).stream([1]):
-            pass
     with pytest.raises(ab.ConfigError, match="chunk_size"):
         ab.SharedRun(chunk_size=0)
 

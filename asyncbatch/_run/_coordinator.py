@@ -100,8 +100,12 @@ async def coordinate(
     shared: SharedRun,
     run_id: str,
     job_ref: str,
+    outcomes: bool = True,
 ) -> BatchResult[Any]:
     """Run ``items`` as a shared run: enqueue, work, finish; the whole run's result.
+
+    With ``outcomes=False`` the result's outcomes stay empty (a stream reads
+    them from the store instead of loading the whole run at once).
 
     Raises:
         BatchAborted: the run was aborted (anywhere); ``.result`` is the whole
@@ -139,7 +143,7 @@ async def coordinate(
             return await _abort_end(
                 store, board, lease, opts, run_id, shared, t0, AsyncBatchError(
                     "rollback resumed after an earlier abort"
-                ),
+                ), outcomes=outcomes,
             )  # fmt: skip
         await board.share(run_id)
         failed: list[Exception] = []
@@ -153,7 +157,9 @@ async def coordinate(
             tg.cancel_scope.cancel()
         if state.abort_reason is not None:
             cause = AsyncBatchError(f"the run was aborted: {state.abort_reason}")
-            return await _abort_end(store, board, lease, opts, run_id, shared, t0, cause)
+            return await _abort_end(
+                store, board, lease, opts, run_id, shared, t0, cause, outcomes=outcomes
+            )
         if failed:
             counts = await board.run_counts(run_id)
             await lease.end("interrupted", counts, None)
@@ -164,7 +170,7 @@ async def coordinate(
         await board.finish(run_id, whole_report)
         run = await store.get_run(run_id)
         await lease.end("finished", run.counts, run.report)
-        jobs = await store.jobs(run_id)
+        jobs = await store.jobs(run_id) if outcomes else []
         return result_from_store(run_id, jobs, run, time.monotonic() - t0, opts.result_codec)
     finally:
         with anyio.CancelScope(shield=True):
@@ -180,6 +186,8 @@ async def _abort_end(
     shared: SharedRun,
     t0: float,
     cause: BaseException,
+    *,
+    outcomes: bool = True,
 ) -> BatchResult[Any]:
     """After an abort: wait for every worker to stop, roll the whole run back, raise."""
     await wait_for_quiet(board, run_id, shared.lease)
@@ -203,7 +211,7 @@ async def _abort_end(
     report = whole_report([run.report] if run.report else [], counts)
     await board.close(run_id, counts, report)
     run = await store.get_run(run_id)
-    jobs = await store.jobs(run_id)
+    jobs = await store.jobs(run_id) if outcomes else []
     result = result_from_store(run_id, jobs, run, time.monotonic() - t0, opts.result_codec)
     raise BatchAborted(result, cause) from cause
 
