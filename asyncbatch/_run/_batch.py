@@ -34,6 +34,7 @@ from ._engine import Engine, unwrap_group
 from ._options import BatchOptions, Options, RedriveOptions, build_options
 
 if TYPE_CHECKING:
+    from ._shared_run import SharedRun
     from ._shared_stream import SharedTail
 
 __all__ = ["Batch", "OutcomeStream", "redrive", "rollback", "run_batch"]
@@ -227,11 +228,12 @@ class Batch(Generic[T, R]):
                 ``.result`` holds the partial result (outcomes in input order).
         """
         _require_asyncio()
-        if self.options.shared is not None:  # many workers: see _coordinator
+        shared = self._shared()
+        if shared is not None:  # many workers: see _coordinator
             from ._coordinator import coordinate
 
             return await coordinate(
-                self.job, items, self.options, shared=self.options.shared,
+                self.job, items, self.options, shared=shared,
                 run_id=self.options.run_id or new_run_id(), job_ref=job_ref(self.job),
             )  # fmt: skip
         outcomes: list[JobOutcome[R]] = []
@@ -253,7 +255,7 @@ class Batch(Generic[T, R]):
         early cancels the remaining work (it stays resumable).
         """
         _require_asyncio()
-        if self.options.shared is not None:  # many workers: outcomes read from the store
+        if self._shared() is not None:  # many workers: outcomes read from the store
             async with self._shared_stream(items) as shared_stream:
                 yield shared_stream
             return
@@ -277,12 +279,16 @@ class Batch(Generic[T, R]):
                 raise inner from inner.__cause__
 
 
+    def _shared(self) -> SharedRun | None:
+        """How the run is shared, or None for the single-process path."""
+        return self.options.shared
+
     @contextlib.asynccontextmanager
     async def _shared_stream(self, items: Items[T]) -> AsyncIterator[OutcomeStream[R]]:
         from ._coordinator import coordinate
         from ._shared_stream import open_tail
 
-        opts, shared = self.options, self.options.shared
+        opts, shared = self.options, self._shared()
         assert shared is not None
         run_id = opts.run_id or new_run_id()
         async with open_tail(opts, run_id) as tail:

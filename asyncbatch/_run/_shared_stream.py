@@ -28,7 +28,7 @@ from asyncbatch._errors import BatchAborted, ErrorKind
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._store._common import decode
 
-from ._options import Options
+from ._options import Options, postgres_url
 from ._shared import finished_statuses
 
 if TYPE_CHECKING:
@@ -143,8 +143,9 @@ async def open_tail(opts: Options, run_id: str) -> AsyncIterator[SharedTail]:
     from asyncbatch._store._postgres import PostgresStore
     from asyncbatch._store._postgres_stream import RunTail
 
-    assert isinstance(opts.store, str)
-    store = await PostgresStore.open(opts.store, pool_size=2)
+    url = postgres_url(opts.store)
+    assert url is not None
+    store = await PostgresStore.open(url, pool_size=2)
     try:
         tail = RunTail(store, run_id)
         start = await tail.last_seq()  # 0 for a run not stored yet

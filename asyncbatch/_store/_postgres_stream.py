@@ -32,6 +32,7 @@ class StreamQueries:
     stream_writers: str
     stream_pending: str
     stream_page: str
+    stream_counts: str
 
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -100,6 +101,11 @@ class RunTail:
         if upto <= after:
             return []
         return await self.store._fetch(S.stream_page, self.run_id, after, upto, limit)
+
+    async def counts(self, seq0: int) -> list[tuple[str, bool, int]]:
+        """``(status, finished by an earlier invocation, jobs)``; ``seq0``: the run's start."""
+        rows = await self.store._fetch(S.stream_counts, self.run_id, seq0)
+        return [(r["status"], bool(r["earlier"]), int(r["n"])) for r in rows]
 
     async def last_seq(self) -> int:
         """The run's highest stored seq (0 for none)."""

@@ -32,3 +32,9 @@ WHERE locktype = 'relation' AND relation = 'jobs'::regclass AND mode = 'RowExclu
 SELECT key, status, result, has_result, attempts, seq, idx, duration, kind
 FROM jobs WHERE run_id = $1 AND seq > $2 AND seq <= $3
 ORDER BY seq LIMIT $4
+
+-- name: stream_counts
+-- Run $1's jobs per status, split at seq $2: those at or below it were
+-- finished by an earlier invocation of the run.
+SELECT status, seq <= $2 AS earlier, count(*) AS n FROM jobs WHERE run_id = $1
+GROUP BY status, seq <= $2
