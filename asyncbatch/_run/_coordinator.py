@@ -18,7 +18,7 @@ followed by a new one once the database answers.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sized
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ import anyio
 import anyio.lowlevel
 
 from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, StoreError, UnknownRun
-from asyncbatch._result import BatchResult
+from asyncbatch._result import BatchResult, JobOutcome
 from asyncbatch._store import RunInfo, storable_key
 
 from . import _shared_resume as _resume
@@ -129,10 +129,10 @@ async def coordinate(
         raise ConfigError("shared= needs a PostgreSQL store: store='postgresql://user@host/db'")
     t0 = time.monotonic()
     now = time.time()
-    info = RunInfo(
-        run_id=run_id, job=job_ref, config=_config(job, opts, shared), created_at=now,
-        updated_at=now,
-    )  # fmt: skip
+    config = _config(job, opts, shared)
+    if isinstance(items, Sized):  # the dashboard's progress bar, as a single-process run
+        config.setdefault("total", len(items))
+    info = RunInfo(run_id=run_id, job=job_ref, config=config, created_at=now, updated_at=now)
     from asyncbatch._store._postgres_shared import SharedBoard
 
     store = await open_shared_store(url, lease=shared.lease, durability=opts.durability)
@@ -150,6 +150,7 @@ async def coordinate(
         await board.share(run_id)
         failed: list[Exception] = []
         causes: list[BaseException] = []  # an abort decided here: its own exception
+        mine: list[JobOutcome[Any]] = []  # the outcomes of the jobs this process ran
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lease.run)
@@ -157,6 +158,7 @@ async def coordinate(
                 state = await work_run(
                     job, opts, board, run_id, shared=shared, job_ref=job_ref,
                     keep_items=opts.compensate is not None, causes=causes,
+                    sink=mine.append if outcomes else None,
                 )  # fmt: skip
                 tg.cancel_scope.cancel()
         except BaseException:
@@ -167,13 +169,13 @@ async def coordinate(
             raise
         if state.abort_reason is not None:
             # The abort decided here (its reason is the one that stands) keeps its exception.
-            mine = [c for c in causes if f"{type(c).__name__}: {c}" == state.abort_reason]
-            cause = mine[0] if mine else AsyncBatchError(
+            ours = [c for c in causes if f"{type(c).__name__}: {c}" == state.abort_reason]
+            cause = ours[0] if ours else AsyncBatchError(
                 f"the run was aborted: {state.abort_reason}"
             )  # fmt: skip
             return await _abort_end(
                 store, board, lease, opts, run_id, shared, t0, cause, outcomes=outcomes,
-                seq0=seq0,
+                seq0=seq0, mine=mine,
             )  # fmt: skip
         if failed:
             counts = await board.run_counts(run_id)
@@ -186,7 +188,7 @@ async def coordinate(
         await board.finish(run_id, lambda reports, counts: whole_report(earlier + reports, counts))
         run = await store.get_run(run_id)
         await lease.end("finished", run.counts, run.report)
-        return await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes)
+        return await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes, mine=mine)
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()
@@ -204,6 +206,7 @@ async def _abort_end(
     *,
     outcomes: bool = True,
     seq0: int = 0,
+    mine: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
     """After an abort: wait for every worker to stop, roll the whole run back, raise."""
     await wait_for_quiet(board, run_id, shared.lease)
@@ -227,18 +230,31 @@ async def _abort_end(
     report = whole_report([run.report] if run.report else [], counts)
     await board.close(run_id, counts, report)
     run = await store.get_run(run_id)
-    result = await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes)
+    result = await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes, mine=mine)
     raise BatchAborted(result, cause) from cause
 
 
 async def _result(
-    store: PostgresStore, run: RunInfo, opts: Options, t0: float, *, seq0: int, outcomes: bool
+    store: PostgresStore,
+    run: RunInfo,
+    opts: Options,
+    t0: float,
+    *,
+    seq0: int,
+    outcomes: bool,
+    mine: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
-    """This invocation's result (outcomes loaded unless a stream reads them)."""
+    """This invocation's result (outcomes loaded unless a stream reads them).
+
+    The jobs this process ran keep their own outcomes (the very result
+    objects, errors and histories), the others' are read from the store.
+    """
     duration = time.monotonic() - t0
     if outcomes:
         jobs = await store.jobs(run.run_id)
-        return _resume.invocation_result(run.run_id, jobs, run, duration, opts, seq0=seq0)
+        return _resume.invocation_result(
+            run.run_id, jobs, run, duration, opts, seq0=seq0, mine=mine
+        )
     counts = await _resume.invocation_counts(store, run.run_id, opts, seq0=seq0)
     return _resume.invocation_result(
         run.run_id, [], run, duration, opts, seq0=seq0, counts=counts
@@ -348,12 +364,14 @@ async def work_run(
     keep_items: bool = False,
     tally: dict[str, int] | None = None,
     causes: list[BaseException] | None = None,
+    sink: Callable[[JobOutcome[Any]], None] | None = None,
 ) -> RunState:
     """Work the run in sessions until nothing is left, it ended or was aborted.
 
     Returns the run's state as last seen; ``tally`` (if given) adds up the
     jobs per status this process finished; ``causes`` (if given) gets the
-    exception of an abort decided in this process. A session that fenced itself or
+    exception of an abort decided in this process; ``sink`` the outcomes of
+    the jobs this process finished. A session that fenced itself or
     lost the database is followed by a new one, with backoff, once the
     database answers again: a worker never exits over an outage.
     """
@@ -372,7 +390,7 @@ async def work_run(
         try:
             session = await run_session(
                 job, opts, board, run_id, lease=shared.lease, chunk_size=shared.chunk_size,
-                keep_items=keep_items, job_ref=job_ref,
+                keep_items=keep_items, job_ref=job_ref, sink=sink,
             )  # fmt: skip
         except (StoreError, UnknownRun):
             await anyio.sleep(delay)

@@ -187,7 +187,7 @@ def build_options(
     tracer_provider: Any = None,
     meter_provider: Any = None,
     result_codec: CodecLike = "json",
-    shared: bool | SharedRun | Literal["auto"] = "auto",
+    shared: bool | SharedRun | Literal["auto"] = False,
 ) -> Options:
     """Validate the keywords; raises `ConfigError` with a one-line fix."""
     auto = isinstance(shared, str) and shared == "auto"

@@ -529,6 +529,7 @@ async def run_session(
     chunk_size: int,
     keep_items: bool,
     job_ref: str = "",
+    sink: Callable[[JobOutcome[Any]], None] | None = None,
 ) -> Session:
     """Work the run until nothing is left to claim, it ends, or the session fences itself.
 
@@ -556,7 +557,7 @@ async def run_session(
         local,
         run_id=run_id,
         store=store,
-        sink=None,
+        sink=sink,  # the coordinator keeps its own jobs' outcomes (run(): its result)
         job_ref=job_ref,
     )
     session.engine = engine

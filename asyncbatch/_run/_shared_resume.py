@@ -81,11 +81,15 @@ def invocation_result(
     *,
     seq0: int,
     counts: dict[JobStatus, int] | None = None,
+    mine: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
     """This invocation's `BatchResult`, from the run's stored jobs (in input order).
 
-    ``counts`` (from `invocation_counts`) when ``jobs`` was not loaded.
+    ``counts`` (from `invocation_counts`) when ``jobs`` was not loaded;
+    ``mine``: outcomes this process holds, used for the jobs whose stored
+    status they match (the same execution: its very result, error, history).
     """
+    own = {o.key: o for o in mine or ()}
     codec = opts.result_codec
     skip = set(finished_statuses(opts.retry_dead))
     outcomes: list[JobOutcome[Any]] = []
@@ -95,6 +99,10 @@ def invocation_result(
         if status is None:
             continue
         tally[status] += 1
+        here = own.get(j.key)
+        if here is not None and here.status is status:
+            outcomes.append(here if here.index == j.index else replace(here, index=j.index))
+            continue
         result = j.result if codec is None or not j.has_result else codec.decode(j.result)
         outcomes.append(
             JobOutcome(key=j.key, status=status, result=result, attempts=j.attempts,
