@@ -252,7 +252,9 @@ class Batch(Generic[T, R]):
         """Run the batch while yielding outcomes as they complete.
 
         The run lives exactly as long as the ``async with`` block: leaving it
-        early cancels the remaining work (it stays resumable).
+        early cancels the remaining work (it stays resumable). A shared run
+        streams the whole run's outcomes (every worker's) from the store in
+        completion order, page by page (see `_shared_stream`).
         """
         _require_asyncio()
         if self._shared() is not None:  # many workers: outcomes read from the store
