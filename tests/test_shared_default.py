@@ -63,3 +63,18 @@ def _join(url: str, run_id: str) -> subprocess.CompletedProcess[str]:
          "--run-id", run_id],
         capture_output=True, text=True, env=_env(Path("/dev/null")), timeout=60,
     )  # fmt: skip
+
+
+def test_a_workers_budget_is_judged_as_its_jobs_finish_with_the_others_counts() -> None:
+    from asyncbatch._run._shared_budget import RunWideTracker
+
+    tracker = RunWideTracker(ab.ErrorBudget(max_failures=5))
+    failed = ab.JobOutcome(key="k", status=ab.JobStatus.DEAD_LETTERED, kind=ab.ErrorKind.PERMANENT)
+    for _ in range(3):
+        assert tracker.record_job(failed) is None
+    # The last beat read 7 failures in all, 2 of them this worker's (as it wrote them).
+    tracker.seen({"jobs": 7, "failures": 7, "retries": 0}, {"jobs": 2, "failures": 2})
+    verdict = tracker.record_job(failed)  # 4 here + 5 elsewhere = 9 > 5
+    assert verdict is not None
+    assert "9 failed jobs exceed max_failures=5" in str(verdict)
+    assert tracker.totals()["failures"] == 4, "it still writes only its own counts"

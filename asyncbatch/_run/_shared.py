@@ -52,6 +52,7 @@ from ._admission import Ahead, KeyedSource
 from ._engine import Engine, unwrap_group
 from ._entry import Entry
 from ._options import Options, build_options
+from ._shared_budget import RunWideTracker
 
 if TYPE_CHECKING:
     from asyncbatch._store._postgres import PostgresStore
@@ -178,6 +179,7 @@ class Session:
         self._counted_at = 0.0
         self._among = 1  # workers the bulkheads and rate limits are split among
         self._posted_abort = False
+        self._written: dict[str, Any] = {}
         self.state: RunState | None = None
         self._stop = False
         self._handoffs: list[Retry] = []
@@ -356,6 +358,7 @@ class Session:
             self._counted_at = started + self.lease / 4
             counts = self.counter.totals() if self.counter is not None else {}
             await board.beat(self.run_id, self.owner, counts)
+            self._written = counts  # what the run-wide sums hold of this worker
             deps = self.engine._deps if self.engine is not None else None
             if deps is not None:  # bulkheads and rate limits: split among live workers
                 workers = max(1, await board.live_workers(self.run_id, self.lease))
@@ -393,6 +396,8 @@ class Session:
                 total[name] += int(counts.get(name, 0))
             for kind, n in (counts.get("by_kind") or {}).items():
                 total["by_kind"][kind] = total["by_kind"].get(kind, 0) + int(n)
+        if isinstance(self.counter, RunWideTracker):
+            self.counter.seen(total, self._written)
         return self._judge.judge_totals(**total)
 
     def _fence(self) -> None:
@@ -563,7 +568,7 @@ async def run_session(
     session.engine = engine
     outcomes = engine._outcomes
     if budget is not None:
-        session.counter = outcomes.budget = BudgetTracker(budget, judge=False)
+        session.counter = outcomes.budget = RunWideTracker(budget)  # judged as jobs finish
     if keep_items:
         outcomes._keep_done = True  # a rollback (the coordinator's) needs the items stored
         outcomes.done = _Forget()  # ...from the store: this process rolls nothing back
