@@ -397,8 +397,17 @@ async def work_run(
             delay = min(delay * 2, 1.0)
             continue
         engine = session.engine
-        if causes is not None and engine is not None and engine._abort.cause is not None:
-            causes.append(engine._abort.cause)
+        cause = engine._abort.cause if engine is not None else None
+        if cause is not None and not session.fenced:
+            # An abort this session decided (a FATAL error, its budget verdict) may end it
+            # before its heartbeat posts it: post it now, or a new session would claim on.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(shared.lease):
+                try:
+                    await board.abort(run_id, f"{type(cause).__name__}: {cause}")
+                except StoreError:
+                    pass  # the next state read finds the database away: retried below
+        if causes is not None and cause is not None:
+            causes.append(cause)
         if tally is not None and session.engine is not None and not session.fenced:
             for status, n in session.engine.counts.items():
                 tally[status.value] = tally.get(status.value, 0) + n
