@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -80,3 +81,24 @@ def test_a_workers_budget_is_judged_as_its_jobs_finish_with_the_others_counts() 
     assert verdict is not None
     assert "9 failed jobs exceed max_failures=5" in str(verdict)
     assert tracker.totals()["failures"] == 4, "it still writes only its own counts"
+
+
+def _id(item: dict[str, Any]) -> str:
+    return str(item["id"])
+
+
+async def test_a_key_a_chunk_holds_twice_is_one_job_and_the_run_finishes(pg_url: str) -> None:
+    # k3 at input positions 3 and 7, in one chunk: the run hung (the second reached
+    # the engine's admission, which refused it, and the chunk never finished).
+    items: list[dict[str, Any]] = [{"id": f"k{i}", "n": i} for i in range(1000)]
+    items[7] = {"id": "k3", "n": -1}
+    with anyio.fail_after(30):
+        result = await ab.run_batch(
+            _n, items, key=_id, concurrency=4, store=pg_url, run_id="twice-here", shared=True
+        )
+    assert len(result.outcomes) == 999
+    assert {o.key: o.result for o in result.outcomes}["k3"] == 3  # the first one ran
+
+
+async def _n(item: dict[str, Any]) -> int:
+    return int(item["n"])

@@ -215,11 +215,13 @@ class Session:
             for chunk in chunks:
                 self.held[chunk.no] = chunk.epoch
                 todo = []
+                mine: set[str] = set()
                 for idx, key, item in zip(chunk.idxs, chunk.keys, chunk.items, strict=True):
-                    # A key finished before, or in flight here from another chunk (a key
-                    # the input holds twice): one job, run once by this worker.
-                    if key in chunk.done or chunk_of.get(key, chunk.no) != chunk.no:
+                    # A key finished before, or in flight here from another chunk or this
+                    # one (a key the input holds twice): one job, run once by this worker.
+                    if key in chunk.done or key in mine or chunk_of.get(key, chunk.no) != chunk.no:
                         continue
+                    mine.add(key)
                     chunk_of[key] = chunk.no
                     todo.append((idx, key, item))
                 self._left[chunk.no] = len(todo)
