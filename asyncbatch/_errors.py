@@ -7,6 +7,7 @@
      │    ├── BatchAborted               a FATAL error or an exhausted budget stopped the run
      │    ├── HandlerError               a ``classify=`` or ``on_error=`` callable raised
      │    ├── CircuitOpen                a dependency's breaker rejected the call
+     │    ├── ChunkResultError (TypeError)  a chunked job's results do not match its items
      │    ├── DeadlineExceeded (TimeoutError)  a job ran out of its ``deadline=``
      │    ├── StoreError                 the store cannot be opened, read or written
      │    │    ├── UnknownRun            no run with that id in the store
@@ -19,6 +20,9 @@
      ├── RecoverableError                retry with backoff
      ├── PermanentError                  never retry, dead-letter the job
      └── FatalError                      abort the whole batch
+
+A chunked job (``batch_size=``) puts ``ItemError(exc)`` (a value, not an
+exception) in its results to fail one item.
 
 ``asyncio.CancelledError``, ``KeyboardInterrupt`` and ``SystemExit`` are never
 classified, retried or wrapped: they propagate.
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncBatchError",
     "BatchAborted",
+    "ChunkResultError",
     "CircuitOpen",
     "ConfigError",
     "DeadlineExceeded",
@@ -43,6 +48,7 @@ __all__ = [
     "ErrorKind",
     "FatalError",
     "HandlerError",
+    "ItemError",
     "PermanentError",
     "RecoverableError",
     "RunOwned",
@@ -256,3 +262,52 @@ class PermanentError(Exception):
 
 class FatalError(Exception):
     """Raise (or subclass) to mark a failure FATAL: the whole batch aborts."""
+
+
+class ChunkResultError(AsyncBatchError, TypeError):
+    """A chunked job (``batch_size=``) returned results that cannot be paired with its items.
+
+    A bug in the job, not in the items: the run is aborted (FATAL) rather
+    than guessing which result belongs to which item.
+    """
+
+    def __init__(self, problem: str, size: int) -> None:
+        self.problem = problem
+        self.size = size
+        super().__init__(
+            f"a chunked job got {size} item(s) and {problem}; HINT: return one result "
+            "per item in the same order (a list), or a mapping {key: result} with every "
+            "key of the chunk; put ab.ItemError(exc) in place of an item that failed"
+        )
+
+
+class ItemError:
+    """One item's failure inside a chunked job's results (``batch_size=``).
+
+    ``return [result0, ab.ItemError(ValueError("bad row")), result2]`` fails
+    the second item alone: its error is classified like an exception the job
+    raised for it (retried alone or in a later chunk, or dead-lettered),
+    while the other items succeed.
+
+    Args:
+        error: the item's exception.
+
+    Raises:
+        TypeError: ``error`` is not an exception.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        if not isinstance(error, Exception):
+            raise TypeError(f"ab.ItemError takes an exception, got {error!r}")
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"ItemError({self.error!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ItemError) and other.error is self.error
+
+    def __hash__(self) -> int:
+        return id(self.error)

@@ -14,6 +14,15 @@ fresh schema, ``synchronous_commit=on`` throughout:
        itself can take. Target: >= 0.5x the ceiling and >= 15k jobs/s.
 2. The same insert from ``generate_series`` (no rows on the wire) for reference.
 3. ``PostgresStore.commit`` one job per transaction: what grouping saves.
+4. CPU per job, which moves far less with the machine's load than wall time:
+   the client's (``time.process_time`` of this process over the jobs) and
+   the server's (CPU time of the store's backend processes, read from
+   ``/proc``: only when the server runs on this machine; WAL writer and
+   checkpointer not counted), for the run (its store opened first, so the
+   backends can be found) and for the ceiling. Their sums' ratio is what
+   the wall ratio tends to when both compete for one core.
+
+The last line repeats the wall ratio to the ceiling, with the load average.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -106,6 +116,50 @@ async def timed(make: Callable[[], Awaitable[Any]]) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of a local process, or None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _backends(server: str, application: str) -> list[int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(server)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application
+        )
+    finally:
+        await conn.close()
+    return [r[0] for r in rows]
+
+
+async def run_cpu(url: str, server: str, n: int) -> tuple[float, float | None]:
+    """Client CPU µs a job and server CPU µs a row of a checkpointed no-op run."""
+    from asyncbatch._store._postgres import PostgresStore
+
+    application = f"ab-bench-{uuid.uuid4().hex[:12]}"
+    store = await PostgresStore.open(url, server_settings={"application_name": application})
+    try:
+        pids = await _backends(server, application)
+        before = {pid: _cpu_seconds(pid) for pid in pids}
+        start = time.process_time()
+        await ab.run_batch(noop, range(n), concurrency=CONCURRENCY, store=store, run_id="b")
+        client = time.process_time() - start
+        pids = await _backends(server, application)  # the pool may have opened more
+        after = {pid: _cpu_seconds(pid) for pid in pids}
+    finally:
+        await store.aclose()
+    readable = all(v is not None for v in [*before.values(), *after.values()]) and after
+    used = sum(t - (before.get(pid) or 0.0) for pid, t in after.items() if t is not None)
+    return client / n * 1e6, used / n * 1e6 if readable else None
+
+
 async def run_rate(url: str, n: int) -> float:
     """Jobs/s of a checkpointed no-op run (store opened by the run, as users do)."""
     async with ab.open_store(url):  # the schema (or file) exists before the clock starts
@@ -116,19 +170,31 @@ async def run_rate(url: str, n: int) -> float:
     return n / elapsed
 
 
-async def ceiling_rate(url: str, n: int, *, series: bool) -> float:
-    """Rows/s of one INSERT ... SELECT of n job rows, in one transaction."""
+async def ceiling_rate(
+    url: str, n: int, *, series: bool, cpu: list[float | None] | None = None
+) -> float:
+    """Rows/s of one INSERT ... SELECT of n job rows, in one transaction.
+
+    ``cpu``, when given, gets the client's and the server's CPU µs a row.
+    """
     from asyncbatch._store._postgres import PostgresStore
 
     async with await PostgresStore.open(url) as store:  # creates the schema
         await store.begin_run(RunInfo(run_id="ceiling"))
 
         async def insert(conn: Any) -> None:
+            pid = conn.get_server_pid()
+            server, client = _cpu_seconds(pid), time.process_time()
             if series:
                 await conn.execute(CEILING_SERIES, n, time.time())
             else:
                 keys = [str(i) for i in range(n)]
                 await conn.execute(CEILING_UNNEST, keys, keys, time.time())
+            client = time.process_time() - client
+            after = _cpu_seconds(pid)
+            if cpu is not None:
+                used = None if server is None or after is None else after - server
+                cpu[:] = [client / n * 1e6, None if used is None else used / n * 1e6]
 
         # Arrays are built inside the timed part: the store must build its own too.
         return n / await timed(lambda: store._write(insert))
@@ -153,15 +219,25 @@ async def single_rate(url: str, n: int) -> float:
         return n / await timed(loop)
 
 
-async def measure(server: str, n: int, singles: int, repeat: int) -> dict[str, float]:
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known and len(known) == len(values) else None
+
+
+async def measure(
+    server: str, n: int, singles: int, repeat: int
+) -> tuple[dict[str, float], dict[str, float | None]]:
+    """The best rate of each variant over ``repeat`` rounds, and the median CPU figures."""
     schemas = Schemas(server)
     best: dict[str, float] = {}
+    cpus: dict[str, list[float | None]] = {k: [] for k in ("run", "run_srv", "ceil", "ceil_srv")}
     tmpdir = tempfile.TemporaryDirectory(prefix="ab-bench-pg-")
     tmp = tmpdir.name
     try:
         for attempt in range(repeat):
+            ceiling_cpu: list[float | None] = [None, None]
             rates = {
-                "ceiling": await ceiling_rate(schemas.new(), n, series=False),
+                "ceiling": await ceiling_rate(schemas.new(), n, series=False, cpu=ceiling_cpu),
                 "series": await ceiling_rate(schemas.new(), n, series=True),
                 "postgres": await run_rate(schemas.new(), n),
                 "sqlite": await run_rate(os.path.join(tmp, f"b{attempt}.db"), n),
@@ -169,10 +245,29 @@ async def measure(server: str, n: int, singles: int, repeat: int) -> dict[str, f
             }
             for name, rate in rates.items():
                 best[name] = max(best.get(name, 0.0), rate)
+            run_client, run_server = await run_cpu(schemas.new(), server, n)
+            for name, value in zip(cpus, [run_client, run_server, *ceiling_cpu], strict=True):
+                cpus[name].append(value)
     finally:
         await schemas.drop_all()
         tmpdir.cleanup()
-    return best
+    return best, {name: _median(values) for name, values in cpus.items()}
+
+
+def _us(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} µs"
+
+
+def cpu_row(cpu: dict[str, float | None]) -> list[str]:
+    """Client + server CPU a job of the run and a row of the ceiling, and their ratio."""
+    run, run_srv, ceil, ceil_srv = cpu["run"], cpu["run_srv"], cpu["ceil"], cpu["ceil_srv"]
+    text = (
+        f"run {_us(run)} client + {_us(run_srv)} server a job; "
+        f"ceiling {_us(ceil)} + {_us(ceil_srv)} a row"
+    )
+    if run is not None and run_srv is not None and ceil is not None and ceil_srv is not None:
+        text += f"; CPU ratio {(ceil + ceil_srv) / (run + run_srv):.2f}x"
+    return row("CPU (median; server: its backends' /proc times)", text)
 
 
 def main(argv: list[str] | None = None) -> list[list[str]]:
@@ -189,7 +284,7 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
         return []
     scale = 10 if args.quick else 1
     n, singles = args.jobs // scale, 2_000 // scale
-    r = asyncio.run(measure(url, n, singles, repeat=1 if args.quick else 3))
+    r, cpu = asyncio.run(measure(url, n, singles, repeat=1 if args.quick else 3))
     vs_ceiling = r["postgres"] / r["ceiling"]
     rows = [
         row(
@@ -211,6 +306,7 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
             "PostgresStore.commit, one job per transaction",
             f"{r['single']:,.0f} commits/s; grouping is {r['postgres'] / r['single']:.0f}x faster",
         ),
+        cpu_row(cpu),
     ]
     print(
         table(
@@ -218,6 +314,10 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
             f"{url.split('@')[-1]})",
             rows,
         )
+    )
+    print(
+        f"\nPostgreSQL checkpointed run / ceiling: {vs_ceiling:.2f}x (target >= 0.50x), "
+        f"{r['postgres']:,.0f} jobs/s; load average {os.getloadavg()[0]:.2f}"
     )
     return rows
 

@@ -10,7 +10,7 @@ with ``$SHARED_FAIL_FROM``, every item at or above it fails (a budget abort),
 once the file ``$SHARED_FAIL_GATE`` exists when that is set.
 
 Coordinator: ``python tests/shared_job.py URL RUN_ID N CHUNK LEASE [budget] [compensate]
-[slowinput] [limited]``
+[slowinput] [limited] [rated] [exact]``
 prints the run's counts as JSON (or ``aborted`` and the counts).
 """
 
@@ -99,6 +99,10 @@ async def main() -> None:
     if "limited" in flags:  # a bulkhead of 4 around every attempt, split among workers
         options["limits"] = {"api": 4}
         options["uses"] = ["api"]
+    if "rated" in flags:  # a rate limit on the same dependency
+        options["rates"] = {"api": ab.Rate(float(os.environ.get("SHARED_RATE", "40")))}
+        options["uses"] = ["api"]
+    exact = "exact" in flags  # ...held exactly across workers by the database
     items: Any = range(int(n))
     if "slowinput" in flags:  # a live input: the coordinator can die while it enqueues
         items = _slowly(int(n))
@@ -109,7 +113,7 @@ async def main() -> None:
             store=url,
             run_id=run_id,
             concurrency=int(os.environ.get("SHARED_CONCURRENCY", "50")),
-            shared=ab.SharedRun(chunk_size=int(chunk), lease=float(lease)),
+            shared=ab.SharedRun(chunk_size=int(chunk), lease=float(lease), exact_limits=exact),
             **options,
         )
     except ab.BatchAborted as exc:

@@ -190,7 +190,8 @@ def test_the_fast_plan_of_plain_successes_equals_the_general_one(
 
     def plain(seg: Any) -> Any:
         return (seg.upsert[0], [list(p) if isinstance(p, list | tuple) else p
-                                for p in seg.upsert[1]], seg.resolve_keys, seg.run_id)  # fmt: skip
+                                for p in seg.upsert[1]], seg.to_resolve(["r1"]),
+                list(seg.copy_rows()), seg.run_id)  # fmt: skip
 
     assert plain(fast) == plain(general)
     assert fast.upsert[0] is _postgres_sql.QUERIES.job_success
@@ -209,12 +210,49 @@ async def test_a_group_commit_is_a_few_statements_whatever_its_size(
             statements.append(query.splitlines()[-1])
         return await original(self, query, *args, **kw)
 
-    monkeypatch.setattr(asyncpg.Connection, "execute", spy)
-    await store.commit([ok(str(i)) for i in range(2000)] + [dead("x")])
+    copy = asyncpg.Connection.copy_records_to_table
 
+    async def copy_spy(self: Any, table: str, **kw: Any) -> Any:
+        statements.append(f"COPY {table}")
+        return await copy(self, table, **kw)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", spy)
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", copy_spy)
+    await store.commit([ok(str(i)) for i in range(2000)] + [dead("x")])
     # jobs, DLQ entries, resolutions, the run's updated_at (+ commit_begin, a fetch)
     assert len(statements) <= 4, statements
-    assert len(await store.jobs("r1")) == 2001
+    del statements[:]
+    await store.commit([ok(str(i)) for i in range(2000, 4000)])
+    # the plain successes of a fresh run: one COPY (+ the resolutions: "x" is open)
+    assert statements[0] == "COPY jobs", statements
+    assert len(statements) <= 2, statements
+    assert len(await store.jobs("r1")) == 4001
+
+
+async def test_a_store_from_before_copy_is_migrated_and_copies_in_completion_order(
+    pg_url: str,
+) -> None:
+    async with await PostgresStore.open(pg_url):
+        pass
+    # What schema step 3 left: no default for jobs.seq, none of the later steps' tables.
+    await _sql(pg_url, "ALTER TABLE jobs ALTER COLUMN seq DROP DEFAULT")
+    await _sql(pg_url, "DROP TABLE limit_slots, limit_waits, limit_rates")
+    await _sql(pg_url, "DELETE FROM schema_version WHERE version > 3")
+
+    async with await PostgresStore.open(pg_url) as st:
+        await st.begin_run(RunInfo(run_id="r"))
+        keys = [f"k{i}" for i in range(5000)]
+        for i in range(0, 5000, 1000):
+            await st.commit([ok(k, "r") for k in keys[i : i + 1000]])
+        jobs = await st.jobs("r")
+
+    assert [j.key for j in jobs] == keys
+    assert len({j.seq for j in jobs}) == 5000
+    (default,) = await _sql(
+        pg_url, "SELECT column_default FROM information_schema.columns "
+        "WHERE table_name = 'jobs' AND column_name = 'seq' AND table_schema = current_schema()",
+    )  # fmt: skip
+    assert "nextval" in default[0]
 
 
 async def test_a_fresh_run_whose_job_has_a_row_after_all_is_upserted(

@@ -214,16 +214,35 @@ def dlq_export(
 @click.option("--run-id", required=True, help="The run whose dead letters to run again.")
 @click.option("--id", "ids", type=int, multiple=True, help="Only this entry (repeatable).")
 @click.option("--concurrency", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Items per call (default: the run's own --batch-size, if it had one).",
+)
 @db_option
-def dlq_redrive(job_spec: str, run_id: str, ids: tuple[int, ...], concurrency: int, db: str) -> int:
+def dlq_redrive(
+    job_spec: str,
+    run_id: str,
+    ids: tuple[int, ...],
+    concurrency: int,
+    batch_size: int | None,
+    db: str,
+) -> int:
     """Run the dead letters of --run-id again with MODULE:FUNC."""
     existing_db(db)
     job = load_job(job_spec)
+    chunked: dict[str, Any] = {} if batch_size is None else {"batch_size": batch_size}
 
     async def go() -> BatchResult[Any]:
         async with open_db(db) as store:
             return await redrive(
-                job, store=store, run_id=run_id, ids=list(ids) or None, concurrency=concurrency
+                job,
+                store=store,
+                run_id=run_id,
+                ids=list(ids) or None,
+                concurrency=concurrency,
+                **chunked,
             )
 
     result = run_async(go())

@@ -85,6 +85,18 @@ __all__ = ["run"]
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds per attempt.",
 )
+@click.option(
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Items per call: the job takes a list and returns one result per item.",
+)
+@click.option(
+    "--batch-wait",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Seconds a chunk waits for more items before it goes out short (needs --batch-size).",
+)
 @click.option("--quiet", is_flag=True, help="Only the summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @telemetry_options
@@ -99,6 +111,8 @@ def run(
     retry_dead: bool,
     force_resume: bool,
     timeout: float | None,
+    batch_size: int | None,
+    batch_wait: float,
     quiet: bool,
     as_json: bool,
     otel: str,
@@ -134,6 +148,8 @@ def run(
             retry_dead=retry_dead,
             force_resume=force_resume,
             timeout=timeout,
+            batch_size=batch_size,
+            batch_wait=batch_wait,
             on_event=progress.on_event,
             **telemetry_options,
         )

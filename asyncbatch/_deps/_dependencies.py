@@ -12,7 +12,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -24,6 +24,9 @@ from ._breaker import Breaker
 from ._circuit import Circuit
 from ._guard import Guard, rejected
 from ._rate import Rate, limiter, rate_cost
+
+if TYPE_CHECKING:
+    from ._global import ExactLimit
 
 __all__ = ["Dependencies", "DependencyStats"]
 
@@ -89,6 +92,7 @@ class _Dependency:
         "adaptive",
         "calls",
         "circuit",
+        "exact",
         "failures",
         "in_flight",
         "limit",
@@ -112,6 +116,7 @@ class _Dependency:
         self.limit = limit
         self.rate = rate
         self.circuit = circuit
+        self.exact: ExactLimit | None = None  # a shared run's exact limits (_global)
         self.limiter = anyio.CapacityLimiter(limit) if limit is not None else None
         self.rate_limiter = limiter(rate) if rate is not None else None
         self.rate_cost = rate_cost(rate) if rate is not None else 1.0
@@ -230,6 +235,8 @@ class Dependencies:
         """
         workers = max(1, workers)
         for dep in self._deps.values():
+            if dep.exact is not None:
+                continue  # exact: held by the database across workers (_global), not split
             # An adaptive bulkhead is left alone: each process finds its own limit.
             if dep.limit is not None and dep.limiter is not None and dep.adaptive is None:
                 dep.limiter.total_tokens = max(1, math.ceil(dep.limit / workers))

@@ -36,6 +36,8 @@ from asyncbatch._context import _current
 from asyncbatch._errors import CircuitOpen, ConfigError
 
 if TYPE_CHECKING:
+    from asyncbatch._store._postgres_limits import Slot
+
     from ._circuit import Ticket
     from ._dependencies import Dependencies, _Dependency
 
@@ -87,7 +89,8 @@ _held: ContextVar[frozenset[str]] = ContextVar("asyncbatch_guards_held", default
 class Guard:
     """``async with`` one dependency's breaker, bulkhead and rate limit."""
 
-    __slots__ = ("_borrower", "_dep", "_deps", "_held", "_label", "_peers", "_since", "_ticket")
+    __slots__ = ("_borrower", "_dep", "_deps", "_held", "_label", "_peers", "_since", "_slot",
+                 "_ticket")  # fmt: skip
 
     def __init__(
         self,
@@ -102,6 +105,7 @@ class Guard:
         self._label = label if label is not None else dep.name
         self._borrower: object | None = None
         self._ticket: Ticket | None = None
+        self._slot: Slot | None = None  # an exact limit's slot (a shared run's, _global)
         self._held: Token[frozenset[str]] | None = None
         self._since = 0.0  # loop time the call was admitted (for an adaptive limit)
 
@@ -126,6 +130,8 @@ class Guard:
                 await limiter.acquire_on_behalf_of(borrower)
             self._borrower = borrower
         try:
+            if dep.exact is not None:  # a slot and a start time from the database
+                self._slot = await dep.exact.acquire()
             if dep.rate_limiter is not None:
                 await dep.rate_limiter.acquire(dep.rate_cost)
             if circuit is not None:
@@ -181,6 +187,9 @@ class Guard:
         return False
 
     def _release(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None and self._dep.exact is not None:
+            self._dep.exact.release(slot)
         borrower, self._borrower = self._borrower, None
         if borrower is not None and self._dep.limiter is not None:
             self._dep.limiter.release_on_behalf_of(borrower)

@@ -76,12 +76,15 @@ from ._otel_names import (
     ATTEMPT_SPAN,
     BREAKER_STATE,
     CANCELLED,
+    CHUNK_FAILED,
+    CHUNK_SIZE,
     DEPENDENCY,
     ERROR_KIND,
     ERROR_TYPE,
     FAILURE,
     HEDGE_EXTRA,
     HEDGE_WON,
+    ITEM_EVENT,
     JOB_KEY,
     REJECTED,
     RETRY_DELAY,
@@ -352,6 +355,44 @@ class AttemptScope:
             return
         span.set_attributes({ATTEMPT_OUTCOME: REJECTED, DEPENDENCY: dependency})
         span.add_event("asyncbatch.circuit_open", {DEPENDENCY: dependency})
+
+    def chunk(self, size: int) -> None:
+        """The attempt is one call for ``size`` items (``batch_size=``)."""
+        span = self._span
+        if span is not None:
+            span.set_attribute(CHUNK_SIZE, size)
+
+    def item(
+        self,
+        key: str,
+        outcome: str,
+        kind: ErrorKind | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        """One item of a chunked call ended this way: an ``asyncbatch.item`` event.
+
+        Args:
+            key: the item's job key.
+            outcome: ``"success"`` or ``"failure"``.
+            kind: how its failure was classified, if it failed.
+            exc: its error, if it failed.
+        """
+        span = self._span
+        if span is None:
+            return
+        attrs: dict[str, Any] = {JOB_KEY: key, ATTEMPT_OUTCOME: outcome}
+        if kind is not None:
+            attrs[ERROR_KIND] = kind.value
+        if exc is not None:
+            attrs[ERROR_TYPE] = qualname(type(exc))
+            attrs["exception.message"] = str(exc)
+        span.add_event(ITEM_EVENT, attrs)
+
+    def items_failed(self, n: int) -> None:
+        """``n`` items of this chunked call failed (the call itself returned)."""
+        span = self._span
+        if span is not None and n:
+            span.set_attribute(CHUNK_FAILED, n)
 
     def _escaped(self, exc: BaseException) -> None:
         span = self._span

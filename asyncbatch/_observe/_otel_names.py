@@ -29,6 +29,11 @@ HEDGE_EXTRA = "asyncbatch.hedge.extra"
 HEDGE_WON = "asyncbatch.hedge.won"
 """Whether the attempt's result came from a hedged call."""
 BREAKER_STATE = "asyncbatch.breaker.state"
+CHUNK_SIZE = "asyncbatch.chunk.size"
+"""Items in a chunked call (``batch_size=``): the attempt span covers them all."""
+CHUNK_FAILED = "asyncbatch.chunk.failed"
+"""Items of a chunked call that failed (their ``asyncbatch.item`` events say how)."""
+ITEM_EVENT = "asyncbatch.item"
 
 SUCCESS, FAILURE, REJECTED, CANCELLED = "success", "failure", "rejected", "cancelled"
 

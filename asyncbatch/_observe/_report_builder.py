@@ -71,7 +71,7 @@ _FAILED = JobStatus.FAILED
 _COMPENSATED = JobStatus.COMPENSATED
 _PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 _RESERVOIR = 4096  # a larger sample costs more replacements on the hot path
-_CHUNK = 1024
+DURATION_CHUNK = _CHUNK = 1024
 
 
 class _Sample:
@@ -234,6 +234,20 @@ class ReportBuilder:
             if group not in touched[1:]:
                 touched.append(group)
             touched[0] = group
+
+    @property
+    def durations_pending(self) -> list[float]:
+        """Where a first-attempt success's duration may be appended directly.
+
+        What `job_finished` does for a succeeded job that had no failed
+        attempt, without its call: the caller appends, and calls
+        `fold_durations` once the list holds `DURATION_CHUNK`.
+        """
+        return self._pending
+
+    def fold_durations(self) -> None:
+        """Fold the appended durations into the sample."""
+        self._sample.fold(self._pending)
 
     def job_finished(self, outcome: JobOutcome[Any]) -> None:
         """Record a finished job: its status, its duration, the groups it touched."""

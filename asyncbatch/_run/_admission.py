@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from itertools import count, repeat
 from typing import Any
 
 from asyncbatch._errors import DuplicateKey
@@ -240,22 +241,24 @@ class Admission:
             restore(entry)
         return entry
 
-    def admitter(self) -> Callable[[int | None, Any], Entry | None]:
-        """What admits the next item: `__call__`, or for a run keyed by position
-        with nothing to look up or track, a lean one that only makes the entry."""
+    def entries(self) -> Callable[[Iterable[Any]], Iterator[Entry]] | None:
+        """For a run keyed by position with nothing to look up or track, what
+        makes a sync input's entries without a Python call per item: `Entry`
+        itself, mapped over the positions and items (None for any other run:
+        then every item goes through `__call__`)."""
         if (
             self._ahead is not None
             or self.redrive is not None
             or self._opts.key is not None
             or self.live is not None
         ):
-            return self
+            return None
         run_id = self._run_id
 
-        def admit(index: int | None, item: Any) -> Entry:
-            return Entry(run_id, index, str(index), item)
+        def entries(items: Iterable[Any]) -> Iterator[Entry]:
+            return map(Entry, repeat(run_id), count(), map(str, count()), items)
 
-        return admit
+        return entries
 
     def _skip(self, index: int, key: str, done: FinishedJob) -> None:
         codec = self._opts.result_codec

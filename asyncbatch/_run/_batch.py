@@ -451,7 +451,10 @@ async def redrive(
     batch: Batch[Any, R] = Batch(job, store=store, run_id=run_id, **options)
     async with _open(batch.options) as st:
         assert st is not None
-        await st.get_run(run_id)
+        run = await st.get_run(run_id)
+        if "batch_size" not in options and run.config.get("batch_size"):
+            # A chunked run's job takes lists: its dead letters go back as chunks.
+            batch.options = replace(batch.options, batch_size=run.config["batch_size"])
         entries = await st.dlq.list(run_id=run_id, status="dead")
         if ids is not None:
             wanted = set(ids)

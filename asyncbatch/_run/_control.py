@@ -124,6 +124,7 @@ class Control:
         "_spawned",
         "_started",
         "_starting",
+        "items_per_call",
         "on_resize",
         "paused",
         "run_id",
@@ -153,6 +154,8 @@ class Control:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0.0
         self._samples: deque[tuple[float, int]] = deque()  # (loop time, done) for the rate
+        self.items_per_call = 1
+        """Items a worker holds (``batch_size=``): the queue's read-ahead counts items."""
 
     # ------------------------------------------------------------ commands
 
@@ -197,7 +200,7 @@ class Control:
     def limit_to(self, n: int) -> None:
         """Let ``n`` workers take entries from now on (the adaptive limit's way in)."""
         self.target = n
-        self._queue.resized(n)
+        self._queue.resized(n * self.items_per_call)
         if self._spawn is not None:
             # A command, not a guess: the new workers start now, not on demand.
             self._start(min(self.target, self._cap) - self._spawned)

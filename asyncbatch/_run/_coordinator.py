@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from asyncbatch._deps._global import exact_names, forget_limits
 from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, StoreError, UnknownRun
 from asyncbatch._result import BatchResult, JobOutcome
 from asyncbatch._store import RunInfo, storable_key
@@ -93,6 +94,7 @@ def _config(job: Callable[..., Any], opts: Options, shared: SharedRun) -> dict[s
         "shared": {
             "chunk_size": shared.chunk_size,
             "lease": shared.lease,
+            "exact_limits": shared.exact_limits,
             "policy": policy,
         },
     }
@@ -127,6 +129,8 @@ async def coordinate(
     url = postgres_url(opts.store)
     if url is None:
         raise ConfigError("shared= needs a PostgreSQL store: store='postgresql://user@host/db'")
+    if shared.exact_limits:  # a name without a limit, an adaptive one: say so before starting
+        exact_names(shared.exact_limits, opts.limits, opts.rates)
     t0 = time.monotonic()
     now = time.time()
     config = _config(job, opts, shared)
@@ -185,7 +189,12 @@ async def coordinate(
         with anyio.move_on_after(1.0):
             await wait_for_workers(board, run_id, shared.lease)
         earlier = [prev.report] if prev is not None and prev.report else []
-        await board.finish(run_id, lambda reports, counts: whole_report(earlier + reports, counts))
+
+        def whole(reports: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
+            return whole_report(earlier + reports, counts)  # the earlier invocations' too
+
+        if await board.finish(run_id, whole) and shared.exact_limits:
+            await forget_limits(store, run_id)
         run = await store.get_run(run_id)
         await lease.end("finished", run.counts, run.report)
         return await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes, mine=mine)
@@ -390,7 +399,8 @@ async def work_run(
         try:
             session = await run_session(
                 job, opts, board, run_id, lease=shared.lease, chunk_size=shared.chunk_size,
-                keep_items=keep_items, job_ref=job_ref, sink=sink,
+                keep_items=keep_items, job_ref=job_ref, exact_limits=shared.exact_limits,
+                sink=sink,
             )  # fmt: skip
         except (StoreError, UnknownRun):
             await anyio.sleep(delay)
@@ -486,7 +496,10 @@ async def work(
             if run.job != job_ref:
                 raise ConfigError(f"run {rid!r} runs {run.job or 'another job'}, not {job_ref}")
             opts = worker_options(run.config, concurrency=concurrency)
-            spec = SharedRun(chunk_size=int(shared["chunk_size"]), lease=float(shared["lease"]))
+            spec = SharedRun(
+                chunk_size=int(shared["chunk_size"]), lease=float(shared["lease"]),
+                exact_limits=shared.get("exact_limits") or False,
+            )  # fmt: skip
             tally: dict[str, int] = {}
             store = await open_shared_store(url, lease=spec.lease, durability=opts.durability)
             try:

@@ -11,8 +11,9 @@ Data flows one way::
        └──────────────────── ack ◄── checkpoint writer ◄───────┘ finished
 
 The parts, one module each: `_admission` (keys, resume), `_ready` (the
-hand-off to workers), `_workers` (the attempt loops), `_outcomes` (classify
-→ retry | dead letter | abort → ack), `_abort` (stopping and rolling back),
+hand-off to workers), `_workers` (the attempt loops; `_chunks` with
+``batch_size=``), `_outcomes` (classify → retry | dead letter | abort →
+ack), `_abort` (stopping and rolling back),
 `_checkpoint` (group commit). The engine owns their lifetime: it opens the
 run in the store, starts the services (event hooks, the checkpoint writer)
 and the workers, and at the end commits what is pending, builds the report
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sized
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Sized
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -44,6 +45,7 @@ from asyncbatch._store._codec import new_run_warnings
 from ._abort import Abort, Rollback
 from ._admission import Admission
 from ._checkpoint import Checkpointer
+from ._collector import collector_tuned
 from ._control import Control
 from ._identity import callable_name, check_identity, key_spec
 from ._lease import Lease
@@ -90,11 +92,13 @@ class Engine(Generic[R]):
         self._lease: Lease | None = None
         self._rollback_only = rollback_only
         self._admission = Admission(opts, run_id)
+        # Chunked calls (batch_size=): read-ahead and backlog count items, a worker holds a chunk.
+        items_in_flight = opts.concurrency * (opts.batch_size or 1)
         self._queue = ReadyQueue(
             self._admission,
-            concurrency=opts.concurrency,
+            concurrency=items_in_flight,
             backlog=backlog,
-            max_backlog=backlog_cap(store, opts.concurrency),
+            max_backlog=backlog_cap(store, items_in_flight),
         )
         self._abort = Abort(run_id, self._queue, self._emit)
         self._outcomes = Outcomes(
@@ -105,6 +109,7 @@ class Engine(Generic[R]):
             self._queue, self._outcomes, concurrency=opts.concurrency, run_id=run_id
         )
         self._queue.controlled_by(self.control)
+        self.control.items_per_call = opts.batch_size or 1
         self._rollback: Rollback | None = None
         self._report: ErrorReport | None = None
         self._prev: RunInfo | None = None
@@ -221,7 +226,7 @@ class Engine(Generic[R]):
         elif stored is not None and not self.opts.force_resume:
             # The run keeps the identity it was made with (checked below).
             kept: dict[str, Any] = {
-                f: stored.config[f] for f in ("key", "job") if f in stored.config
+                f: stored.config[f] for f in ("key", "job", "batch_size") if f in stored.config
             }
             info = replace(info, config={**info.config, **kept})
         self._lease = Lease(store, self.run_id)
@@ -284,6 +289,11 @@ class Engine(Generic[R]):
             with anyio.move_on_after(60):
                 await cp.flush()
         outcomes = self._outcomes
+        # Every outcome is delivered. The run's internals hold one another in
+        # cycles; without this, they would hold the caller's outcome list too,
+        # and a dropped result would wait for the cyclic collector (which then
+        # walks every outcome) instead of being freed at once.
+        outcomes.sink = None
         summary = self._rollback.summary if self._rollback is not None else None
         self._report = outcomes.report.build(
             started_at=self.started_at,
@@ -369,6 +379,7 @@ class Engine(Generic[R]):
             "result_codec": "json" if o.result_codec is None else o.result_codec.name,
             "key": key_spec(o.key),
             "job": callable_name(self.job),
+            "batch_size": o.batch_size,
         }
         if self._total is not None:
             config.setdefault("total", self._total)
@@ -459,11 +470,13 @@ class Engine(Generic[R]):
         items = admission.source(items, store=self.store, resumed=self.resumed, seq0=self._seq0)
         if admission.live is not None:
             self._outcomes.release = admission.release
-        self._queue.admit_with(admission.admitter())
+        self._queue.admit_with(admission, admission.entries())
+        adaptive = self.opts.adaptive
+        most_slots = adaptive.max if adaptive is not None else self.opts.concurrency
         self._outcomes.prepare()
         admission.room = self._queue.room
         try:
-            with anyio.CancelScope() as self._abort.work_scope:
+            with collector_tuned(most_slots), anyio.CancelScope() as self._abort.work_scope:
                 async with anyio.create_task_group() as tg:
                     async_items = self._queue.start(items)
                     if async_items is not None:
@@ -473,7 +486,7 @@ class Engine(Generic[R]):
                     # anyio's start_soon costs several times more per task, which
                     # showed at concurrency 10,000 (measured in benchmarks/bench_core.py).
                     # `Control` starts them (and more on a resize), at most most_workers.
-                    run = workers.pick()
+                    run = workers.pick() if self.opts.batch_size is None else self._chunked()
                     self._queue.workers = 0
                     async with asyncio.TaskGroup() as pool:
                         self.control.start(
@@ -485,6 +498,22 @@ class Engine(Generic[R]):
             self._outcomes.let_go()
             if deps_token is not None:
                 reset_dependencies(deps_token)
+
+    def _chunked(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The chunk worker loop (``batch_size=``), see `_chunks`."""
+        from ._chunks import Chunks
+
+        chunks = Chunks(
+            self.job,
+            self.opts,
+            queue=self._queue,
+            outcomes=self._outcomes,
+            abort=self._abort,
+            inst=self._inst,
+            deps=self._deps,
+            traffic=self._traffic,
+        )
+        return chunks.loop
 
     def relieve(self) -> None:
         """A stream reader took outcomes: the backlog shrank."""

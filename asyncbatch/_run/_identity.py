@@ -60,3 +60,25 @@ def check_identity(run_id: str, stored: Mapping[str, Any], now: Mapping[str, Any
             f"with the same {field}, use a new run_id, or pass force_resume=True "
             f"(CLI: --force-resume) if they are the same"
         )
+    _check_chunking(run_id, stored, now)
+
+
+def _check_chunking(run_id: str, stored: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Refuse a resume that switches between chunked calls (``batch_size=``) and single items.
+
+    The job of a chunked run takes lists: called with single items (or the
+    other way round) every job would fail. A different ``batch_size`` is fine.
+    """
+    if "batch_size" not in stored or "batch_size" not in now:
+        return  # a run stored before chunked calls existed
+    before, after = stored["batch_size"], now["batch_size"]
+    if (before is None) == (after is None):
+        return
+    if before is not None:
+        was, fix = f"batch_size={before} (a job taking lists)", "pass batch_size= again (any size)"
+    else:
+        was, fix = "one item per call", "drop batch_size="
+    raise ConfigError(
+        f"run {run_id!r} was started with {was} and this resume has batch_size={after}: the "
+        f"job would get the wrong arguments; {fix}, or use a new run_id"
+    )

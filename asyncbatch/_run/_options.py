@@ -65,6 +65,8 @@ class RedriveOptions(TypedDict, total=False):
     tracer_provider: Any
     meter_provider: Any
     result_codec: CodecLike
+    batch_size: int | None
+    batch_wait: float | timedelta
 
 
 class BatchOptions(RedriveOptions, total=False):
@@ -123,8 +125,12 @@ class Options:
     shared: SharedRun | None = None
     """Many worker processes share the run (``shared=True`` or an `ab.SharedRun`)."""
     shared_auto: bool = False
-    """``shared`` came from the default ``"auto"`` (a PostgreSQL URL): a run whose
-    job or options cannot be sent to other processes takes the single-process path."""
+    """``shared`` came from ``"auto"`` (a PostgreSQL store): a run whose job or
+    options cannot be sent to other processes is worked by the coordinator alone."""
+    batch_size: int | None = None
+    """Items per call (``batch_size=``): the job takes a list; None = one item per call."""
+    batch_wait: float = 0.0
+    """Seconds a chunk waits for more ready items before it goes out short (0 = none)."""
 
 
 def postgres_url(store: object) -> str | None:
@@ -188,11 +194,13 @@ def build_options(
     meter_provider: Any = None,
     result_codec: CodecLike = "json",
     shared: bool | SharedRun | Literal["auto"] = False,
+    batch_size: int | None = None,
+    batch_wait: float | timedelta = 0.0,
 ) -> Options:
     """Validate the keywords; raises `ConfigError` with a one-line fix."""
     auto = isinstance(shared, str) and shared == "auto"
-    if auto:  # shared when the store is PostgreSQL
-        shared = postgres_url(store) is not None
+    if auto:  # shared when the store is PostgreSQL (chunked calls are not shared yet)
+        shared = postgres_url(store) is not None and batch_size is None
     if not isinstance(shared, bool | SharedRun):
         raise ConfigError(
             f'shared must be "auto", True, False or an ab.SharedRun, got {shared!r}'
@@ -235,6 +243,7 @@ def build_options(
             raise ConfigError(
                 f'hedge must be an ab.Hedge, got {hedge!r}; HINT: hedge=ab.Hedge(after="p95")'
             )
+    wait = _chunking(batch_size, batch_wait, shared)
     adaptive = None
     if not isinstance(concurrency, int):
         from asyncbatch._deps import Adaptive
@@ -270,4 +279,26 @@ def build_options(
         result_codec=as_codec(result_codec),
         shared=SharedRun() if shared is True else (shared or None),
         shared_auto=auto and shared is True,
+        batch_size=batch_size,
+        batch_wait=wait,
     )
+
+
+def _chunking(batch_size: object, batch_wait: object, shared: object) -> float:
+    """Check ``batch_size=``/``batch_wait=``; returns the wait in seconds."""
+    if batch_size is not None:
+        _positive_int(batch_size, "batch_size")
+        if shared:
+            raise ConfigError(
+                "batch_size= cannot be combined with shared= yet; run the chunked batch "
+                "in one process (drop shared=), or call one item per job"
+            )
+    try:
+        wait = seconds(batch_wait, "batch_wait")  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; HINT: batch_wait=0.05 waits 50 ms to fill a chunk") from None
+    if wait and batch_size is None:
+        raise ConfigError(
+            "batch_wait= needs batch_size=; HINT: batch_size=100, batch_wait=0.05"
+        )
+    return wait or 0.0

@@ -28,7 +28,7 @@ from asyncbatch._errors import (
     tame_message,
 )
 from asyncbatch._observe._events import Event, JobDeadLettered, RetryScheduled
-from asyncbatch._observe._report_builder import ReportBuilder
+from asyncbatch._observe._report_builder import DURATION_CHUNK, ReportBuilder
 from asyncbatch._policy._budget import BudgetTracker
 from asyncbatch._policy._classify import RejectedResult
 from asyncbatch._policy._retry import Decision, next_delay
@@ -98,6 +98,7 @@ class Outcomes:
         self.run_id = run_id
         self.counts = count_statuses()
         self.report = ReportBuilder(run_id)
+        self._durations = self.report.durations_pending
         self.budget = BudgetTracker(opts.budget) if opts.budget is not None else None
         self.parked: set[Entry] = set()
         self.done: list[Done] = []
@@ -107,7 +108,7 @@ class Outcomes:
         queue.count_successes(lambda: self.counts[JobStatus.SUCCEEDED])
         self._abort = abort
         self._emit = emit
-        self._sink = sink
+        self.sink = sink
         self._classify = opts.classify
         self.result_rules: bool = getattr(opts.classify, "checks_results", False)
         self.rng = opts.retry.rng()
@@ -151,9 +152,15 @@ class Outcomes:
             # instructions were calls between them).
             self._queue.finished()
             self.counts[_SUCCEEDED] += 1
-            self.report.job_finished(outcome)
-            if self._sink is not None:
-                self._sink(outcome)
+            if entry.history:
+                self.report.job_finished(outcome)
+            else:  # what job_finished does for it, without the call
+                durations = self._durations
+                durations.append(outcome.duration)
+                if len(durations) >= DURATION_CHUNK:
+                    self.report.fold_durations()
+            if self.sink is not None:
+                self.sink(outcome)
             return
         if self._keep_done:
             self.done.append(Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED))
@@ -359,6 +366,23 @@ class Outcomes:
         else:
             entry.timer = loop.call_later(delay, self._unpark, entry)
 
+    def repark(self, entry: Entry, when: float) -> bool:
+        """Move a job parked on a backoff timer to come due at loop time ``when``
+        (or at its deadline, if that comes first). False when it is not on a
+        backoff timer (a circuit or the retry budget holds it): it stays as it is."""
+        timer = entry.timer
+        if entry not in self.parked or not isinstance(timer, asyncio.TimerHandle):
+            return False
+        timer.cancel()
+        loop = self.loop
+        assert loop is not None
+        deadline_at = entry.deadline_at
+        if deadline_at is not None and when >= deadline_at:
+            entry.timer = loop.call_at(deadline_at, self._expire, entry)
+        else:
+            entry.timer = loop.call_at(when, self._unpark, entry)
+        return True
+
     def _park_on(self, entry: Entry, circuit: Circuit) -> None:
         """Hold ``entry`` on the circuit until it can admit it (or until its deadline)."""
         loop = self.loop
@@ -456,19 +480,27 @@ class Outcomes:
             self.inst.job_finished(outcome.status)
         if self.release is not None:
             self.release(outcome.key)
-        if self._sink is not None:
-            self._sink(outcome)
+        if self.sink is not None:
+            self.sink(outcome)
 
     def ack_all(self, outcomes: list[JobOutcome[Any] | None]) -> None:
         """`ack` each outcome of a committed group, in order (None: nothing to acknowledge)."""
         counts = self.counts
         job_finished = self.report.job_finished
-        inst, release, sink = self.inst, self.release, self._sink
+        durations = self._durations
+        inst, release, sink = self.inst, self.release, self.sink
         for outcome in outcomes:
             if outcome is None:
                 continue
-            counts[outcome.status] += 1
-            job_finished(outcome)
+            status = outcome.status
+            counts[status] += 1
+            if status is _SUCCEEDED and not outcome.history:
+                # What job_finished does for a first-attempt success, without the call.
+                durations.append(outcome.duration)
+                if len(durations) >= DURATION_CHUNK:
+                    self.report.fold_durations()
+            else:
+                job_finished(outcome)
             if inst is not None:
                 inst.job_finished(outcome.status)
             if release is not None:

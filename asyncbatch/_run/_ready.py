@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from itertools import count
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._entry import Entry
@@ -51,6 +52,8 @@ STRAIN_OFF = 0.5
 _KEEP = 15 / 16  # what the strain keeps of its value at each failed retry or success
 
 Admit = Callable[[int | None, Any], "Entry | None"]
+Entries = Callable[[Iterable[Any]], Iterator["Entry | None"]]
+"""What makes the entries of a sync input (None: an item admitted earlier, skipped)."""
 
 
 class _Backlogged(Protocol):
@@ -79,6 +82,7 @@ class ReadyQueue:
         "_concurrency",
         "_control",
         "_ended",
+        "_entries",
         "_feeder_wait",
         "_gated",
         "_growing",
@@ -115,7 +119,8 @@ class ReadyQueue:
         self._max_parked = max_parked if max_parked is not None else max(1000, 10 * concurrency)
         self._ready: deque[Entry] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._source: Iterator[tuple[int | None, Any]] | None = None
+        self._entries: Entries | None = None
+        self._source: Iterator[Entry | None] | None = None
         self._source_done = True
         self._feeder_wait: asyncio.Future[None] | None = None
         self._blocked = False
@@ -139,9 +144,14 @@ class ReadyQueue:
         self.input_error: Exception | None = None
         """What the input raised, if it did (admission stopped there)."""
 
-    def admit_with(self, admit: Admit) -> None:
-        """Admit items with ``admit`` from now on (the engine's choice once the input is known)."""
+    def admit_with(self, admit: Admit, entries: Entries | None = None) -> None:
+        """Admit items with ``admit`` from now on (the engine's choice once the input is known).
+
+        ``entries``, when given, makes a sync input's entries itself (``admit``
+        then serves an async input only): see `Admission.entries`.
+        """
         self._admit = admit
+        self._entries = entries
 
     def watch(self, writer: _Backlogged) -> None:
         """Also hold new items back while ``writer`` (the checkpointer) falls behind."""
@@ -158,7 +168,8 @@ class ReadyQueue:
         self._source_done = False
         if isinstance(items, AsyncIterable):
             return items
-        self._source = iter(enumerate(items))
+        entries = self._entries
+        self._source = entries(items) if entries is not None else map(self._admit, count(), items)
         return None
 
     async def feed(self, items: AsyncIterable[Any]) -> None:
@@ -207,12 +218,16 @@ class ReadyQueue:
         source = self._source
         if source is None:
             return None
-        if self._gated and self._behind():
+        if self._gated and (
+            # What `_behind` needs before it can hold (its call costs more than this).
+            self._strained
+            or self.parked >= self._max_parked
+            or ((backlog := self._backlog) is not None and backlog() >= self._max_backlog)
+        ) and self._behind():
             self._blocked = True
             return None
         try:
-            for index, item in source:
-                admitted = self._admit(index, item)
+            for admitted in source:
                 if admitted is not None:
                     self.live += 1
                     if self._growing and not self._waiters:
@@ -259,6 +274,16 @@ class ReadyQueue:
         self._waiters.append(fut)
         await fut
         return True
+
+    # ------------------------------------------------ chunk forming (_chunks)
+
+    def notify(self, fut: asyncio.Future[None]) -> None:
+        """Resolve ``fut`` when the next entry becomes ready (a chunk waits to fill)."""
+        self._waiters.append(fut)
+
+    def more_coming(self) -> bool:
+        """Whether an entry may still become ready: input left, or jobs parked."""
+        return not self._stopped and (not self._source_done or self.parked > 0)
 
     def push(self, entry: Entry) -> None:
         """An admitted entry is ready again (a retry came due)."""

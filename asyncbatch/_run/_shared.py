@@ -23,7 +23,9 @@ process then joins again, in a new session, once the database answers.
 What is per process: breakers (``fail_max`` counts this process's
 failures), event hooks and OpenTelemetry (the process's own). Bulkheads and
 rate limits are split among the live workers, recomputed on the heartbeat
-(`Dependencies.share`).
+(`Dependencies.share`), unless ``SharedRun(exact_limits=...)`` makes them
+exact: then the database holds them (`_deps._global`), and the heartbeat
+renews the session's slot leases with its chunks'.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import anyio.abc
 
 from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, ErrorKind, StoreError
 from asyncbatch._observe._report import ErrorReport, merge_reports
@@ -55,6 +58,7 @@ from ._options import Options, build_options
 from ._shared_budget import RunWideTracker
 
 if TYPE_CHECKING:
+    from asyncbatch._deps._global import ExactLimits
     from asyncbatch._store._postgres import PostgresStore
     from asyncbatch._store._postgres_shared import Chunk, Retry, RunState, SharedBoard
 
@@ -186,6 +190,7 @@ class Session:
         """Retries handed back to the run, written by the next (fenced) commit."""
         self.handed_off = 0
         self._lock = asyncio.Lock()  # commits' chunk bookkeeping must not interleave
+        self.limits: ExactLimits | None = None  # exact limits: slot leases renewed by beat
 
     # -------------------------------------------------------------- input
 
@@ -353,6 +358,8 @@ class Session:
             for no in held:
                 if no not in kept:
                     self._lose(no)
+            if self.limits is not None:  # its slot leases: renewed with its chunks
+                await self.limits.renew()
             self._renewed = started
             self._renew_at = started + self.lease / 4
         if self.counter is not None or started >= self._counted_at:
@@ -537,6 +544,7 @@ async def run_session(
     keep_items: bool,
     job_ref: str = "",
     sink: Callable[[JobOutcome[Any]], None] | None = None,
+    exact_limits: bool | Collection[str] = False,
 ) -> Session:
     """Work the run until nothing is left to claim, it ends, or the session fences itself.
 
@@ -579,6 +587,8 @@ async def run_session(
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(session.beat)
+                if exact_limits:
+                    _exact(engine, session, opts, exact_limits, tg)
                 try:
                     await engine.execute(session.source())
                 except BatchAborted:
@@ -599,7 +609,40 @@ async def run_session(
     finally:
         with anyio.CancelScope(shield=True):
             await session.release()
+            if session.limits is not None and not session.fenced:
+                with anyio.move_on_after(lease / 2):
+                    await session.limits.aclose()
     return session
+
+
+def _exact(
+    engine: Engine[Any],
+    session: Session,
+    opts: Options,
+    spec: bool | Collection[str],
+    tg: anyio.abc.TaskGroup,
+) -> None:
+    """Make the session's limits exact (``SharedRun(exact_limits=...)``) once its engine has them.
+
+    The engine builds its dependencies when it starts executing: they are made
+    exact right then, and their database task is started in ``tg``.
+    """
+    from asyncbatch._deps._global import exact_limits, exact_names
+
+    names = exact_names(spec, opts.limits, opts.rates)
+    setup = engine._setup_dependencies
+
+    def setup_exact() -> None:
+        setup()
+        limits = exact_limits(
+            session.board.store, engine._deps, names, run_id=session.run_id,
+            owner=session.owner, lease=session.lease,
+        )  # fmt: skip
+        if limits is not None:
+            session.limits = limits
+            tg.start_soon(limits.run)
+
+    engine._setup_dependencies = setup_exact  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------ helpers

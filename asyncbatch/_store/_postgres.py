@@ -9,7 +9,9 @@ parameters `_postgres_plan` builds.
 The hot path is `PostgresStore.commit`: every pending record of a flush goes
 into ONE transaction of set-based statements (``INSERT ... SELECT FROM
 unnest(...)``, one array per column) — a handful of round trips per group,
-whatever its size. Completion order comes from a sequence. A commit carries
+whatever its size. The commonest group, plain successes of a run this store
+created, is one binary COPY into ``jobs`` instead (see ``job_copy``).
+Completion order comes from a sequence. A commit carries
 a token, so when the connection is lost and the `Connector` retries it, a
 commit that had in fact landed is not applied twice (a dead-lettered job
 would otherwise double its attempt history).
@@ -58,7 +60,7 @@ from ._common import (
 )
 from ._postgres_conn import Connector, connect
 from ._postgres_dlq import PostgresDeadLetterQueue
-from ._postgres_plan import Segment, columns, dead_columns, plan
+from ._postgres_plan import COPY_COLUMNS, Segment, columns, dead_columns, plan
 from ._postgres_sql import MIGRATIONS, QUERIES, SCHEMA_VERSION, quote_ident
 from ._postgres_url import PostgresTarget, parse_postgres_url
 from ._protocol import (
@@ -127,7 +129,7 @@ class PostgresStore:
         self._lock = asyncio.Lock()
         self._touched: dict[str, float] = {}
         self._fresh: set[str] = set()
-        """Runs this store created: their jobs have no rows yet (see `job_insert`)."""
+        """Runs this store created: their jobs have no rows yet (see `job_copy`)."""
         self._forgotten = time.monotonic()
         self._closed = False
         self.dlq: DeadLetterQueue = PostgresDeadLetterQueue(self)
@@ -484,7 +486,11 @@ class PostgresStore:
         self._check_open()
         now = self._clock()
         segments = plan(records, now)
-        run_ids = list({r.run_id: None for r in records})
+        first = segments[0].run_id
+        if segments[0].resolve_all and first is not None:  # `plain_segment`: the commonest
+            run_ids = [first]
+        else:
+            run_ids = list({r.run_id: None for r in records})
         token = uuid.uuid4().hex
         try:
             await self._write(lambda conn: self._apply(conn, token, run_ids, segments, now))
@@ -508,7 +514,9 @@ class PostgresStore:
         for seg in segments:
             if seg.run_id is not None and seg.run_id in self._fresh:
                 try:
-                    await conn.execute(Q.job_insert, *seg.upsert[1])
+                    await conn.copy_records_to_table(
+                        "jobs", records=seg.copy_rows(), columns=COPY_COLUMNS
+                    )
                 except asyncpg.UniqueViolationError:
                     self._fresh.discard(seg.run_id)
                     raise _Redo from None
@@ -520,7 +528,7 @@ class PostgresStore:
                 await conn.execute(Q.dlq_dead, *dead_columns(seg.dead), now)
             if seg.resolve_ids:
                 await conn.execute(Q.dlq_resolve_by_id, seg.resolve_ids, now)
-            resolve = [k for k in seg.resolve_keys if k[0] in open_runs] if open_runs else ()
+            resolve = seg.to_resolve(open_runs)
             if resolve:
                 runs, keys = zip(*resolve, strict=True)
                 await conn.execute(Q.dlq_resolve_by_key, runs, keys, now)

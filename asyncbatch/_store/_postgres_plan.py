@@ -8,7 +8,9 @@ retried after a lost connection sends exactly the same thing again.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import operator
+import re
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +32,24 @@ from ._common import (
 from ._postgres_sql import QUERIES as Q
 from ._protocol import JobRecord
 
-__all__ = ["Segment", "columns", "dead_columns", "plain_segment", "plan"]
+__all__ = ["COPY_COLUMNS", "Segment", "columns", "dead_columns", "plain_segment", "plan"]
 
 _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
 # The job_row columns job_upsert/job_compensate take as arrays, in their order
 # (seq is the sequence's, has_result is computed, updated_at is one value).
 _ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 14)
+
+
+def _copy_columns(statement: str) -> tuple[str, ...]:
+    found = re.search(r"^COPY jobs \(([^)]*)\)", statement, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"job_copy is not a COPY into jobs: {statement!r}")
+    return tuple(c.strip() for c in found.group(1).split(","))
+
+
+COPY_COLUMNS = _copy_columns(Q.job_copy)
+"""The columns of `Segment.copy_rows`, in order: those of the job_copy statement."""
+_STATUS = _SUCCEEDED.value
 
 
 @dataclass(slots=True)
@@ -53,12 +67,40 @@ class Segment:
     dead: list[JobRecord] = field(default_factory=list)
     resolve_ids: list[int] = field(default_factory=list)
     resolve_keys: list[tuple[str, str]] = field(default_factory=list)
+    resolve_all: bool = False
+    """Every job is a success that resolves its open DLQ entry, if any (`plain_segment`):
+    ``resolve_keys`` is left empty, `to_resolve` makes it only when the run has one."""
     plain: bool = True
     """Every job record is a plain success (see `is_plain_success`)."""
     upsert: tuple[str, list[Any]] = ("", [])
     """The statement writing ``jobs`` and its parameters (see `Segment.seal`)."""
     run_id: str | None = None
     """The run of every job record, when they are all plain successes of one run."""
+
+    def copy_rows(self) -> Iterator[tuple[Any, ...]]:
+        """job_copy's rows (`COPY_COLUMNS`) for the job_success segment, made as they are sent.
+
+        An iterator over the job_success arrays, built once by `plan`: a
+        retried commit sends exactly the same rows again. Each row's tuple
+        lives only until asyncpg has encoded it: 4,096 of them kept alive at
+        once made the garbage collector walk them again and again.
+        """
+        run_id, keys, idxs, attempts, durations, results, now = self.upsert[1]
+        same = itertools.repeat
+        has = map(operator.is_not, results, same(None))
+        return zip(same(run_id), keys, idxs, same(_STATUS), attempts, durations, results, has,
+                   same(now), strict=False)  # fmt: skip
+
+    def to_resolve(self, open_runs: Collection[str]) -> list[tuple[str, str]]:
+        """The ``(run_id, key)`` of the successes whose run has unresolved DLQ entries."""
+        if not open_runs:
+            return []
+        run_id = self.run_id
+        if self.resolve_all:
+            if run_id is None or run_id not in open_runs:
+                return []
+            return list(zip(itertools.repeat(run_id), self.upsert[1][1], strict=False))
+        return [k for k in self.resolve_keys if k[0] in open_runs]
 
     def seal(self, now: float) -> None:
         """Choose and build the jobs statement: `job_success` when it can, else `job_upsert`."""
@@ -111,7 +153,7 @@ def plain_segment(records: Sequence[JobRecord], now: float) -> Segment | None:
               [r.duration for r in records], results]  # fmt: skip
     return Segment(
         jobs=list(records),
-        resolve_keys=list(zip(itertools.repeat(run_id), keys)),
+        resolve_all=True,
         run_id=run_id,
         upsert=(Q.job_success, [run_id, *arrays, now]),
     )

@@ -53,7 +53,7 @@ class Queries:
     commit_begin: str
     job_upsert: str
     job_success: str
-    job_insert: str
+    job_copy: str
     job_compensate: str
     dlq_dead: str
     dlq_resolve_by_id: str

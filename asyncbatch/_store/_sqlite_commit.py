@@ -20,8 +20,10 @@ import aiosqlite
 from asyncbatch._errors import UnknownRun
 from asyncbatch._result import JobStatus
 
+from ._codec import warn_unstorable
 from ._common import (
     JobRow,
+    encode,
     encode_history,
     encode_payload,
     is_compensation,
@@ -139,7 +141,17 @@ class SQLiteCommitter:
                     ops = []
                     job_ops.append((JOB_SUCCESS, ops))
                     last_sql = JOB_SUCCESS
-                ops.append(_success(r, cache.seq, now))
+                # `_success`, inlined with `result_text` (two frames a row).
+                text = None
+                if r.has_result:
+                    value = r.result
+                    text = str(value) if type(value) is int else encode(value)
+                    if text is None:
+                        warn_unstorable(r.run_id, key, value)
+                ops.append(
+                    (r.run_id, key, r.index, r.attempts, r.duration, text, 0 if text is None else 1,
+                     cache.seq, now)
+                )  # fmt: skip
                 if r.redrive_of is not None:
                     by_id.append((now, r.redrive_of))
                     cache.open_keys.discard(key)

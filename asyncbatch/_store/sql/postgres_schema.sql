@@ -136,3 +136,51 @@ CREATE TABLE workers (
     beat_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, owner)
 );
+
+-- migration: 4 jobs.seq defaults to the sequence: a fresh run's successes arrive by COPY
+-- A run this store created has no job rows yet, so its plain successes are
+-- written by a binary COPY into jobs (no unnest, no ON CONFLICT: a fifth
+-- less server time a row, and asyncpg encodes the rows without an array
+-- parameter's per-element checks). COPY cannot call nextval itself, but it
+-- computes the default of every column it is not given, row by row in the
+-- order the rows come: so seq still follows completion order.
+ALTER TABLE jobs ALTER COLUMN seq SET DEFAULT nextval('job_seq');
+
+-- migration: 5 exact limits of shared runs: concurrency slots and rate reservations
+-- ab.SharedRun(exact_limits=...): a dependency's bulkhead and rate limit hold
+-- across every worker of the run. A bulkhead of N is N slot rows a worker
+-- leases for one call (owner, epoch, lease_until on the database clock as
+-- epoch seconds: a dead worker's slots come back when its lease runs out).
+-- A rate is one row holding the next free start time (tat, GCRA): a worker
+-- reserves k starts, spaced `spacing` seconds apart, in one UPDATE.
+-- limit_waits is the demand: workers that found too few free slots lately, so
+-- that a worker which frees a slot leaves it to them for a moment (fairness).
+CREATE TABLE limit_slots (
+    run_id      text NOT NULL,
+    dependency  text NOT NULL,
+    slot        integer NOT NULL,
+    owner       text,
+    epoch       bigint NOT NULL DEFAULT 0,
+    lease_until double precision,
+    released_by text,                -- who freed it last, and when: see limit_waits
+    released_at double precision,
+    PRIMARY KEY (run_id, dependency, slot)
+);
+-- A worker's heartbeat renews (and a release finds) its slots by owner.
+CREATE INDEX limit_slots_owner ON limit_slots (run_id, owner) WHERE owner IS NOT NULL;
+
+CREATE TABLE limit_waits (
+    run_id     text NOT NULL,
+    dependency text NOT NULL,
+    owner      text NOT NULL,
+    until      double precision NOT NULL,  -- renewed by each unsatisfied claim
+    PRIMARY KEY (run_id, dependency, owner)
+);
+
+CREATE TABLE limit_rates (
+    run_id     text NOT NULL,
+    dependency text NOT NULL,
+    spacing    double precision NOT NULL,   -- seconds between two starts (per / n)
+    tat        double precision NOT NULL DEFAULT 0,  -- the next free start (epoch seconds)
+    PRIMARY KEY (run_id, dependency)
+);
