@@ -219,6 +219,10 @@ async def _abort_end(
 ) -> BatchResult[Any]:
     """After an abort: wait for every worker to stop, roll the whole run back, raise."""
     await wait_for_quiet(board, run_id, shared.lease)
+    # A worker may still commit what it had in flight when it saw the abort: its
+    # worker row says when it stopped (bounded: a dead worker never says so).
+    with anyio.move_on_after(shared.lease):
+        await wait_for_workers(board, run_id, shared.lease)
     counts = await board.run_counts(run_id)
     if opts.compensate is not None:
         # The rollback engine takes the run itself (its checkpoints are crash-safe as today).
