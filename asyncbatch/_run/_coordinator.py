@@ -91,6 +91,7 @@ def _config(job: Callable[..., Any], opts: Options, shared: SharedRun) -> dict[s
         "result_codec": "json" if opts.result_codec is None else opts.result_codec.name,
         "key": key_spec(opts.key),
         "job": callable_name(job),
+        "batch_size": opts.batch_size,  # None: shared runs call one item at a time
         "shared": {
             "chunk_size": shared.chunk_size,
             "lease": shared.lease,

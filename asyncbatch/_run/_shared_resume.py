@@ -46,7 +46,9 @@ async def begin(
         stored = None
     if stored is not None and not opts.force_resume:
         # The run keeps the identity it was made with (checked below).
-        kept: dict[str, Any] = {f: stored.config[f] for f in ("key", "job") if f in stored.config}
+        kept: dict[str, Any] = {
+            f: stored.config[f] for f in ("key", "job", "batch_size") if f in stored.config
+        }
         info = replace(info, config={**info.config, **kept})
     prev = await lease.begin(info)
     if prev is None:
