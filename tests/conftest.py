@@ -26,6 +26,22 @@ T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
+def _shared_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ASYNCBATCH_TEST_SHARED=auto``: every run of this process takes ``shared="auto"``.
+
+    So the whole suite can be run with PostgreSQL runs on the shared path (the
+    default to be); CLI tests' child processes keep the library's default.
+    """
+    value = os.environ.get("ASYNCBATCH_TEST_SHARED")
+    if value:
+        from asyncbatch._run import _options
+
+        defaults = _options.build_options.__kwdefaults__
+        assert defaults is not None
+        monkeypatch.setitem(defaults, "shared", {"auto": "auto", "0": False}.get(value, value))
+
+
+@pytest.fixture(autouse=True)
 def _loop_for_sync_tests(request: pytest.FixtureRequest) -> Iterator[None]:
     """Give sync tests a loop that is closed afterwards.
 

@@ -20,7 +20,7 @@ from collections.abc import (
     Sized,
 )
 from dataclasses import replace
-from typing import Any, Generic, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 import anyio
 
@@ -32,6 +32,10 @@ from asyncbatch._store import Store
 from ._control import Progress
 from ._engine import Engine, unwrap_group
 from ._options import BatchOptions, Options, RedriveOptions, build_options
+
+if TYPE_CHECKING:
+    from ._shared_run import SharedRun
+    from ._shared_stream import SharedTail
 
 __all__ = ["Batch", "OutcomeStream", "redrive", "rollback", "run_batch"]
 
@@ -224,11 +228,12 @@ class Batch(Generic[T, R]):
                 ``.result`` holds the partial result (outcomes in input order).
         """
         _require_asyncio()
-        if self.options.shared is not None:  # many workers: see _coordinator
+        shared = self._shared()
+        if shared is not None:  # many workers: see _coordinator
             from ._coordinator import coordinate
 
             return await coordinate(
-                self.job, items, self.options, shared=self.options.shared,
+                self.job, items, self.options, shared=shared,
                 run_id=self.options.run_id or new_run_id(), job_ref=job_ref(self.job),
             )  # fmt: skip
         outcomes: list[JobOutcome[R]] = []
@@ -247,14 +252,15 @@ class Batch(Generic[T, R]):
         """Run the batch while yielding outcomes as they complete.
 
         The run lives exactly as long as the ``async with`` block: leaving it
-        early cancels the remaining work (it stays resumable).
+        early cancels the remaining work (it stays resumable). A shared run
+        streams the whole run's outcomes (every worker's) from the store in
+        completion order, page by page (see `_shared_stream`).
         """
         _require_asyncio()
-        if self.options.shared is not None:
-            raise ConfigError(
-                "a shared run cannot be streamed: await batch.run(items) for its result, "
-                "or read its jobs from the store (asyncbatch report RUN_ID)"
-            )
+        if self._shared() is not None:  # many workers: outcomes read from the store
+            async with self._shared_stream(items) as shared_stream:
+                yield shared_stream
+            return
         async with _open(self.options) as store:
             stream: OutcomeStream[R] = OutcomeStream()
             engine = self._engine(store, stream._push, backlog=stream.__len__)
@@ -268,6 +274,43 @@ class Batch(Generic[T, R]):
                         finally:
                             if not stream.finished:
                                 tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                inner = unwrap_group(group)
+                if inner is group:
+                    raise
+                raise inner from inner.__cause__
+
+
+    def _shared(self) -> SharedRun | None:
+        """How the run is shared, or None for the single-process path."""
+        return self.options.shared
+
+    @contextlib.asynccontextmanager
+    async def _shared_stream(self, items: Items[T]) -> AsyncIterator[OutcomeStream[R]]:
+        from ._coordinator import coordinate
+        from ._shared_stream import open_tail
+
+        opts, shared = self.options, self._shared()
+        assert shared is not None
+        run_id = opts.run_id or new_run_id()
+        async with open_tail(opts, run_id) as tail:
+            stream: OutcomeStream[R] = OutcomeStream()
+            stream._tail = tail
+
+            async def run() -> BatchResult[Any]:
+                return await coordinate(
+                    self.job, items, opts, shared=shared, run_id=run_id,
+                    job_ref=job_ref(self.job), outcomes=False,
+                )  # fmt: skip
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(tail.drive, run)
+                    try:
+                        yield stream
+                    finally:
+                        if not stream.finished:
+                            tg.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 inner = unwrap_group(group)
                 if inner is group:
@@ -289,6 +332,7 @@ class OutcomeStream(Generic[R]):
         self._error: BaseException | None = None
         self.finished = False
         self.result: BatchResult[R] | None = None
+        self._tail: SharedTail | None = None  # a shared run: outcomes read from the store
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -297,6 +341,8 @@ class OutcomeStream(Generic[R]):
         return self
 
     async def __anext__(self) -> JobOutcome[R]:
+        if self._tail is not None:
+            return await self._next_shared(self._tail)
         while not self._buffer:
             if self.finished:
                 if self._error is not None:
@@ -308,6 +354,19 @@ class OutcomeStream(Generic[R]):
         outcome = self._buffer.popleft()
         if self._engine is not None and len(self._buffer) < 64:
             self._engine.relieve()
+        return outcome
+
+    async def _next_shared(self, tail: SharedTail) -> JobOutcome[R]:
+        try:
+            outcome = await tail.next()
+        except BaseException:
+            self.finished = True
+            self.result = tail.streamed()
+            raise
+        if outcome is None:
+            self.finished = True
+            self.result = tail.streamed()
+            raise StopAsyncIteration
         return outcome
 
     def _push(self, outcome: JobOutcome[Any]) -> None:

@@ -18,7 +18,7 @@ followed by a new one once the database answers.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sized
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +27,16 @@ import anyio.lowlevel
 
 from asyncbatch._deps._global import exact_names, forget_limits
 from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, StoreError, UnknownRun
-from asyncbatch._result import BatchResult
+from asyncbatch._result import BatchResult, JobOutcome
 from asyncbatch._store import RunInfo, storable_key
 
+from . import _shared_resume as _resume
 from ._engine import Engine
-from ._identity import callable_name, check_identity, key_spec
+from ._identity import callable_name, key_spec
 from ._lease import Lease
-from ._options import Options
+from ._options import Options, postgres_url
 from ._shared import (
     policy_config,
-    result_from_store,
     run_session,
     wait_for_quiet,
     wait_for_workers,
@@ -73,6 +73,12 @@ async def open_shared_store(url: str, *, lease: float, durability: Any = "normal
 
 
 def _config(job: Callable[..., Any], opts: Options, shared: SharedRun) -> dict[str, Any]:
+    try:
+        policy: str | None = policy_config(opts)
+    except ConfigError:
+        if not opts.shared_auto:
+            raise
+        policy = None  # shared by default: this process works it alone (workers cannot join)
     return {
         **opts.run_config,
         "concurrency": opts.concurrency,
@@ -85,11 +91,12 @@ def _config(job: Callable[..., Any], opts: Options, shared: SharedRun) -> dict[s
         "result_codec": "json" if opts.result_codec is None else opts.result_codec.name,
         "key": key_spec(opts.key),
         "job": callable_name(job),
+        "batch_size": opts.batch_size,  # None: shared runs call one item at a time
         "shared": {
             "chunk_size": shared.chunk_size,
             "lease": shared.lease,
             "exact_limits": shared.exact_limits,
-            "policy": policy_config(opts),
+            "policy": policy,
         },
     }
 
@@ -102,8 +109,12 @@ async def coordinate(
     shared: SharedRun,
     run_id: str,
     job_ref: str,
+    outcomes: bool = True,
 ) -> BatchResult[Any]:
     """Run ``items`` as a shared run: enqueue, work, finish; the whole run's result.
+
+    With ``outcomes=False`` the result's outcomes stay empty (a stream reads
+    them from the store instead of loading the whole run at once).
 
     Raises:
         BatchAborted: the run was aborted (anywhere); ``.result`` is the whole
@@ -111,53 +122,66 @@ async def coordinate(
         ConfigError: the job cannot be imported by workers, an option cannot
             be sent to them, or the store is not PostgreSQL.
     """
-    if not job_ref:
+    if not job_ref and not opts.shared_auto:
         raise ConfigError(
             "a shared run's job must be importable by the workers: define it at module "
             "level of an importable module (not __main__ or a closure)"
         )
-    if not isinstance(opts.store, str) or not opts.store.startswith(("postgresql:", "postgres:")):
+    url = postgres_url(opts.store)
+    if url is None:
         raise ConfigError("shared= needs a PostgreSQL store: store='postgresql://user@host/db'")
     if shared.exact_limits:  # a name without a limit, an adaptive one: say so before starting
         exact_names(shared.exact_limits, opts.limits, opts.rates)
     t0 = time.monotonic()
     now = time.time()
-    info = RunInfo(
-        run_id=run_id, job=job_ref, config=_config(job, opts, shared), created_at=now,
-        updated_at=now,
-    )  # fmt: skip
+    config = _config(job, opts, shared)
+    if isinstance(items, Sized):  # the dashboard's progress bar, as a single-process run
+        config.setdefault("total", len(items))
+    info = RunInfo(run_id=run_id, job=job_ref, config=config, created_at=now, updated_at=now)
     from asyncbatch._store._postgres_shared import SharedBoard
 
-    store = await open_shared_store(opts.store, lease=shared.lease, durability=opts.durability)
+    store = await open_shared_store(url, lease=shared.lease, durability=opts.durability)
     try:
         board = SharedBoard(store, lease=shared.lease)
         lease = Lease(store, run_id)
-        prev = await lease.begin(info)
-        if prev is not None and not opts.force_resume:
-            try:
-                check_identity(run_id, prev.config, info.config)
-            except ConfigError:
-                await lease.end(prev.status, prev.counts, prev.report)
-                raise
+        prev, seq0 = await _resume.begin(store, lease, info, opts)
         if prev is not None and prev.status == "compensating":
             return await _abort_end(
                 store, board, lease, opts, run_id, shared, t0, AsyncBatchError(
-                    "rollback resumed after an earlier abort"
-                ),
+                    "rollback resumed after "
+                    + ((prev.report or {}).get("aborted") or "an earlier abort")
+                ), outcomes=outcomes, seq0=seq0,
             )  # fmt: skip
         await board.share(run_id)
         failed: list[Exception] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lease.run)
-            tg.start_soon(_enqueue_safely, board, run_id, items, opts, shared, prev, failed)
-            state = await work_run(
-                job, opts, board, run_id, shared=shared, job_ref=job_ref,
-                keep_items=opts.compensate is not None,
-            )  # fmt: skip
-            tg.cancel_scope.cancel()
+        causes: list[BaseException] = []  # an abort decided here: its own exception
+        mine: list[JobOutcome[Any]] = []  # the outcomes of the jobs this process ran
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lease.run)
+                tg.start_soon(_enqueue_safely, board, run_id, items, opts, shared, prev, failed)
+                state = await work_run(
+                    job, opts, board, run_id, shared=shared, job_ref=job_ref,
+                    keep_items=opts.compensate is not None, causes=causes,
+                    sink=mine.append if outcomes else None,
+                )  # fmt: skip
+                tg.cancel_scope.cancel()
+        except BaseException:
+            # Cancelled (a stream left early, Ctrl-C) or broken: the run stays resumable
+            # at once, as a single-process run does (no wait for its lease to expire).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(shared.lease):
+                await lease.end("interrupted", await board.run_counts(run_id), None)
+            raise
         if state.abort_reason is not None:
-            cause = AsyncBatchError(f"the run was aborted: {state.abort_reason}")
-            return await _abort_end(store, board, lease, opts, run_id, shared, t0, cause)
+            # The abort decided here (its reason is the one that stands) keeps its exception.
+            ours = [c for c in causes if f"{type(c).__name__}: {c}" == state.abort_reason]
+            cause = ours[0] if ours else AsyncBatchError(
+                f"the run was aborted: {state.abort_reason}"
+            )  # fmt: skip
+            return await _abort_end(
+                store, board, lease, opts, run_id, shared, t0, cause, outcomes=outcomes,
+                seq0=seq0, mine=mine,
+            )  # fmt: skip
         if failed:
             counts = await board.run_counts(run_id)
             await lease.end("interrupted", counts, None)
@@ -165,12 +189,16 @@ async def coordinate(
         # Workers stop at their next poll: wait (briefly) for their reports to merge them.
         with anyio.move_on_after(1.0):
             await wait_for_workers(board, run_id, shared.lease)
-        if await board.finish(run_id, whole_report) and shared.exact_limits:
+        earlier = [prev.report] if prev is not None and prev.report else []
+
+        def whole(reports: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
+            return whole_report(earlier + reports, counts)  # the earlier invocations' too
+
+        if await board.finish(run_id, whole) and shared.exact_limits:
             await forget_limits(store, run_id)
         run = await store.get_run(run_id)
         await lease.end("finished", run.counts, run.report)
-        jobs = await store.jobs(run_id)
-        return result_from_store(run_id, jobs, run, time.monotonic() - t0, opts.result_codec)
+        return await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes, mine=mine)
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()
@@ -185,9 +213,17 @@ async def _abort_end(
     shared: SharedRun,
     t0: float,
     cause: BaseException,
+    *,
+    outcomes: bool = True,
+    seq0: int = 0,
+    mine: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
     """After an abort: wait for every worker to stop, roll the whole run back, raise."""
     await wait_for_quiet(board, run_id, shared.lease)
+    # A worker may still commit what it had in flight when it saw the abort: its
+    # worker row says when it stopped (bounded: a dead worker never says so).
+    with anyio.move_on_after(shared.lease):
+        await wait_for_workers(board, run_id, shared.lease)
     counts = await board.run_counts(run_id)
     if opts.compensate is not None:
         # The rollback engine takes the run itself (its checkpoints are crash-safe as today).
@@ -208,9 +244,35 @@ async def _abort_end(
     report = whole_report([run.report] if run.report else [], counts)
     await board.close(run_id, counts, report)
     run = await store.get_run(run_id)
-    jobs = await store.jobs(run_id)
-    result = result_from_store(run_id, jobs, run, time.monotonic() - t0, opts.result_codec)
+    result = await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes, mine=mine)
     raise BatchAborted(result, cause) from cause
+
+
+async def _result(
+    store: PostgresStore,
+    run: RunInfo,
+    opts: Options,
+    t0: float,
+    *,
+    seq0: int,
+    outcomes: bool,
+    mine: list[JobOutcome[Any]] | None = None,
+) -> BatchResult[Any]:
+    """This invocation's result (outcomes loaded unless a stream reads them).
+
+    The jobs this process ran keep their own outcomes (the very result
+    objects, errors and histories), the others' are read from the store.
+    """
+    duration = time.monotonic() - t0
+    if outcomes:
+        jobs = await store.jobs(run.run_id)
+        return _resume.invocation_result(
+            run.run_id, jobs, run, duration, opts, seq0=seq0, mine=mine
+        )
+    counts = await _resume.invocation_counts(store, run.run_id, opts, seq0=seq0)
+    return _resume.invocation_result(
+        run.run_id, [], run, duration, opts, seq0=seq0, counts=counts
+    )
 
 
 async def _never(item: Any) -> Any:  # pragma: no cover - a rollback runs no jobs
@@ -315,11 +377,15 @@ async def work_run(
     job_ref: str = "",
     keep_items: bool = False,
     tally: dict[str, int] | None = None,
+    causes: list[BaseException] | None = None,
+    sink: Callable[[JobOutcome[Any]], None] | None = None,
 ) -> RunState:
     """Work the run in sessions until nothing is left, it ended or was aborted.
 
     Returns the run's state as last seen; ``tally`` (if given) adds up the
-    jobs per status this process finished. A session that fenced itself or
+    jobs per status this process finished; ``causes`` (if given) gets the
+    exception of an abort decided in this process; ``sink`` the outcomes of
+    the jobs this process finished. A session that fenced itself or
     lost the database is followed by a new one, with backoff, once the
     database answers again: a worker never exits over an outage.
     """
@@ -339,11 +405,24 @@ async def work_run(
             session = await run_session(
                 job, opts, board, run_id, lease=shared.lease, chunk_size=shared.chunk_size,
                 keep_items=keep_items, job_ref=job_ref, exact_limits=shared.exact_limits,
+                sink=sink,
             )  # fmt: skip
         except (StoreError, UnknownRun):
             await anyio.sleep(delay)
             delay = min(delay * 2, 1.0)
             continue
+        engine = session.engine
+        cause = engine._abort.cause if engine is not None else None
+        if cause is not None and not session.fenced:
+            # An abort this session decided (a FATAL error, its budget verdict) may end it
+            # before its heartbeat posts it: post it now, or a new session would claim on.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(shared.lease):
+                try:
+                    await board.abort(run_id, f"{type(cause).__name__}: {cause}")
+                except StoreError:
+                    pass  # the next state read finds the database away: retried below
+        if causes is not None and cause is not None:
+            causes.append(cause)
         if tally is not None and session.engine is not None and not session.fenced:
             for status, n in session.engine.counts.items():
                 tally[status.value] = tally.get(status.value, 0) + n
@@ -412,6 +491,12 @@ async def work(
                 raise ConfigError(
                     f"run {rid!r} is not a shared run: start it with "
                     "run_batch(..., store='postgresql://...', shared=True)"
+                )
+            if not run.job or not shared.get("policy"):
+                raise ConfigError(
+                    f"run {rid!r} cannot be joined: its job or options cannot be sent to "
+                    "other processes; HINT: define the job, classifiers and handlers at "
+                    "module level of an importable module (not __main__, a closure or a lambda)"
                 )
             if run.job != job_ref:
                 raise ConfigError(f"run {rid!r} runs {run.job or 'another job'}, not {job_ref}")

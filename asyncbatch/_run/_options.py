@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from urllib.parse import urlencode
 
 from asyncbatch._errors import ConfigError
 from asyncbatch._policy._classify import ClassifierLike, as_classifier
@@ -78,7 +80,7 @@ class BatchOptions(RedriveOptions, total=False):
     key: Callable[[Any], str] | None
     run_id: str | None
     store: Store | str | None
-    shared: bool | SharedRun
+    shared: bool | SharedRun | Literal["auto"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,10 +124,26 @@ class Options:
     run_config: Mapping[str, Any] = field(default_factory=dict)
     shared: SharedRun | None = None
     """Many worker processes share the run (``shared=True`` or an `ab.SharedRun`)."""
+    shared_auto: bool = False
+    """``shared`` came from ``"auto"`` (a PostgreSQL store): a run whose job or
+    options cannot be sent to other processes is worked by the coordinator alone."""
     batch_size: int | None = None
     """Items per call (``batch_size=``): the job takes a list; None = one item per call."""
     batch_wait: float = 0.0
     """Seconds a chunk waits for more ready items before it goes out short (0 = none)."""
+
+
+def postgres_url(store: object) -> str | None:
+    """The URL of a PostgreSQL store (a URL, or an open `PostgresStore`), else None."""
+    if isinstance(store, str):
+        return store if store.startswith(("postgresql:", "postgres:")) else None
+    module = sys.modules.get("asyncbatch._store._postgres")  # loaded if one is open
+    if module is not None and isinstance(store, module.PostgresStore):
+        # Its own URL with the password (store.url has none): a shared run opens its own pools.
+        t = store._target
+        options = urlencode({"schema": t.schema, "retry_timeout": t.retry_timeout})
+        return f"{t.dsn}{'&' if '?' in t.dsn else '?'}{options}"
+    return None
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -175,13 +193,18 @@ def build_options(
     tracer_provider: Any = None,
     meter_provider: Any = None,
     result_codec: CodecLike = "json",
-    shared: bool | SharedRun = False,
+    shared: bool | SharedRun | Literal["auto"] = False,
     batch_size: int | None = None,
     batch_wait: float | timedelta = 0.0,
 ) -> Options:
     """Validate the keywords; raises `ConfigError` with a one-line fix."""
+    auto = isinstance(shared, str) and shared == "auto"
+    if auto:  # shared when the store is PostgreSQL (chunked calls are not shared yet)
+        shared = postgres_url(store) is not None and batch_size is None
     if not isinstance(shared, bool | SharedRun):
-        raise ConfigError(f"shared must be True, False or an ab.SharedRun, got {shared!r}")
+        raise ConfigError(
+            f'shared must be "auto", True, False or an ab.SharedRun, got {shared!r}'
+        )
     if durability not in ("normal", "full"):
         raise ConfigError(f'durability must be "normal" or "full", got {durability!r}')
     if key is not None and not callable(key):
@@ -255,6 +278,7 @@ def build_options(
         meter_provider=meter_provider,
         result_codec=as_codec(result_codec),
         shared=SharedRun() if shared is True else (shared or None),
+        shared_auto=auto and shared is True,
         batch_size=batch_size,
         batch_wait=wait,
     )

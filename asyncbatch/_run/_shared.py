@@ -55,6 +55,7 @@ from ._admission import Ahead, KeyedSource
 from ._engine import Engine, unwrap_group
 from ._entry import Entry
 from ._options import Options, build_options
+from ._shared_budget import RunWideTracker
 
 if TYPE_CHECKING:
     from asyncbatch._deps._global import ExactLimits
@@ -182,6 +183,7 @@ class Session:
         self._counted_at = 0.0
         self._among = 1  # workers the bulkheads and rate limits are split among
         self._posted_abort = False
+        self._written: dict[str, Any] = {}
         self.state: RunState | None = None
         self._stop = False
         self._handoffs: list[Retry] = []
@@ -218,11 +220,13 @@ class Session:
             for chunk in chunks:
                 self.held[chunk.no] = chunk.epoch
                 todo = []
+                mine: set[str] = set()
                 for idx, key, item in zip(chunk.idxs, chunk.keys, chunk.items, strict=True):
-                    # A key finished before, or in flight here from another chunk (a key
-                    # the input holds twice): one job, run once by this worker.
-                    if key in chunk.done or chunk_of.get(key, chunk.no) != chunk.no:
+                    # A key finished before, or in flight here from another chunk or this
+                    # one (a key the input holds twice): one job, run once by this worker.
+                    if key in chunk.done or key in mine or chunk_of.get(key, chunk.no) != chunk.no:
                         continue
+                    mine.add(key)
                     chunk_of[key] = chunk.no
                     todo.append((idx, key, item))
                 self._left[chunk.no] = len(todo)
@@ -363,6 +367,7 @@ class Session:
             self._counted_at = started + self.lease / 4
             counts = self.counter.totals() if self.counter is not None else {}
             await board.beat(self.run_id, self.owner, counts)
+            self._written = counts  # what the run-wide sums hold of this worker
             deps = self.engine._deps if self.engine is not None else None
             if deps is not None:  # bulkheads and rate limits: split among live workers
                 workers = max(1, await board.live_workers(self.run_id, self.lease))
@@ -400,6 +405,8 @@ class Session:
                 total[name] += int(counts.get(name, 0))
             for kind, n in (counts.get("by_kind") or {}).items():
                 total["by_kind"][kind] = total["by_kind"].get(kind, 0) + int(n)
+        if isinstance(self.counter, RunWideTracker):
+            self.counter.seen(total, self._written)
         return self._judge.judge_totals(**total)
 
     def _fence(self) -> None:
@@ -536,6 +543,7 @@ async def run_session(
     chunk_size: int,
     keep_items: bool,
     job_ref: str = "",
+    sink: Callable[[JobOutcome[Any]], None] | None = None,
     exact_limits: bool | Collection[str] = False,
 ) -> Session:
     """Work the run until nothing is left to claim, it ends, or the session fences itself.
@@ -564,13 +572,13 @@ async def run_session(
         local,
         run_id=run_id,
         store=store,
-        sink=None,
+        sink=sink,  # the coordinator keeps its own jobs' outcomes (run(): its result)
         job_ref=job_ref,
     )
     session.engine = engine
     outcomes = engine._outcomes
     if budget is not None:
-        session.counter = outcomes.budget = BudgetTracker(budget, judge=False)
+        session.counter = outcomes.budget = RunWideTracker(budget)  # judged as jobs finish
     if keep_items:
         outcomes._keep_done = True  # a rollback (the coordinator's) needs the items stored
         outcomes.done = _Forget()  # ...from the store: this process rolls nothing back

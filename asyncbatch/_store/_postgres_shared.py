@@ -24,7 +24,6 @@ and deletes the run's chunks (its jobs stay). Every statement is in
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncbatch._errors import UnknownRun
 
+from ._chunk_items import items_of, items_text
 from ._common import decode, encode, zero_counts
 from ._postgres_plan import plan
 from ._postgres_sql import _read, _sections, _strip_trailing_comments
@@ -288,7 +288,7 @@ class SharedBoard:
                 epoch=r["epoch"],
                 keys=list(r["keys"]),
                 idxs=list(r["idxs"]),
-                items=json.loads(r["payloads"]),
+                items=items_of(r["payloads"]),
                 done=set(r["done"]),
                 retry=decode(r["retry"]) if r["retry"] is not None else None,
             )
@@ -397,10 +397,4 @@ class SharedBoard:
 
 
 def _items_text(items: list[Any]) -> str:
-    text = encode(items)
-    if text is None:
-        raise TypeError(
-            "a shared run stores its input in the database as JSON, and an item is not "
-            "JSON-serialisable; HINT: pass JSON-safe items (dicts, lists, str, numbers)"
-        )
-    return text
+    return items_text(items)  # JSON, or pickled where JSON would change an item

@@ -88,6 +88,9 @@ WITH claimed AS (
           WHERE o.run_id = $1 AND o.state <> 'done'
             AND (o.state = 'pending' OR o.lease_until <= now())
             AND (o.due_at IS NULL OR o.due_at <= now())
+            -- nothing is claimed once an abort stands (a worker's heartbeat may not
+            -- have read it yet: it would start jobs the abort has stopped)
+            AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = $1 AND r.abort_reason IS NOT NULL)
           ORDER BY o.no
           LIMIT $2
           FOR UPDATE SKIP LOCKED) AS s

@@ -1,0 +1,133 @@
+"""A shared run begun or resumed as a single-process one would be, and its result.
+
+The coordinator keeps the identity a run was made with (its key spec and
+job) when a resume is refused, refuses to drop an interrupted rollback, and
+reports what this invocation did: jobs an earlier invocation finished are
+SKIPPED (with their stored results), as a resumed single-process run says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from asyncbatch._errors import ConfigError, UnknownRun
+from asyncbatch._observe._report import ErrorReport
+from asyncbatch._result import BatchResult, JobOutcome, JobStatus
+from asyncbatch._store import FinishedJob, RunInfo
+
+from ._identity import check_identity
+from ._options import Options
+from ._shared import finished_statuses
+
+if TYPE_CHECKING:
+    from asyncbatch._store._postgres import PostgresStore
+
+    from ._lease import Lease
+
+__all__ = ["begin", "invocation_counts", "invocation_result"]
+
+
+async def begin(
+    store: PostgresStore, lease: Lease, info: RunInfo, opts: Options
+) -> tuple[RunInfo | None, int]:
+    """Take the run (new or resumed); returns it as it was and its last seq then.
+
+    Raises:
+        ConfigError: the stored run was made with other keys or another job
+            (unless ``force_resume``), or it was rolling back and no
+            ``compensate=`` is given; the run is left as it was.
+        RunOwned: another coordinator runs it.
+    """
+    fresh = info
+    try:
+        stored: RunInfo | None = await store.get_run(info.run_id)
+    except UnknownRun:
+        stored = None
+    if stored is not None and not opts.force_resume:
+        # The run keeps the identity it was made with (checked below).
+        kept: dict[str, Any] = {
+            f: stored.config[f] for f in ("key", "job", "batch_size") if f in stored.config
+        }
+        info = replace(info, config={**info.config, **kept})
+    prev = await lease.begin(info)
+    if prev is None:
+        return None, 0
+    try:
+        if not opts.force_resume:
+            check_identity(info.run_id, prev.config, fresh.config)
+        if prev.status == "compensating" and opts.compensate is None:
+            raise ConfigError(
+                f"run {info.run_id!r} was rolling back when it stopped; pass the same "
+                "compensate= to finish the rollback (or call ab.rollback(undo, ...))"
+            )
+    except ConfigError:
+        await lease.end(prev.status, prev.counts, prev.report)
+        raise
+    return prev, await store.last_seq(info.run_id)
+
+
+def _status(job: FinishedJob, seq0: int, skip: set[str]) -> JobStatus | None:
+    """How this invocation reports a stored job (None: not at all)."""
+    if job.seq > seq0:
+        return job.status
+    return JobStatus.SKIPPED if job.status.value in skip else None
+
+
+def invocation_result(
+    run_id: str,
+    jobs: list[FinishedJob],
+    run: RunInfo,
+    duration: float,
+    opts: Options,
+    *,
+    seq0: int,
+    counts: dict[JobStatus, int] | None = None,
+    mine: list[JobOutcome[Any]] | None = None,
+) -> BatchResult[Any]:
+    """This invocation's `BatchResult`, from the run's stored jobs (in input order).
+
+    ``counts`` (from `invocation_counts`) when ``jobs`` was not loaded;
+    ``mine``: outcomes this process holds, used for the jobs whose stored
+    status they match (the same execution: its very result, error, history).
+    """
+    own = {o.key: o for o in mine or ()}
+    codec = opts.result_codec
+    skip = set(finished_statuses(opts.retry_dead))
+    outcomes: list[JobOutcome[Any]] = []
+    tally = dict.fromkeys(JobStatus, 0)
+    for j in sorted(jobs, key=lambda j: (j.index is None, j.index or 0)):
+        status = _status(j, seq0, skip)
+        if status is None:
+            continue
+        tally[status] += 1
+        here = own.get(j.key)
+        if here is not None and here.status is status:
+            outcomes.append(here if here.index == j.index else replace(here, index=j.index))
+            continue
+        result = j.result if codec is None or not j.has_result else codec.decode(j.result)
+        outcomes.append(
+            JobOutcome(key=j.key, status=status, result=result, attempts=j.attempts,
+                       index=j.index)
+        )  # fmt: skip
+    report = ErrorReport.from_dict(run.report or {})
+    return BatchResult(
+        run_id=run_id, outcomes=outcomes, counts=tally if counts is None else counts,
+        report=report, duration=duration,
+    )  # fmt: skip
+
+
+async def invocation_counts(
+    store: PostgresStore, run_id: str, opts: Options, *, seq0: int
+) -> dict[JobStatus, int]:
+    """This invocation's jobs per status, by SQL (without loading the jobs)."""
+    from asyncbatch._store._postgres_stream import RunTail
+
+    skip = set(finished_statuses(opts.retry_dead))
+    tally = dict.fromkeys(JobStatus, 0)
+    for status, earlier, n in await RunTail(store, run_id).counts(seq0):
+        if not earlier:
+            tally[JobStatus(status)] += n
+        elif status in skip:
+            tally[JobStatus.SKIPPED] += n
+    return tally
