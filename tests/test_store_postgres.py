@@ -136,9 +136,15 @@ async def test_a_schema_holding_other_tables_is_refused_untouched(pg_url: str) -
 
 def test_every_query_name_is_loaded_once() -> None:
     with pytest.raises(RuntimeError, match="more than once"):
-        _postgres_sql.load_queries("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n")
+        _postgres_sql.parse_named(
+            "-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n",
+            _postgres_sql.Queries,
+            "postgres_queries.sql",
+        )
     with pytest.raises(RuntimeError, match="missing"):
-        _postgres_sql.load_queries("-- name: run_get\nSELECT 1\n")
+        _postgres_sql.parse_named(
+            "-- name: run_get\nSELECT 1\n", _postgres_sql.Queries, "postgres_queries.sql"
+        )
     assert "unnest" in _postgres_sql.QUERIES.job_upsert
 
 

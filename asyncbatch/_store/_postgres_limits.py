@@ -21,12 +21,11 @@ database's (``now()``), unless the board is given a ``clock`` (tests).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._postgres_sql import _read, _sections, _strip_trailing_comments
+from ._postgres_sql import load_named
 
 if TYPE_CHECKING:
     import asyncpg
@@ -50,24 +49,9 @@ class LimitQueries:
     limits_forget: str
 
 
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-def _load() -> LimitQueries:
-    parsed = {
-        name: _strip_trailing_comments(body)
-        for name, body in _sections(_read("postgres_limits.sql"), _NAME)
-    }
-    expected = {f.name for f in fields(LimitQueries)}
-    if set(parsed) != expected:
-        raise RuntimeError(
-            f"postgres_limits.sql and LimitQueries disagree: missing "
-            f"{sorted(expected - set(parsed))}, unknown {sorted(set(parsed) - expected)}"
-        )
-    return LimitQueries(**parsed)
-
-
-L = _load()
+L = load_named("postgres_limits.sql", LimitQueries)
 
 YIELD = 0.05
 """Seconds a freed slot is left to other workers whose demand stands (they poll faster)."""

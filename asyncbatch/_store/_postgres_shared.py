@@ -24,11 +24,10 @@ and deletes the run's chunks (its jobs stay). Every statement is in
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from asyncbatch._errors import UnknownRun
@@ -36,7 +35,7 @@ from asyncbatch._errors import UnknownRun
 from ._chunk_items import items_of, items_text
 from ._common import decode, encode, zero_counts
 from ._postgres_plan import plan
-from ._postgres_sql import _read, _sections, _strip_trailing_comments
+from ._postgres_sql import load_named
 from ._protocol import JobRecord
 
 if TYPE_CHECKING:
@@ -73,22 +72,7 @@ class SharedQueries:
     workers_live: str
 
 
-def _load() -> SharedQueries:
-    parsed = {
-        name: _strip_trailing_comments(body)
-        for name, body in _sections(_read("postgres_shared.sql"), _NAME)
-    }
-    expected = {f.name for f in fields(SharedQueries)}
-    if set(parsed) != expected:
-        raise RuntimeError(
-            f"postgres_shared.sql and SharedQueries disagree: missing "
-            f"{sorted(expected - set(parsed))}, unknown {sorted(set(parsed) - expected)}"
-        )
-    return SharedQueries(**parsed)
-
-
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-S = _load()
+S = load_named("postgres_shared.sql", SharedQueries)
 
 
 @dataclass(slots=True)

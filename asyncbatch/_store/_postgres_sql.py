@@ -15,11 +15,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from importlib import resources
+from typing import TypeVar
 
-__all__ = ["MIGRATIONS", "QUERIES", "SCHEMA_VERSION", "Queries", "quote_ident"]
+__all__ = ["MIGRATIONS", "QUERIES", "SCHEMA_VERSION", "Queries", "load_named", "quote_ident"]
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _STEP = re.compile(r"^-- migration: (\d+)\b.*$", re.MULTILINE)
+Q = TypeVar("Q")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,21 +87,27 @@ def _strip_trailing_comments(body: str) -> str:
     return "\n".join(lines)
 
 
-def load_queries(text: str) -> Queries:
-    """Parse ``postgres_queries.sql``; every `Queries` field must be there exactly once."""
+def load_named(filename: str, into: type[Q]) -> Q:
+    """The statements of ``sql/filename`` by their ``-- name:`` lines, as an ``into``
+    (a dataclass whose fields are the names): every field exactly once."""
+    return parse_named(_read(filename), into, filename)
+
+
+def parse_named(text: str, into: type[Q], filename: str) -> Q:
+    """`load_named` of ``text`` (named ``filename`` in its errors)."""
     sections = _sections(text, _NAME)
     names = [name for name, _ in sections]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise RuntimeError(f"postgres_queries.sql names {duplicates} more than once")
+        raise RuntimeError(f"{filename} names {duplicates} more than once")
     parsed = {name: _strip_trailing_comments(body) for name, body in sections}
-    expected = {f.name for f in fields(Queries)}
+    expected = {f.name for f in fields(into)}  # type: ignore[arg-type]
     if set(parsed) != expected:
         raise RuntimeError(
-            f"postgres_queries.sql and Queries disagree: missing {sorted(expected - set(parsed))}, "
+            f"{filename} and {into.__name__} disagree: missing {sorted(expected - set(parsed))}, "
             f"unknown {sorted(set(parsed) - expected)}"
         )
-    return Queries(**parsed)
+    return into(**parsed)
 
 
 def load_migrations(text: str) -> tuple[str, ...]:
@@ -116,7 +124,7 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-QUERIES = load_queries(_read("postgres_queries.sql"))
+QUERIES = load_named("postgres_queries.sql", Queries)
 MIGRATIONS = load_migrations(_read("postgres_schema.sql"))
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this asyncbatch writes: the number of migration steps."""

@@ -10,11 +10,10 @@ one page: the database is the buffer between the writers and the reader.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._postgres_sql import _read, _sections, _strip_trailing_comments
+from ._postgres_sql import load_named
 
 if TYPE_CHECKING:
     import asyncpg
@@ -35,24 +34,9 @@ class StreamQueries:
     stream_counts: str
 
 
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-def _load() -> StreamQueries:
-    parsed = {
-        name: _strip_trailing_comments(body)
-        for name, body in _sections(_read("postgres_stream.sql"), _NAME)
-    }
-    expected = {f.name for f in fields(StreamQueries)}
-    if set(parsed) != expected:
-        raise RuntimeError(
-            f"postgres_stream.sql and StreamQueries disagree: missing "
-            f"{sorted(expected - set(parsed))}, unknown {sorted(set(parsed) - expected)}"
-        )
-    return StreamQueries(**parsed)
-
-
-S = _load()
+S = load_named("postgres_stream.sql", StreamQueries)
 
 
 @dataclass(frozen=True, slots=True)
