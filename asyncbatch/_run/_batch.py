@@ -14,6 +14,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Iterator,
     Sequence,
@@ -34,7 +35,6 @@ from ._engine import Engine, unwrap_group
 from ._options import BatchOptions, Options, RedriveOptions, build_options
 
 if TYPE_CHECKING:
-    from ._shared_run import SharedRun
     from ._shared_stream import SharedTail
 
 __all__ = ["Batch", "OutcomeStream", "redrive", "rollback", "run_batch"]
@@ -228,7 +228,7 @@ class Batch(Generic[T, R]):
                 ``.result`` holds the partial result (outcomes in input order).
         """
         _require_asyncio()
-        shared = self._shared()
+        shared = self.options.shared
         if shared is not None:  # many workers: see _coordinator
             from ._coordinator import coordinate
 
@@ -257,7 +257,7 @@ class Batch(Generic[T, R]):
         completion order, page by page (see `_shared_stream`).
         """
         _require_asyncio()
-        if self._shared() is not None:  # many workers: outcomes read from the store
+        if self.options.shared is not None:  # many workers: outcomes read from the store
             async with self._shared_stream(items) as shared_stream:
                 yield shared_stream
             return
@@ -265,32 +265,16 @@ class Batch(Generic[T, R]):
             stream: OutcomeStream[R] = OutcomeStream()
             engine = self._engine(store, stream._push, backlog=stream.__len__)
             stream._engine = engine
-            try:
-                with self._running_as(engine, items):
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(stream._drive, engine, items)
-                        try:
-                            yield stream
-                        finally:
-                            if not stream.finished:
-                                tg.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                inner = unwrap_group(group)
-                if inner is group:
-                    raise
-                raise inner from inner.__cause__
-
-
-    def _shared(self) -> SharedRun | None:
-        """How the run is shared, or None for the single-process path."""
-        return self.options.shared
+            with self._running_as(engine, items):
+                async with _driving(stream, stream._drive, engine, items):
+                    yield stream
 
     @contextlib.asynccontextmanager
     async def _shared_stream(self, items: Items[T]) -> AsyncIterator[OutcomeStream[R]]:
         from ._coordinator import coordinate
         from ._shared_stream import open_tail
 
-        opts, shared = self.options, self._shared()
+        opts, shared = self.options, self.options.shared
         assert shared is not None
         run_id = opts.run_id or new_run_id()
         async with open_tail(opts, run_id) as tail:
@@ -303,19 +287,32 @@ class Batch(Generic[T, R]):
                     job_ref=job_ref(self.job), outcomes=False,
                 )  # fmt: skip
 
+            async with _driving(stream, tail.drive, run):
+                yield stream
+
+
+@contextlib.asynccontextmanager
+async def _driving(
+    stream: OutcomeStream[Any], drive: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+) -> AsyncIterator[None]:
+    """Run ``drive(*args)`` (what feeds ``stream``) beside the caller's block.
+
+    Leaving the block before the stream finished cancels it; an error from
+    either side is raised as itself, not wrapped in an exception group.
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drive, *args)
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(tail.drive, run)
-                    try:
-                        yield stream
-                    finally:
-                        if not stream.finished:
-                            tg.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                inner = unwrap_group(group)
-                if inner is group:
-                    raise
-                raise inner from inner.__cause__
+                yield
+            finally:
+                if not stream.finished:
+                    tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        inner = unwrap_group(group)
+        if inner is group:
+            raise
+        raise inner from inner.__cause__
 
 
 class OutcomeStream(Generic[R]):
