@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -45,16 +45,12 @@ from asyncbatch._errors import (
 )
 
 from ._bisect import Failure, isolate
+from ._workers import Loops
 
 if TYPE_CHECKING:
-    from asyncbatch._observe._otel import AttemptScope, Instrumentation
+    from asyncbatch._observe._otel import AttemptScope
 
-    from ._abort import Abort
     from ._entry import Entry
-    from ._options import Options
-    from ._outcomes import Outcomes
-    from ._ready import ReadyQueue
-    from ._traffic import Traffic
 
 __all__ = ["Chunks", "split_results"]
 
@@ -63,32 +59,14 @@ _sleep = asyncio.sleep
 _PERMANENT = ErrorKind.PERMANENT
 
 
-class Chunks:
-    """The chunk worker loop of a run with ``batch_size=`` (takes `Workers`' arguments)."""
+class Chunks(Loops):
+    """The chunk worker loop of a run with ``batch_size=`` (see `Loops` for the arguments)."""
 
-    def __init__(
-        self,
-        job: Callable[[Any], Awaitable[Any]],
-        opts: Options,
-        *,
-        queue: ReadyQueue,
-        outcomes: Outcomes,
-        abort: Abort,
-        inst: Instrumentation | None,
-        deps: Any,
-        traffic: Traffic | None = None,
-    ) -> None:
-        assert opts.batch_size is not None
-        self.job = job
-        self.opts = opts
-        self.size = opts.batch_size
-        self.wait = opts.batch_wait
-        self._queue = queue
-        self._outcomes = outcomes
-        self._abort = abort
-        self._inst = inst
-        self._deps = deps
-        self._traffic = traffic
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.opts.batch_size is not None
+        self.size = self.opts.batch_size
+        self.wait = self.opts.batch_wait
 
     def pick(self) -> Callable[[], Coroutine[Any, Any, None]]:
         """The worker loop (one for every chunked run), as `Workers.pick` names one."""
@@ -153,17 +131,11 @@ class Chunks:
     # ------------------------------------------------------------ running
 
     async def _run(self, chunk: list[Entry], loop: asyncio.AbstractEventLoop) -> None:
-        o = self.opts
         start = _perf()
         for entry in chunk:
             entry.attempt += 1
             if not entry.started:
-                # The job's first admission (see `Workers._attempt`).
-                entry.started = start
-                if o.deadline is not None:
-                    entry.deadline_at = loop.time() + o.deadline
-                if self._traffic is not None:
-                    self._traffic.started(entry)
+                self.first_start(entry, start, loop)
         pending = set(chunk)  # entries not yet handed to the outcome path
         try:
             failure = await self._attempt(chunk, loop, pending)

@@ -52,10 +52,9 @@ from ._lease import Lease
 from ._options import Options
 from ._outcomes import Outcomes
 from ._ready import ReadyQueue
-from ._workers import Workers
+from ._workers import Loops, Workers
 
 if TYPE_CHECKING:
-    from ._chunks import Chunks
     from ._traffic import Traffic
 
 __all__ = ["Engine", "unwrap_group"]
@@ -454,7 +453,7 @@ class Engine(Generic[R]):
             from asyncbatch._deps import reset_dependencies, use_dependencies
 
             deps_token = use_dependencies(self._deps)
-        kind: type[Workers] | type[Chunks] = Workers
+        kind: type[Loops] = Workers
         if self.opts.batch_size is not None:
             from ._chunks import Chunks  # the chunk worker loop (``batch_size=``)
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ._ready import ReadyQueue
     from ._traffic import Traffic
 
-__all__ = ["TURN", "Workers"]
+__all__ = ["TURN", "Loops", "Workers"]
 
 TURN = 32
 """A worker hands the event loop a turn after this many jobs.
@@ -49,8 +49,8 @@ tasks. One ``sleep(0)`` per 32 jobs costs about 1/32 of a loop trip a job.
 _sleep = asyncio.sleep
 
 
-class Workers:
-    """The worker loops of one run.
+class Loops:
+    """What a run's worker loops are made of; `pick` names the loop each worker runs.
 
     Args:
         job: the user's ``async def job(item)``.
@@ -83,6 +83,28 @@ class Workers:
         self._inst = inst
         self._deps = deps
         self._traffic = traffic
+
+    def pick(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The loop every worker of the run runs."""
+        raise NotImplementedError
+
+    def first_start(self, entry: Entry, start: float, loop: asyncio.AbstractEventLoop) -> None:
+        """The job's first attempt starts (at ``start``, `time.perf_counter`).
+
+        Its deadline runs from here, through every attempt and every wait
+        (backoff, open circuit). Called when ``entry.started`` is unset, not
+        on ``attempt == 1``: a call rejected by an open circuit gives its
+        attempt back.
+        """
+        entry.started = start
+        if self.opts.deadline is not None:
+            entry.deadline_at = loop.time() + self.opts.deadline
+        if self._traffic is not None:
+            self._traffic.started(entry)
+
+
+class Workers(Loops):
+    """The worker loops of one run: one job per attempt (see `Loops` for the arguments)."""
 
     def pick(self) -> Callable[[], Coroutine[Any, Any, None]]:
         """The leanest worker loop that does everything this run needs."""
@@ -202,21 +224,13 @@ class Workers:
             await self._attempt(entry, loop)
 
     async def _attempt(self, entry: Entry, loop: asyncio.AbstractEventLoop) -> None:
-        o = self.opts
         outcomes = self._outcomes
         inst = self._inst
         entry.attempt += 1
         token = _current.set(entry)
         start = time.perf_counter()
-        if not entry.started:
-            # The job's first admission: its deadline runs from here, through every
-            # attempt and every wait (backoff, open circuit). Not `attempt == 1`: a
-            # call rejected by an open circuit gives its attempt back.
-            entry.started = start
-            if o.deadline is not None:
-                entry.deadline_at = loop.time() + o.deadline
-            if self._traffic is not None:
-                self._traffic.started(entry)
+        if not entry.started:  # not `attempt == 1`: see `first_start`
+            self.first_start(entry, start, loop)
         scope_cm: Any = (
             inst.attempt(entry.key, entry.attempt) if inst is not None else nullcontext()
         )
