@@ -360,11 +360,7 @@ class Outcomes:
         assert loop is not None
         self.parked.add(entry)
         self._queue.parked_one()
-        deadline_at = entry.deadline_at
-        if deadline_at is not None and loop.time() + delay >= deadline_at:
-            entry.timer = loop.call_at(deadline_at, self._expire, entry)
-        else:
-            entry.timer = loop.call_later(delay, self._unpark, entry)
+        self._arm(entry, loop.time() + delay)
 
     def repark(self, entry: Entry, when: float) -> bool:
         """Move a job parked on a backoff timer to come due at loop time ``when``
@@ -374,6 +370,12 @@ class Outcomes:
         if entry not in self.parked or not isinstance(timer, asyncio.TimerHandle):
             return False
         timer.cancel()
+        self._arm(entry, when)
+        return True
+
+    def _arm(self, entry: Entry, when: float) -> None:
+        """The backoff timer of a parked job: due at loop time ``when``, or at its
+        deadline if that comes first (then it is dead-lettered, `_expire`)."""
         loop = self.loop
         assert loop is not None
         deadline_at = entry.deadline_at
@@ -381,7 +383,6 @@ class Outcomes:
             entry.timer = loop.call_at(deadline_at, self._expire, entry)
         else:
             entry.timer = loop.call_at(when, self._unpark, entry)
-        return True
 
     def _park_on(self, entry: Entry, circuit: Circuit) -> None:
         """Hold ``entry`` on the circuit until it can admit it (or until its deadline)."""
