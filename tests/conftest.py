@@ -27,10 +27,12 @@ T = TypeVar("T")
 
 @pytest.fixture(autouse=True)
 def _shared_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ASYNCBATCH_TEST_SHARED=auto``: every run of this process takes ``shared="auto"``.
+    """``ASYNCBATCH_TEST_SHARED=0`` (or ``auto``): every run of this process takes that ``shared=``.
 
-    So the whole suite can be run with PostgreSQL runs on the shared path (the
-    default to be); CLI tests' child processes keep the library's default.
+    So the whole suite can be run with PostgreSQL runs on the single-process
+    path (``0``) as well as on the shared one (``auto``, the default; the
+    ``postgresql-single`` store of the run suites covers the other path on
+    every run); CLI tests' child processes keep the library's default.
     """
     value = os.environ.get("ASYNCBATCH_TEST_SHARED")
     if value:

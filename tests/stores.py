@@ -4,6 +4,11 @@
 in-memory store, a SQLite file in the test's ``tmp_path``, or a PostgreSQL
 schema of its own (the ``pg_url`` fixture of conftest.py, dropped after the
 test; it skips locally, and fails in CI, when no server answers).
+
+``RUN_PATHS`` adds ``postgresql-single``: PostgreSQL with ``shared=False``
+as every run's default, so the suites of run behaviour (integrity, resume,
+unstorable values) cover both paths a PostgreSQL run can take: shared (the
+default) and single-process.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 import pytest
 
 STORES = ["memory", "sqlite", "postgresql"]
+RUN_PATHS = [*STORES, "postgresql-single"]
 
 
 def store_url(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> str:
@@ -21,5 +27,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> str:
         return "memory://"
     if name == "sqlite":
         return f"sqlite:///{tmp_path / 'runs.db'}"
+    if name == "postgresql-single":
+        from asyncbatch._run import _options
+
+        defaults = _options.build_options.__kwdefaults__
+        assert defaults is not None
+        monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setitem(defaults, "shared", False)
     url: str = request.getfixturevalue("pg_url")
     return url

@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 import anyio
 import pytest
-from stores import STORES, store_url
+from stores import RUN_PATHS, store_url
 
 import asyncbatch as ab
 from asyncbatch._store import JobRecord
 
 
-@pytest.fixture(params=STORES)
+@pytest.fixture(params=RUN_PATHS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ab.Store]:
     async with ab.open_store(store_url(request, tmp_path, request.param)) as st:
         yield st

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import anyio
 import pytest
+from stores import RUN_PATHS, store_url
 
 import asyncbatch as ab
 
 FAST = ab.Retry(attempts=2, backoff=ab.Backoff.constant(0))
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=RUN_PATHS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    urls = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'runs.db'}"}
-    url = urls.get(request.param) or request.getfixturevalue("pg_url")
-    async with ab.open_store(url) as s:
+    async with ab.open_store(store_url(request, tmp_path, request.param)) as s:
         yield s
 
 

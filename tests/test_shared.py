@@ -768,17 +768,24 @@ def _fifty(x: int) -> str:
     return str(x % 50)
 
 
-async def test_a_key_the_input_holds_twice_is_one_job_and_the_run_finishes(
+async def test_a_key_the_input_holds_twice_is_refused_and_the_run_stays_resumable(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As in one process: the second item with a key is refused, never merged into
+    # the first one's job (it would be handed that job's result on resume).
     monkeypatch.setenv("SHARED_LEDGER", str(tmp_path / "ledger"))
     monkeypatch.syspath_prepend(str(HERE))
     import shared_job
 
-    with anyio.fail_after(30):  # chunks whose keys run elsewhere still finish
-        result = await ab.run_batch(
+    with anyio.fail_after(30), pytest.raises(ab.DuplicateKey) as caught:
+        await ab.run_batch(
             shared_job.job, range(200), key=_fifty, store=pg_url, run_id="twice",
             shared=ab.SharedRun(chunk_size=40, lease=LEASE),
         )  # fmt: skip
-    assert sorted(o.key for o in result.outcomes) == sorted(str(i) for i in range(50))
-    assert result.counts[ab.JobStatus.SUCCEEDED] == 50
+    assert (caught.value.key, caught.value.first, caught.value.second) == ("0", 0, 50)
+    async with ab.open_store(pg_url) as store:
+        run = await store.get_run("twice")
+        assert run.status == "interrupted"
+        jobs = await store.jobs("twice")
+    assert {j.key for j in jobs} <= {str(i) for i in range(50)}
+    assert all(j.index is not None and j.index < 50 for j in jobs)  # nothing past position 49

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stores import STORES, store_url
+from stores import RUN_PATHS, store_url
 
 import asyncbatch as ab
 
@@ -34,7 +34,7 @@ def _deep(depth: int) -> list[Any]:
     return root
 
 
-@pytest.fixture(params=STORES)
+@pytest.fixture(params=RUN_PATHS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ab.Store]:
     async with ab.open_store(store_url(request, tmp_path, request.param)) as s:
         yield s

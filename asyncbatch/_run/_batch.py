@@ -284,7 +284,7 @@ class Batch(Generic[T, R]):
             async def run() -> BatchResult[Any]:
                 return await coordinate(
                     self.job, items, opts, shared=shared, run_id=run_id,
-                    job_ref=job_ref(self.job), outcomes=False,
+                    job_ref=job_ref(self.job), outcomes=False, on_skip=tail.skipped,
                 )  # fmt: skip
 
             async with _driving(stream, tail.drive, run):

@@ -23,12 +23,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
 
 from asyncbatch._deps._global import exact_names, forget_limits
 from asyncbatch._errors import AsyncBatchError, BatchAborted, ConfigError, StoreError, UnknownRun
 from asyncbatch._result import BatchResult, JobOutcome
-from asyncbatch._store import RunInfo, storable_key
+from asyncbatch._store import RunInfo
 
 from . import _shared_resume as _resume
 from ._engine import Engine
@@ -42,6 +41,7 @@ from ._shared import (
     wait_for_workers,
     whole_report,
 )
+from ._shared_enqueue import Skipped, enqueue
 from ._shared_run import SharedRun
 
 if TYPE_CHECKING:
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
     from asyncbatch._store._postgres_shared import RunState, SharedBoard
 
 __all__ = ["coordinate", "open_shared_store", "work", "work_run"]
-
-_FLUSH_CHUNKS = 32  # chunks written per round trip while enqueueing
-
 
 def session_settings(lease: float) -> dict[str, str]:
     """Server settings of a shared run's connections: nothing may hang past a lease."""
@@ -110,11 +107,13 @@ async def coordinate(
     run_id: str,
     job_ref: str,
     outcomes: bool = True,
+    on_skip: Skipped | None = None,
 ) -> BatchResult[Any]:
     """Run ``items`` as a shared run: enqueue, work, finish; the whole run's result.
 
     With ``outcomes=False`` the result's outcomes stay empty (a stream reads
-    them from the store instead of loading the whole run at once).
+    them from the store instead of loading the whole run at once, and gets
+    the SKIPPED ones, found while enqueueing, from ``on_skip``).
 
     Raises:
         BatchAborted: the run was aborted (anywhere); ``.result`` is the whole
@@ -145,12 +144,13 @@ async def coordinate(
         board = SharedBoard(store, lease=shared.lease)
         lease = Lease(store, run_id)
         prev, seq0 = await _resume.begin(store, lease, info, opts)
+        skips = _resume.Skips(keep=outcomes, forward=on_skip)
         if prev is not None and prev.status == "compensating":
             return await _abort_end(
                 store, board, lease, opts, run_id, shared, t0, AsyncBatchError(
                     "rollback resumed after "
                     + ((prev.report or {}).get("aborted") or "an earlier abort")
-                ), outcomes=outcomes, seq0=seq0,
+                ), outcomes=outcomes, seq0=seq0, skips=skips,
             )  # fmt: skip
         await board.share(run_id)
         failed: list[Exception] = []
@@ -159,7 +159,10 @@ async def coordinate(
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lease.run)
-                tg.start_soon(_enqueue_safely, board, run_id, items, opts, shared, prev, failed)
+                tg.start_soon(
+                    _enqueue_safely, board, run_id, items, opts, shared,
+                    None if prev is None else seq0, skips, failed,
+                )  # fmt: skip
                 state = await work_run(
                     job, opts, board, run_id, shared=shared, job_ref=job_ref,
                     keep_items=opts.compensate is not None, causes=causes,
@@ -180,7 +183,7 @@ async def coordinate(
             )  # fmt: skip
             return await _abort_end(
                 store, board, lease, opts, run_id, shared, t0, cause, outcomes=outcomes,
-                seq0=seq0, mine=mine,
+                seq0=seq0, skips=skips, mine=mine,
             )  # fmt: skip
         if failed:
             counts = await board.run_counts(run_id)
@@ -198,7 +201,9 @@ async def coordinate(
             await forget_limits(store, run_id)
         run = await store.get_run(run_id)
         await lease.end("finished", run.counts, run.report)
-        return await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes, mine=mine)
+        return await _result(
+            store, run, opts, t0, seq0=seq0, skips=skips, outcomes=outcomes, mine=mine
+        )
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()
@@ -214,8 +219,9 @@ async def _abort_end(
     t0: float,
     cause: BaseException,
     *,
-    outcomes: bool = True,
-    seq0: int = 0,
+    outcomes: bool,
+    seq0: int,
+    skips: _resume.Skips,
     mine: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
     """After an abort: wait for every worker to stop, roll the whole run back, raise."""
@@ -244,7 +250,9 @@ async def _abort_end(
     report = whole_report([run.report] if run.report else [], counts)
     await board.close(run_id, counts, report)
     run = await store.get_run(run_id)
-    result = await _result(store, run, opts, t0, seq0=seq0, outcomes=outcomes, mine=mine)
+    result = await _result(
+        store, run, opts, t0, seq0=seq0, skips=skips, outcomes=outcomes, mine=mine
+    )
     raise BatchAborted(result, cause) from cause
 
 
@@ -255,6 +263,7 @@ async def _result(
     t0: float,
     *,
     seq0: int,
+    skips: _resume.Skips,
     outcomes: bool,
     mine: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
@@ -267,11 +276,11 @@ async def _result(
     if outcomes:
         jobs = await store.jobs(run.run_id)
         return _resume.invocation_result(
-            run.run_id, jobs, run, duration, opts, seq0=seq0, mine=mine
+            run.run_id, jobs, run, duration, opts, seq0=seq0, skips=skips, mine=mine
         )
-    counts = await _resume.invocation_counts(store, run.run_id, opts, seq0=seq0)
+    counts = await _resume.invocation_counts(store, run.run_id, seq0=seq0, skips=skips)
     return _resume.invocation_result(
-        run.run_id, [], run, duration, opts, seq0=seq0, counts=counts
+        run.run_id, [], run, duration, opts, seq0=seq0, skips=skips, counts=counts
     )
 
 
@@ -288,80 +297,16 @@ async def _enqueue_safely(
     items: Iterable[Any] | AsyncIterable[Any],
     opts: Options,
     shared: SharedRun,
-    prev: RunInfo | None,
+    seq0: int | None,
+    on_skip: Skipped,
     failed: list[Exception],
 ) -> None:
     """`enqueue`, noting an input that raised (the run then ends ``interrupted``)."""
     try:
-        await enqueue(board, run_id, items, opts, shared, resumed=prev is not None)
+        await enqueue(board, run_id, items, opts, shared, seq0=seq0, on_skip=on_skip)
     except Exception as exc:
         failed.append(exc)
     await board.input_done(run_id)
-
-
-async def enqueue(
-    board: SharedBoard,
-    run_id: str,
-    items: Iterable[Any] | AsyncIterable[Any],
-    opts: Options,
-    shared: SharedRun,
-    *,
-    resumed: bool,
-) -> None:
-    """Write the input as chunks (``chunk_size`` items; the last ones an eighth of it).
-
-    Chunks are named by their first input position and cut the same way from
-    the same input, so a coordinator that crashed while enqueueing writes the
-    same chunks again on resume (existing ones stay).
-    """
-    size = shared.chunk_size
-    keyfn = opts.key
-    buffer: list[tuple[int, str, Any]] = []
-    out: list[tuple[int, list[str], list[int], list[Any]]] = []
-
-    def cut(part: list[tuple[int, str, Any]]) -> None:
-        out.append(
-            (part[0][0], [k for _, k, _ in part], [i for i, _, _ in part], [x for _, _, x in part])
-        )
-
-    flushed = time.monotonic()
-
-    async def flush(force: bool = False) -> None:
-        nonlocal flushed
-        # Many chunks per round trip, but a slow (live) input's chunks wait at most 50 ms.
-        if out and (force or len(out) >= _FLUSH_CHUNKS or time.monotonic() - flushed > 0.05):
-            await board.enqueue(run_id, out, lookup=resumed)
-            out.clear()
-            flushed = time.monotonic()
-
-    def key(index: int, item: Any) -> str:
-        if keyfn is None:
-            return str(index)
-        k = keyfn(item)
-        return storable_key(k if isinstance(k, str) else str(k))
-
-    async def add(index: int, item: Any) -> None:
-        buffer.append((index, key(index, item), item))
-        if len(buffer) >= 2 * size:  # keep a tail back: the last chunks are cut smaller
-            cut(buffer[:size])
-            del buffer[:size]
-            await flush()
-
-    index = 0
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            await add(index, item)
-            index += 1
-    else:
-        for item in items:
-            await add(index, item)
-            index += 1
-            if index % 4096 == 0:
-                await anyio.lowlevel.checkpoint()  # a long list must not hold the loop
-    small = max(1, size // 8)
-    for start in range(0, len(buffer), small):
-        cut(buffer[start : start + small])
-    await flush(force=True)
 
 
 # ------------------------------------------------------------------ working

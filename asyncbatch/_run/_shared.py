@@ -210,6 +210,8 @@ class Session:
                     return
                 if state.input_done and state.open == 0:
                     return
+                if state.held and await self.board.free_gone(self.run_id):
+                    continue  # a holder killed on this host: its chunks are claimable now
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
                 continue
@@ -308,7 +310,10 @@ class Session:
 
         def hand_off(entry: Entry, delay: float) -> None:
             chunk = self._chunk_of.get(entry.key)
-            if delay <= self.lease / 2 or chunk is None or entry.index is None:
+            if (
+                delay <= self.lease / 2 or chunk is None or entry.index is None
+                or chunk in self.board.local  # its item stays in this process
+            ):  # fmt: skip
                 park(entry, delay)
                 return
             queue.finished()  # it ends here; the run keeps it as a due-at row

@@ -2,8 +2,10 @@
 
 The coordinator keeps the identity a run was made with (its key spec and
 job) when a resume is refused, refuses to drop an interrupted rollback, and
-reports what this invocation did: jobs an earlier invocation finished are
-SKIPPED (with their stored results), as a resumed single-process run says.
+reports what this invocation did: the items of its input whose jobs an
+earlier invocation finished are SKIPPED (with their stored results), as a
+resumed single-process run says; the run's other jobs are not this
+invocation's.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from asyncbatch._store import FinishedJob, RunInfo
 
 from ._identity import check_identity
 from ._options import Options
-from ._shared import finished_statuses
+from ._shared_enqueue import Skipped
 
 if TYPE_CHECKING:
     from asyncbatch._store._postgres import PostgresStore
 
     from ._lease import Lease
 
-__all__ = ["begin", "invocation_counts", "invocation_result"]
+__all__ = ["Skips", "begin", "invocation_counts", "invocation_result"]
 
 
 async def begin(
@@ -67,11 +69,25 @@ async def begin(
     return prev, await store.last_seq(info.run_id)
 
 
-def _status(job: FinishedJob, seq0: int, skip: set[str]) -> JobStatus | None:
-    """How this invocation reports a stored job (None: not at all)."""
-    if job.seq > seq0:
-        return job.status
-    return JobStatus.SKIPPED if job.status.value in skip else None
+class Skips:
+    """This invocation's SKIPPED outcomes: the input's keys an earlier invocation finished.
+
+    Found while the input is enqueued (`enqueue`'s ``on_skip``), counted, and
+    kept (``keep``, for a `BatchResult`) or passed on (``forward``, a stream).
+    """
+
+    def __init__(self, *, keep: bool, forward: Skipped | None = None) -> None:
+        self.n = 0
+        self.kept: list[JobOutcome[Any]] = []
+        self._keep = keep
+        self._forward = forward
+
+    async def __call__(self, outcome: JobOutcome[Any]) -> None:
+        self.n += 1
+        if self._keep:
+            self.kept.append(outcome)
+        if self._forward is not None:
+            await self._forward(outcome)
 
 
 def invocation_result(
@@ -82,24 +98,27 @@ def invocation_result(
     opts: Options,
     *,
     seq0: int,
+    skips: Skips,
     counts: dict[JobStatus, int] | None = None,
     mine: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
     """This invocation's `BatchResult`, from the run's stored jobs (in input order).
 
-    ``counts`` (from `invocation_counts`) when ``jobs`` was not loaded;
-    ``mine``: outcomes this process holds, used for the jobs whose stored
-    status they match (the same execution: its very result, error, history).
+    The jobs it finished (``seq`` past ``seq0``) and the ones it skipped
+    (``skips``); ``counts`` (from `invocation_counts`) when ``jobs`` was not
+    loaded; ``mine``: outcomes this process holds, used for the jobs whose
+    stored status they match (the same execution: its very result, error,
+    history).
     """
     own = {o.key: o for o in mine or ()}
     codec = opts.result_codec
-    skip = set(finished_statuses(opts.retry_dead))
     outcomes: list[JobOutcome[Any]] = []
     tally = dict.fromkeys(JobStatus, 0)
-    for j in sorted(jobs, key=lambda j: (j.index is None, j.index or 0)):
-        status = _status(j, seq0, skip)
-        if status is None:
-            continue
+    tally[JobStatus.SKIPPED] = skips.n
+    for j in jobs:
+        if j.seq <= seq0:
+            continue  # an earlier invocation's: SKIPPED if this input has it (skips)
+        status = j.status
         tally[status] += 1
         here = own.get(j.key)
         if here is not None and here.status is status:
@@ -110,6 +129,8 @@ def invocation_result(
             JobOutcome(key=j.key, status=status, result=result, attempts=j.attempts,
                        index=j.index)
         )  # fmt: skip
+    outcomes += skips.kept
+    outcomes.sort(key=lambda o: (o.index is None, o.index or 0))
     report = ErrorReport.from_dict(run.report or {})
     return BatchResult(
         run_id=run_id, outcomes=outcomes, counts=tally if counts is None else counts,
@@ -118,16 +139,14 @@ def invocation_result(
 
 
 async def invocation_counts(
-    store: PostgresStore, run_id: str, opts: Options, *, seq0: int
+    store: PostgresStore, run_id: str, *, seq0: int, skips: Skips
 ) -> dict[JobStatus, int]:
     """This invocation's jobs per status, by SQL (without loading the jobs)."""
     from asyncbatch._store._postgres_stream import RunTail
 
-    skip = set(finished_statuses(opts.retry_dead))
     tally = dict.fromkeys(JobStatus, 0)
+    tally[JobStatus.SKIPPED] = skips.n
     for status, earlier, n in await RunTail(store, run_id).counts(seq0):
         if not earlier:
             tally[JobStatus(status)] += n
-        elif status in skip:
-            tally[JobStatus.SKIPPED] += n
     return tally

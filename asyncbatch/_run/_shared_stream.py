@@ -9,9 +9,11 @@ the buffer, so memory is one page however far the reader lags; the stream
 ends when the run has finished and its last page is read, and an aborted
 run raises `BatchAborted` after its outcomes, as a single-process stream does.
 
-Jobs an earlier invocation of the run finished come first, SKIPPED (as a
-resumed single-process run reports them); those that run again
-(``retry_dead=True``, compensated ones) come when they finish again.
+The items of the input whose jobs an earlier invocation of the run
+finished come SKIPPED as the coordinator meets them while enqueueing (as a
+resumed single-process run reports them; enqueueing waits while the reader
+is a page behind); those that run again (``retry_dead=True``, compensated
+ones) come when they finish again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._store._common import decode
 
 from ._options import Options, postgres_url
-from ._shared import finished_statuses
 
 if TYPE_CHECKING:
     from asyncbatch._store._postgres_stream import Mark, RunTail
@@ -52,14 +53,13 @@ class SharedTail:
     def __init__(self, tail: RunTail, opts: Options, *, start: int) -> None:
         self._tail = tail
         self._codec = opts.result_codec
-        self._skip = set(finished_statuses(opts.retry_dead))
-        self._start = start  # jobs up to this seq were finished by an earlier invocation
-        self._cursor = 0
+        self._cursor = start  # jobs up to it were finished by an earlier invocation
         self._horizon = 0
         self._mark: Mark | None = None
         self._mark_final = False  # the mark was taken after the run ended
         self._final = False  # the horizon is a mark taken after the run ended
         self._buffer: deque[JobOutcome[Any]] = deque()
+        self._room = anyio.Event()  # set when the reader took from a full buffer
         self._ended = anyio.Event()
         self._error: BaseException | None = None
         self.result: BatchResult[Any] | None = None
@@ -82,7 +82,7 @@ class SharedTail:
         while not self._buffer:
             read = await self._fill()
             if self._buffer or read:
-                continue  # (a page of jobs that run again yields nothing: read on)
+                continue
             if self._final:  # the run ended and every job up to its last seq is read
                 if self._error is not None:
                     error, self._error = self._error, None
@@ -94,7 +94,17 @@ class SharedTail:
                 with anyio.move_on_after(delay):
                     await self._ended.wait()
             delay = min(delay * 2, _POLL_MAX)
-        return self._buffer.popleft()
+        outcome = self._buffer.popleft()
+        if len(self._buffer) < PAGE:
+            self._room.set()
+        return outcome
+
+    async def skipped(self, outcome: JobOutcome[Any]) -> None:
+        """Take a SKIPPED outcome from the coordinator; waits while the reader lags."""
+        while len(self._buffer) >= PAGE:
+            self._room = anyio.Event()
+            await self._room.wait()
+        self._buffer.append(outcome)
 
     async def _fill(self) -> int:
         """Move the horizon on if it settled, and read the next page below it."""
@@ -108,27 +118,18 @@ class SharedTail:
         rows = await self._tail.page(self._cursor, self._horizon, PAGE)
         if rows:
             self._cursor = int(rows[-1]["seq"])
-            for row in rows:
-                outcome = self._outcome(row)
-                if outcome is not None:
-                    self._buffer.append(outcome)
+            self._buffer.extend(map(self._outcome, rows))
         return len(rows)
 
-    def _outcome(self, row: Any) -> JobOutcome[Any] | None:
-        status = row["status"]
-        if int(row["seq"]) <= self._start:
-            if status not in self._skip:
-                return None  # it runs again: it comes when it finishes again
-            stat = JobStatus.SKIPPED
-        else:
-            stat = JobStatus(status)
+    def _outcome(self, row: Any) -> JobOutcome[Any]:
+        stat = JobStatus(row["status"])
         result = decode(row["result"]) if row["has_result"] else None
         if self._codec is not None and row["has_result"]:
             result = self._codec.decode(result)
         kind = row["kind"]
         return JobOutcome(
             key=row["key"], status=stat, result=result, attempts=int(row["attempts"]),
-            duration=0.0 if stat is JobStatus.SKIPPED else float(row["duration"]),
+            duration=float(row["duration"]),
             index=row["idx"], kind=None if kind is None else ErrorKind(kind),
         )  # fmt: skip
 

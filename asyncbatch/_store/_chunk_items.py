@@ -17,16 +17,29 @@ from typing import Any
 
 from ._encoding import encode
 
-__all__ = ["items_of", "items_text"]
+__all__ = ["LOCAL", "Unsendable", "items_of", "items_text"]
 
 _PICKLE = "pickle:"  # JSON text of a list starts with "[": the two never meet
+LOCAL = "local:"
+"""The text of a chunk whose items stay with the coordinator (they cannot travel)."""
+
+
+class Unsendable(TypeError):
+    """An item can be neither JSON nor pickled, so no other process could run it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"a shared run sends its input to other processes through the database, and "
+            f"{reason}; HINT: pass JSON-safe items, or objects of classes defined at module "
+            "level (or leave shared= at its default: the coordinator then runs such items)"
+        )
 
 
 def items_text(items: list[Any]) -> str:
     """``items`` as text a PostgreSQL ``text`` column holds.
 
     Raises:
-        TypeError: an item can be neither JSON nor pickled (a local class,
+        Unsendable: an item can be neither JSON nor pickled (a local class,
             a lock), so no other process could run it.
     """
     text = encode(items)
@@ -39,10 +52,8 @@ def items_text(items: list[Any]) -> str:
     try:
         data = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        raise TypeError(
-            "a shared run sends its input to other processes through the database, and "
-            f"an item can be neither JSON nor pickled ({type(exc).__name__}: {exc}); HINT: "
-            "pass JSON-safe items, or objects of classes defined at module level"
+        raise Unsendable(
+            f"an item can be neither JSON nor pickled ({type(exc).__name__}: {exc})"
         ) from None
     return _PICKLE + base64.b64encode(data).decode("ascii")
 

@@ -24,6 +24,8 @@ and deletes the run's chunks (its jobs stay). Every statement is in
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -32,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from asyncbatch._errors import UnknownRun
 
-from ._chunk_items import items_of, items_text
+from ._chunk_items import LOCAL, Unsendable, items_of, items_text
 from ._common import decode, encode, zero_counts
+from ._ownership import owner_is_gone
 from ._postgres_plan import plan
 from ._postgres_sql import load_named
 from ._protocol import JobRecord
@@ -60,10 +63,13 @@ class SharedQueries:
     run_counts: str
     chunks_add: str
     chunks_claim: str
+    chunks_positions: str
     chunks_renew: str
     chunks_fence: str
     chunks_retry: str
     chunks_release: str
+    chunks_holders: str
+    chunks_free: str
     chunks_forget: str
     workers_forget: str
     worker_beat: str
@@ -150,6 +156,8 @@ class SharedBoard:
     def __init__(self, store: PostgresStore, *, lease: float) -> None:
         self.store = store
         self.lease = float(lease)
+        self.local: dict[int, list[Any]] = {}
+        """Chunks whose items stay in this process (the coordinator's) → the items."""
 
     async def _run(self, sql: str, *args: Any) -> str:
         async def body(conn: asyncpg.Connection) -> str:
@@ -193,21 +201,38 @@ class SharedBoard:
         chunks: Sequence[tuple[int, list[str], list[int], list[Any]]],
         *,
         lookup: bool,
+        pin: bool = False,
     ) -> None:
         """Write chunks ``(first position, keys, positions, items)``; existing ones stay.
 
         Args:
             lookup: their keys may have finished in an earlier invocation
                 (a resumed coordinator): claims look them up.
+            pin: a chunk with an item that cannot be sent stays in this
+                process (`local`: only this board claims it); else raise.
+
+        Raises:
+            Unsendable: an item cannot be sent and ``pin`` is false.
         """
-        rows = [
-            (run_id, no, keys, idxs, _items_text(items), lookup) for no, keys, idxs, items in chunks
-        ]
+        rows = []
+        for no, keys, idxs, items in chunks:
+            try:
+                text = items_text(items)  # JSON, or pickled where JSON would change an item
+            except Unsendable:
+                if not pin:
+                    raise
+                text = LOCAL
+                self.local[no] = items
+            rows.append((run_id, no, keys, idxs, text, lookup))
 
         async def body(conn: asyncpg.Connection) -> None:
             await conn.executemany(S.chunks_add, rows)
 
         await self.store._db.write(body)
+
+    async def positions_of(self, run_id: str, keys: list[str]) -> dict[str, int]:
+        """The first input position of each of ``keys`` in the run's chunks (if any)."""
+        return {r[0]: int(r[1]) for r in await self._rows(S.chunks_positions, run_id, keys)}
 
     async def input_done(self, run_id: str) -> None:
         """The coordinator has enqueued its whole input."""
@@ -266,13 +291,14 @@ class SharedBoard:
                 come back in `Chunk.done`).
         """
         rows = await self._claim(run_id, owner, n, list(finished))
+        local = self.local
         return [
             Chunk(
                 no=r["no"],
                 epoch=r["epoch"],
                 keys=list(r["keys"]),
                 idxs=list(r["idxs"]),
-                items=items_of(r["payloads"]),
+                items=local[r["no"]] if r["payloads"] == LOCAL else items_of(r["payloads"]),
                 done=set(r["done"]),
                 retry=decode(r["retry"]) if r["retry"] is not None else None,
             )
@@ -283,7 +309,11 @@ class SharedBoard:
         self, run_id: str, owner: str, n: int, finished: list[str]
     ) -> list[asyncpg.Record]:
         async def body(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            return list(await conn.fetch(S.chunks_claim, run_id, n, owner, self.lease, finished))
+            return list(
+                await conn.fetch(
+                    S.chunks_claim, run_id, n, owner, self.lease, finished, list(self.local)
+                )
+            )
 
         return await self.store._db.write(body)
 
@@ -298,6 +328,20 @@ class SharedBoard:
             return {r[0] for r in rows}
 
         return await self.store._db.write(body)
+
+    async def free_gone(self, run_id: str) -> int:
+        """Make the chunks of holders known dead claimable now; returns how many holders.
+
+        A holder is known dead when it is a process of this host that no
+        longer exists (`owner_is_gone`: a worker or coordinator killed here);
+        one elsewhere keeps its chunks until its lease runs out.
+        """
+        here = f"{socket.gethostname()}:{os.getpid()}:"  # this process's sessions: alive
+        holders = [r[0] for r in await self._rows(S.chunks_holders, run_id)]
+        gone = [h for h in holders if not h.startswith(here) and owner_is_gone(h)]
+        if gone:
+            await self._run(S.chunks_free, run_id, gone)
+        return len(gone)
 
     async def release(self, run_id: str, owner: str, held: dict[int, int]) -> None:
         """Let ``held`` go at once: another worker may claim them now."""
@@ -343,7 +387,7 @@ class SharedBoard:
             if handed:
                 await conn.execute(
                     S.chunks_retry, run_id, [r.no for r in handed], [r.key for r in handed],
-                    [r.index for r in handed], [_items_text([r.item]) for r in handed],
+                    [r.index for r in handed], [items_text([r.item]) for r in handed],
                     [r.delay for r in handed], [encode(r.state) for r in handed],
                 )  # fmt: skip
             return kept
@@ -379,6 +423,3 @@ class SharedBoard:
         rows = await self._rows(S.workers_live, run_id, within)
         return int(rows[0][0])
 
-
-def _items_text(items: list[Any]) -> str:
-    return items_text(items)  # JSON, or pickled where JSON would change an item

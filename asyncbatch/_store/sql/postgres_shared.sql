@@ -88,6 +88,8 @@ WITH claimed AS (
           WHERE o.run_id = $1 AND o.state <> 'done'
             AND (o.state = 'pending' OR o.lease_until <= now())
             AND (o.due_at IS NULL OR o.due_at <= now())
+            -- a chunk whose items stay with the coordinator: only it claims it ($6)
+            AND (o.payloads <> 'local:' OR o.no = ANY($6::bigint[]))
             -- nothing is claimed once an abort stands (a worker's heartbeat may not
             -- have read it yet: it would start jobs the abort has stopped)
             AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = $1 AND r.abort_reason IS NOT NULL)
@@ -108,6 +110,13 @@ SELECT k.no, k.epoch, k.keys, k.idxs, k.payloads, k.retry,
                          AND r.keys[1] = ANY(k.keys))
             ELSE '{}'::text[] END AS done
 FROM claimed k ORDER BY k.no
+
+-- name: chunks_positions
+-- Where keys $2 stand in run $1's input (a duplicate key's first position);
+-- rare (a key hash met twice while enqueueing), so a scan of the run's chunks.
+SELECT u.key, min(u.idx) FROM chunks c, unnest(c.keys, c.idxs) AS u(key, idx)
+WHERE c.run_id = $1 AND c.no >= 0 AND u.key = ANY($2::text[])
+GROUP BY u.key
 
 -- name: chunks_renew
 -- The heartbeat renews this worker's leases where owner and epoch still match
@@ -149,6 +158,17 @@ ON CONFLICT (run_id, no) DO NOTHING
 UPDATE chunks SET lease_until = now()
 WHERE run_id = $1 AND owner = $2 AND state = 'claimed' AND no = ANY($3::bigint[])
   AND epoch = ANY($4::bigint[])
+
+-- name: chunks_holders
+-- The owners holding chunks of run $1 under a lease that has not run out.
+SELECT DISTINCT owner FROM chunks
+WHERE run_id = $1 AND state = 'claimed' AND lease_until > now()
+
+-- name: chunks_free
+-- The chunks of owners $2 that are known gone (a process of this host that
+-- no longer exists): claimable at once, no wait for their lease.
+UPDATE chunks SET lease_until = now()
+WHERE run_id = $1 AND state = 'claimed' AND owner = ANY($2::text[])
 
 -- name: chunks_forget
 -- A finished run keeps its jobs; its chunks go.
