@@ -150,6 +150,9 @@ def run(
             timeout=timeout,
             batch_size=batch_size,
             batch_wait=batch_wait,
+            # One process: the job is wrapped for the live view, which no worker
+            # could import, and the single-process path is the faster one.
+            shared=False,
             on_event=progress.on_event,
             **telemetry_options,
         )

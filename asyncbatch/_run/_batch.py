@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import operator
 import secrets
 import time
@@ -130,6 +131,9 @@ class Batch(Generic[T, R]):
         self.job = job
         self.options = build_options(**options)
         self._live: list[Engine[R]] = []  # the runs of this batch in progress
+        # pause/resize of a shared run, applied to each engine it starts (a new
+        # session after its worker fenced itself starts a new one)
+        self._steer: dict[str, Any] = {}
 
     # ------------------------------------------------------------ live control
 
@@ -146,6 +150,7 @@ class Batch(Generic[T, R]):
         """
         for engine in self._running("pause"):
             engine.control.pause()
+        self._steer["paused"] = True
 
     def resume(self) -> None:
         """Start attempts again after `pause`.
@@ -155,6 +160,7 @@ class Batch(Generic[T, R]):
         """
         for engine in self._running("resume"):
             engine.control.resume()
+        self._steer.pop("paused", None)
 
     def resize(self, concurrency: int) -> None:
         """Run at most ``concurrency`` attempts at once from now on.
@@ -170,9 +176,13 @@ class Batch(Generic[T, R]):
         """
         for engine in self._running("resize"):
             engine.control.resize(concurrency)
+        self._steer["size"] = concurrency
 
     def progress(self) -> Progress:
         """A frozen snapshot of the running batch (the latest run, if several run).
+
+        On a shared run: this process's share (its jobs' counts and state),
+        with ``total`` the whole input; `asyncbatch runs` shows the whole run.
 
         Raises:
             AsyncBatchError: the batch is not running.
@@ -191,6 +201,10 @@ class Batch(Generic[T, R]):
     def _running_as(self, engine: Engine[R], items: Items[Any]) -> Iterator[None]:
         if isinstance(items, Sized):
             engine.control.total = len(items)
+        if self._steer.get("paused"):
+            engine.control.pause()
+        if "size" in self._steer:
+            engine.control.resize(self._steer["size"])
         self._live.append(engine)
         try:
             yield
@@ -232,10 +246,14 @@ class Batch(Generic[T, R]):
         if shared is not None:  # many workers: see _coordinator
             from ._coordinator import coordinate
 
-            return await coordinate(
-                self.job, items, self.options, shared=shared,
-                run_id=self.options.run_id or new_run_id(), job_ref=job_ref(self.job),
-            )  # fmt: skip
+            try:
+                return await coordinate(
+                    self.job, items, self.options, shared=shared,
+                    run_id=self.options.run_id or new_run_id(), job_ref=job_ref(self.job),
+                    on_engine=functools.partial(self._running_as, items=items),
+                )  # fmt: skip
+            finally:
+                self._steer.clear()
         outcomes: list[JobOutcome[R]] = []
         async with _open(self.options) as store:
             engine = self._engine(store, outcomes.append)
@@ -285,10 +303,14 @@ class Batch(Generic[T, R]):
                 return await coordinate(
                     self.job, items, opts, shared=shared, run_id=run_id,
                     job_ref=job_ref(self.job), outcomes=False, on_skip=tail.skipped,
+                    on_engine=functools.partial(self._running_as, items=items),
                 )  # fmt: skip
 
-            async with _driving(stream, tail.drive, run):
-                yield stream
+            try:
+                async with _driving(stream, tail.drive, run):
+                    yield stream
+            finally:
+                self._steer.clear()
 
 
 @contextlib.asynccontextmanager

@@ -35,6 +35,7 @@ from ._identity import callable_name, key_spec
 from ._lease import Lease
 from ._options import Options, postgres_url
 from ._shared import (
+    OnEngine,
     policy_config,
     run_session,
     wait_for_quiet,
@@ -108,12 +109,15 @@ async def coordinate(
     job_ref: str,
     outcomes: bool = True,
     on_skip: Skipped | None = None,
+    on_engine: OnEngine | None = None,
 ) -> BatchResult[Any]:
     """Run ``items`` as a shared run: enqueue, work, finish; the whole run's result.
 
     With ``outcomes=False`` the result's outcomes stay empty (a stream reads
     them from the store instead of loading the whole run at once, and gets
     the SKIPPED ones, found while enqueueing, from ``on_skip``).
+    ``on_engine(engine)``: a context manager around each of this process's
+    sessions (`Batch`'s live controls steer its engine).
 
     Raises:
         BatchAborted: the run was aborted (anywhere); ``.result`` is the whole
@@ -166,7 +170,7 @@ async def coordinate(
                 state = await work_run(
                     job, opts, board, run_id, shared=shared, job_ref=job_ref,
                     keep_items=opts.compensate is not None, causes=causes,
-                    sink=mine.append if outcomes else None,
+                    sink=mine.append if outcomes else None, on_engine=on_engine,
                 )  # fmt: skip
                 tg.cancel_scope.cancel()
         except BaseException:
@@ -324,6 +328,7 @@ async def work_run(
     tally: dict[str, int] | None = None,
     causes: list[BaseException] | None = None,
     sink: Callable[[JobOutcome[Any]], None] | None = None,
+    on_engine: OnEngine | None = None,
 ) -> RunState:
     """Work the run in sessions until nothing is left, it ended or was aborted.
 
@@ -350,7 +355,7 @@ async def work_run(
             session = await run_session(
                 job, opts, board, run_id, lease=shared.lease, chunk_size=shared.chunk_size,
                 keep_items=keep_items, job_ref=job_ref, exact_limits=shared.exact_limits,
-                sink=sink,
+                sink=sink, on_engine=on_engine,
             )  # fmt: skip
         except (StoreError, UnknownRun):
             await anyio.sleep(delay)

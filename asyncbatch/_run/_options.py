@@ -193,7 +193,7 @@ def build_options(
     tracer_provider: Any = None,
     meter_provider: Any = None,
     result_codec: CodecLike = "json",
-    shared: bool | SharedRun | Literal["auto"] = False,
+    shared: bool | SharedRun | Literal["auto"] = "auto",
     batch_size: int | None = None,
     batch_wait: float | timedelta = 0.0,
 ) -> Options:

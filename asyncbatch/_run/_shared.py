@@ -39,6 +39,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEAT",
+    "OnEngine",
     "Session",
     "SessionStore",
     "finished_statuses",
@@ -78,6 +80,9 @@ __all__ = [
     "whole_report",
     "worker_options",
 ]
+
+OnEngine = Callable[[Engine[Any]], AbstractContextManager[object]]
+"""A context manager around each session's engine run (a `Batch` steers it meanwhile)."""
 
 BEAT = 0.1
 """Seconds between a session's heartbeats: how soon it sees an abort decided elsewhere."""
@@ -550,6 +555,7 @@ async def run_session(
     job_ref: str = "",
     sink: Callable[[JobOutcome[Any]], None] | None = None,
     exact_limits: bool | Collection[str] = False,
+    on_engine: OnEngine | None = None,
 ) -> Session:
     """Work the run until nothing is left to claim, it ends, or the session fences itself.
 
@@ -595,7 +601,8 @@ async def run_session(
                 if exact_limits:
                     _exact(engine, session, opts, exact_limits, tg)
                 try:
-                    await engine.execute(session.source())
+                    with on_engine(engine) if on_engine is not None else nullcontext():
+                        await engine.execute(session.source())
                 except BatchAborted:
                     pass
                 finally:
