@@ -160,6 +160,7 @@ async def coordinate(
         failed: list[Exception] = []
         causes: list[BaseException] = []  # an abort decided here: its own exception
         mine: list[JobOutcome[Any]] = []  # the outcomes of the jobs this process ran
+        lost: list[int] = []  # chunks this process's sessions lost (their records dropped)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lease.run)
@@ -170,7 +171,7 @@ async def coordinate(
                 state = await work_run(
                     job, opts, board, run_id, shared=shared, job_ref=job_ref,
                     keep_items=opts.compensate is not None, causes=causes,
-                    sink=mine.append if outcomes else None, on_engine=on_engine,
+                    sink=mine.append if outcomes else None, on_engine=on_engine, lost=lost,
                 )  # fmt: skip
                 tg.cancel_scope.cancel()
         except BaseException:
@@ -206,8 +207,9 @@ async def coordinate(
         run = await store.get_run(run_id)
         await lease.end("finished", run.counts, run.report)
         return await _result(
-            store, run, opts, t0, seq0=seq0, skips=skips, outcomes=outcomes, mine=mine
-        )
+            store, run, opts, t0, seq0=seq0, skips=skips, outcomes=outcomes, mine=mine,
+            whole=not lost,
+        )  # fmt: skip
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()
@@ -270,13 +272,24 @@ async def _result(
     skips: _resume.Skips,
     outcomes: bool,
     mine: list[JobOutcome[Any]] | None = None,
+    whole: bool = False,
 ) -> BatchResult[Any]:
     """This invocation's result (outcomes loaded unless a stream reads them).
 
     The jobs this process ran keep their own outcomes (the very result
     objects, errors and histories), the others' are read from the store.
+    ``whole``: this process lost no chunk, so every outcome in ``mine`` was
+    committed; when they are as many as the invocation's stored jobs, they
+    are those jobs (one row per key), and nothing is read back.
     """
     duration = time.monotonic() - t0
+    if outcomes and whole and mine is not None:
+        counts = await _resume.invocation_counts(store, run.run_id, seq0=seq0, skips=skips)
+        if sum(counts.values()) - skips.n == len(mine):  # no other worker finished a job
+            return _resume.invocation_result(
+                run.run_id, None, run, duration, opts, seq0=seq0, skips=skips, counts=counts,
+                mine=mine,
+            )  # fmt: skip
     if outcomes:
         jobs = await store.jobs(run.run_id)
         return _resume.invocation_result(
@@ -329,6 +342,7 @@ async def work_run(
     causes: list[BaseException] | None = None,
     sink: Callable[[JobOutcome[Any]], None] | None = None,
     on_engine: OnEngine | None = None,
+    lost: list[int] | None = None,
 ) -> RunState:
     """Work the run in sessions until nothing is left, it ended or was aborted.
 
@@ -373,6 +387,8 @@ async def work_run(
                     pass  # the next state read finds the database away: retried below
         if causes is not None and cause is not None:
             causes.append(cause)
+        if lost is not None and (session.lost or session.fenced):
+            lost.append(session.lost or 1)
         if tally is not None and session.engine is not None and not session.fenced:
             for status, n in session.engine.counts.items():
                 tally[status.value] = tally.get(status.value, 0) + n

@@ -99,6 +99,7 @@ class ReadyQueue:
         "input_error",
         "live",
         "parked",
+        "read_ahead",
         "strain",
         "workers",
     )
@@ -114,6 +115,10 @@ class ReadyQueue:
     ) -> None:
         self._admit = admit
         self._concurrency = concurrency
+        self.read_ahead = 0
+        """Entries an async input's feeder admits beyond the concurrency (a shared
+        run's claimed chunk is in memory anyway): workers then drain a stretch
+        of ready entries without waiting for the feeder after every job."""
         self._backlog = backlog
         self._max_backlog = max_backlog
         self._max_parked = max_parked if max_parked is not None else max(1000, 10 * concurrency)
@@ -183,7 +188,7 @@ class ReadyQueue:
                 if entry is None:
                     continue
                 self.live += 1
-                while len(self._ready) >= self._concurrency or self._behind():
+                while len(self._ready) >= self._concurrency + self.read_ahead or self._behind():
                     self._feeder_wait = loop.create_future()
                     await self._feeder_wait
                 self._ready.append(entry)

@@ -587,6 +587,7 @@ async def run_session(
         job_ref=job_ref,
     )
     session.engine = engine
+    engine._queue.read_ahead = chunk_size  # a claimed chunk's items are in memory anyway
     outcomes = engine._outcomes
     if budget is not None:
         session.counter = outcomes.budget = RunWideTracker(budget)  # judged as jobs finish

@@ -92,7 +92,7 @@ class Skips:
 
 def invocation_result(
     run_id: str,
-    jobs: list[FinishedJob],
+    jobs: list[FinishedJob] | None,
     run: RunInfo,
     duration: float,
     opts: Options,
@@ -108,14 +108,14 @@ def invocation_result(
     (``skips``); ``counts`` (from `invocation_counts`) when ``jobs`` was not
     loaded; ``mine``: outcomes this process holds, used for the jobs whose
     stored status they match (the same execution: its very result, error,
-    history).
+    history). ``jobs=None``: ``mine`` are exactly the invocation's jobs.
     """
     own = {o.key: o for o in mine or ()}
     codec = opts.result_codec
-    outcomes: list[JobOutcome[Any]] = []
+    outcomes: list[JobOutcome[Any]] = list(mine or ()) if jobs is None else []
     tally = dict.fromkeys(JobStatus, 0)
     tally[JobStatus.SKIPPED] = skips.n
-    for j in jobs:
+    for j in jobs or ():
         if j.seq <= seq0:
             continue  # an earlier invocation's: SKIPPED if this input has it (skips)
         status = j.status
