@@ -137,7 +137,8 @@ def _race(procs: list[subprocess.Popen[str]]) -> tuple[float, float]:
 
 
 async def _prepare_run(url: str, run_id: str, n: int, chunk: int) -> None:
-    from asyncbatch._run._coordinator import _config, enqueue
+    from asyncbatch._run._coordinator import _config
+    from asyncbatch._run._shared_enqueue import enqueue
     from asyncbatch._run._options import build_options
     from asyncbatch._run._shared_run import SharedRun
     from asyncbatch._store import RunInfo
@@ -153,7 +154,7 @@ async def _prepare_run(url: str, run_id: str, n: int, chunk: int) -> None:
         await store.begin_run(info)
         board = SharedBoard(store, lease=shared.lease)
         await board.share(run_id)
-        await enqueue(board, run_id, range(n), opts, shared, resumed=False)
+        await enqueue(board, run_id, range(n), opts, shared, seq0=None)
         await board.input_done(run_id)
 
 
