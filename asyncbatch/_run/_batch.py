@@ -131,8 +131,8 @@ class Batch(Generic[T, R]):
         self.job = job
         self.options = build_options(**options)
         self._live: list[Engine[R]] = []  # the runs of this batch in progress
-        # pause/resize of a shared run, applied to each engine it starts (a new
-        # session after its worker fenced itself starts a new one)
+        # pause/resize of the latest shared run, applied to each engine it starts
+        # (a new session after its worker fenced itself starts a new one)
         self._steer: dict[str, Any] = {}
 
     # ------------------------------------------------------------ live control
@@ -201,15 +201,21 @@ class Batch(Generic[T, R]):
     def _running_as(self, engine: Engine[R], items: Items[Any]) -> Iterator[None]:
         if isinstance(items, Sized):
             engine.control.total = len(items)
-        if self._steer.get("paused"):
-            engine.control.pause()
-        if "size" in self._steer:
-            engine.control.resize(self._steer["size"])
         self._live.append(engine)
         try:
             yield
         finally:
             self._live.remove(engine)
+
+    @contextlib.contextmanager
+    def _steered(self, engine: Engine[R], items: Items[Any]) -> Iterator[None]:
+        """`_running_as` for each session of a shared run, paused or resized as the run is."""
+        if self._steer.get("paused"):
+            engine.control.pause()
+        if "size" in self._steer:
+            engine.control.resize(self._steer["size"])
+        with self._running_as(engine, items):
+            yield
 
     def __repr__(self) -> str:
         o = self.options
@@ -246,14 +252,12 @@ class Batch(Generic[T, R]):
         if shared is not None:  # many workers: see _coordinator
             from ._coordinator import coordinate
 
-            try:
-                return await coordinate(
-                    self.job, items, self.options, shared=shared,
-                    run_id=self.options.run_id or new_run_id(), job_ref=job_ref(self.job),
-                    on_engine=functools.partial(self._running_as, items=items),
-                )  # fmt: skip
-            finally:
-                self._steer.clear()
+            self._steer = {}
+            return await coordinate(
+                self.job, items, self.options, shared=shared,
+                run_id=self.options.run_id or new_run_id(), job_ref=job_ref(self.job),
+                on_engine=functools.partial(self._steered, items=items),
+            )  # fmt: skip
         outcomes: list[JobOutcome[R]] = []
         async with _open(self.options) as store:
             engine = self._engine(store, outcomes.append)
@@ -303,14 +307,12 @@ class Batch(Generic[T, R]):
                 return await coordinate(
                     self.job, items, opts, shared=shared, run_id=run_id,
                     job_ref=job_ref(self.job), outcomes=False, on_skip=tail.skipped,
-                    on_engine=functools.partial(self._running_as, items=items),
+                    on_engine=functools.partial(self._steered, items=items),
                 )  # fmt: skip
 
-            try:
-                async with _driving(stream, tail.drive, run):
-                    yield stream
-            finally:
-                self._steer.clear()
+            self._steer = {}
+            async with _driving(stream, tail.drive, run):
+                yield stream
 
 
 @contextlib.asynccontextmanager

@@ -283,21 +283,21 @@ async def _result(
     are those jobs (one row per key), and nothing is read back.
     """
     duration = time.monotonic() - t0
-    if outcomes and whole and mine is not None:
+    if not outcomes:
+        counts = await _resume.invocation_counts(store, run.run_id, seq0=seq0, skips=skips)
+        return _resume.invocation_result(
+            run.run_id, [], run, duration, opts, seq0=seq0, skips=skips, counts=counts
+        )
+    if whole and mine is not None:
         counts = await _resume.invocation_counts(store, run.run_id, seq0=seq0, skips=skips)
         if sum(counts.values()) - skips.n == len(mine):  # no other worker finished a job
             return _resume.invocation_result(
                 run.run_id, None, run, duration, opts, seq0=seq0, skips=skips, counts=counts,
                 mine=mine,
             )  # fmt: skip
-    if outcomes:
-        jobs = await store.jobs(run.run_id)
-        return _resume.invocation_result(
-            run.run_id, jobs, run, duration, opts, seq0=seq0, skips=skips, mine=mine
-        )
-    counts = await _resume.invocation_counts(store, run.run_id, seq0=seq0, skips=skips)
+    jobs = await store.jobs(run.run_id)
     return _resume.invocation_result(
-        run.run_id, [], run, duration, opts, seq0=seq0, skips=skips, counts=counts
+        run.run_id, jobs, run, duration, opts, seq0=seq0, skips=skips, mine=mine
     )
 
 

@@ -110,7 +110,7 @@ def invocation_result(
     stored status they match (the same execution: its very result, error,
     history). ``jobs=None``: ``mine`` are exactly the invocation's jobs.
     """
-    own = {o.key: o for o in mine or ()}
+    own = {o.key: o for o in mine or ()} if jobs is not None else {}
     codec = opts.result_codec
     outcomes: list[JobOutcome[Any]] = list(mine or ()) if jobs is None else []
     tally = dict.fromkeys(JobStatus, 0)
