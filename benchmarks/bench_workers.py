@@ -138,8 +138,8 @@ def _race(procs: list[subprocess.Popen[str]]) -> tuple[float, float]:
 
 async def _prepare_run(url: str, run_id: str, n: int, chunk: int) -> None:
     from asyncbatch._run._coordinator import _config
-    from asyncbatch._run._shared_enqueue import enqueue
     from asyncbatch._run._options import build_options
+    from asyncbatch._run._shared_enqueue import enqueue
     from asyncbatch._run._shared_run import SharedRun
     from asyncbatch._store import RunInfo
     from asyncbatch._store._postgres import PostgresStore

@@ -206,7 +206,7 @@ class _Meter:
 
 async def _until(check: Any) -> None:
     with anyio.fail_after(20):
-        while not check():
+        while not check():  # noqa: ASYNC110  (a state of the job meter: polled is plainer)
             await anyio.sleep(0.005)
 
 

@@ -97,7 +97,7 @@ async def enqueue(
                 await anyio.lowlevel.checkpoint()  # a long list must not hold the loop
     small = max(1, size // 8)
     while buffer:
-        await writer.cut(small, force=True)
+        await writer.cut(small)
     await writer.flush(force=True)
 
 
