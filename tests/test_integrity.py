@@ -485,3 +485,41 @@ async def test_a_custom_result_codec_encodes_and_decodes(store: ab.Store) -> Non
 def test_a_bad_result_codec_is_a_config_error() -> None:
     with pytest.raises(ab.ConfigError, match="result_codec"):
         ab.Batch(_as_set, result_codec="yaml")  # type: ignore[arg-type]
+
+
+async def test_an_aborted_resume_reports_what_its_rollback_undid_and_what_failed(
+    store: ab.Store,
+) -> None:
+    # Found by the property test on the shared path: its result left out the job the
+    # rollback compensated (finished by an earlier invocation) and the FATAL one.
+    fatal_at: int | None = None
+
+    async def job(i: int) -> int:
+        if i == fatal_at:
+            raise ab.FatalError("stop")
+        if i == 1:
+            raise ab.PermanentError("bad")
+        return i
+
+    async def undo(item: int, result: int) -> None:
+        return None
+
+    once = ab.Retry(attempts=1)
+    await ab.run_batch(job, range(2), store=store, run_id="rb", retry=once)
+    fatal_at = 1
+    with pytest.raises(ab.BatchAborted) as caught:
+        await ab.run_batch(
+            job, range(2), store=store, run_id="rb", retry=once, retry_dead=True,
+            compensate=undo, concurrency=1,
+        )  # fmt: skip
+    result = caught.value.result
+    assert [(o.key, o.status) for o in result.outcomes] == [
+        ("0", ab.JobStatus.COMPENSATED),
+        ("1", ab.JobStatus.FAILED),
+    ]
+    assert {s: n for s, n in result.counts.items() if n} == {
+        ab.JobStatus.COMPENSATED: 1,
+        ab.JobStatus.FAILED: 1,
+    }
+    stored = {j.key: j.status for j in await store.jobs("rb")}
+    assert stored == {"0": ab.JobStatus.COMPENSATED, "1": ab.JobStatus.DEAD_LETTERED}

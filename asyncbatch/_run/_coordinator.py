@@ -237,13 +237,15 @@ async def _abort_end(
     with anyio.move_on_after(shared.lease):
         await wait_for_workers(board, run_id, shared.lease)
     counts = await board.run_counts(run_id)
+    rolled: list[JobOutcome[Any]] = []  # the jobs the rollback compensated (or failed to)
     if opts.compensate is not None:
         # The rollback engine takes the run itself (its checkpoints are crash-safe as today).
         lease.stop()
         await lease.end("aborted", counts, None)
         rollback_opts = replace(opts, budget=None, store=None, run_id=run_id)
         engine: Engine[Any] = Engine(
-            _never, rollback_opts, run_id=run_id, store=store, sink=None, rollback_only=True
+            _never, rollback_opts, run_id=run_id, store=store, sink=rolled.append,
+            rollback_only=True,
         )
         try:
             await engine.execute(())
@@ -257,8 +259,9 @@ async def _abort_end(
     await board.close(run_id, counts, report)
     run = await store.get_run(run_id)
     result = await _result(
-        store, run, opts, t0, seq0=seq0, skips=skips, outcomes=outcomes, mine=mine
-    )
+        store, run, opts, t0, seq0=seq0, skips=skips, outcomes=outcomes, mine=mine,
+        rolled=rolled,
+    )  # fmt: skip
     raise BatchAborted(result, cause) from cause
 
 
@@ -273,6 +276,7 @@ async def _result(
     outcomes: bool,
     mine: list[JobOutcome[Any]] | None = None,
     whole: bool = False,
+    rolled: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
     """This invocation's result (outcomes loaded unless a stream reads them).
 
@@ -281,6 +285,8 @@ async def _result(
     ``whole``: this process lost no chunk, so every outcome in ``mine`` was
     committed; when they are as many as the invocation's stored jobs, they
     are those jobs (one row per key), and nothing is read back.
+    ``rolled``: the outcomes of an abort's rollback (they replace the
+    earlier outcome of each job it undid, as in one process).
     """
     duration = time.monotonic() - t0
     if not outcomes:
@@ -297,8 +303,9 @@ async def _result(
             )  # fmt: skip
     jobs = await store.jobs(run.run_id)
     return _resume.invocation_result(
-        run.run_id, jobs, run, duration, opts, seq0=seq0, skips=skips, mine=mine
-    )
+        run.run_id, jobs, run, duration, opts, seq0=seq0, skips=skips, mine=mine,
+        rolled=rolled,
+    )  # fmt: skip
 
 
 async def _never(item: Any) -> Any:  # pragma: no cover - a rollback runs no jobs

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Skips", "begin", "invocation_counts", "invocation_result"]
 
+_UNSTORED = (JobStatus.FAILED, JobStatus.CANCELLED)
+"""Statuses no store writes a row for (the job stays to be run again)."""
+
 
 async def begin(
     store: PostgresStore, lease: Lease, info: RunInfo, opts: Options
@@ -101,6 +104,7 @@ def invocation_result(
     skips: Skips,
     counts: dict[JobStatus, int] | None = None,
     mine: list[JobOutcome[Any]] | None = None,
+    rolled: list[JobOutcome[Any]] | None = None,
 ) -> BatchResult[Any]:
     """This invocation's `BatchResult`, from the run's stored jobs (in input order).
 
@@ -108,7 +112,11 @@ def invocation_result(
     (``skips``); ``counts`` (from `invocation_counts`) when ``jobs`` was not
     loaded; ``mine``: outcomes this process holds, used for the jobs whose
     stored status they match (the same execution: its very result, error,
-    history). ``jobs=None``: ``mine`` are exactly the invocation's jobs.
+    history); those of ``mine`` no store keeps (FAILED, CANCELLED) are
+    reported as they are. ``jobs=None``: ``mine`` are exactly the
+    invocation's jobs. ``rolled``: an abort's rollback outcomes, which
+    replace the earlier outcome of each job it undid (counts then follow the
+    outcomes, as in one process).
     """
     own = {o.key: o for o in mine or ()} if jobs is not None else {}
     codec = opts.result_codec
@@ -130,7 +138,19 @@ def invocation_result(
                        index=j.index)
         )  # fmt: skip
     outcomes += skips.kept
+    if jobs is not None:  # outcomes never stored: only this process knows them
+        outcomes += [o for o in mine or () if o.status in _UNSTORED]
+    if rolled:
+        where = {o.key: o.index for o in outcomes}  # a rollback's outcome keeps the position
+        undone = {o.key for o in rolled}
+        outcomes = [o for o in outcomes if o.key not in undone] + [
+            o if o.index is not None else replace(o, index=where.get(o.key)) for o in rolled
+        ]
     outcomes.sort(key=lambda o: (o.index is None, o.index or 0))
+    if jobs is not None and (rolled or any(o.status in _UNSTORED for o in mine or ())):
+        tally = dict.fromkeys(JobStatus, 0)
+        for o in outcomes:
+            tally[o.status] += 1
     report = ErrorReport.from_dict(run.report or {})
     return BatchResult(
         run_id=run_id, outcomes=outcomes, counts=tally if counts is None else counts,
