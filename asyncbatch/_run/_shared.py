@@ -51,6 +51,7 @@ from asyncbatch._observe._report import ErrorReport, merge_reports
 from asyncbatch._policy._budget import BudgetTracker
 from asyncbatch._result import AttemptRecord, BatchResult, JobOutcome, JobStatus
 from asyncbatch._store import FinishedJob, JobRecord, RunInfo, RunStatus
+from asyncbatch._store._codec import stored_result
 
 from ._admission import Ahead, KeyedSource
 from ._engine import Engine, unwrap_group
@@ -679,10 +680,9 @@ def result_from_store(
     """The whole run's `BatchResult`, read back from the store (outcomes in input order)."""
     outcomes: list[JobOutcome[Any]] = []
     for j in sorted(jobs, key=lambda j: (j.index is None, j.index or 0)):
-        result = j.result if codec is None or not j.has_result else codec.decode(j.result)
         outcomes.append(
-            JobOutcome(key=j.key, status=j.status, result=result, attempts=j.attempts,
-                       index=j.index)
+            JobOutcome(key=j.key, status=j.status, result=stored_result(j, codec),
+                       attempts=j.attempts, index=j.index)
         )  # fmt: skip
     counts = dict.fromkeys(JobStatus, 0)
     for name, n in run.counts.items():

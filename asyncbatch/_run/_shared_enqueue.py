@@ -34,6 +34,7 @@ import anyio.lowlevel
 from asyncbatch._errors import DuplicateKey
 from asyncbatch._result import JobOutcome, JobStatus
 from asyncbatch._store import storable_key
+from asyncbatch._store._codec import stored_result
 
 from ._options import Options
 from ._shared import finished_statuses
@@ -205,12 +206,9 @@ class _Writer:
                 done = found.get(key)
                 if done is None or done.seq > self.seq0 or done.status.value not in self.skip:
                     continue
-                result = done.result
-                if codec is not None and done.has_result:
-                    result = codec.decode(result)
                 await self.on_skip(
                     JobOutcome(
-                        key=key, status=JobStatus.SKIPPED, result=result,
+                        key=key, status=JobStatus.SKIPPED, result=stored_result(done, codec),
                         attempts=done.attempts, index=index,
                     )
                 )  # fmt: skip

@@ -17,6 +17,7 @@ from asyncbatch._errors import ConfigError, UnknownRun
 from asyncbatch._observe._report import ErrorReport
 from asyncbatch._result import BatchResult, JobOutcome, JobStatus
 from asyncbatch._store import FinishedJob, RunInfo
+from asyncbatch._store._codec import stored_result
 
 from ._identity import check_identity
 from ._options import Options
@@ -132,10 +133,9 @@ def invocation_result(
         if here is not None and here.status is status:
             outcomes.append(here if here.index == j.index else replace(here, index=j.index))
             continue
-        result = j.result if codec is None or not j.has_result else codec.decode(j.result)
         outcomes.append(
-            JobOutcome(key=j.key, status=status, result=result, attempts=j.attempts,
-                       index=j.index)
+            JobOutcome(key=j.key, status=status, result=stored_result(j, codec),
+                       attempts=j.attempts, index=j.index)
         )  # fmt: skip
     outcomes += skips.kept
     if jobs is not None:  # outcomes never stored: only this process knows them

@@ -19,7 +19,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from asyncbatch._errors import ConfigError
 
-__all__ = ["CodecLike", "ResultCodec", "as_codec", "new_run_warnings", "warn_unstorable"]
+__all__ = [
+    "CodecLike",
+    "ResultCodec",
+    "as_codec",
+    "new_run_warnings",
+    "stored_result",
+    "warn_unstorable",
+]
 
 _PICKLED = "$asyncbatch.pickle"
 
@@ -52,6 +59,12 @@ class _Pickle:
 
 
 CodecLike = Literal["json", "pickle"] | ResultCodec
+
+
+def stored_result(job: Any, codec: ResultCodec | None) -> Any:
+    """A stored job's result (a `FinishedJob`'s) as its job returned it: decoded by the
+    run's codec when one is set and a result was stored."""
+    return job.result if codec is None or not job.has_result else codec.decode(job.result)
 
 
 def as_codec(codec: object) -> ResultCodec | None:
