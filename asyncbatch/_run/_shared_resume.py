@@ -116,19 +116,16 @@ def invocation_result(
     history); those of ``mine`` no store keeps (FAILED, CANCELLED) are
     reported as they are. ``jobs=None``: ``mine`` are exactly the
     invocation's jobs. ``rolled``: an abort's rollback outcomes, which
-    replace the earlier outcome of each job it undid (counts then follow the
-    outcomes, as in one process).
+    replace the earlier outcome of each job it undid, as in one process.
+    Without ``counts``, the counts are the outcomes'.
     """
     own = {o.key: o for o in mine or ()} if jobs is not None else {}
     codec = opts.result_codec
     outcomes: list[JobOutcome[Any]] = list(mine or ()) if jobs is None else []
-    tally = dict.fromkeys(JobStatus, 0)
-    tally[JobStatus.SKIPPED] = skips.n
     for j in jobs or ():
         if j.seq <= seq0:
             continue  # an earlier invocation's: SKIPPED if this input has it (skips)
         status = j.status
-        tally[status] += 1
         here = own.get(j.key)
         if here is not None and here.status is status:
             outcomes.append(here if here.index == j.index else replace(here, index=j.index))
@@ -147,13 +144,13 @@ def invocation_result(
             o if o.index is not None else replace(o, index=where.get(o.key)) for o in rolled
         ]
     outcomes.sort(key=lambda o: (o.index is None, o.index or 0))
-    if jobs is not None and (rolled or any(o.status in _UNSTORED for o in mine or ())):
-        tally = dict.fromkeys(JobStatus, 0)
+    if counts is None:  # the outcomes are the whole invocation: they are its counts
+        counts = dict.fromkeys(JobStatus, 0)
         for o in outcomes:
-            tally[o.status] += 1
+            counts[o.status] += 1
     report = ErrorReport.from_dict(run.report or {})
     return BatchResult(
-        run_id=run_id, outcomes=outcomes, counts=tally if counts is None else counts,
+        run_id=run_id, outcomes=outcomes, counts=counts,
         report=report, duration=duration,
     )  # fmt: skip
 
