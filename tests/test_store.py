@@ -1160,9 +1160,14 @@ async def test_a_missing_directory_is_a_clear_store_error(tmp_path: Path) -> Non
             pass
 
 
-async def test_a_cancelled_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("earlier", [0, 1], ids=["first-commit", "later-commit"])
+async def test_a_cancelled_commit_leaves_no_transaction_open(tmp_path: Path, earlier: int) -> None:
+    # A run's first commit reads the run first (several trips to the connection's
+    # thread); later ones are one trip. Either way a cancelled caller leaves the
+    # transaction to finish, and completion orders go on after it.
     async with open_store(str(tmp_path / "s.db")) as store:
         await begin(store)
+        await store.commit([ok(f"early-{i}") for i in range(earlier)])
         task = asyncio.create_task(store.commit([ok(str(i)) for i in range(2000)]))
         await asyncio.sleep(0)
         task.cancel()
@@ -1170,7 +1175,10 @@ async def test_a_cancelled_commit_leaves_no_transaction_open(tmp_path: Path) -> 
             await task
         # the shielded transaction finished: all of it is there, and the next commit works
         await store.commit([ok("last")])
-        assert len(await store.jobs("r1")) == 2001
+        jobs = await store.jobs("r1")
+        assert len(jobs) == 2001 + earlier
+        assert [j.seq for j in jobs] == list(range(1, 2002 + earlier))  # in completion order
+        assert jobs[-1].key == "last"
 
 
 # =============================================================== open_store / as_store

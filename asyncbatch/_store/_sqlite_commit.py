@@ -1,11 +1,15 @@
 """The SQLite group commit: a whole group of job records as a few ``executemany`` statements.
 
-`SQLiteCommitter.apply` runs inside the store's write transaction. Consecutive
-records with the same statement share one ``executemany``; plain successes
-bind 9 columns instead of 16; dead letters insert or update their DLQ entry
-in the same transaction. Between commits it remembers, per run, the last
-completion order and the keys with an open DLQ entry (it is the run's only
-writer); the store forgets that cache whenever a transaction rolls back.
+`SQLiteCommitter.group` turns a group into rows without I/O, and `writes`
+into statements: consecutive records with the same statement share one
+``executemany``; plain successes bind 9 columns instead of 16, 256 rows to a
+statement; dead letters insert or update their DLQ entry in the same
+transaction. A group that needs nothing read first (its run is known, it has
+no dead letter) is committed by the store in one trip to the connection's
+thread; otherwise `apply` reads and writes inside the store's transaction.
+Between commits it remembers, per run, the last completion order and the
+keys with an open DLQ entry (it is the run's only writer); the store forgets
+that cache whenever a transaction rolls back.
 """
 
 from __future__ import annotations
@@ -47,9 +51,12 @@ from ._schema import (
     job_successes,
 )
 
-__all__ = ["CHUNK", "SQLiteCommitter", "chunks"]
+__all__ = ["CHUNK", "Group", "SQLiteCommitter", "Write", "chunks"]
 
 T = TypeVar("T")
+
+Write = tuple[str, Sequence[Sequence[Any]]]
+"""A statement and its parameter rows, for ``executemany``."""
 
 CHUNK = 500  # bound variables per IN (...) query, far below SQLite's limit
 _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
@@ -67,6 +74,22 @@ class _RunCache:
     """When this store last set the run's ``updated_at``."""
 
 
+@dataclass(slots=True)
+class Group:
+    """One group commit's rows, built by `SQLiteCommitter.group` (no I/O)."""
+
+    now: float
+    caches: dict[str, _RunCache]
+    """The group's runs."""
+    job_ops: list[tuple[str, list[JobRow]]] = field(default_factory=list)
+    """Job rows: consecutive records with the same statement share one list."""
+    dead: list[JobRecord] = field(default_factory=list)
+    """Dead letters: their DLQ entries are read before they are written."""
+    by_id: list[tuple[float, int]] = field(default_factory=list)
+    by_key: list[tuple[float, str, str]] = field(default_factory=list)
+    """DLQ entries that a success resolves (by entry id, by run and key)."""
+
+
 def chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), CHUNK):
         yield items[i : i + CHUNK]
@@ -81,6 +104,26 @@ def _success(r: JobRecord, seq: int, now: float) -> JobRow:
     text = result_text(r)
     has = 0 if text is None else 1
     return (r.run_id, r.key, r.index, r.attempts, r.duration, text, has, seq, now)
+
+
+def _successes(rows: list[JobRow]) -> list[Write]:
+    """Plain success rows: `SUCCESS_ROWS` to a statement, the rest in halving
+    statements (128, 64, ... 1 rows), so only nine statements are ever prepared."""
+    n = SUCCESS_ROWS
+    full = len(rows) - len(rows) % n
+    writes: list[Write] = []
+    if full:
+        flat = [list(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)]
+        writes.append((job_successes(n), flat))
+    size, start = n // 2, full
+    while start < len(rows):
+        if len(rows) - start >= size:
+            writes.append(
+                (job_successes(size), [list(chain.from_iterable(rows[start : start + size]))])
+            )
+            start += size
+        size //= 2
+    return writes
 
 
 class SQLiteCommitter:
@@ -107,19 +150,23 @@ class SQLiteCommitter:
             cache = self.cache[run_id] = _RunCache(row[1] or 0, {k for (k,) in keys})
         return cache
 
-    async def apply(self, records: Sequence[JobRecord]) -> None:
-        """Write every record (inside the caller's transaction)."""
-        db = self._db
-        now = self._clock()
-        caches = {run_id: await self._run_cache(run_id) for run_id in {r.run_id for r in records}}
+    def group(self, records: Sequence[JobRecord]) -> Group | None:
+        """The group's rows, or None while a run in it is not known yet (`apply` reads it).
+
+        Hands out the group's completion orders: the store clears the cache
+        when the transaction rolls back.
+        """
+        known = self.cache
+        run_ids = {r.run_id for r in records}
+        if not run_ids <= known.keys():
+            return None
+        g = Group(self._clock(), {run_id: known[run_id] for run_id in run_ids})
+        now, caches, job_ops = g.now, g.caches, g.job_ops
+        dead, by_id, by_key = g.dead, g.by_id, g.by_key
         # Consecutive records with the same statement share one executemany;
         # the order of records (and so of changes to one job) is kept.
-        job_ops: list[tuple[str, list[JobRow]]] = []
         ops: list[JobRow] = []
         last_sql = ""
-        dead: list[JobRecord] = []
-        by_id: list[tuple[float, int]] = []
-        by_key: list[tuple[float, str, str]] = []
         for r in records:
             key = r.key
             if (
@@ -182,50 +229,50 @@ class SQLiteCommitter:
                 elif r.key in cache.open_keys:
                     by_key.append((now, r.run_id, r.key))
                     cache.open_keys.discard(r.key)
-        for sql, rows in job_ops:
+        return g
+
+    async def apply(self, records: Sequence[JobRecord], group: Group | None = None) -> None:
+        """Write every record (inside the caller's transaction), reading what it needs first:
+        the runs not known yet and, for dead letters, their DLQ entries."""
+        if group is None:
+            for run_id in {r.run_id for r in records}:
+                await self._run_cache(run_id)
+            group = self.group(records)
+            assert group is not None
+        dlq = await self._dead_lettered(group) if group.dead else []
+        for sql, params in self.writes(group, dlq):
+            await self._db.executemany(sql, params)
+
+    def writes(self, g: Group, dlq: list[Write] | None = None) -> list[Write]:
+        """Every statement of the group in order, each with its parameter rows (executemany's).
+
+        ``dlq``: the writes of its dead letters (`_dead_lettered`), when it has any.
+        """
+        writes: list[Write] = []
+        for sql, rows in g.job_ops:
             if sql is JOB_SUCCESS:
-                await self._successes(rows)
+                writes += _successes(rows)
             else:
-                await db.executemany(sql, rows)
-        if dead:
-            await self._dead_lettered(dead, caches, now)
-        if by_id:
-            await db.executemany(DLQ_RESOLVE_BY_ID, by_id)
-        if by_key:
-            await db.executemany(DLQ_RESOLVE_BY_KEY, by_key)
+                writes.append((sql, rows))
+        if dlq:
+            writes += dlq
+        if g.by_id:
+            writes.append((DLQ_RESOLVE_BY_ID, g.by_id))
+        if g.by_key:
+            writes.append((DLQ_RESOLVE_BY_KEY, g.by_key))
         # A run's updated_at says "still making progress": once a second is enough.
-        stale = [(now, run_id) for run_id, c in caches.items() if now - c.touched >= 1.0]
+        now = g.now
+        stale = [(now, run_id) for run_id, c in g.caches.items() if now - c.touched >= 1.0]
         if stale:
-            await db.executemany("UPDATE runs SET updated_at = ? WHERE id = ?", stale)
+            writes.append(("UPDATE runs SET updated_at = ? WHERE id = ?", stale))
             for _, run_id in stale:
-                caches[run_id].touched = now
+                g.caches[run_id].touched = now
+        return writes
 
-    async def _successes(self, rows: list[JobRow]) -> None:
-        """Plain success rows: `SUCCESS_ROWS` to a statement, the rest in halving
-        statements (128, 64, ... 1 rows), so only nine statements are ever prepared."""
-        db = self._db
-        full = len(rows) - len(rows) % SUCCESS_ROWS
-        if full:
-            await db.executemany(
-                job_successes(SUCCESS_ROWS),
-                [
-                    list(chain.from_iterable(rows[i : i + SUCCESS_ROWS]))
-                    for i in range(0, full, SUCCESS_ROWS)
-                ],
-            )
-        size, start = SUCCESS_ROWS // 2, full
-        while start < len(rows):
-            if len(rows) - start >= size:
-                part = rows[start : start + size]
-                await db.execute(job_successes(size), list(chain.from_iterable(part)))
-                start += size
-            size //= 2
-
-    async def _dead_lettered(
-        self, dead: list[JobRecord], caches: dict[str, _RunCache], now: float
-    ) -> None:
-        """Insert DLQ entries, or update the one a redriven (or retried) job came from."""
-        db = self._db
+    async def _dead_lettered(self, g: Group) -> list[Write]:
+        """The writes that insert DLQ entries, or update the one a redriven (or retried)
+        job came from (read here)."""
+        db, dead, caches, now = self._db, g.dead, g.caches, g.now
         ids = [r.redrive_of for r in dead if r.redrive_of is not None]
         old_by_id: dict[int, str] = {}
         for some in chunks(ids):
@@ -267,8 +314,9 @@ class SQLiteCommitter:
                      r.traceback, is_repr, payload, now, target[0])
                 )  # fmt: skip
             caches[r.run_id].open_keys.add(r.key)
+        writes: list[Write] = []
         if inserts:
-            await db.executemany(DLQ_INSERT, inserts)
+            writes.append((DLQ_INSERT, inserts))
         if updates:
-            await db.executemany(DLQ_REDEAD, updates)
-
+            writes.append((DLQ_REDEAD, updates))
+        return writes
