@@ -11,7 +11,7 @@ def main() -> None:
     for name in (
         "bench_core", "bench_store", "bench_postgres", "bench_otel", "bench_crash",
         "bench_resume", "bench_parking", "bench_http", "bench_ui", "bench_traffic",
-        "bench_workers", "bench_exact", "bench_shared_path", "bench_callgrind",
+        "bench_workers", "bench_exact", "bench_shared_path", "bench_callgrind", "bench_import",
     ):  # fmt: skip
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"\n## {name}", flush=True)

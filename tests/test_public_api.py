@@ -73,3 +73,25 @@ def test_import_loads_no_store_driver_or_breaker_until_used() -> None:
         "assert ab.SQLiteStore is SQLiteStore and 'aiosqlite' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_import_leaves_out_what_only_some_runs_use() -> None:
+    # `import asyncbatch` <= 150 ms (benchmarks/bench_import.py): pickle (the pickle
+    # codec), tempfile (DLQ exports), urllib (store URLs with options), the failure
+    # fingerprint's patterns and the shared-run machinery load when first used.
+    import subprocess
+    import sys
+
+    lazy = ["pickle", "tempfile", "urllib.parse", "secrets", "asyncbatch._observe._fingerprint",
+            "asyncbatch._run._shared", "asyncbatch._run._coordinator"]  # fmt: skip
+    code = (
+        "import sys, asyncbatch as ab\n"
+        f"loaded = [m for m in {lazy!r} if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "import asyncio\n"
+        "async def fail(x):\n"
+        "    raise ValueError(f'bad item {x}')\n"
+        "r = asyncio.run(ab.run_batch(fail, range(3), result_codec='pickle'))\n"
+        "assert r.report.groups[0].count == 3, r.report\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,7 +12,6 @@ from asyncbatch._errors import ErrorKind, qualname
 from asyncbatch._policy._http import method_of
 from asyncbatch._result import JobOutcome, JobStatus
 
-from ._fingerprint import fingerprint
 from ._report import ErrorReport, FailureGroup, jsonable
 
 __all__ = ["OTHER_TYPE", "ReportBuilder"]
@@ -196,6 +195,8 @@ class ReportBuilder:
         self._undone = 0  # succeeded jobs later compensated
 
     def _group(self, kind: ErrorKind, error_type: str, message: str, at: float) -> _Group:
+        from ._fingerprint import fingerprint  # its patterns compile on the first failure
+
         fp = fingerprint(message)
         gkey = (kind, error_type, fp)
         group = self._groups.get(gkey)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import operator
-import secrets
+import os
 import time
 import warnings
 from collections import deque
@@ -48,7 +48,7 @@ Items = Iterable[T] | AsyncIterable[T]
 
 def new_run_id() -> str:
     """A fresh, sortable run id such as ``run-20261129-053000-4f2a9c``."""
-    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
 
 
 def job_ref(job: Callable[..., Any]) -> str:

@@ -12,7 +12,6 @@ the owner was a process of the same host that no longer exists.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 from typing import Any
 
@@ -38,7 +37,7 @@ class Lease:
     """
 
     def __init__(self, store: Store, run_id: str, *, duration: float | None = None) -> None:
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.duration = LEASE if duration is None else duration
         self.lost: RunOwned | None = None
         self._store = store

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
-from urllib.parse import urlencode
 
 from asyncbatch._errors import ConfigError
 from asyncbatch._policy._classify import ClassifierLike, as_classifier
@@ -141,6 +140,8 @@ def postgres_url(store: object) -> str | None:
     if module is not None and isinstance(store, module.PostgresStore):
         # Its own URL with the password (store.url has none): a shared run opens its own pools.
         t = store._target
+        from urllib.parse import urlencode
+
         options = urlencode({"schema": t.schema, "retry_timeout": t.retry_timeout})
         return f"{t.dsn}{'&' if '?' in t.dsn else '?'}{options}"
     return None

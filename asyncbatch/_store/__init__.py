@@ -13,13 +13,11 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl
 
 from asyncbatch._errors import ConfigError, StoreError
 
 from ._common import check_durability, owning_here, safe_repr, storable_key, storable_text
 from ._memory import MemoryDeadLetterQueue, MemoryStore
-from ._postgres_url import PostgresTarget, parse_postgres_url
 from ._protocol import (
     DEFAULT_GROUP,
     DEFAULT_LEASE,
@@ -32,6 +30,7 @@ from ._protocol import (
 )
 
 if TYPE_CHECKING:
+    from ._postgres_url import PostgresTarget
     from ._sqlite import SQLiteStore
     from ._sqlite_dlq import SQLiteDeadLetterQueue
 
@@ -92,6 +91,8 @@ def _sqlite_target(url: str) -> tuple[str, dict[str, str]]:
             f"SQLite URL {url!r} names a host; {_FORMS} (three slashes before a relative path)"
         )
     try:
+        from urllib.parse import parse_qsl
+
         options = dict(parse_qsl(query, strict_parsing=True)) if query else {}
     except ValueError:
         raise ConfigError(f"malformed query in store URL {url!r}") from None
@@ -112,6 +113,8 @@ class _OpenStore(contextlib.AbstractAsyncContextManager[Store]):
         if url.startswith(_POSTGRES):
             if busy_timeout is not None:
                 raise ConfigError("busy_timeout= is a SQLite option; PostgreSQL waits for locks")
+            from ._postgres_url import parse_postgres_url  # urllib: only for these URLs
+
             self._postgres = parse_postgres_url(url)
             return
         if not url or ("://" in url and not url.startswith("sqlite:")):

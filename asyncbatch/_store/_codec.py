@@ -12,8 +12,6 @@ anything else (msgpack, a Pydantic model, a reference to a blob store).
 
 from __future__ import annotations
 
-import base64
-import pickle
 import warnings
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -50,10 +48,16 @@ class _Pickle:
     name = "pickle"
 
     def encode(self, value: Any) -> Any:
+        import base64
+        import pickle
+
         return {_PICKLED: base64.b64encode(pickle.dumps(value)).decode("ascii")}
 
     def decode(self, stored: Any) -> Any:
         if isinstance(stored, dict) and set(stored) == {_PICKLED}:
+            import base64
+            import pickle
+
             return pickle.loads(base64.b64decode(stored[_PICKLED]))
         return stored  # stored before the run used this codec
 

@@ -10,7 +10,6 @@ import builtins
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -142,6 +141,8 @@ class _AtomicFile:
     def __init__(self, target: str) -> None:
         self.target = target
         directory = os.path.dirname(os.path.abspath(target))
+        import tempfile  # only exports write files: `import asyncbatch` leaves it out
+
         fd, self.temp = tempfile.mkstemp(
             dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp"
         )
