@@ -41,6 +41,7 @@ from ._entry import success_record
 if TYPE_CHECKING:
     from asyncbatch._deps._circuit import Circuit, Waiter
     from asyncbatch._observe._otel import AttemptScope, Instrumentation
+    from asyncbatch._store import JobRecord
 
     from ._abort import Abort
     from ._checkpoint import Checkpointer
@@ -123,6 +124,8 @@ class Outcomes:
         """The retry budget's gate (``retry_budget=``), when set."""
         self._lean = False
         self._plain_record = False
+        self._add: Callable[[JobRecord, JobOutcome[Any] | None], None] | None = None
+        """`Checkpointer.add`, when a plain success goes to it as is (no budget to judge)."""
 
     # ------------------------------------------------------------ success
 
@@ -137,6 +140,9 @@ class Outcomes:
             and self.inst is None
             and self.release is None
         )
+        cp = self.checkpointer
+        if cp is not None and self._plain_record and self.budget is None:
+            self._add = cp.add
 
     def succeeded(self, entry: Entry, result: Any) -> None:
         """The attempt returned ``result`` and no rule rejected it."""
@@ -161,6 +167,11 @@ class Outcomes:
                     self.report.fold_durations()
             if self.sink is not None:
                 self.sink(outcome)
+            return
+        if self._add is not None:
+            # A plain success checkpointed as is: `finish` without its call.
+            self._queue.finished()
+            self._add(success_record(entry, outcome, result), outcome)
             return
         if self._keep_done:
             self.done.append(Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED))
