@@ -186,23 +186,12 @@ def scenario_checkpoints(n: int) -> list[list[str]]:
         path = os.path.join(tmp, f"bench-{next(counter)}.db")
         return ab.run_batch(noop, range(n), concurrency=c, store=path, durability=durability)
 
-    async def switching(interval: float) -> None:
-        # The writer thread retakes the GIL after every SQLite step; while the
-        # loop is busy it waits up to the switch interval (5 ms by default).
-        default = sys.getswitchinterval()
-        sys.setswitchinterval(interval)
-        try:
-            await durable("normal")
-        finally:
-            sys.setswitchinterval(default)
-
     t = interleaved(
         {
             "pool": lambda: queue_pool(noop, range(n), c),
             "off": lambda: ab.run_batch(noop, range(n), concurrency=c),
             "normal": lambda: durable("normal"),
             "full": lambda: durable("full"),
-            "switch": lambda: switching(0.0005),
         }
     )
     return [
@@ -216,11 +205,6 @@ def scenario_checkpoints(n: int) -> list[list[str]]:
         row(
             'same with durability="full" (fsync per group commit) vs without a store',
             f"{t['off'] / t['full']:.2f}x ({n / t['full']:,.0f} jobs/s)",
-            "",
-        ),
-        row(
-            "same (normal) with sys.setswitchinterval(0.0005) vs without a store",
-            f"{t['off'] / t['switch']:.2f}x ({n / t['switch']:,.0f} jobs/s)",
             "",
         ),
     ]
