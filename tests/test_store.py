@@ -1160,6 +1160,28 @@ async def test_a_missing_directory_is_a_clear_store_error(tmp_path: Path) -> Non
             pass
 
 
+async def test_a_failed_commit_rolls_back_whole_and_the_next_one_goes_on(tmp_path: Path) -> None:
+    # A later commit is one trip to the connection's thread: when it fails (here,
+    # another writer holds the lock past busy_timeout) nothing of it stays, the
+    # error is the usual one-line StoreError, and completion orders go on from
+    # what was committed.
+    path = tmp_path / "s.db"
+    async with open_store(f"sqlite:///{path}?busy_timeout=0.05") as store:
+        await begin(store)
+        await store.commit([ok("a")])
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match="locked by another writer"):
+                await store.commit([ok("b"), ok("c")])
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await store.commit([ok("d")])
+        jobs = await store.jobs("r1")
+        assert [(j.key, j.seq) for j in jobs] == [("a", 1), ("d", 2)]
+
+
 @pytest.mark.parametrize("earlier", [0, 1], ids=["first-commit", "later-commit"])
 async def test_a_cancelled_commit_leaves_no_transaction_open(tmp_path: Path, earlier: int) -> None:
     # A run's first commit reads the run first (several trips to the connection's
