@@ -19,6 +19,11 @@ Variants (concurrency 100 unless named):
 - ``asyncbatch``, ``asyncbatch-stream``, ``asyncbatch-sqlite`` (durability
   normal), and ``asyncbatch`` at concurrency 10 and 10,000 (cost must stay
   flat);
+- ``asyncbatch-sqlite-nocommit``: the SQLite run with the commit's work in
+  SQLite left out, so the loop's side of a checkpoint shows apart from the
+  writer thread's;
+- ``queue-pool-sleep`` and ``asyncbatch-sleep``: jobs that sleep 1 ms, at
+  concurrency 1,000 (what a job that suspends costs, timers included);
 - tracing: ``sdk-span`` (the SDK's own bare span, batch span processor),
   ``sdk-span-attrs`` (with the 3 attributes every attempt span carries) and
   ``asyncbatch-traced``; tracing's share of a job is its difference from
@@ -91,6 +96,34 @@ async def asyncbatch_sqlite(n: int, c: int) -> None:
     assert result.counts[ab.JobStatus.SUCCEEDED] == n
 
 
+async def asyncbatch_sqlite_nocommit(n: int, c: int) -> None:
+    """`asyncbatch_sqlite` with the commit's trip to SQLite made a no-op: the loop's side alone."""
+    from asyncbatch._store import _sqlite
+
+    _sqlite._write_all = lambda writes, conn: None  # type: ignore[assignment]  # (a child process)
+    path = os.path.join(tempfile.mkdtemp(prefix="ab-cg-"), "cg.db")
+    import asyncbatch as ab
+
+    result = await ab.run_batch(noop, range(n), concurrency=c, store=path)
+    assert len(result.outcomes) == n
+
+
+async def sleepy(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return x
+
+
+async def queue_pool_sleep(n: int, c: int) -> None:
+    await queue_pool(sleepy, range(n), c)
+
+
+async def asyncbatch_sleep(n: int, c: int) -> None:
+    import asyncbatch as ab
+
+    result = await ab.run_batch(sleepy, range(n), concurrency=c)
+    assert len(result.outcomes) == n
+
+
 def _provider() -> Any:
     from .bench_otel import sdk_provider  # the SDK with a batch span processor
 
@@ -130,6 +163,11 @@ VARIANTS: dict[str, tuple[Variant, int, str]] = {
     "asyncbatch-c10000": (asyncbatch_run, 10_000, "asyncbatch run_batch, concurrency 10,000"),
     "asyncbatch-stream": (asyncbatch_stream, 100, "asyncbatch Batch.stream"),
     "asyncbatch-sqlite": (asyncbatch_sqlite, 100, "asyncbatch, SQLite checkpoints (normal)"),
+    "asyncbatch-sqlite-nocommit": (
+        asyncbatch_sqlite_nocommit, 100, "same, the commit's SQLite work left out (the loop's side)"
+    ),
+    "queue-pool-sleep": (queue_pool_sleep, 1000, "1 ms jobs at concurrency 1,000: the Queue pool"),
+    "asyncbatch-sleep": (asyncbatch_sleep, 1000, "same, asyncbatch run_batch"),
     "sdk-span": (sdk_span, 1, "OpenTelemetry SDK: a bare span (batch processor)"),
     "sdk-span-attrs": (sdk_span_attrs, 1, "same, with the attempt span's 3 attributes"),
     "asyncbatch-traced": (asyncbatch_traced, 100, "asyncbatch with the SDK tracer"),
