@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -81,8 +80,9 @@ class Group:
     now: float
     caches: dict[str, _RunCache]
     """The group's runs."""
-    job_ops: list[tuple[str, list[JobRow]]] = field(default_factory=list)
-    """Job rows: consecutive records with the same statement share one list."""
+    job_ops: list[tuple[str, list[Any]]] = field(default_factory=list)
+    """Job rows: consecutive records with the same statement share one list (for
+    `JOB_SUCCESS`, the rows' parameters end to end; otherwise a `JobRow` each)."""
     dead: list[JobRecord] = field(default_factory=list)
     """Dead letters: their DLQ entries are read before they are written."""
     by_id: list[tuple[float, int]] = field(default_factory=list)
@@ -106,21 +106,27 @@ def _success(r: JobRecord, seq: int, now: float) -> JobRow:
     return (r.run_id, r.key, r.index, r.attempts, r.duration, text, has, seq, now)
 
 
-def _successes(rows: list[JobRow]) -> list[Write]:
-    """Plain success rows: `SUCCESS_ROWS` to a statement, the rest in halving
-    statements (128, 64, ... 1 rows), so only nine statements are ever prepared."""
+_WIDTH = 9
+"""Parameters of one plain success's row (`_success`)."""
+
+
+def _successes(flat: list[Any]) -> list[Write]:
+    """Plain success rows, their parameters end to end (`_WIDTH` a row): `SUCCESS_ROWS`
+    to a statement, the rest in halving statements (128, 64, ... 1 rows), so only
+    nine statements are ever prepared."""
+    rows = len(flat) // _WIDTH
     n = SUCCESS_ROWS
-    full = len(rows) - len(rows) % n
+    full = rows - rows % n
+    step = n * _WIDTH
     writes: list[Write] = []
     if full:
-        flat = [list(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)]
-        writes.append((job_successes(n), flat))
+        parts = [flat[i : i + step] for i in range(0, full * _WIDTH, step)]
+        writes.append((job_successes(n), parts))
     size, start = n // 2, full
-    while start < len(rows):
-        if len(rows) - start >= size:
-            writes.append(
-                (job_successes(size), [list(chain.from_iterable(rows[start : start + size]))])
-            )
+    while start < rows:
+        if rows - start >= size:
+            part = flat[start * _WIDTH : (start + size) * _WIDTH]
+            writes.append((job_successes(size), [part]))
             start += size
         size //= 2
     return writes
@@ -165,7 +171,7 @@ class SQLiteCommitter:
         dead, by_id, by_key = g.dead, g.by_id, g.by_key
         # Consecutive records with the same statement share one executemany;
         # the order of records (and so of changes to one job) is kept.
-        ops: list[JobRow] = []
+        ops: list[Any] = []
         last_sql = ""
         for r in records:
             key = r.key
@@ -195,10 +201,9 @@ class SQLiteCommitter:
                     text = str(value) if type(value) is int else encode(value)
                     if text is None:
                         warn_unstorable(r.run_id, key, value)
-                ops.append(
-                    (r.run_id, key, r.index, r.attempts, r.duration, text, 0 if text is None else 1,
-                     cache.seq, now)
-                )  # fmt: skip
+                # Parameters go end to end (no tuple kept per row: fewer objects).
+                ops += (r.run_id, key, r.index, r.attempts, r.duration, text,
+                        0 if text is None else 1, cache.seq, now)  # fmt: skip
                 if r.redrive_of is not None:
                     by_id.append((now, r.redrive_of))
                     cache.open_keys.discard(key)
@@ -217,7 +222,10 @@ class SQLiteCommitter:
                 ops = []
                 job_ops.append((sql, ops))
                 last_sql = sql
-            ops.append(_success(r, cache.seq, now) if plain else job_row(r, cache.seq, now))
+            if plain:
+                ops += _success(r, cache.seq, now)
+            else:
+                ops.append(job_row(r, cache.seq, now))
             if compensation:
                 continue
             if status is _DEAD:
