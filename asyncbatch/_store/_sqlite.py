@@ -560,9 +560,9 @@ class SQLiteStore:
             await self._transaction(lambda: self._committer.apply(records, group), durability)
         else:
             # Nothing to read first: the whole transaction is one trip to the
-            # connection's thread. Each trip waits for the event loop's turn,
-            # which, while workers run, holds hundreds of jobs (measured: four
-            # trips a commit stalled checkpointed runs at one group per turns' worth).
+            # connection's thread. Each trip's answer waits for the event
+            # loop's next turn, which, while workers run, holds hundreds of
+            # jobs: a trip per statement made the commit and the jobs take turns.
             await self._write(partial(_write_all, self._committer.writes(group)), durability)
 
     async def aclose(self) -> None:
