@@ -101,11 +101,7 @@ async def asyncbatch_sqlite_nocommit(n: int, c: int) -> None:
     from asyncbatch._store import _sqlite
 
     _sqlite._write_all = lambda writes, conn: None  # type: ignore[assignment]  # (a child process)
-    path = os.path.join(tempfile.mkdtemp(prefix="ab-cg-"), "cg.db")
-    import asyncbatch as ab
-
-    result = await ab.run_batch(noop, range(n), concurrency=c, store=path)
-    assert len(result.outcomes) == n
+    await asyncbatch_sqlite(n, c)
 
 
 async def sleepy(x: int) -> int:

@@ -275,6 +275,26 @@ class SQLiteStore:
                 task.add_done_callback(_retrieve)
             raise
 
+    async def _locked_transaction(self, body: Callable[[], Awaitable[T]], durability: str) -> T:
+        db = self._db
+        async with self._lock:
+            self._check_open()
+            with self._errors():
+                if durability:
+                    await self._synchronous(durability)
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await body()
+                    await db.execute("COMMIT")
+                except BaseException:
+                    self._cache.clear()  # it may hold changes that were just rolled back
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the error that got us here is the one to report
+                    raise
+        return result
+
     async def _write(
         self, transaction: Callable[[sqlite3.Connection], None], durability: str
     ) -> None:
@@ -302,26 +322,6 @@ class SQLiteStore:
             # completion orders the group took are read again.
             self._cache.clear()
             raise
-
-    async def _locked_transaction(self, body: Callable[[], Awaitable[T]], durability: str) -> T:
-        db = self._db
-        async with self._lock:
-            self._check_open()
-            with self._errors():
-                if durability:
-                    await self._synchronous(durability)
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = await body()
-                    await db.execute("COMMIT")
-                except BaseException:
-                    self._cache.clear()  # it may hold changes that were just rolled back
-                    try:
-                        await db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # the error that got us here is the one to report
-                    raise
-        return result
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         self._check_open()
