@@ -8,7 +8,8 @@ test; it skips locally, and fails in CI, when no server answers).
 ``RUN_PATHS`` adds ``postgresql-single``: PostgreSQL with ``shared=False``
 as every run's default, so the suites of run behaviour (integrity, resume,
 unstorable values) cover both paths a PostgreSQL run can take: shared (the
-default) and single-process.
+default) and single-process; and ``sqlite-writer``: SQLite with every group
+committed by the writer process (a busy run's path), not only large ones.
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ from pathlib import Path
 import pytest
 
 STORES = ["memory", "sqlite", "postgresql"]
-RUN_PATHS = [*STORES, "postgresql-single"]
+RUN_PATHS = [*STORES, "postgresql-single", "sqlite-writer"]
 
 
 def store_url(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> str:
     """The URL of a fresh store of kind ``name``."""
     if name == "memory":
         return "memory://"
-    if name == "sqlite":
+    if name.startswith("sqlite"):
+        if name == "sqlite-writer":
+            from asyncbatch._store import _sqlite
+
+            monkeypatch = request.getfixturevalue("monkeypatch")
+            monkeypatch.setattr(_sqlite, "WRITER_ROWS", 1)
         return f"sqlite:///{tmp_path / 'runs.db'}"
     if name == "postgresql-single":
         from asyncbatch._run import _options

@@ -58,13 +58,15 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-writer", "postgresql"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
 ) -> AsyncIterator[Store]:
     if request.param == "memory":
         st: Store = MemoryStore(clock=clock)
-    elif request.param == "sqlite":
+    elif request.param.startswith("sqlite"):
+        if request.param == "sqlite-writer":  # every group through the writer process
+            request.getfixturevalue("monkeypatch").setattr(_sqlite, "WRITER_ROWS", 1)
         st = await SQLiteStore.open(tmp_path / "store.db", clock=clock)
     else:
         from asyncbatch._store._postgres import PostgresStore
@@ -1160,11 +1162,16 @@ async def test_a_missing_directory_is_a_clear_store_error(tmp_path: Path) -> Non
             pass
 
 
-async def test_a_failed_commit_rolls_back_whole_and_the_next_one_goes_on(tmp_path: Path) -> None:
-    # A later commit is one trip to the connection's thread: when it fails (here,
-    # another writer holds the lock past busy_timeout) nothing of it stays, the
-    # error is the usual one-line StoreError, and completion orders go on from
-    # what was committed.
+@pytest.mark.parametrize("via", ["thread", "writer-process"])
+async def test_a_failed_commit_rolls_back_whole_and_the_next_one_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    # A later commit is one trip to the connection's thread (or, for a large
+    # group, to the writer process): when it fails (here, another writer holds
+    # the lock past busy_timeout) nothing of it stays, the error is the usual
+    # one-line StoreError, and completion orders go on from what was committed.
+    if via == "writer-process":
+        monkeypatch.setattr(_sqlite, "WRITER_ROWS", 2)
     path = tmp_path / "s.db"
     async with open_store(f"sqlite:///{path}?busy_timeout=0.05") as store:
         await begin(store)

@@ -5,8 +5,11 @@ writer. `SQLiteStore.commit` is the hot path: every pending record of a run
 goes into ONE ``BEGIN IMMEDIATE … COMMIT`` with an ``executemany`` upsert per
 statement kind, so one commit (and, with ``durability="full"``, one fsync)
 pays for a whole group of jobs, and most groups reach the connection's
-thread in one trip (`SQLiteStore._write`). ``synchronous=NORMAL`` in WAL mode survives a
-process crash; ``FULL`` also survives power loss.
+thread in one trip (`SQLiteStore._write`). Large groups (`WRITER_ROWS` rows
+or more, a busy run) go to a writer process instead (`_sqlite_writer`),
+which commits them on another core without the event loop's GIL.
+``synchronous=NORMAL`` in WAL mode survives a process crash; ``FULL`` also
+survives power loss.
 
 Every transaction is shielded from its caller's cancellation: once begun it
 commits or rolls back, so a cancelled caller never leaves the connection
@@ -21,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from functools import partial
 from typing import Any, Literal, TypeVar
 
@@ -57,8 +60,16 @@ from ._schema import (
 )
 from ._sqlite_commit import SQLiteCommitter, Write, chunks
 from ._sqlite_dlq import SQLiteDeadLetterQueue
+from ._sqlite_writer import WriterError, WriterProcess, usable
 
-__all__ = ["SQLiteStore"]
+__all__ = ["WRITER_ROWS", "SQLiteStore"]
+
+WRITER_ROWS = 256
+"""A group of at least this many records is committed by the writer process.
+
+Smaller ones (short runs, a run's first and last groups) go through the
+connection's thread: a process is started only for a store that commits
+groups this large, and then once."""
 
 T = TypeVar("T")
 
@@ -128,6 +139,8 @@ class SQLiteStore:
         self._committer = SQLiteCommitter(db, clock)
         self._cache = self._committer.cache
         self._closed = False
+        self._writer: WriterProcess | None = None
+        self._writer_off = path == ":memory:" or path.startswith("file:")
         self.dlq: DeadLetterQueue = SQLiteDeadLetterQueue(
             db=db,
             url=self.url,
@@ -199,6 +212,8 @@ class SQLiteStore:
         """Turn sqlite3 errors into one-line `StoreError`s that say what to do."""
         try:
             yield
+        except WriterError as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
             text = _one_line(exc)
             if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
@@ -254,6 +269,17 @@ class SQLiteStore:
             await self._db.execute(f"PRAGMA synchronous={level}")
             self._sync = level
 
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The store's lock, taken once the writer process has answered (a cancelled
+        commit's transaction may still be running there: what follows sees its end)."""
+        async with self._lock:
+            writer = self._writer
+            if writer is not None:
+                with suppress(Exception):
+                    await writer.settled()
+            yield
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the store {self.url} is closed")
@@ -277,7 +303,7 @@ class SQLiteStore:
 
     async def _locked_transaction(self, body: Callable[[], Awaitable[T]], durability: str) -> T:
         db = self._db
-        async with self._lock:
+        async with self._locked():
             self._check_open()
             with self._errors():
                 if durability:
@@ -296,9 +322,13 @@ class SQLiteStore:
         return result
 
     async def _write(
-        self, transaction: Callable[[sqlite3.Connection], None], durability: str
+        self,
+        transaction: Callable[[sqlite3.Connection], None],
+        durability: str,
+        message: bytes | None = None,
     ) -> None:
-        """Run ``transaction`` on the connection's thread in one trip, under the write lock.
+        """Run ``transaction`` on the connection's thread in one trip, under the write lock;
+        or, given the writer process's ``message`` for it, there.
 
         Awaited directly, not through a task as `_transaction` is: the trip
         is queued before the caller first waits, so the connection's thread
@@ -311,13 +341,18 @@ class SQLiteStore:
         db = self._db
         try:
             self._check_open()
-            async with self._lock:  # free: no wait (a multi-trip transaction holds it)
+            async with self._locked():  # free: no wait (a multi-trip transaction holds it)
                 self._check_open()
                 with self._errors():
+                    if message is not None and self._writer is not None:
+                        await self._writer.write(message)
+                        return
                     await self._synchronous(durability)
                     # aiosqlite's own call on its thread (private: what each of its methods makes)
                     await db._execute(transaction, db._conn)  # type: ignore[no-untyped-call]
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StoreError) and isinstance(exc.__cause__, WriterError):
+                self._drop_writer()
             # Not written, rolled back or (cancelled) not known yet: the
             # completion orders the group took are read again.
             self._cache.clear()
@@ -325,7 +360,7 @@ class SQLiteStore:
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         self._check_open()
-        async with self._lock:
+        async with self._locked():
             with self._errors():
                 return list(await self._db.execute_fetchall(sql, params))
 
@@ -475,7 +510,7 @@ class SQLiteStore:
     async def get_run(self, run_id: str) -> RunInfo:
         """The run; raises `UnknownRun`."""
         self._check_open()
-        async with self._lock:
+        async with self._locked():
             with self._errors():
                 run = await self._get_run(run_id)
         if run is None:
@@ -485,7 +520,7 @@ class SQLiteStore:
     async def list_runs(self) -> list[RunInfo]:
         """Every run, newest first."""
         self._check_open()
-        async with self._lock:
+        async with self._locked():
             with self._errors():
                 rows = await self._db.execute_fetchall(
                     f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC"
@@ -502,7 +537,7 @@ class SQLiteStore:
 
     async def _jobs(self, run_id: str, sql: str) -> list[Any]:
         self._check_open()
-        async with self._lock:
+        async with self._locked():
             with self._errors():
                 if not await self._scalar("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
                     raise UnknownRun(run_id)
@@ -563,13 +598,43 @@ class SQLiteStore:
             # connection's thread. Each trip's answer waits for the event
             # loop's next turn, which, while workers run, holds hundreds of
             # jobs: a trip per statement made the commit and the jobs take turns.
-            await self._write(partial(_write_all, self._committer.writes(group)), durability)
+            writes = self._committer.writes(group)
+            message = self._message(writes, durability) if len(records) >= WRITER_ROWS else None
+            await self._write(partial(_write_all, writes), durability, message)
+
+    def _message(self, writes: list[Write], durability: str) -> bytes | None:
+        """The writer process's message for ``writes`` (starting the process the first
+        time), or None when they go through the connection's thread."""
+        if self._writer_off:
+            return None
+        if self._writer is None:
+            if not usable(asyncio.get_running_loop()):
+                self._writer_off = True
+                return None
+            try:
+                self._writer = WriterProcess(os.path.abspath(self.path), self._busy_timeout)
+            except OSError:
+                self._writer_off = True  # no process can be started here: the thread it is
+                return None
+        try:
+            return WriterProcess.encode(writes, "FULL" if durability == "full" else "NORMAL")
+        except ValueError:
+            return None  # a value marshal cannot send: this group goes through the thread
+
+    def _drop_writer(self) -> None:
+        """The writer process failed: later groups go through the connection's thread."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     async def aclose(self) -> None:
         """Close the connection (a checkpoint of the WAL happens then); closing twice is fine."""
         if self._closed:
             return
-        async with self._lock:
+        async with self._locked():
             self._closed = True
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await anyio.to_thread.run_sync(writer.close)
             with self._errors():
                 await self._db.close()

@@ -1,0 +1,177 @@
+"""The SQLite store's writer process: large groups committed off the event loop's GIL.
+
+The store suites run on it too (``sqlite-writer`` in tests/test_store.py and
+tests/stores.py); here is what only a process can do: be killed, be sent
+Ctrl-C, outlive its parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asyncbatch import JobStatus, StoreError
+from asyncbatch._store import JobRecord, RunInfo, SQLiteStore, _sqlite, open_store
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="the writer process is POSIX-only")
+
+
+def ok(key: str) -> JobRecord:
+    return JobRecord(run_id="r1", key=key, status=JobStatus.SUCCEEDED, result=key, has_result=True)
+
+
+def group(prefix: str, n: int = 300) -> list[JobRecord]:
+    return [ok(f"{prefix}-{i}") for i in range(n)]
+
+
+async def started(store: SQLiteStore) -> int:
+    """Begin run r1 and commit two large groups (the second goes to the writer): its pid."""
+    await store.begin_run(RunInfo(run_id="r1", job="t"))
+    await store.commit(group("first"))  # the run is read first: the connection's thread
+    await store.commit(group("second"))
+    writer = store._writer
+    assert writer is not None, "a large group goes to the writer process"
+    return writer._proc.pid
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie nobody reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def test_large_groups_go_to_the_writer_and_land_in_order(tmp_path: Path) -> None:
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        pid = await started(store)
+        assert pid != os.getpid()
+        await store.commit([ok("small")])  # a small group: the connection's thread
+        jobs = await store.jobs("r1")
+    assert len(jobs) == 601
+    assert [j.seq for j in jobs] == list(range(1, 602))
+    assert jobs[-1].key == "small"
+    assert jobs[300].result == "second-0"
+    assert wait_until(lambda: gone(pid)), "closing the store ends its writer"
+
+
+async def test_the_writer_ignores_ctrl_c(tmp_path: Path) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the run still has
+    # commits to make after it (the jobs that finished), so the writer stays.
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        pid = await started(store)
+        os.kill(pid, signal.SIGINT)
+        await store.commit(group("after"))
+        assert store._writer is not None
+        assert store._writer._proc.pid == pid
+        assert len(await store.jobs("r1")) == 900
+
+
+async def test_a_killed_writer_fails_its_commit_and_the_thread_takes_over(tmp_path: Path) -> None:
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        pid = await started(store)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: gone(pid))
+        with pytest.raises(StoreError, match="writer process"):
+            await store.commit(group("lost"))
+        await store.commit(group("third"))  # the connection's thread commits from now on
+        assert store._writer is None
+        jobs = await store.jobs("r1")
+    assert [j.key for j in jobs[-300:]] == [f"third-{i}" for i in range(300)]
+    assert not any(j.key.startswith("lost") for j in jobs)
+    assert [j.seq for j in jobs] == list(range(1, 901))
+
+
+async def test_a_group_the_writer_cannot_take_goes_through_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        await started(store)
+
+        def refuse(writes: object, level: str) -> bytes:
+            raise ValueError("unmarshallable object")
+
+        monkeypatch.setattr(_sqlite.WriterProcess, "encode", staticmethod(refuse))
+        await store.commit(group("third"))
+        assert len(await store.jobs("r1")) == 900
+
+
+async def test_no_writer_process_where_it_cannot_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCBATCH_SQLITE_WRITER", "thread")
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        await store.begin_run(RunInfo(run_id="r1", job="t"))
+        await store.commit(group("first"))
+        await store.commit(group("second"))
+        assert store._writer is None
+        assert len(await store.jobs("r1")) == 600
+    async with await SQLiteStore.open(":memory:") as memory:
+        await memory.begin_run(RunInfo(run_id="r1", job="t"))
+        await memory.commit(group("first"))
+        await memory.commit(group("second"))
+        assert memory._writer is None
+
+
+_PARENT = """
+import asyncio, sys
+from asyncbatch._store import JobRecord, RunInfo, SQLiteStore
+from asyncbatch import JobStatus
+
+async def main():
+    store = await SQLiteStore.open(sys.argv[1])
+    await store.begin_run(RunInfo(run_id="r1", job="t"))
+    for g in range(2):
+        await store.commit([JobRecord(run_id="r1", key=f"{g}-{i}", status=JobStatus.SUCCEEDED)
+                            for i in range(300)])
+    print(store._writer._proc.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_writer_dies_with_its_process(tmp_path: Path) -> None:
+    # kill -9 of the run must not leave a writer that could still commit.
+    db = tmp_path / "s.db"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        writer = int(line)
+        assert not gone(writer)
+        parent.kill()
+        parent.wait()
+        assert wait_until(lambda: gone(writer))
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+    async def committed() -> int:
+        async with open_store(db) as store:
+            return len(await store.jobs("r1"))
+
+    assert asyncio.run(committed()) == 600
