@@ -14,6 +14,7 @@ committed by the writer process (a busy run's path), not only large ones.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -22,16 +23,31 @@ STORES = ["memory", "sqlite", "postgresql"]
 RUN_PATHS = [*STORES, "postgresql-single", "sqlite-writer"]
 
 
+def every_group_to_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every SQLite group to the writer process, waiting for it to start
+    (a store otherwise commits through its thread meanwhile)."""
+    from asyncbatch._store import _sqlite, _sqlite_writer
+
+    ready = _sqlite_writer.WriterProcess.ready
+
+    def started(self: _sqlite_writer.WriterProcess) -> bool:
+        deadline = time.monotonic() + 10
+        while not ready(self):
+            assert time.monotonic() < deadline, "the writer process did not start"
+            time.sleep(0.001)
+        return True
+
+    monkeypatch.setattr(_sqlite, "WRITER_ROWS", 1)
+    monkeypatch.setattr(_sqlite_writer.WriterProcess, "ready", started)
+
+
 def store_url(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> str:
     """The URL of a fresh store of kind ``name``."""
     if name == "memory":
         return "memory://"
     if name.startswith("sqlite"):
         if name == "sqlite-writer":
-            from asyncbatch._store import _sqlite
-
-            monkeypatch = request.getfixturevalue("monkeypatch")
-            monkeypatch.setattr(_sqlite, "WRITER_ROWS", 1)
+            every_group_to_the_writer(request.getfixturevalue("monkeypatch"))
         return f"sqlite:///{tmp_path / 'runs.db'}"
     if name == "postgresql-single":
         from asyncbatch._run import _options

@@ -32,12 +32,14 @@ def group(prefix: str, n: int = 300) -> list[JobRecord]:
 
 
 async def started(store: SQLiteStore) -> int:
-    """Begin run r1 and commit two large groups (the second goes to the writer): its pid."""
+    """Begin run r1, commit two large groups and wait for the writer process they
+    started: its pid. The next large group goes to it."""
     await store.begin_run(RunInfo(run_id="r1", job="t"))
-    await store.commit(group("first"))  # the run is read first: the connection's thread
-    await store.commit(group("second"))
+    await store.commit(group("first"))  # the run is read first: a transaction on the thread
+    await store.commit(group("second"))  # starts the writer; the thread commits meanwhile
     writer = store._writer
-    assert writer is not None, "a large group goes to the writer process"
+    assert writer is not None, "a large group starts the writer process"
+    assert wait_until(writer.ready)
     return writer._proc.pid
 
 
@@ -59,16 +61,29 @@ def wait_until(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-unt
     return True
 
 
-async def test_large_groups_go_to_the_writer_and_land_in_order(tmp_path: Path) -> None:
+async def test_large_groups_go_to_the_writer_and_land_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[int] = []
+    write = _sqlite.WriterProcess.write
+
+    async def counted(self: _sqlite.WriterProcess, message: bytes) -> None:
+        sent.append(len(message))
+        await write(self, message)
+
+    monkeypatch.setattr(_sqlite.WriterProcess, "write", counted)
     async with await SQLiteStore.open(tmp_path / "s.db") as store:
         pid = await started(store)
         assert pid != os.getpid()
+        assert sent == []
+        await store.commit(group("third"))  # the writer's
         await store.commit([ok("small")])  # a small group: the connection's thread
+        assert len(sent) == 1
         jobs = await store.jobs("r1")
-    assert len(jobs) == 601
-    assert [j.seq for j in jobs] == list(range(1, 602))
+    assert len(jobs) == 901
+    assert [j.seq for j in jobs] == list(range(1, 902))
     assert jobs[-1].key == "small"
-    assert jobs[300].result == "second-0"
+    assert jobs[600].result == "third-0"
     assert wait_until(lambda: gone(pid)), "closing the store ends its writer"
 
 

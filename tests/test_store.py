@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import pytest
+from stores import every_group_to_the_writer
 
 import asyncbatch as ab
 from asyncbatch import AttemptRecord, ConfigError, ErrorKind, JobStatus, StoreError, UnknownRun
@@ -65,8 +66,8 @@ async def store(
     if request.param == "memory":
         st: Store = MemoryStore(clock=clock)
     elif request.param.startswith("sqlite"):
-        if request.param == "sqlite-writer":  # every group through the writer process
-            request.getfixturevalue("monkeypatch").setattr(_sqlite, "WRITER_ROWS", 1)
+        if request.param == "sqlite-writer":
+            every_group_to_the_writer(request.getfixturevalue("monkeypatch"))
         st = await SQLiteStore.open(tmp_path / "store.db", clock=clock)
     else:
         from asyncbatch._store._postgres import PostgresStore
@@ -1171,7 +1172,7 @@ async def test_a_failed_commit_rolls_back_whole_and_the_next_one_goes_on(
     # the lock past busy_timeout) nothing of it stays, the error is the usual
     # one-line StoreError, and completion orders go on from what was committed.
     if via == "writer-process":
-        monkeypatch.setattr(_sqlite, "WRITER_ROWS", 2)
+        every_group_to_the_writer(monkeypatch)
     path = tmp_path / "s.db"
     async with open_store(f"sqlite:///{path}?busy_timeout=0.05") as store:
         await begin(store)

@@ -617,9 +617,14 @@ class SQLiteStore:
                 self._writer_off = True  # no process can be started here: the thread it is
                 return None
         try:
+            if not self._writer.ready():
+                return None  # still starting (~20 ms): this group goes through the thread
             return WriterProcess.encode(writes, "FULL" if durability == "full" else "NORMAL")
         except ValueError:
             return None  # a value marshal cannot send: this group goes through the thread
+        except WriterError:
+            self._drop_writer()
+            return None
 
     def _drop_writer(self) -> None:
         """The writer process failed: later groups go through the connection's thread."""

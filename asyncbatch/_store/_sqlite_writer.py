@@ -59,6 +59,7 @@ class WriterProcess:
             [sys.executable, "-I", "-S", _CHILD, path, repr(busy_timeout), str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # its failures come back as answers, or as its exit
             close_fds=True,
         )
         assert self._proc.stdin is not None
@@ -73,6 +74,18 @@ class WriterProcess:
         os.set_blocking(self._out, False)
         self._reply: asyncio.Future[bytes] | None = None
         self._buffer = b""
+        self._ready = False
+
+    def ready(self) -> bool:
+        """Whether the child has connected (its ``b"R"`` arrived); until then, the thread."""
+        if not self._ready:
+            try:
+                self._ready = os.read(self._out, 1) == b"R"
+            except BlockingIOError:
+                return False
+            if not self._ready:
+                raise WriterError(f"the SQLite writer process did not start ({self._exit()})")
+        return True
 
     @staticmethod
     def encode(writes: Sequence[tuple[str, Sequence[Sequence[Any]]]], level: str) -> bytes:

@@ -5,7 +5,8 @@ and standard library only, so it starts in milliseconds. It has its own
 interpreter, so its binding and SQLite's inserts never wait for the event
 loop's GIL, and they run on another core beside the jobs.
 
-Messages on stdin: a 4-byte little-endian length, then ``marshal`` of
+Once connected it writes ``b"R"`` (ready): until then its parent commits
+through its own thread. Messages on stdin: a 4-byte little-endian length, then ``marshal`` of
 ``(synchronous level, [(sql, parameter rows), ...])``: one write transaction,
 committed as a whole or rolled back. Each gets one reply on stdout: ``b"\\0"``
 (committed) or ``b"\\1"``, a 4-byte length and ``marshal`` of the sqlite3
@@ -16,6 +17,11 @@ run still makes) and ends with its parent: stdin closes when the store
 closes or the parent dies (even by kill -9), and before every COMMIT it
 checks that the parent is still there, so a transaction the parent can no
 longer acknowledge is rolled back, as if a thread had died with its process.
+
+It checkpoints the WAL itself, after answering (every `CHECKPOINT_EVERY`
+commits), not inside a COMMIT as SQLite's automatic checkpoint does: the
+run waits for a commit's answer, not for the checkpoint's copying and syncing
+(10-20 ms every few commits, measured).
 """
 
 import marshal
@@ -24,6 +30,10 @@ import signal
 import sqlite3
 import struct
 import sys
+
+CHECKPOINT_EVERY = 8
+"""Commits between WAL checkpoints (a group of ~1,000 rows adds ~100 pages; SQLite's own
+checkpoint comes at 1,000)."""
 
 
 def _read(fd: int, n: int) -> bytes:
@@ -68,8 +78,11 @@ def main() -> None:
         return
     conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
     level = ""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    _write(stdout, b"R")
+    since_checkpoint = 0
     while True:
         head = _read(stdin, 4)
         if not head:
@@ -88,6 +101,13 @@ def main() -> None:
             _write(stdout, b"\1" + struct.pack("<I", len(error)) + error)
         else:
             _write(stdout, b"\0")
+            since_checkpoint += 1
+            if since_checkpoint >= CHECKPOINT_EVERY:
+                since_checkpoint = 0
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # the next one, or the last connection's close, will do it
     conn.close()
 
 
