@@ -49,7 +49,6 @@ from ._schema import (
     SUCCESS_ROWS,
     job_successes,
 )
-from ._sqlite_writer_main import WIDTH
 
 __all__ = ["CHUNK", "Group", "SQLiteCommitter", "Write", "chunks"]
 
@@ -107,7 +106,7 @@ def _success(r: JobRecord, seq: int, now: float) -> JobRow:
     return (r.run_id, r.key, r.index, r.attempts, r.duration, text, has, seq, now)
 
 
-_WIDTH = WIDTH
+_WIDTH = 9
 """Parameters of one plain success's row (`_success`)."""
 
 

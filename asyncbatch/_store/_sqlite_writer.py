@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import marshal
 import os
 import sqlite3
@@ -34,9 +33,6 @@ try:
 except ImportError:  # Windows: the store keeps its writer thread (`usable`)
     fcntl = None  # type: ignore[assignment]
 
-from ._schema import SUCCESS_ROWS, job_successes
-from ._sqlite_writer_main import WIDTH
-
 __all__ = ["WriterError", "WriterProcess", "usable"]
 
 _CHILD = os.path.join(os.path.dirname(__file__), "_sqlite_writer_main.py")
@@ -49,31 +45,6 @@ def usable(loop: asyncio.AbstractEventLoop) -> bool:
     if fcntl is None or os.environ.get("ASYNCBATCH_SQLITE_WRITER") == "thread":
         return False
     return not isinstance(loop, getattr(asyncio, "ProactorEventLoop", ()))
-
-
-@functools.cache
-def _success_statements() -> frozenset[str]:
-    size, texts = SUCCESS_ROWS, set()
-    while size:
-        texts.add(job_successes(size))
-        size //= 2
-    return frozenset(texts)
-
-
-def _columns(flat: Sequence[Any]) -> tuple[Any, ...]:
-    """One plain-success statement's parameters (`WIDTH` a row, end to end) as columns
-    (`_sqlite_writer_main.rows` puts them back). Keys and results hold no NUL
-    (the commit stores such keys escaped; JSON escapes it); ``str(None)`` stands
-    for a missing result, which ``has_result`` tells."""
-    n = len(flat) // WIDTH
-    keys = "\0".join(flat[1::WIDTH])
-    texts = "\0".join(map(str, flat[5::WIDTH]))
-    if keys.count("\0") != n - 1 or texts.count("\0") != n - 1:
-        raise ValueError("a NUL character in a key or a result")
-    return (
-        flat[0::WIDTH], keys, flat[2::WIDTH], flat[3::WIDTH], flat[4::WIDTH],
-        texts, flat[6::WIDTH], flat[7::WIDTH], flat[8::WIDTH],
-    )  # fmt: skip
 
 
 class WriterError(Exception):
@@ -118,25 +89,8 @@ class WriterProcess:
 
     @staticmethod
     def encode(writes: Sequence[tuple[str, Sequence[Sequence[Any]]]], level: str) -> bytes:
-        """The message for one transaction; `ValueError` when a value cannot be sent.
-
-        A plain-success statement's rows (`job_successes`: 9 parameters a row,
-        end to end) go as columns: keys and results each joined into one
-        string, the rest as lists, so marshal handles a few objects a row
-        instead of nine (3.0k instructions a row -> ~0.7k, callgrind).
-        """
-        success = _success_statements()
-        body = marshal.dumps(
-            (
-                level,
-                [
-                    (sql, [_columns(rows) for rows in params], True)
-                    if sql in success
-                    else (sql, params, False)
-                    for sql, params in writes
-                ],
-            )
-        )
+        """The message for one transaction; `ValueError` when a value cannot be sent."""
+        body = marshal.dumps((level, writes))  # type: ignore[arg-type]
         return struct.pack("<I", len(body)) + body
 
     async def write(self, message: bytes) -> None:

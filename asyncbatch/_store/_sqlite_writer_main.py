@@ -7,10 +7,8 @@ loop's GIL, and they run on another core beside the jobs.
 
 Once connected it writes ``b"R"`` (ready): until then its parent commits
 through its own thread. Messages on stdin: a 4-byte little-endian length, then ``marshal`` of
-``(synchronous level, [(sql, parameters, columnar), ...])``: one write
-transaction, committed as a whole or rolled back. ``parameters`` are
-executemany's rows, or, when ``columnar``, a plain-success statement's rows
-as columns (`rows` puts each back). Each gets one reply on stdout: ``b"\\0"``
+``(synchronous level, [(sql, parameter rows), ...])``: one write transaction,
+committed as a whole or rolled back. Each gets one reply on stdout: ``b"\\0"``
 (committed) or ``b"\\1"``, a 4-byte length and ``marshal`` of the sqlite3
 error's ``(class name, message)`` (rolled back).
 
@@ -32,9 +30,6 @@ import signal
 import sqlite3
 import struct
 import sys
-
-WIDTH = 9
-"""Parameters a row of a plain-success statement (``_schema.job_successes``)."""
 
 CHECKPOINT_EVERY = 8
 """Commits between WAL checkpoints (a group of ~1,000 rows adds ~100 pages; SQLite's own
@@ -58,26 +53,13 @@ def _write(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def rows(columns: tuple) -> list:  # type: ignore[type-arg]
-    """One statement's parameters, end to end, from `_sqlite_writer._columns`'s columns."""
-    runs, keys, idx, attempts, durations, texts, has, seq, now = columns
-    flat: list = [None] * (WIDTH * len(runs))  # type: ignore[type-arg]
-    results: list = texts.split("\0")  # type: ignore[type-arg]
-    for i, stored in enumerate(has):
-        if not stored:
-            results[i] = None
-    for i, column in enumerate(
-        (runs, keys.split("\0"), idx, attempts, durations, results, has, seq, now)
-    ):
-        flat[i::WIDTH] = column
-    return flat
-
-
-def _commit(conn: sqlite3.Connection, writes: list, parent: int) -> None:  # type: ignore[type-arg]
+def _commit(
+    conn: sqlite3.Connection, writes: list[tuple[str, list[list[object]]]], parent: int
+) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for sql, params, columnar in writes:
-            conn.executemany(sql, [rows(c) for c in params] if columnar else params)
+        for sql, params in writes:
+            conn.executemany(sql, params)
         if os.getppid() != parent:
             raise SystemExit(0)  # the run is gone: nothing it did not acknowledge is kept
         conn.execute("COMMIT")
