@@ -5,7 +5,8 @@ Usage: python tests/crash_job.py STORE RAN_LOG N CONCURRENCY  (STORE: a SQLite p
 Every job appends its key to RAN_LOG (append mode, one line) before it
 returns, so the log counts executions across the killed run and the resume.
 Every 97th item fails permanently and is dead-lettered. Prints the run's
-counts as JSON when it finishes.
+counts as JSON when it finishes. ``CRASH_WRITER_ROWS=1`` sends every SQLite
+group the writer process can take to it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import sys
 import asyncbatch as ab
 
 DB, RAN_LOG, N, CONCURRENCY = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if "CRASH_WRITER_ROWS" in os.environ:  # SQLite: groups this large go to the writer process
+    from asyncbatch._store import _sqlite
+
+    _sqlite.WRITER_ROWS = int(os.environ["CRASH_WRITER_ROWS"])
 
 
 async def job(x: int) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Crash safety end to end: SIGKILL a checkpointed run at a random point, resume it.
 
-Run against SQLite and PostgreSQL (the committed rows are read beside the
-writer: SQLite in WAL mode, PostgreSQL on a connection of the test's own).
+Run against SQLite (its commits on the connection's thread, or in its writer
+process) and PostgreSQL (the committed rows are read beside the writer:
+SQLite in WAL mode, PostgreSQL on a connection of the test's own).
 
 The promise under test (DESIGN, Persistence): at-least-once execution, and
 nothing acknowledged is lost. A job is acknowledged once its checkpoint is
@@ -27,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -58,6 +60,40 @@ class _SQLite:
 
     def close(self) -> None:
         pass
+
+
+class _SQLiteWriter(_SQLite):
+    """SQLite with every group the writer process can take committed there."""
+
+    env: ClassVar[dict[str, str]] = {"CRASH_WRITER_ROWS": "1"}
+
+    def settled(self) -> list[tuple[str, str, float]]:
+        """What is committed once the killed run's writer process is gone.
+
+        It checks for its parent before every COMMIT, so at most the COMMIT
+        under way when the run was killed still lands, a moment later.
+        """
+        deadline = time.monotonic() + 10
+        while _writers_of(self.db) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _writers_of(self.db), "the killed run's writer process lives on"
+        return self.committed()
+
+
+def _writers_of(db: Path) -> list[int]:
+    """Live writer processes of the SQLite file ``db`` (Linux: read from /proc)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(a.endswith(b"_sqlite_writer_main.py") for a in cmdline) and (
+            os.fsencode(str(db)) in cmdline
+        ):
+            pids.append(int(pid))
+    return pids
 
 
 class _Postgres:
@@ -105,10 +141,21 @@ class _Postgres:
 _COMMITTED = "SELECT key, status, updated_at FROM jobs WHERE run_id = 'crash'"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "sqlite-writer",
+            marks=pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+        ),
+        "postgresql",
+    ]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[_SQLite | _Postgres]:
     if request.param == "sqlite":
         store: _SQLite | _Postgres = _SQLite(tmp_path / "crash.db")
+    elif request.param == "sqlite-writer":
+        store = _SQLiteWriter(tmp_path / "crash.db")
     else:
         store = _Postgres(request.getfixturevalue("pg_url"))
     try:
@@ -131,7 +178,10 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_only_the_unacknowledged(
     argv = [sys.executable, str(SCRIPT), backend.url, str(log), str(N), str(CONCURRENCY)]
     note = f"(seed {seed}, kill after {kill_after} commits)"
 
-    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, **getattr(backend, "env", {})}
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     deadline = time.monotonic() + 30
     try:
         while len(backend.committed()) < kill_after:
@@ -139,6 +189,8 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_only_the_unacknowledged(
                 pytest.fail(f"the run ended before the kill {note}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
             assert time.monotonic() < deadline, f"the run made no progress {note}"
             time.sleep(0.005)
+        if isinstance(backend, _SQLiteWriter):
+            assert _writers_of(backend.db), "the run commits through its writer process"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=10)
@@ -152,7 +204,9 @@ def test_sigkill_then_resume_loses_nothing_and_repeats_only_the_unacknowledged(
     assert kill_after <= len(acked) < N, f"kill point missed {note}"
     assert acked <= set(ran_before), "a job was committed that never ran"
 
-    resumed = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    resumed = subprocess.run(
+        argv, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env
+    )
     assert resumed.returncode == 0, resumed.stderr
     counts = json.loads(resumed.stdout.splitlines()[-1])
 
