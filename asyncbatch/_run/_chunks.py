@@ -74,6 +74,7 @@ class Chunks(Loops):
 
     async def loop(self) -> None:
         """One worker: form a chunk, run it, until no work is left for it."""
+        self.arrived()
         loop = asyncio.get_running_loop()
         while True:
             chunk = await self._form(loop)

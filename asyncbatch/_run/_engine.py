@@ -492,6 +492,7 @@ class Engine(Generic[R]):
                     # showed at concurrency 10,000 (measured in benchmarks/bench_core.py).
                     # `Control` starts them (and more on a resize), at most most_workers.
                     run = loops.pick()
+                    loops.arrived = self.control.arrived
                     self._queue.workers = 0
                     async with asyncio.TaskGroup() as pool:
                         self.control.start(

@@ -49,6 +49,10 @@ tasks. One ``sleep(0)`` per 32 jobs costs about 1/32 of a loop trip a job.
 _sleep = asyncio.sleep
 
 
+def _nothing() -> None:
+    pass
+
+
 class Loops:
     """What a run's worker loops are made of; `pick` names the loop each worker runs.
 
@@ -83,6 +87,8 @@ class Loops:
         self._inst = inst
         self._deps = deps
         self._traffic = traffic
+        self.arrived: Callable[[], None] = _nothing
+        """Called first by every worker loop (`_control.Control.arrived`, when set)."""
 
     def pick(self) -> Callable[[], Coroutine[Any, Any, None]]:
         """The loop every worker of the run runs."""
@@ -118,6 +124,7 @@ class Workers(Loops):
 
     async def plain(self) -> None:
         """The hot loop: no timeouts, guards or spans to wrap the call in."""
+        self.arrived()
         job = self.job
         perf = time.perf_counter
         set_job, reset_job = _current.set, _current.reset
@@ -158,6 +165,7 @@ class Workers(Loops):
 
     async def traced(self) -> None:
         """The hot loop with an attempt span around each call (no guards or timeouts)."""
+        self.arrived()
         inst = self._inst
         assert inst is not None
         job = self.job
@@ -208,6 +216,7 @@ class Workers(Loops):
 
     async def full(self) -> None:
         """The general loop: deadline, timeout, ``uses=`` guards, attempt spans."""
+        self.arrived()
         next_entry, wait = self._queue.next, self._queue.wait
         loop = asyncio.get_running_loop()
         turn = 0
