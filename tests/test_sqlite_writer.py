@@ -107,11 +107,12 @@ async def test_a_killed_writer_fails_its_commit_and_the_thread_takes_over(tmp_pa
         with pytest.raises(StoreError, match="writer process"):
             await store.commit(group("lost"))
         await store.commit(group("third"))  # the connection's thread commits from now on
+        await store.commit(group("fourth"))
         assert store._writer is None
         jobs = await store.jobs("r1")
-    assert [j.key for j in jobs[-300:]] == [f"third-{i}" for i in range(300)]
+    assert [j.key for j in jobs[-600:-300]] == [f"third-{i}" for i in range(300)]
     assert not any(j.key.startswith("lost") for j in jobs)
-    assert [j.seq for j in jobs] == list(range(1, 901))
+    assert [j.seq for j in jobs] == list(range(1, 1201))
 
 
 async def test_a_group_the_writer_cannot_take_goes_through_the_thread(

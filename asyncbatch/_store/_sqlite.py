@@ -628,6 +628,7 @@ class SQLiteStore:
 
     def _drop_writer(self) -> None:
         """The writer process failed: later groups go through the connection's thread."""
+        self._writer_off = True
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()

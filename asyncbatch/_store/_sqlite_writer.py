@@ -12,7 +12,8 @@ another core while the jobs go on.
 `WriterProcess.write` sends one transaction (``marshal``, a few hundred
 nanoseconds a row) and waits for its reply on the pipe, through the event
 loop's reader (no thread). The child (`_sqlite_writer_main`) ignores Ctrl-C
-and dies with this process, so a killed run commits nothing more.
+and ends with this process: after a kill, at most the COMMIT already under
+way lands.
 """
 
 from __future__ import annotations
@@ -116,8 +117,10 @@ class WriterProcess:
         answer = await asyncio.shield(reply)
         if answer:
             name, text = marshal.loads(answer)
-            error = getattr(sqlite3, name, sqlite3.Error)
-            raise (error if isinstance(error, type) else sqlite3.Error)(text)
+            error = getattr(sqlite3, name, None)
+            if not (isinstance(error, type) and issubclass(error, sqlite3.Error)):
+                error = sqlite3.Error
+            raise error(text)
 
     async def settled(self) -> None:
         """Wait for the answer to a write whose caller was cancelled, if one is due."""
