@@ -61,6 +61,7 @@ from ._schema import (
 from ._sqlite_commit import SQLiteCommitter, Write, chunks
 from ._sqlite_dlq import SQLiteDeadLetterQueue
 from ._sqlite_writer import WriterError, WriterProcess, usable
+from ._sqlite_writer_main import commit
 
 __all__ = ["WRITER_ROWS", "SQLiteStore"]
 
@@ -89,18 +90,8 @@ def _probe(path: str) -> None:
 
 
 def _write_all(writes: list[Write], conn: sqlite3.Connection) -> None:
-    """One write transaction: every statement with its parameter rows, committed or rolled back."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, params in writes:
-            conn.executemany(sql, params)
-        conn.execute("COMMIT")
-    except BaseException:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # the error that got us here is the one to report
-        raise
+    """One write transaction on the connection's thread (what the writer process runs)."""
+    commit(conn, writes)  # type: ignore[arg-type]
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

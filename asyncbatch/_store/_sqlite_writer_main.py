@@ -53,21 +53,24 @@ def _write(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _commit(
-    conn: sqlite3.Connection, writes: list[tuple[str, list[list[object]]]], parent: int
+def commit(
+    conn: sqlite3.Connection, writes: list[tuple[str, list[list[object]]]], parent: int = 0
 ) -> None:
+    """One write transaction: every statement with its parameter rows, committed or
+    rolled back (the store's thread runs it too). With ``parent``, it is rolled back
+    unless that process is still this one's parent when the COMMIT is due."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for sql, params in writes:
             conn.executemany(sql, params)
-        if os.getppid() != parent:
+        if parent and os.getppid() != parent:
             raise SystemExit(0)  # the run is gone: nothing it did not acknowledge is kept
         conn.execute("COMMIT")
     except BaseException:
         try:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
-            pass
+            pass  # the error that got us here is the one to report
         raise
 
 
@@ -95,7 +98,7 @@ def main() -> None:
             if sync != level:
                 conn.execute(f"PRAGMA synchronous={sync}")
                 level = sync
-            _commit(conn, writes, parent)
+            commit(conn, writes, parent)
         except sqlite3.Error as exc:
             error = marshal.dumps((type(exc).__name__, str(exc)))
             _write(stdout, b"\1" + struct.pack("<I", len(error)) + error)
