@@ -18,10 +18,10 @@ closes or the parent dies (even by kill -9), and before every COMMIT it
 checks that the parent is still there, so a transaction the parent can no
 longer acknowledge is rolled back, as if a thread had died with its process.
 
-It checkpoints the WAL itself, after answering (every `CHECKPOINT_EVERY`
-commits), not inside a COMMIT as SQLite's automatic checkpoint does: the
-run waits for a commit's answer, not for the checkpoint's copying and syncing
-(10-20 ms every few commits, measured).
+It checkpoints the WAL itself, after answering (once `CHECKPOINT_BYTES` of
+messages came in since the last one), not inside a COMMIT as SQLite's
+automatic checkpoint does: the run waits for a commit's answer, not for the
+checkpoint's copying and syncing (10-20 ms every few dozen commits, measured).
 """
 
 import marshal
@@ -31,9 +31,10 @@ import sqlite3
 import struct
 import sys
 
-CHECKPOINT_EVERY = 8
-"""Commits between WAL checkpoints (a group of ~1,000 rows adds ~100 pages; SQLite's own
-checkpoint comes at 1,000)."""
+CHECKPOINT_BYTES = 2_500_000
+"""Message bytes between WAL checkpoints: a group of 1,000 plain successes is a ~64 kB
+message and adds ~24 pages to the WAL, so this comes near SQLite's own checkpoint at
+1,000 pages."""
 
 
 def _read(fd: int, n: int) -> bytes:
@@ -85,7 +86,7 @@ def main() -> None:
     level = ""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     _write(stdout, b"R")
-    since_checkpoint = 0
+    since_checkpoint = 0  # message bytes
     while True:
         head = _read(stdin, 4)
         if not head:
@@ -104,9 +105,9 @@ def main() -> None:
             _write(stdout, b"\1" + struct.pack("<I", len(error)) + error)
         else:
             _write(stdout, b"\0")
-            since_checkpoint += 1
-            if since_checkpoint >= CHECKPOINT_EVERY:
-                since_checkpoint = 0
+            since_checkpoint += len(body)
+            if since_checkpoint >= CHECKPOINT_BYTES:
+                since_checkpoint = 0  # message bytes
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
