@@ -191,3 +191,18 @@ def test_the_writer_dies_with_its_process(tmp_path: Path) -> None:
             return len(await store.jobs("r1"))
 
     assert asyncio.run(committed()) == 600
+
+
+async def test_no_writer_process_with_one_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On one CPU the process could not run beside the loop: it would only add its messages.
+    from asyncbatch._store import _sqlite_writer
+
+    monkeypatch.setattr(_sqlite_writer, "_cpus", lambda: 1)
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        await store.begin_run(RunInfo(run_id="r1", job="t"))
+        await store.commit(group("first"))
+        await store.commit(group("second"))
+        assert store._writer is None
+        assert len(await store.jobs("r1")) == 600

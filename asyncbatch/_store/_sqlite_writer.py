@@ -42,10 +42,20 @@ _PIPE_SIZE = 1 << 20
 
 
 def usable(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether a writer process can serve this event loop (POSIX, a loop with fd readers)."""
+    """Whether a writer process can serve this event loop: POSIX, a loop with fd
+    readers, and a second CPU to run on (on one, it would only add its messages)."""
     if fcntl is None or os.environ.get("ASYNCBATCH_SQLITE_WRITER") == "thread":
         return False
+    if _cpus() < 2:
+        return False
     return not isinstance(loop, getattr(asyncio, "ProactorEventLoop", ()))
+
+
+def _cpus() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class WriterError(Exception):
