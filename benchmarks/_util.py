@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 __all__ = ["best_of", "interleaved", "row", "table"]
 
@@ -51,3 +53,18 @@ def table(title: str, rows: list[list[str]]) -> str:
     out = [f"\n### {title}\n", "| scenario | measured | target | |", "|---|---|---|---|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+@contextlib.contextmanager
+def sqlite_writer(mode: str) -> Iterator[None]:
+    """Inside: SQLite stores opened commit their large groups in the writer process
+    (``"process"``) or every commit in the connection's thread (``"thread"``)."""
+    before = os.environ.get("ASYNCBATCH_SQLITE_WRITER")
+    os.environ["ASYNCBATCH_SQLITE_WRITER"] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["ASYNCBATCH_SQLITE_WRITER"]
+        else:
+            os.environ["ASYNCBATCH_SQLITE_WRITER"] = before

@@ -36,7 +36,7 @@ import tenacity
 
 import asyncbatch as ab
 
-from ._util import best_of, interleaved, row, table
+from ._util import best_of, interleaved, row, sqlite_writer, table
 from .baselines import BASELINES, gather_all, queue_pool
 
 
@@ -188,15 +188,8 @@ def scenario_checkpoints(n: int) -> list[list[str]]:
         async def run() -> None:
             # Read when the store starts its writer: "thread" keeps every commit
             # in the connection's thread (the way before the writer process).
-            before = os.environ.get("ASYNCBATCH_SQLITE_WRITER")
-            os.environ["ASYNCBATCH_SQLITE_WRITER"] = writer
-            try:
+            with sqlite_writer(writer):
                 await ab.run_batch(noop, range(n), concurrency=c, store=path, durability=durability)
-            finally:
-                if before is None:
-                    del os.environ["ASYNCBATCH_SQLITE_WRITER"]
-                else:
-                    os.environ["ASYNCBATCH_SQLITE_WRITER"] = before
 
         return run()
 
