@@ -63,7 +63,14 @@ def worker(url: str, run_id: str, ledger: Path, **env: str) -> subprocess.Popen[
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Reaped here, with what it said: a hung process must neither leak into
+        # the next test nor fail without a word.
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"{proc.args[1:3]} still ran after {timeout:g} s; its stderr: {err[-3000:]}")
     assert proc.returncode == 0, err[-2000:]
     return out
 
