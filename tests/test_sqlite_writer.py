@@ -129,21 +129,26 @@ async def test_a_group_the_writer_cannot_take_goes_through_the_thread(
         assert len(await store.jobs("r1")) == 900
 
 
+@pytest.mark.parametrize("where", ["ASYNCBATCH_SQLITE_WRITER=thread", "one CPU", ":memory:"])
 async def test_no_writer_process_where_it_cannot_serve(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    monkeypatch.setenv("ASYNCBATCH_SQLITE_WRITER", "thread")
-    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+    path: Path | str = tmp_path / "s.db"
+    if where == "one CPU":
+        # The process could not run beside the loop: it would only add its messages.
+        from asyncbatch._store import _sqlite_writer
+
+        monkeypatch.setattr(_sqlite_writer, "_cpus", lambda: 1)
+    elif where == ":memory:":
+        path = where
+    else:
+        monkeypatch.setenv("ASYNCBATCH_SQLITE_WRITER", "thread")
+    async with await SQLiteStore.open(path) as store:
         await store.begin_run(RunInfo(run_id="r1", job="t"))
         await store.commit(group("first"))
         await store.commit(group("second"))
         assert store._writer is None
         assert len(await store.jobs("r1")) == 600
-    async with await SQLiteStore.open(":memory:") as memory:
-        await memory.begin_run(RunInfo(run_id="r1", job="t"))
-        await memory.commit(group("first"))
-        await memory.commit(group("second"))
-        assert memory._writer is None
 
 
 _PARENT = """
@@ -191,18 +196,3 @@ def test_the_writer_dies_with_its_process(tmp_path: Path) -> None:
             return len(await store.jobs("r1"))
 
     assert asyncio.run(committed()) == 600
-
-
-async def test_no_writer_process_with_one_cpu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # On one CPU the process could not run beside the loop: it would only add its messages.
-    from asyncbatch._store import _sqlite_writer
-
-    monkeypatch.setattr(_sqlite_writer, "_cpus", lambda: 1)
-    async with await SQLiteStore.open(tmp_path / "s.db") as store:
-        await store.begin_run(RunInfo(run_id="r1", job="t"))
-        await store.commit(group("first"))
-        await store.commit(group("second"))
-        assert store._writer is None
-        assert len(await store.jobs("r1")) == 600

@@ -89,11 +89,6 @@ def _probe(path: str) -> None:
     sqlite3.connect(path).close()
 
 
-def _write_all(writes: list[Write], conn: sqlite3.Connection) -> None:
-    """One write transaction on the connection's thread (what the writer process runs)."""
-    commit(conn, writes)  # type: ignore[arg-type]
-
-
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a shielded transaction's error as seen: its caller was cancelled and left."""
     if not task.cancelled():
@@ -591,7 +586,7 @@ class SQLiteStore:
             # jobs: a trip per statement made the commit and the jobs take turns.
             writes = self._committer.writes(group)
             message = self._message(writes, durability) if len(records) >= WRITER_ROWS else None
-            await self._write(partial(_write_all, writes), durability, message)
+            await self._write(partial(commit, writes=writes), durability, message)
 
     def _message(self, writes: list[Write], durability: str) -> bytes | None:
         """The writer process's message for ``writes`` (starting the process the first

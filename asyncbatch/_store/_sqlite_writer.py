@@ -34,6 +34,8 @@ try:
 except ImportError:  # Windows: the store keeps its writer thread (`usable`)
     fcntl = None  # type: ignore[assignment]
 
+from ._sqlite_writer_main import write_all
+
 __all__ = ["WriterError", "WriterProcess", "usable"]
 
 _CHILD = os.path.join(os.path.dirname(__file__), "_sqlite_writer_main.py")
@@ -117,9 +119,7 @@ class WriterProcess:
         self._reply = reply
         try:
             loop.add_reader(self._out, self._readable, reply)
-            view = memoryview(message)
-            while view:
-                view = view[os.write(self._in, view) :]
+            write_all(self._in, message)
         except OSError as exc:
             loop.remove_reader(self._out)
             self._reply = None

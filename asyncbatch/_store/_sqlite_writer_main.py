@@ -30,6 +30,7 @@ import signal
 import sqlite3
 import struct
 import sys
+from collections.abc import Iterable, Sequence
 
 CHECKPOINT_BYTES = 2_500_000
 """Message bytes between WAL checkpoints: a group of 1,000 plain successes is a ~64 kB
@@ -48,14 +49,17 @@ def _read(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _write(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the pipe ``fd`` (a blocking one: in as many turns as it takes)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
 def commit(
-    conn: sqlite3.Connection, writes: list[tuple[str, list[list[object]]]], parent: int = 0
+    conn: sqlite3.Connection,
+    writes: Iterable[tuple[str, Iterable[Sequence[object]]]],
+    parent: int = 0,
 ) -> None:
     """One write transaction: every statement with its parameter rows, committed or
     rolled back (the store's thread runs it too). With ``parent``, it is rolled back
@@ -85,7 +89,7 @@ def main() -> None:
     conn.execute("PRAGMA wal_autocheckpoint=0")
     level = ""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    _write(stdout, b"R")
+    write_all(stdout, b"R")
     since_checkpoint = 0  # message bytes
     while True:
         head = _read(stdin, 4)
@@ -102,12 +106,12 @@ def main() -> None:
             commit(conn, writes, parent)
         except sqlite3.Error as exc:
             error = marshal.dumps((type(exc).__name__, str(exc)))
-            _write(stdout, b"\1" + struct.pack("<I", len(error)) + error)
+            write_all(stdout, b"\1" + struct.pack("<I", len(error)) + error)
         else:
-            _write(stdout, b"\0")
+            write_all(stdout, b"\0")
             since_checkpoint += len(body)
             if since_checkpoint >= CHECKPOINT_BYTES:
-                since_checkpoint = 0  # message bytes
+                since_checkpoint = 0
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
