@@ -17,7 +17,8 @@ and the engine raises that error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -40,30 +41,45 @@ class Checkpointer:
     __slots__ = (
         "_ack",
         "_closed",
+        "_commit",
         "_durability",
         "_idle",
         "_in_commit",
         "_outcomes",
         "_records",
-        "_store",
         "_taken",
         "_wake",
         "_woken",
         "error",
         "pending",
+        "takes_outcomes",
     )
 
     def __init__(
-        self, store: Store, durability: Any, ack: AckAll, taken: Callable[[], None] | None = None
+        self,
+        store: Store,
+        durability: Any,
+        ack: AckAll,
+        taken: Callable[[], None] | None = None,
+        run_id: str | None = None,
     ) -> None:
-        self._store = store
+        self.takes_outcomes: bool = run_id is not None and getattr(
+            type(store), "takes_outcomes", False
+        )
+        """Whether `add` may take a plain success of ``run_id`` as its outcome, for its
+        record: the store commits it without a `JobRecord` (`SQLiteStore.commit`)."""
+        self._commit: Callable[..., Awaitable[None]] = (
+            partial(store.commit, run_id=run_id)  # type: ignore[call-arg]
+            if self.takes_outcomes
+            else store.commit
+        )
         self._taken = taken
         self._durability = durability
         self._ack = ack
         # Two parallel lists, kept (not replaced) across groups, so that `pending`
         # can be their length as a bound C method: the ready queue asks it before
         # every new item.
-        self._records: list[JobRecord] = []
+        self._records: list[JobRecord | JobOutcome[Any]] = []
         self._outcomes: list[JobOutcome[Any] | None] = []
         self.pending: Callable[[], int] = self._records.__len__
         """How many records wait for the next commit (the group being committed is
@@ -86,8 +102,11 @@ class Checkpointer:
         self._closed = False
         self.error: BaseException | None = None
 
-    def add(self, record: JobRecord, outcome: JobOutcome[Any] | None) -> None:
-        """Queue a record; ``outcome`` (if any) is acknowledged once it is committed."""
+    def add(self, record: JobRecord | JobOutcome[Any], outcome: JobOutcome[Any] | None) -> None:
+        """Queue a record; ``outcome`` (if any) is acknowledged once it is committed.
+
+        ``record`` is ``outcome`` itself for a plain success, when `takes_outcomes`.
+        """
         self._records.append(record)
         self._outcomes.append(outcome)
         if not self._woken:
@@ -119,7 +138,7 @@ class Checkpointer:
                 if self._taken is not None:
                     self._taken()  # the backlog just emptied: held-back workers may go on
                 try:
-                    await self._store.commit(group, durability=self._durability)
+                    await self._commit(group, durability=self._durability)
                 finally:
                     self._in_commit = 0
                 self._ack(acks)

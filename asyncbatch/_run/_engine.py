@@ -250,7 +250,11 @@ class Engine(Generic[R]):
             elif self._rollback_only:
                 self._abort.cause = AsyncBatchError("rollback requested")
         self._checkpointer = Checkpointer(
-            store, self.opts.durability, self._outcomes.ack_all, taken=self._queue.relieve
+            store,
+            self.opts.durability,
+            self._outcomes.ack_all,
+            taken=self._queue.relieve,
+            run_id=self.run_id,
         )
         self._outcomes.checkpointer = self._checkpointer
         # New items wait while the writer falls behind (memory stays bounded).

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from ._ready import ReadyQueue
     from ._traffic import RetryGate
 
+    Add = Callable[[JobRecord | JobOutcome[Any], JobOutcome[Any] | None], None]
+    """`Checkpointer.add`."""
+
 __all__ = ["Outcomes"]
 
 _SUCCEEDED = JobStatus.SUCCEEDED
@@ -124,7 +127,10 @@ class Outcomes:
         """The retry budget's gate (``retry_budget=``), when set."""
         self._lean = False
         self._plain_record = False
-        self._add: Callable[[JobRecord, JobOutcome[Any] | None], None] | None = None
+        self._as_outcome = False
+        """A plain success goes to the checkpointer as its own record
+        (`Checkpointer.takes_outcomes`)."""
+        self._add: Add | None = None
         """`Checkpointer.add`, when a plain success goes to it as is (no budget to judge)."""
 
     # ------------------------------------------------------------ success
@@ -143,6 +149,7 @@ class Outcomes:
         cp = self.checkpointer
         if cp is not None and self._plain_record and self.budget is None:
             self._add = cp.add
+        self._as_outcome = self._plain_record and cp is not None and cp.takes_outcomes
 
     def succeeded(self, entry: Entry, result: Any) -> None:
         """The attempt returned ``result`` and no rule rejected it."""
@@ -171,7 +178,10 @@ class Outcomes:
         if self._add is not None:
             # A plain success checkpointed as is: `finish` without its call.
             self._queue.finished()
-            self._add(success_record(entry, outcome, result), outcome)
+            if self._as_outcome and entry.redrive_of is None:
+                self._add(outcome, outcome)  # the store needs no record built
+            else:
+                self._add(success_record(entry, outcome, result), outcome)
             return
         if self._keep_done:
             self.done.append(Done(entry.key, entry.item, result, entry.index, JobStatus.SUCCEEDED))
@@ -194,8 +204,12 @@ class Outcomes:
             self.ack(outcome)
         elif self._plain_record and exc is None and outcome.status is _SUCCEEDED:
             # The commonest record, built directly (`Entry.record`'s checks and
-            # keywords cost ~4k instructions a job, measured with callgrind).
-            cp.add(success_record(entry, outcome, outcome.result), outcome)
+            # keywords cost ~4k instructions a job, measured with callgrind),
+            # or none at all when the store takes the outcome for it.
+            if self._as_outcome and entry.redrive_of is None:
+                cp.add(outcome, outcome)
+            else:
+                cp.add(success_record(entry, outcome, outcome.result), outcome)
         else:
             cp.add(
                 entry.record(outcome, keep_payload=self._keep_done, exc=exc, codec=self._codec),

@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from asyncbatch._errors import ErrorKind
-from asyncbatch._result import AttemptRecord, DeadLetter, JobStatus
+from asyncbatch._result import AttemptRecord, DeadLetter, JobOutcome, JobStatus
 
 from ._codec import warn_unstorable
 from ._encoding import (
@@ -28,6 +28,7 @@ __all__ = [
     "is_compensation",
     "is_plain_success",
     "job_row",
+    "outcome_record",
     "result_text",
     "storable_record",
     "success_row",
@@ -138,6 +139,22 @@ def storable_record(r: JobRecord) -> JobRecord:
         traceback=optional_text(tb),
         error_type=optional_text(et),
         compensation_error=optional_text(ce),
+    )
+
+
+def outcome_record(run_id: str, outcome: JobOutcome[Any]) -> JobRecord:
+    """The `JobRecord` of a plain success committed as its outcome (see
+    `SQLiteStore.commit`'s ``run_id``): SUCCEEDED, its result stored as is."""
+    return JobRecord(
+        run_id=run_id,
+        key=outcome.key,
+        status=JobStatus.SUCCEEDED,
+        index=outcome.index,
+        attempts=outcome.attempts,
+        duration=outcome.duration,
+        result=outcome.result,
+        has_result=True,
+        history=outcome.history,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from asyncbatch._errors import UnknownRun
-from asyncbatch._result import JobStatus
+from asyncbatch._result import JobOutcome, JobStatus
 
 from ._codec import warn_unstorable
 from ._common import (
@@ -34,6 +34,7 @@ from ._common import (
     is_utf8,
     job_row,
     merge_history,
+    outcome_record,
     result_text,
     storable_record,
 )
@@ -50,7 +51,7 @@ from ._schema import (
     job_successes,
 )
 
-__all__ = ["CHUNK", "Group", "SQLiteCommitter", "Write", "chunks"]
+__all__ = ["CHUNK", "Committed", "Group", "SQLiteCommitter", "Write", "chunks"]
 
 T = TypeVar("T")
 
@@ -88,6 +89,18 @@ class Group:
     by_id: list[tuple[float, int]] = field(default_factory=list)
     by_key: list[tuple[float, str, str]] = field(default_factory=list)
     """DLQ entries that a success resolves (by entry id, by run and key)."""
+
+
+Committed = JobRecord | JobOutcome[Any]
+"""What a group holds: records, and plain successes as their outcomes (`SQLiteCommitter.group`)."""
+
+
+def _run_ids(records: Sequence[Committed], run_id: str | None) -> set[str]:
+    """The runs a group writes to (its outcomes' is ``run_id``)."""
+    ids = {r.run_id for r in records if not isinstance(r, JobOutcome)}
+    if run_id is not None:
+        ids.add(run_id)
+    return ids
 
 
 def chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
@@ -156,14 +169,15 @@ class SQLiteCommitter:
             cache = self.cache[run_id] = _RunCache(row[1] or 0, {k for (k,) in keys})
         return cache
 
-    def group(self, records: Sequence[JobRecord]) -> Group | None:
+    def group(self, records: Sequence[Committed], run_id: str | None = None) -> Group | None:
         """The group's rows, or None while a run in it is not known yet (`apply` reads it).
 
-        Hands out the group's completion orders: the store clears the cache
-        when the transaction rolls back.
+        ``records`` may hold `JobOutcome`s: plain successes of ``run_id``
+        (`SQLiteStore.commit`). Hands out the group's completion orders: the
+        store clears the cache when the transaction rolls back.
         """
         known = self.cache
-        run_ids = {r.run_id for r in records}
+        run_ids = _run_ids(records, run_id)
         if not run_ids <= known.keys():
             return None
         g = Group(self._clock(), {run_id: known[run_id] for run_id in run_ids})
@@ -175,7 +189,15 @@ class SQLiteCommitter:
         last_sql = ""
         for r in records:
             key = r.key
-            if (
+            writable = "\x00" not in key and (key.isascii() or is_utf8(key))
+            if isinstance(r, JobOutcome):
+                # The commonest record, a plain success, as its outcome (no record built).
+                assert run_id is not None
+                if writable:
+                    run, stored, redrive = run_id, True, None
+                else:
+                    r = outcome_record(run_id, r)
+            elif writable and (
                 r.status is _SUCCEEDED
                 and r.payload is None
                 and r.kind is None
@@ -183,12 +205,14 @@ class SQLiteCommitter:
                 and r.message is None
                 and r.traceback is None
                 and r.compensation_error is None
-                and "\x00" not in key
-                and (key.isascii() or is_utf8(key))
             ):
-                # The commonest record, a plain success with a writable key
-                # (what `storable_record` and `is_plain_success` would find).
-                cache = caches[r.run_id]
+                # A plain success's record (what `storable_record` and
+                # `is_plain_success` would find).
+                run, stored, redrive = r.run_id, r.has_result, r.redrive_of
+            else:
+                writable = False
+            if writable:
+                cache = caches[run]
                 cache.seq += 1
                 if last_sql is not JOB_SUCCESS:
                     ops = []
@@ -196,21 +220,22 @@ class SQLiteCommitter:
                     last_sql = JOB_SUCCESS
                 # `_success`, inlined with `result_text` (two frames a row).
                 text = None
-                if r.has_result:
+                if stored:
                     value = r.result
                     text = str(value) if type(value) is int else encode(value)
                     if text is None:
-                        warn_unstorable(r.run_id, key, value)
+                        warn_unstorable(run, key, value)
                 # Parameters go end to end (no tuple kept per row: fewer objects).
-                ops += (r.run_id, key, r.index, r.attempts, r.duration, text,
+                ops += (run, key, r.index, r.attempts, r.duration, text,
                         0 if text is None else 1, cache.seq, now)  # fmt: skip
-                if r.redrive_of is not None:
-                    by_id.append((now, r.redrive_of))
+                if redrive is not None:
+                    by_id.append((now, redrive))
                     cache.open_keys.discard(key)
                 elif key in cache.open_keys:
-                    by_key.append((now, r.run_id, key))
+                    by_key.append((now, run, key))
                     cache.open_keys.discard(key)
                 continue
+            assert not isinstance(r, JobOutcome)
             r = storable_record(r)
             cache = caches[r.run_id]
             cache.seq += 1
@@ -239,13 +264,15 @@ class SQLiteCommitter:
                     cache.open_keys.discard(r.key)
         return g
 
-    async def apply(self, records: Sequence[JobRecord], group: Group | None = None) -> None:
+    async def apply(
+        self, records: Sequence[Committed], group: Group | None = None, run_id: str | None = None
+    ) -> None:
         """Write every record (inside the caller's transaction), reading what it needs first:
         the runs not known yet and, for dead letters, their DLQ entries."""
         if group is None:
-            for run_id in {r.run_id for r in records}:
-                await self._run_cache(run_id)
-            group = self.group(records)
+            for run in _run_ids(records, run_id):
+                await self._run_cache(run)
+            group = self.group(records, run_id)
             assert group is not None
         dlq = await self._dead_lettered(group) if group.dead else []
         for sql, params in self.writes(group, dlq):

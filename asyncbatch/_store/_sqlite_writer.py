@@ -103,7 +103,7 @@ class WriterProcess:
     @staticmethod
     def encode(writes: Sequence[tuple[str, Sequence[Sequence[Any]]]], level: str) -> bytes:
         """The message for one transaction; `ValueError` when a value cannot be sent."""
-        body = marshal.dumps((level, writes))  # type: ignore[arg-type]
+        body = marshal.dumps((level, writes), 2)  # type: ignore[arg-type]
         return struct.pack("<I", len(body)) + body
 
     async def write(self, message: bytes) -> None:
