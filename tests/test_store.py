@@ -615,6 +615,61 @@ async def test_success_then_compensation_in_one_group_applies_in_order(store: St
     assert (await store.finished_jobs("r1"))["a"].status is C
 
 
+# ------------------------------------------------- plain successes as outcomes
+
+
+def done(key: str, result: Any, index: int | None = None) -> ab.JobOutcome[Any]:
+    return ab.JobOutcome(key=key, status=S, result=result, attempts=2, duration=0.5, index=index)
+
+
+async def test_plain_successes_given_as_outcomes_are_stored_like_their_records(
+    store: Store,
+) -> None:
+    """What a run hands its store for most jobs (no record built): `Store.commit`'s run_id."""
+    assert type(store).takes_outcomes  # type: ignore[attr-defined]
+    await begin(store, "r1", "r2")
+    await store.commit([dead("b"), dead("c")])  # open DLQ entries that a success resolves
+    group: list[Any] = [
+        done("a", {"x": [1, "é"]}, index=0),
+        dead("d"),
+        done("b", 7, index=1),  # succeeded on a retry of the whole run: resolves its entry
+        done("k\x00ey", None, index=2),  # a key no store writes as is: escaped
+        done("e", 3, index=4),
+        JobRecord(run_id="r1", key="e", status=C),  # undone later in the same group
+        ok("other-run", 1, run_id="r2"),
+    ]
+    await store.commit(group, run_id="r1")  # type: ignore[call-arg]
+    last = [done("f", 5, index=5)]
+    await store.commit(last, durability="full", run_id="r1")  # type: ignore[call-arg]
+
+    finished = await store.finished_jobs("r1")
+    assert {k: (j.status, j.result, j.attempts, j.index) for k, j in finished.items()} == {
+        "a": (S, {"x": [1, "é"]}, 2, 0),
+        "b": (S, 7, 2, 1),
+        "c": (D, None, 1, None),
+        "d": (D, None, 1, None),
+        "k\\x00ey": (S, None, 2, 2),
+        "e": (C, 3, 2, 4),
+        "f": (S, 5, 2, 5),
+    }
+    assert finished["k\\x00ey"].has_result  # a None result is stored, not missing
+    seqs = [finished[k].seq for k in ("a", "b", "k\\x00ey", "e", "f")]
+    assert seqs == sorted(seqs)  # completion order kept
+    assert len(set(seqs)) == 5
+    assert [e.key for e in await store.dlq.list(status="resolved")] == ["b"]
+    assert sorted(e.key for e in await store.dlq.list()) == ["c", "d"]
+    assert set(await store.finished_jobs("r2")) == {"other-run"}
+
+
+async def test_outcomes_of_a_run_the_store_does_not_know_fail_the_whole_group(
+    store: Store,
+) -> None:
+    await begin(store)
+    with pytest.raises(UnknownRun):
+        await store.commit([ok("a", 1), done("b", 2)], run_id="nope")  # type: ignore[call-arg]
+    assert await store.finished_jobs("r1") == {}
+
+
 # --------------------------------------------------------------- dead-letter queue
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from asyncbatch._errors import RunOwned, StoreError, UnknownRun
-from asyncbatch._result import DeadLetter, JobStatus
+from asyncbatch._result import DeadLetter, JobOutcome, JobStatus
 
 from ._common import (
     FINISHED,
@@ -21,6 +21,7 @@ from ._common import (
     DeadLetterFilter,
     DeadLetterQueueBase,
     JobRow,
+    as_records,
     check_durability,
     check_lease,
     dead_letter,
@@ -292,13 +293,24 @@ class MemoryStore:
             raise RunOwned(run_id, run.owner or "nobody (the lease was released)", run.owned_since)
         run.heartbeat_at = self._clock()
 
+    takes_outcomes: ClassVar[bool] = True
+    """`commit` takes plain successes as their `JobOutcome` (with ``run_id``)."""
+
     async def commit(
-        self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
+        self,
+        records: Sequence[JobRecord | JobOutcome[Any]],
+        *,
+        durability: Literal["normal", "full"] = "normal",
+        run_id: str | None = None,
     ) -> None:
-        """Apply every record at once (all or nothing); ``durability`` is validated only."""
+        """Apply every record at once (all or nothing); ``durability`` is validated only.
+
+        ``run_id``: as `Store.commit`'s (plain successes given as their outcomes).
+        """
         check_durability(durability)
         if not records:
             return
+        records = as_records(records, run_id)
         runs = {r.run_id: self._run(r.run_id) for r in records}  # all-or-nothing: check first
         now = self._clock()
         for r in records:

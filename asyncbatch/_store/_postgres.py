@@ -41,15 +41,17 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import asyncpg
 
 from asyncbatch._errors import RunOwned, StoreError, UnknownRun
+from asyncbatch._result import JobOutcome
 
 from ._common import (
     FINISHED,
     Clock,
+    as_records,
     check_durability,
     check_lease,
     decode,
@@ -468,8 +470,15 @@ class PostgresStore:
         """Every job of the run, in completion order."""
         return [finished_job(*row) for row in await self._jobs(Q.jobs_in_order, run_id)]
 
+    takes_outcomes: ClassVar[bool] = True
+    """`commit` takes plain successes as their `JobOutcome` (with ``run_id``)."""
+
     async def commit(
-        self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
+        self,
+        records: Sequence[JobRecord | JobOutcome[Any]],
+        *,
+        durability: Literal["normal", "full"] = "normal",
+        run_id: str | None = None,
     ) -> None:
         """Apply every record in ONE transaction; on the server's disk when it returns.
 
@@ -479,10 +488,13 @@ class PostgresStore:
         Raises:
             UnknownRun: a record's run does not exist (nothing is written).
             StoreError: the database stayed away, or refused the commit.
+
+        ``run_id``: as `Store.commit`'s (plain successes given as their outcomes).
         """
         check_durability(durability)
         if not records:
             return
+        records = as_records(records, run_id)
         self._check_open()
         now = self._clock()
         segments = plan(records, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "FINISHED",
     "JOB_COLUMNS",
     "JobRow",
+    "as_records",
     "dead_letter",
     "finished_job",
     "is_compensation",
@@ -156,6 +158,16 @@ def outcome_record(run_id: str, outcome: JobOutcome[Any]) -> JobRecord:
         has_result=True,
         history=outcome.history,
     )
+
+
+def as_records(
+    records: Sequence[JobRecord | JobOutcome[Any]], run_id: str | None
+) -> Sequence[JobRecord]:
+    """``records`` with each plain success given as its outcome (of ``run_id``, see
+    `Store.commit`) made a `JobRecord`."""
+    if run_id is None:
+        return records  # type: ignore[return-value]
+    return [outcome_record(run_id, r) if isinstance(r, JobOutcome) else r for r in records]
 
 
 def is_plain_success(r: JobRecord) -> bool:
