@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -128,46 +128,48 @@ class JobOutcome(Generic[R]):
         return self.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
 
 
-class _Building(Generic[R]):
-    """`JobOutcome`'s layout twin, mutable: the success path's outcomes are built here.
+class _Building(JobOutcome[Any]):
+    """`JobOutcome` with writable attributes: the success path's outcomes are built as one.
 
     A frozen dataclass assigns each field through ``object.__setattr__`` (and
     writing the slots through their descriptors still costs a call each); on
     the hot path, where a no-op job costs ~2 µs in all, that was a third of it.
-    This class has exactly `JobOutcome`'s slots, so its ``__init__`` stores
-    them with plain attribute writes and then turns the object into a
-    `JobOutcome` (``__class__`` assignment between identical layouts, which
-    Python allows). The result is an ordinary, immutable `JobOutcome`: same
-    type, equality, hash and repr as one built by its own constructor.
+    `fast_outcome` writes the fields of a `_Building` with plain attribute
+    writes and then turns it into a `JobOutcome` (``__class__`` assignment:
+    a subclass adding no slots has the same layout, which Python checks
+    without comparing slot names). The result is an ordinary, immutable
+    `JobOutcome`: same type, equality, hash and repr as one built by its own
+    constructor.
     """
 
-    __slots__ = JobOutcome.__slots__
-
-    def __init__(
-        self,
-        key: str,
-        status: JobStatus,
-        result: Any,
-        attempts: int,
-        duration: float,
-        index: int | None,
-    ) -> None:
-        self.key = key
-        self.status = status
-        self.result = result
-        self.error = None
-        self.attempts = attempts
-        self.duration = duration
-        self.index = index
-        self.kind = None
-        self.history = ()
-        self.fell_back = False
-        self.__class__ = JobOutcome  # type: ignore[assignment]
+    __slots__ = ()
+    # Both, so that attribute writes are the plain slot writes (the frozen
+    # class's __delattr__ alone would route every write through Python).
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
 
 
-fast_outcome: Callable[[str, JobStatus, Any, int, float, int | None], JobOutcome[Any]]
-fast_outcome = _Building  # type: ignore[assignment]
-"""A success-path `JobOutcome` (key, status, result, attempts, duration, index)."""
+_new = object.__new__
+
+
+def fast_outcome(
+    key: str, status: JobStatus, result: Any, attempts: int, duration: float, index: int | None
+) -> JobOutcome[Any]:
+    """A success-path `JobOutcome` (a function, not a class call: ~0.7k instructions
+    less a job, measured with callgrind)."""
+    o: Any = _new(_Building)
+    o.key = key
+    o.status = status
+    o.result = result
+    o.error = None
+    o.attempts = attempts
+    o.duration = duration
+    o.index = index
+    o.kind = None
+    o.history = ()
+    o.fell_back = False
+    o.__class__ = JobOutcome
+    return o  # type: ignore[no-any-return]
 
 
 DeadLetterStatus = Literal["dead", "redriven", "resolved"]
