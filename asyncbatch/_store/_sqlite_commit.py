@@ -231,7 +231,7 @@ class SQLiteCommitter:
                 if redrive is not None:
                     by_id.append((now, redrive))
                     cache.open_keys.discard(key)
-                elif key in cache.open_keys:
+                elif cache.open_keys and key in cache.open_keys:  # (no hash when none)
                     by_key.append((now, run, key))
                     cache.open_keys.discard(key)
                 continue
