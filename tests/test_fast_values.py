@@ -44,3 +44,43 @@ def test_statuses_hash_like_their_values() -> None:
     # Dicts keyed by status take the value too, consistently with ==.
     assert {ab.JobStatus.SUCCEEDED: 1}["succeeded"] == 1
     assert {ab.ErrorKind.FATAL: 1}["fatal"] == 1
+
+
+def test_a_success_committed_as_its_outcome_makes_the_record_its_entry_would() -> None:
+    from asyncbatch._store._rows import outcome_record
+
+    entry = Entry("run", 3, "k", {"item": 1})
+    entry.attempt = 2
+    outcome = fast_outcome("k", ab.JobStatus.SUCCEEDED, [1, 2], 2, 0.25, 3)
+    assert outcome_record("run", outcome) == entry.record(outcome)
+
+
+class _RecordsOnly:
+    """A third-party store: it does not say ``takes_outcomes``, so it must get records."""
+
+    def __init__(self, inner: ab.Store) -> None:
+        self._inner = inner
+        self.committed: list[object] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def commit(self, records: list[JobRecord], *, durability: str = "normal") -> None:
+        self.committed += records
+        await self._inner.commit(records, durability=durability)  # type: ignore[arg-type]
+
+
+async def test_a_store_that_does_not_take_outcomes_is_given_records() -> None:
+    async with ab.open_store("memory://") as inner:
+        store = _RecordsOnly(inner)
+        result = await ab.run_batch(_double, range(50), store=store, run_id="r")  # type: ignore[arg-type]
+
+        assert result.counts[ab.JobStatus.SUCCEEDED] == 50
+        assert len(store.committed) == 50
+        assert all(type(r) is JobRecord for r in store.committed)
+        stored = {j.key: j.result for j in await inner.jobs("r")}
+        assert stored == {str(i): 2 * i for i in range(50)}
+
+
+async def _double(x: int) -> int:
+    return 2 * x
