@@ -6,7 +6,8 @@ and is killed at a random number of committed jobs; the resume then runs
 what was not acknowledged. Jobs that run twice are those that had finished
 (or were in flight) but were not committed at the kill: the bound is the
 concurrency plus the group being committed and the one waiting behind it,
-each at most ``max(1024, 2 x concurrency)`` records.
+each at most ``max(group_size, 2 x concurrency)`` records (SQLite's
+``group_size``: 4,096).
 Every kill is also checked: no acknowledged job ran again.
 """
 
@@ -23,11 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from asyncbatch._store._sqlite import SQLiteStore
+
 from ._util import row, table
 
 SCRIPT = Path(__file__).parent.parent / "tests" / "crash_job.py"
 N, CONCURRENCY = 10_000, 200
-BOUND = CONCURRENCY + 2 * max(1024, 2 * CONCURRENCY)
+BOUND = CONCURRENCY + 2 * max(SQLiteStore.group_size, 2 * CONCURRENCY)
 
 
 def _committed(db: Path) -> set[str]:

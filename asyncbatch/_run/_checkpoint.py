@@ -85,9 +85,9 @@ class Checkpointer:
         """How many records wait for the next commit (the group being committed is
         not counted).
 
-        New items wait while this reaches the engine's cap,
-        ``max(1024, 2 x concurrency)``. Not counting the group in flight lets
-        the workers go on while it commits, so execution and commits overlap;
+        New items wait while this reaches the engine's cap (`_engine.backlog_cap`,
+        ``max(group_size, 2 x concurrency)``). Not counting the group in flight
+        lets the workers go on while it commits, so execution and commits overlap;
         what a crash can lose stays bounded by the jobs in flight plus two
         groups (the one in flight and the next). A smaller cap bounds that
         tighter but throttles every store whose commit has a fixed cost

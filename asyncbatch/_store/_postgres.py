@@ -104,7 +104,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 GROUP_SIZE = 4096
 """Finished jobs that may wait for one group commit (measured: 1,024 -> 4,096 took
-checkpointed no-op runs from ~45k to ~50k jobs/s; SQLite gained nothing)."""
+checkpointed no-op runs from ~45k to ~50k jobs/s)."""
 
 
 class PostgresStore:
@@ -115,7 +115,7 @@ class PostgresStore:
         schema: the schema holding the tables (``?schema=``, default ``asyncbatch``).
         dlq: the dead-letter queue (`PostgresDeadLetterQueue`).
         group_size: records to a group commit (see `Store`): each commit pays
-            its round trips and a WAL flush, so bigger groups than SQLite's.
+            its round trips and a WAL flush, so big groups.
     """
 
     group_size = GROUP_SIZE

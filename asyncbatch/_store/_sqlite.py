@@ -102,7 +102,15 @@ class SQLiteStore:
             for an absolute path).
         path: the database file.
         dlq: the dead-letter queue (`SQLiteDeadLetterQueue`).
+        group_size: records to a group commit (see `Store`).
     """
+
+    group_size = 4096
+    """Finished jobs that may wait for one group commit while the one before is in
+    flight: with the writer process the loop fills the next group while the
+    writer commits, and a backlog capped at 1,024 held the workers back at each
+    of the writer's WAL checkpoints (measured, 100,000 no-op jobs, 5 interleaved
+    rounds: 0.41x -> 0.50x of the run without a store; 8,192 gained nothing more)."""
 
     def __init__(
         self,
