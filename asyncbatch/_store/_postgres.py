@@ -484,12 +484,11 @@ class PostgresStore:
 
         Retried whole (on a fresh connection) while the database is away, up
         to ``retry_timeout``; applied exactly once however often it is retried.
+        ``run_id``: as `Store.commit`'s (plain successes given as their outcomes).
 
         Raises:
             UnknownRun: a record's run does not exist (nothing is written).
             StoreError: the database stayed away, or refused the commit.
-
-        ``run_id``: as `Store.commit`'s (plain successes given as their outcomes).
         """
         check_durability(durability)
         if not records:

@@ -249,13 +249,13 @@ class Store(Protocol):
     async def commit(
         self, records: Sequence[JobRecord], *, durability: Literal["normal", "full"] = "normal"
     ) -> None:
-        r"""Apply every record in ONE transaction; durable when it returns.
+        """Apply every record in ONE transaction; durable when it returns.
 
         ``"normal"`` survives a process crash; ``"full"`` also survives power
         loss (fsync at commit).
 
         A store whose class sets ``takes_outcomes = True`` (the built-in ones)
-        also takes ``run_id=``: then ``records`` may hold `JobOutcome`\ s,
+        also takes ``run_id=``: then ``records`` may hold `JobOutcome` values,
         plain successes of that run (SUCCEEDED, not redriven, the result
         stored as is), each standing for the `JobRecord` it would make. A run
         then builds no record for its commonest outcome.

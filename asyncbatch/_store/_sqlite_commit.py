@@ -180,7 +180,7 @@ class SQLiteCommitter:
         run_ids = _run_ids(records, run_id)
         if not run_ids <= known.keys():
             return None
-        g = Group(self._clock(), {run_id: known[run_id] for run_id in run_ids})
+        g = Group(self._clock(), {run: known[run] for run in run_ids})
         now, caches, job_ops = g.now, g.caches, g.job_ops
         dead, by_id, by_key = g.dead, g.by_id, g.by_key
         # Consecutive records with the same statement share one executemany;
