@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import pytest
 
@@ -10,6 +11,7 @@ import asyncbatch as ab
 from asyncbatch._result import fast_outcome
 from asyncbatch._run._entry import Entry
 from asyncbatch._store import JobRecord
+from asyncbatch._store._memory import MemoryStore
 
 
 def test_fast_outcome_is_a_plain_job_outcome() -> None:
@@ -55,31 +57,32 @@ def test_a_success_committed_as_its_outcome_makes_the_record_its_entry_would() -
     assert outcome_record("run", outcome) == entry.record(outcome)
 
 
-class _RecordsOnly:
-    """A third-party store: it does not say ``takes_outcomes``, so it must get records."""
+class _RecordsOnly(MemoryStore):
+    """A store whose class does not say ``takes_outcomes`` (as a third-party one): it
+    must be given records."""
 
-    def __init__(self, inner: ab.Store) -> None:
-        self._inner = inner
+    takes_outcomes = False
+
+    def __init__(self) -> None:
+        super().__init__()
         self.committed: list[object] = []
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    async def commit(self, records: list[JobRecord], *, durability: str = "normal") -> None:
+    async def commit(  # type: ignore[override]
+        self, records: list[JobRecord], *, durability: Literal["normal", "full"] = "normal"
+    ) -> None:
         self.committed += records
-        await self._inner.commit(records, durability=durability)  # type: ignore[arg-type]
+        await super().commit(records, durability=durability)
 
 
 async def test_a_store_that_does_not_take_outcomes_is_given_records() -> None:
-    async with ab.open_store("memory://") as inner:
-        store = _RecordsOnly(inner)
-        result = await ab.run_batch(_double, range(50), store=store, run_id="r")  # type: ignore[arg-type]
+    store = _RecordsOnly()
+    result = await ab.run_batch(_double, range(50), store=store, run_id="r")
 
-        assert result.counts[ab.JobStatus.SUCCEEDED] == 50
-        assert len(store.committed) == 50
-        assert all(type(r) is JobRecord for r in store.committed)
-        stored = {j.key: j.result for j in await inner.jobs("r")}
-        assert stored == {str(i): 2 * i for i in range(50)}
+    assert result.counts[ab.JobStatus.SUCCEEDED] == 50
+    assert len(store.committed) == 50
+    assert all(type(r) is JobRecord for r in store.committed)
+    stored = {j.key: j.result for j in await store.jobs("r")}
+    assert stored == {str(i): 2 * i for i in range(50)}
 
 
 async def _double(x: int) -> int:
