@@ -17,7 +17,7 @@ from rich.console import Console
 import asyncbatch as ab
 from asyncbatch._observe._fingerprint import fingerprint
 from asyncbatch._observe._report import FailureGroup
-from asyncbatch._observe._report_builder import OTHER_TYPE, ReportBuilder
+from asyncbatch._observe._report_builder import _SAMPLE, OTHER_TYPE, ReportBuilder, _Sample
 
 K = ab.ErrorKind
 S = ab.JobStatus
@@ -364,6 +364,36 @@ def test_the_duration_sample_is_not_biased_to_early_or_late_jobs() -> None:
     assert abs(d["p50"] / n - 0.5) <= 2 * (0.5 * 0.5 / 4096) ** 0.5
     assert abs(d["p95"] / n - 0.95) <= 2 * (0.95 * 0.05 / 4096) ** 0.5
     assert (d["max"], d["mean"]) == (n - 1.0, (n - 1) / 2)
+
+
+def test_a_pattern_in_the_input_is_sampled_as_it_is() -> None:
+    # One job in 64 is slow, one in 4 a little slow: a sample taking every
+    # k-th job would see all of the slow ones or none.
+    durations = [1.0 if i % 64 == 0 else 0.2 if i % 4 == 3 else 0.1 for i in range(200_000)]
+    b = ReportBuilder("r")
+    for duration in durations:
+        b.job_finished(outcome("k", S.SUCCEEDED, duration=duration))
+    d = b.durations()
+    assert (d["p50"], d["p95"], d["p99"], d["max"]) == (0.1, 0.2, 1.0, 1.0)
+    assert d["mean"] == pytest.approx(sum(durations) / len(durations))
+
+
+@pytest.mark.parametrize("period", [2, 64])
+@pytest.mark.parametrize("n", [10_000, 200_000])
+def test_every_duration_is_sampled_with_the_same_chance_whatever_its_place(
+    n: int, period: int
+) -> None:
+    sample = _Sample()
+    chunk: list[float] = []
+    for i in range(n):
+        chunk.append(1.0 if i % period == 0 else 0.1)
+        if len(chunk) == 1024:
+            sample.fold(chunk)
+    sample.fold(chunk)
+    kept = sample.sample
+    assert _SAMPLE * 0.9 <= len(kept) < 2 * _SAMPLE
+    p = 1 / period
+    assert abs(kept.count(1.0) / len(kept) - p) <= 4 * (p * (1 - p) / len(kept)) ** 0.5
 
 
 def test_durations_without_successes_only_count_zero() -> None:
