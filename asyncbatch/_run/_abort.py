@@ -150,8 +150,8 @@ class Rollback:
                 f.key,
                 f.payload,
                 f.result if codec is None else codec.decode(f.result),
-                skipped_at.get(f.key),
-                JobStatus.SKIPPED,
+                skipped_at.get(f.key, f.index),
+                JobStatus.SKIPPED if f.key in skipped_at else None,
             )
             for f in older
         ]
@@ -173,7 +173,7 @@ class Rollback:
             summary=self.summary,
         )
 
-    def _compensated(self, outcome: JobOutcome[Any], replaces: JobStatus) -> None:
-        if outcome.index is not None or replaces is JobStatus.SUCCEEDED:
+    def _compensated(self, outcome: JobOutcome[Any], replaces: JobStatus | None) -> None:
+        if replaces is not None:
             self._counts[replaces] -= 1
         self._ack(outcome)

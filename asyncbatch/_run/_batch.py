@@ -108,9 +108,9 @@ def _in_order(outcomes: list[JobOutcome[R]], *, aborted: bool = False) -> list[J
         outcomes.sort(key=lambda o: (o.index is None, o.index or 0))
     if aborted and any(o.status is JobStatus.COMPENSATED for o in outcomes):
         # A rollback re-reports undone jobs; the sort is stable, so the later
-        # (COMPENSATED) outcome of an index replaces the earlier one.
-        last = {o.index: o for o in outcomes}
-        outcomes = [o for o in outcomes if last[o.index] is o]
+        # (COMPENSATED) outcome of a key replaces the earlier one.
+        last = {o.key: o for o in outcomes}
+        outcomes = [o for o in outcomes if last[o.key] is o]
     return outcomes
 
 

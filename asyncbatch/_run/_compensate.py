@@ -40,7 +40,9 @@ class Done:
     item: Any
     result: Any
     index: int | None
-    status: JobStatus  # how this run reported it: SUCCEEDED, or SKIPPED (earlier run)
+    status: JobStatus | None
+    """How this invocation reported it: SUCCEEDED, SKIPPED (an earlier one's), or
+    None (an earlier one's this invocation never reached)."""
 
 
 @dataclass(slots=True)
@@ -70,7 +72,7 @@ async def compensate_all(
     durability: Any,
     retry: Retry,
     rng: random.Random,
-    ack: Callable[[JobOutcome[Any], JobStatus], None],
+    ack: Callable[[JobOutcome[Any], JobStatus | None], None],
     summary: Compensation,
 ) -> None:
     """Undo ``done`` (given oldest first) newest first; checkpoint each step.
