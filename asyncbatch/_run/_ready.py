@@ -96,6 +96,7 @@ class ReadyQueue:
         "_successes",
         "_successes_seen",
         "_waiters",
+        "_watching",
         "input_error",
         "live",
         "parked",
@@ -129,6 +130,9 @@ class ReadyQueue:
         self._source_done = True
         self._feeder_wait: asyncio.Future[None] | None = None
         self._blocked = False
+        self._watching = True
+        """Whether `finished` has more to do than count: the input is done, or
+        workers or the feeder are held back (kept by `_rewatch`)."""
         self._stopped = False  # next() hands out nothing: stopped, or workers must hold
         self._ended = False  # stopped for good (`stop`)
         self._control: Control | None = None
@@ -171,6 +175,7 @@ class ReadyQueue:
     def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterable[Any] | None:
         """Take the input; returns it back when it is async (run `feed` on it)."""
         self._source_done = False
+        self._rewatch()
         if isinstance(items, AsyncIterable):
             return items
         entries = self._entries
@@ -190,13 +195,14 @@ class ReadyQueue:
                 self.live += 1
                 while len(self._ready) >= self._concurrency + self.read_ahead or self._behind():
                     self._feeder_wait = loop.create_future()
+                    self._watching = True
                     await self._feeder_wait
                 self._ready.append(entry)
                 self._wake_one()
         except Exception as exc:
             self._input_failed(exc)
             return
-        self._source_done = True
+        self._source_done = self._watching = True
         if self.live == 0:
             self._wake_all()
 
@@ -207,6 +213,7 @@ class ReadyQueue:
         loop = asyncio.get_running_loop()
         while self._behind() and not self._ended:
             self._feeder_wait = loop.create_future()
+            self._watching = True
             await self._feeder_wait
 
     def next(self) -> Entry | None:
@@ -229,7 +236,7 @@ class ReadyQueue:
             or self.parked >= self._max_parked
             or ((backlog := self._backlog) is not None and backlog() >= self._max_backlog)
         ) and self._behind():
-            self._blocked = True
+            self._blocked = self._watching = True
             return None
         try:
             for admitted in source:
@@ -242,14 +249,14 @@ class ReadyQueue:
             self._input_failed(exc)
             return None
         self._source = None
-        self._source_done = True
+        self._source_done = self._watching = True
         return None
 
     def _input_failed(self, exc: Exception) -> None:
         """The input (or keying an item) raised: admit nothing more, let admitted jobs end."""
         self.input_error = exc
         self._source = None
-        self._source_done = True
+        self._source_done = self._watching = True
         if self.live == 0:
             self._wake_all()
 
@@ -335,15 +342,17 @@ class ReadyQueue:
     def finished(self) -> None:
         """An admitted job ended for good (one fewer alive: held-back items may go on)."""
         self.live -= 1
-        if self.live == 0 and self._source_done:
-            self._wake_all()
-        if self._blocked or self._feeder_wait is not None:
-            self.relieve()
+        if self._watching:
+            if self.live == 0 and self._source_done:
+                self._wake_all()
+            if self._blocked or self._feeder_wait is not None:
+                self.relieve()
 
     def relieve(self) -> None:
         """The backlog shrank: let held-back workers and the feeder go on."""
         if self._blocked and not self._behind(self._max_backlog // 2):
             self._blocked = False
+            self._rewatch()
             self._wake_all()
         if self._feeder_wait is not None and not self._behind():
             self._release_feeder()
@@ -398,8 +407,12 @@ class ReadyQueue:
         fut = self._feeder_wait
         if fut is not None and len(self._ready) < self._concurrency:
             self._feeder_wait = None
+            self._rewatch()
             if not fut.done():
                 fut.set_result(None)
+
+    def _rewatch(self) -> None:
+        self._watching = self._source_done or self._blocked or self._feeder_wait is not None
 
     def _wake_one(self) -> None:
         waiters = self._waiters

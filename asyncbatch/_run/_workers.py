@@ -127,41 +127,37 @@ class Workers(Loops):
         self.arrived()
         job = self.job
         perf = time.perf_counter
-        set_job, reset_job = _current.set, _current.reset
+        set_job = _current.set
         next_entry, wait = self._queue.next, self._queue.wait
         outcomes = self._outcomes
         succeeded, failed, rejected = outcomes.succeeded, outcomes.failed, outcomes.rejected
         interrupted = self._abort.interrupted
         result_rules = outcomes.result_rules
-        turn = 0
+        turns = range(TURN)  # a for loop counts them for less than `turn += 1` would
         while True:
-            turn += 1
-            if turn == TURN:
-                turn = 0
-                await _sleep(0)
-            entry = next_entry()
-            if entry is None:
-                if await wait():
-                    continue
-                return
-            entry.attempt += 1
-            token = set_job(entry)
-            start = perf()
-            if entry.attempt == 1:
-                entry.started = start
-            try:
-                result = await job(entry.item)
-            except Exception as exc:
-                failed(entry, exc, start)
-            except BaseException:
-                interrupted.append(entry)
-                raise
-            else:
-                if result_rules and rejected(entry, result, start):
-                    continue
-                succeeded(entry, result)
-            finally:
-                reset_job(token)
+            for _ in turns:
+                entry = next_entry()
+                if entry is None:
+                    if await wait():
+                        continue
+                    return
+                entry.attempt = attempt = entry.attempt + 1
+                set_job(entry)  # the worker's own context: the next job's set replaces it
+                start = perf()
+                if attempt == 1:
+                    entry.started = start
+                try:
+                    result = await job(entry.item)
+                except Exception as exc:
+                    failed(entry, exc, start)
+                except BaseException:
+                    interrupted.append(entry)
+                    raise
+                else:
+                    if result_rules and rejected(entry, result, start):
+                        continue
+                    succeeded(entry, result)
+            await _sleep(0)
 
     async def traced(self) -> None:
         """The hot loop with an attempt span around each call (no guards or timeouts)."""
