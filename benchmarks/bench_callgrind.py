@@ -27,7 +27,9 @@ Variants (concurrency 100 unless named):
 - tracing: ``sdk-span`` (the SDK's own bare span, batch span processor),
   ``sdk-span-attrs`` (with the 3 attributes every attempt span carries) and
   ``asyncbatch-traced``; tracing's share of a job is its difference from
-  ``asyncbatch``.
+  ``asyncbatch``. The processor exports when each tracing variant flushes
+  it at its end (see `_provider`): every span is exported, on both sides,
+  in every run, and the count does not follow the machine's load.
 
 The SQLite variant alone moves a little between runs (within ~2%): its
 groups fall where the timing puts them. Its count includes the writer
@@ -136,32 +138,55 @@ async def asyncbatch_sleep(n: int, c: int) -> None:
 
 
 def _provider() -> Any:
-    from .bench_otel import sdk_provider  # the SDK with a batch span processor
+    """The SDK with a batch span processor that exports when flushed.
 
-    return sdk_provider()
+    Its thread otherwise exports every 512 spans, and while it waits for the
+    GIL it times out and asks for it every 5 ms of wall time: under callgrind
+    (50x slower) how often that happens follows the machine's load, and it
+    moved the bare span's count by 13% between runs (147k to 166k)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from .bench_otel import NullExporter
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    big = 1 << 18  # more spans than any variant makes: none is dropped
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            NullExporter(), max_queue_size=big, max_export_batch_size=big,
+            schedule_delay_millis=3_600_000,
+        )
+    )  # fmt: skip
+    return provider
 
 
 async def sdk_span(n: int, c: int) -> None:
-    tracer = _provider().get_tracer("bench")
+    provider = _provider()
+    tracer = provider.get_tracer("bench")
     for _ in range(n):
         with tracer.start_as_current_span("x"):
             pass
+    provider.force_flush()
 
 
 async def sdk_span_attrs(n: int, c: int) -> None:
-    tracer = _provider().get_tracer("bench")
+    provider = _provider()
+    tracer = provider.get_tracer("bench")
     for i in range(n):
         attributes = {"asyncbatch.run.id": "r", "asyncbatch.job.key": "k",
                       "asyncbatch.attempt.number": i}  # fmt: skip
         with tracer.start_as_current_span("x", attributes=attributes):
             pass
+    provider.force_flush()
 
 
 async def asyncbatch_traced(n: int, c: int) -> None:
     import asyncbatch as ab
 
-    result = await ab.run_batch(noop, range(n), concurrency=c, tracer_provider=_provider())
+    provider = _provider()
+    result = await ab.run_batch(noop, range(n), concurrency=c, tracer_provider=provider)
     assert len(result.outcomes) == n
+    provider.force_flush()
 
 
 VARIANTS: dict[str, tuple[Variant, int, str]] = {
