@@ -51,16 +51,15 @@ class Entry(JobContext):
     object per job instead of two keeps the hot path short.
     """
 
-    __slots__ = (
-        "deadline_at",
-        "history",
-        "index",
-        "kind",
-        "prev_delay",
-        "redrive_of",
-        "started",
-        "timer",
-    )
+    __slots__ = ("__dict__", "history", "index", "started")
+    # What most jobs never change is a class default, not a slot: an entry is
+    # made with four writes fewer (its dict exists only once one is written).
+    deadline_at: float | None = None
+    prev_delay: float = 0.0
+    kind: ErrorKind | None = None
+    redrive_of: int | None = None
+    timer: Parking | None = None
+    """What holds the job while it is parked (cancel it to let go)."""
 
     def __init__(self, run_id: str, index: int | None, key: str, item: Any) -> None:
         self.run_id = run_id
@@ -70,15 +69,9 @@ class Entry(JobContext):
         self.dependency = None
         self.index = index
         self.started = 0.0
-        self.deadline_at: float | None = None
         # Most jobs never fail: share one empty tuple instead of allocating a
         # list per job (fewer allocations, fewer garbage-collector passes).
         self.history: list[AttemptRecord] | tuple[()] = ()
-        self.prev_delay = 0.0
-        self.kind: ErrorKind | None = None
-        self.redrive_of: int | None = None
-        self.timer: Parking | None = None
-        """What holds the job while it is parked (cancel it to let go)."""
 
     def outcome(
         self,

@@ -185,10 +185,11 @@ class ReadyQueue:
     async def feed(self, items: AsyncIterable[Any]) -> None:
         """The feeder task of an async input."""
         loop = asyncio.get_running_loop()
+        admit = self._admit
         index = 0
         try:
             async for item in items:
-                entry = self._admit(index, item)
+                entry = admit(index, item)
                 index += 1
                 if entry is None:
                     continue
