@@ -120,7 +120,10 @@ class Workers(Loops):
         return self.plain if self._inst is None else self.traced
 
     # The three loops repeat their first lines on purpose: a shared helper
-    # would cost a call per job on the hottest path (measured).
+    # would cost a call per job on the hottest path (measured). A for loop
+    # over range(TURN) counts the turns for less than `turn += 1` and a
+    # compare would. The job is set in the worker's own context (its task's)
+    # and not reset: the next job's set replaces it.
 
     async def plain(self) -> None:
         """The hot loop: no timeouts, guards or spans to wrap the call in."""
@@ -133,7 +136,7 @@ class Workers(Loops):
         succeeded, failed, rejected = outcomes.succeeded, outcomes.failed, outcomes.rejected
         interrupted = self._abort.interrupted
         result_rules = outcomes.result_rules
-        turns = range(TURN)  # a for loop counts them for less than `turn += 1` would
+        turns = range(TURN)
         while True:
             for _ in turns:
                 entry = next_entry()
@@ -142,7 +145,7 @@ class Workers(Loops):
                         continue
                     return
                 entry.attempt = attempt = entry.attempt + 1
-                set_job(entry)  # the worker's own context: the next job's set replaces it
+                set_job(entry)
                 start = perf()
                 if attempt == 1:
                     entry.started = start
@@ -166,30 +169,27 @@ class Workers(Loops):
         assert inst is not None
         job = self.job
         perf = time.perf_counter
-        set_job, reset_job = _current.set, _current.reset
+        set_job = _current.set
         next_entry, wait = self._queue.next, self._queue.wait
         outcomes = self._outcomes
         succeeded, failed, rejected = outcomes.succeeded, outcomes.failed, outcomes.rejected
+        interrupted = self._abort.interrupted
         result_rules = outcomes.result_rules
         metered = inst.metered
-        turn = 0
+        turns = range(TURN)
         while True:
-            turn += 1
-            if turn == TURN:
-                turn = 0
-                await _sleep(0)
-            entry = next_entry()
-            if entry is None:
-                if await wait():
-                    continue
-                return
-            entry.attempt += 1
-            token = set_job(entry)
-            start = perf()
-            if entry.attempt == 1:
-                entry.started = start
-            try:
-                with inst.attempt(entry.key, entry.attempt) as scope:
+            for _ in turns:
+                entry = next_entry()
+                if entry is None:
+                    if await wait():
+                        continue
+                    return
+                entry.attempt = attempt = entry.attempt + 1
+                set_job(entry)
+                start = perf()
+                if attempt == 1:
+                    entry.started = start
+                with inst.attempt(entry.key, attempt) as scope:
                     if metered:
                         inst.in_flight(1)
                     try:
@@ -198,7 +198,7 @@ class Workers(Loops):
                         kind, delay = failed(entry, exc, start)
                         scope.failed(kind, exc, retry_in=delay)
                     except BaseException:
-                        self._abort.interrupted.append(entry)
+                        interrupted.append(entry)
                         raise
                     else:
                         if result_rules and rejected(entry, result, start, scope):
@@ -207,26 +207,23 @@ class Workers(Loops):
                     finally:
                         if metered:
                             inst.in_flight(-1)
-            finally:
-                reset_job(token)
+            await _sleep(0)
 
     async def full(self) -> None:
         """The general loop: deadline, timeout, ``uses=`` guards, attempt spans."""
         self.arrived()
         next_entry, wait = self._queue.next, self._queue.wait
         loop = asyncio.get_running_loop()
-        turn = 0
+        turns = range(TURN)
         while True:
-            turn += 1
-            if turn == TURN:
-                turn = 0
-                await _sleep(0)
-            entry = next_entry()
-            if entry is None:
-                if await wait():
-                    continue
-                return
-            await self._attempt(entry, loop)
+            for _ in turns:
+                entry = next_entry()
+                if entry is None:
+                    if await wait():
+                        continue
+                    return
+                await self._attempt(entry, loop)
+            await _sleep(0)
 
     async def _attempt(self, entry: Entry, loop: asyncio.AbstractEventLoop) -> None:
         outcomes = self._outcomes
