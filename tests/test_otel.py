@@ -579,3 +579,40 @@ async def test_no_sdk_run_records_nothing_and_succeeds(tracing: Tracing) -> None
     assert result.counts[ab.JobStatus.SUCCEEDED] == 8
     assert {s.name for s in tracing.spans()} == {"job.work"}
     assert all(s.parent is None for s in tracing.spans())
+
+
+async def test_a_worker_reusing_its_scope_gives_each_attempt_its_own_span(
+    tracing: Tracing,
+) -> None:
+    # Tracing without metrics, one worker: every attempt begins the same scope again.
+    started = asyncio.Event()
+
+    async def job(x: int) -> int:
+        if x == 1:
+            raise ab.PermanentError("bad 1")
+        if x == 3:
+            started.set()
+            await asyncio.sleep(3600)  # cancelled below
+        return x
+
+    async def run() -> None:
+        await ab.run_batch(
+            job, range(5), concurrency=1, run_id="reuse", tracer_provider=tracing.provider
+        )
+
+    task = asyncio.create_task(run())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    attempts = {str((s.attributes or {})["asyncbatch.job.key"]): s for s in tracing.spans(ATTEMPT)}
+    assert sorted(attempts) == ["0", "1", "2", "3"]
+    assert len({span_id(s) for s in attempts.values()}) == 4
+    for key in ("0", "2"):
+        assert attempts[key].status.status_code is StatusCode.UNSET
+        assert "asyncbatch.error.kind" not in (attempts[key].attributes or {})
+    assert attempts["1"].status.status_code is StatusCode.ERROR
+    assert (attempts["1"].attributes or {})["asyncbatch.error.kind"] == "permanent"
+    assert attempts["3"].status.status_code is StatusCode.UNSET
+    assert (attempts["3"].attributes or {})["asyncbatch.attempt.outcome"] == "cancelled"
+    assert all(s.end_time is not None for s in attempts.values())

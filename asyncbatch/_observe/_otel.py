@@ -255,6 +255,10 @@ class AttemptScope:
     exit the span ends and the attempt is counted and timed, with outcome
     ``success`` unless `failed` or `rejected` was called, or ``cancelled``
     when a cancellation (any non-`Exception`) escapes.
+
+    A worker may also keep one scope for all its attempts: `begin` each one,
+    and `end` it (after `escaped`, when something escaped the job); no
+    object is then made per attempt.
     """
 
     __slots__ = ("_inst", "_key", "_number", "_outcome", "_span", "_start", "_token")
@@ -269,23 +273,7 @@ class AttemptScope:
         self._start = 0.0
 
     def __enter__(self) -> AttemptScope:
-        inst = self._inst
-        tracer = inst._tracer
-        if tracer is not None:
-            ctx = inst._run_ctx
-            span = tracer.start_span(
-                ATTEMPT_SPAN,
-                ctx,
-                attributes={
-                    RUN_ID: inst.run_id,
-                    JOB_KEY: self._key,
-                    ATTEMPT_NUMBER: self._number,
-                },
-            )
-            self._span = span
-            self._token = _attach(_set_span_in_context(span, ctx))
-        if inst._metrics is not None:
-            self._start = time.perf_counter()
+        self.begin(self._key, self._number)
         return self
 
     def __exit__(
@@ -294,8 +282,29 @@ class AttemptScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and self._outcome == _SUCCESS:
-            self._escaped(exc)
+        if exc is not None:
+            self.escaped(exc)
+        self.end()
+
+    def begin(self, key: str, number: int) -> None:
+        """Attempt ``number`` of job ``key`` starts: its span starts, current from now."""
+        self._outcome = _SUCCESS
+        inst = self._inst
+        tracer = inst._tracer
+        if tracer is not None:
+            ctx = inst._run_ctx
+            span = tracer.start_span(
+                ATTEMPT_SPAN,
+                ctx,
+                attributes={RUN_ID: inst.run_id, JOB_KEY: key, ATTEMPT_NUMBER: number},
+            )
+            self._span = span
+            self._token = _attach(_set_span_in_context(span, ctx))
+        if inst._metrics is not None:
+            self._start = time.perf_counter()
+
+    def end(self) -> None:
+        """The attempt is over: its span ends, and it is counted and timed."""
         m = self._inst._metrics
         if m is not None:
             outcome = self._outcome
@@ -305,6 +314,7 @@ class AttemptScope:
                 m.attempts[outcome] += 1
         span = self._span
         if span is not None:
+            self._span = None  # a reused scope holds no ended span
             _detach(self._token)
             span.end()
 
@@ -394,7 +404,11 @@ class AttemptScope:
         if span is not None and n:
             span.set_attribute(CHUNK_FAILED, n)
 
-    def _escaped(self, exc: BaseException) -> None:
+    def escaped(self, exc: BaseException) -> None:
+        """``exc`` escaped the attempt: a cancellation, or an error nobody classified
+        (nothing is said when `failed` or `rejected` already said how it ended)."""
+        if self._outcome != _SUCCESS:
+            return
         span = self._span
         if not isinstance(exc, Exception):
             # Cancellation is not an error of the job: say so, leave the status.

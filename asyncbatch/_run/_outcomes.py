@@ -118,6 +118,7 @@ class Outcomes:
         self.rng = opts.retry.rng()
         self._testing = testing_overrides()
         self.inst: Instrumentation | None = None
+        """The run's instrumentation while it records metrics (it counts finished jobs)."""
         self.deps: Any = None
         self.checkpointer: Checkpointer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -139,6 +140,8 @@ class Outcomes:
         """Choose the success path, once the engine has wired the run (before any job)."""
         # A success record holds the result as is, and no payload.
         self._plain_record = self._codec is None and not self._keep_done
+        if self.inst is not None and not self.inst.metered:
+            self.inst = None  # it only counts finished jobs here: spans are the workers'
         self._lean = (
             self.checkpointer is None
             and not self._keep_done
