@@ -661,6 +661,34 @@ async def test_plain_successes_given_as_outcomes_are_stored_like_their_records(
     assert set(await store.finished_jobs("r2")) == {"other-run"}
 
 
+async def test_a_group_of_outcomes_only_is_stored_like_their_records(store: Store) -> None:
+    """A busy run's every group: plain successes only (SQLite writes them in one pass)."""
+    await begin(store)
+    await store.commit([dead("b")])  # an open DLQ entry that a success resolves
+    await store.commit(  # type: ignore[call-arg]
+        [done("a", 1, index=0), done("b", [2], index=1), done("c", None, index=2)], run_id="r1"
+    )
+    # One key no store writes as is: the whole group is written as the general path writes it.
+    await store.commit(  # type: ignore[call-arg]
+        [done("d", 4, index=3), done("e\x00", 5, index=4)], run_id="r1"
+    )
+    finished = await store.finished_jobs("r1")
+    assert {k: (j.status, j.result, j.attempts, j.index) for k, j in finished.items()} == {
+        "a": (S, 1, 2, 0),
+        "b": (S, [2], 2, 1),
+        "c": (S, None, 2, 2),
+        "d": (S, 4, 2, 3),
+        "e\\x00": (S, 5, 2, 4),
+    }
+    seqs = [finished[k].seq for k in ("a", "b", "c", "d", "e\\x00")]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 5
+    assert [e.key for e in await store.dlq.list(status="resolved")] == ["b"]
+    assert await store.dlq.list() == []
+    counts = await store.count_jobs("r1")
+    assert counts["succeeded"] == 5
+
+
 async def test_outcomes_of_a_run_the_store_does_not_know_fail_the_whole_group(
     store: Store,
 ) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from asyncbatch._errors import (
@@ -523,7 +524,26 @@ class Outcomes:
         job_finished = self.report.job_finished
         durations = self._durations
         inst, release, sink = self.inst, self.release, self.sink
-        for outcome in outcomes:
+        rest: Iterable[JobOutcome[Any] | None] = outcomes
+        if inst is None and release is None:
+            # The commonest group, first-attempt successes: counted once, their
+            # durations appended, each delivered (~0.5k instructions a job less).
+            append = durations.append
+            plain = 0
+            for outcome in outcomes:
+                if outcome is None or outcome.status is not _SUCCEEDED or outcome.history:
+                    break
+                append(outcome.duration)
+                if sink is not None:
+                    sink(outcome)
+                plain += 1
+            counts[_SUCCEEDED] += plain
+            if len(durations) >= DURATION_CHUNK:
+                self.report.fold_durations()
+            if plain == len(outcomes):
+                return
+            rest = islice(outcomes, plain, None)
+        for outcome in rest:
             if outcome is None:
                 continue
             status = outcome.status

@@ -94,6 +94,8 @@ class Group:
 Committed = JobRecord | JobOutcome[Any]
 """What a group holds: records, and plain successes as their outcomes (`SQLiteCommitter.group`)."""
 
+_OUTCOMES = {JobOutcome}
+
 
 def _run_ids(records: Sequence[Committed], run_id: str | None) -> set[str]:
     """The runs a group writes to (its outcomes' is ``run_id``)."""
@@ -177,6 +179,10 @@ class SQLiteCommitter:
         store clears the cache when the transaction rolls back.
         """
         known = self.cache
+        if run_id is not None and run_id in known and set(map(type, records)) == _OUTCOMES:
+            g = self._outcomes_group(records, run_id, known[run_id])  # type: ignore[arg-type]
+            if g is not None:
+                return g
         run_ids = _run_ids(records, run_id)
         if not run_ids <= known.keys():
             return None
@@ -262,6 +268,40 @@ class SQLiteCommitter:
                 elif r.key in cache.open_keys:
                     by_key.append((now, r.run_id, r.key))
                     cache.open_keys.discard(r.key)
+        return g
+
+    def _outcomes_group(
+        self, outcomes: Sequence[JobOutcome[Any]], run_id: str, cache: _RunCache
+    ) -> Group | None:
+        """`group` for a group of plain successes of ``run_id`` given as outcomes (a busy
+        run's every group): the same rows, with what the general loop decides per record
+        decided once (~1k instructions a row less). None, with nothing changed, when a
+        key must be escaped: the general loop writes that group."""
+        g = Group(self._clock(), {run_id: cache})
+        now, by_key = g.now, g.by_key
+        open_keys = cache.open_keys
+        seq = cache.seq
+        ops: list[Any] = []
+        unstorable = []
+        for o in outcomes:
+            key = o.key
+            if "\x00" in key or not (key.isascii() or is_utf8(key)):
+                return None
+            value = o.result
+            text = str(value) if type(value) is int else encode(value)
+            if text is None:
+                unstorable.append((key, value))
+            seq += 1
+            ops += (run_id, key, o.index, o.attempts, o.duration, text,
+                    0 if text is None else 1, seq, now)  # fmt: skip
+            if open_keys and key in open_keys:
+                by_key.append((now, run_id, key))
+        cache.seq = seq
+        for _, _, key in by_key:
+            open_keys.discard(key)
+        for key, value in unstorable:
+            warn_unstorable(run_id, key, value)
+        g.job_ops.append((JOB_SUCCESS, ops))
         return g
 
     async def apply(
