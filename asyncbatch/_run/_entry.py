@@ -53,7 +53,7 @@ class Entry(JobContext):
 
     __slots__ = ("__dict__", "history", "index", "started")
     # What most jobs never change is a class default, not a slot: an entry is
-    # made with four writes fewer (its dict exists only once one is written).
+    # made with five writes fewer (its dict exists only once one is written).
     deadline_at: float | None = None
     prev_delay: float = 0.0
     kind: ErrorKind | None = None
