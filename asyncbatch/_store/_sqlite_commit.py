@@ -277,30 +277,28 @@ class SQLiteCommitter:
         run's every group): the same rows, with what the general loop decides per record
         decided once (~1k instructions a row less). None, with nothing changed, when a
         key must be escaped: the general loop writes that group."""
+        # One check of every key at once: a NUL or a lone surrogate in any is in their join.
+        keys = "".join([o.key for o in outcomes])
+        if "\x00" in keys or not is_utf8(keys):
+            return None
         g = Group(self._clock(), {run_id: cache})
         now, by_key = g.now, g.by_key
         open_keys = cache.open_keys
         seq = cache.seq
         ops: list[Any] = []
-        unstorable = []
         for o in outcomes:
             key = o.key
-            if "\x00" in key or not (key.isascii() or is_utf8(key)):
-                return None
             value = o.result
             text = str(value) if type(value) is int else encode(value)
             if text is None:
-                unstorable.append((key, value))
+                warn_unstorable(run_id, key, value)
             seq += 1
             ops += (run_id, key, o.index, o.attempts, o.duration, text,
                     0 if text is None else 1, seq, now)  # fmt: skip
             if open_keys and key in open_keys:
                 by_key.append((now, run_id, key))
+                open_keys.discard(key)
         cache.seq = seq
-        for _, _, key in by_key:
-            open_keys.discard(key)
-        for key, value in unstorable:
-            warn_unstorable(run_id, key, value)
         g.job_ops.append((JOB_SUCCESS, ops))
         return g
 
