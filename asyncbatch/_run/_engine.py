@@ -149,7 +149,9 @@ class Engine(Generic[R]):
         self._inst = Instrumentation.create(
             self.opts.tracer_provider, self.opts.meter_provider, self.run_id
         )
-        self._outcomes.inst = self._inst
+        # The outcome path only counts finished jobs in metrics (spans are the workers').
+        inst = self._inst
+        self._outcomes.inst = inst if inst is not None and inst.metered else None
         self._setup_traffic(loop)
         abort = self._abort
         status = "interrupted"

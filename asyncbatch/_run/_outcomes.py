@@ -141,8 +141,6 @@ class Outcomes:
         """Choose the success path, once the engine has wired the run (before any job)."""
         # A success record holds the result as is, and no payload.
         self._plain_record = self._codec is None and not self._keep_done
-        if self.inst is not None and not self.inst.metered:
-            self.inst = None  # it only counts finished jobs here: spans are the workers'
         self._lean = (
             self.checkpointer is None
             and not self._keep_done
