@@ -18,10 +18,13 @@ closes or the parent dies (even by kill -9), and before every COMMIT it
 checks that the parent is still there, so a transaction the parent can no
 longer acknowledge is rolled back, as if a thread had died with its process.
 
-It checkpoints the WAL itself, after answering (once `CHECKPOINT_BYTES` of
-messages came in since the last one), not inside a COMMIT as SQLite's
-automatic checkpoint does: the run waits for a commit's answer, not for the
-checkpoint's copying and syncing (10-20 ms every few dozen commits, measured).
+It checkpoints the WAL itself (once `CHECKPOINT_BYTES` of messages came in
+since the last one), not inside a COMMIT as SQLite's automatic checkpoint
+does, and on a thread of its own with its own connection (`Checkpoints`): the
+copying and syncing (10-20 ms every few dozen commits, measured) overlaps the
+next commits instead of delaying their answers. Done after answering, on the
+writing thread, each checkpoint held the run back: the next group's answer
+came 10-20 ms late, the backlog filled and every worker waited.
 """
 
 import marshal
@@ -30,6 +33,7 @@ import signal
 import sqlite3
 import struct
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 
 CHECKPOINT_BYTES = 4_000_000
@@ -79,6 +83,47 @@ def commit(
         raise
 
 
+class Checkpoints:
+    """WAL checkpoints on their own thread and connection, asked for with `request`.
+
+    PASSIVE: it copies what no reader still needs and never waits for a lock,
+    so the writing connection goes on committing meanwhile. A request made
+    while one runs starts the next when it ends.
+    """
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._asked = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoints", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._asked.set()
+
+    def stop(self) -> None:
+        """Let a checkpoint under way end, then close its connection."""
+        self._stopping = True
+        self._asked.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
+        try:
+            while True:
+                self._asked.wait()
+                self._asked.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # the next one, or the last connection's close, will do it
+        finally:
+            conn.close()
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     path, busy_timeout, parent = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
@@ -89,6 +134,7 @@ def main() -> None:
     conn.execute("PRAGMA wal_autocheckpoint=0")
     level = ""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    checkpoints = Checkpoints(path, busy_timeout)
     write_all(stdout, b"R")
     since_checkpoint = 0  # message bytes
     while True:
@@ -112,10 +158,8 @@ def main() -> None:
             since_checkpoint += len(body)
             if since_checkpoint >= CHECKPOINT_BYTES:
                 since_checkpoint = 0
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # the next one, or the last connection's close, will do it
+                checkpoints.request()
+    checkpoints.stop()
     conn.close()
 
 
