@@ -16,6 +16,7 @@ import pickle
 import socket
 import sqlite3
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -687,6 +688,36 @@ async def test_a_group_of_outcomes_only_is_stored_like_their_records(store: Stor
     assert await store.dlq.list() == []
     counts = await store.count_jobs("r1")
     assert counts["succeeded"] == 5
+
+
+async def test_a_group_of_outcomes_stores_each_kind_of_result_as_its_records_would(
+    store: Store,
+) -> None:
+    """Ints (SQLite writes a group of only ints with str()), a bool, text, a float, and
+    results JSON cannot hold (an int too long for str(), a set): stored as null, warned."""
+    run = f"kinds-{uuid.uuid4()}"  # the warning comes once per run (and process)
+    await begin(store, run)
+    await store.commit([done("i", 7, index=0), done("n", -3, index=1)], run_id=run)  # type: ignore[call-arg]
+    await store.commit(  # type: ignore[call-arg]
+        [done("t", True, index=2), done("s", "7", index=3), done("f", 1.5, index=4)], run_id=run
+    )
+    with pytest.warns(RuntimeWarning, match="stored as null"):
+        await store.commit(  # type: ignore[call-arg]
+            [done("big", 10**5000, index=5), done("set", {1}, index=6), done("j", 8, index=7)],
+            run_id=run,
+        )
+    finished = await store.finished_jobs(run)
+    assert {k: (j.result, type(j.result)) for k, j in finished.items()} == {
+        "i": (7, int),
+        "n": (-3, int),
+        "t": (True, bool),
+        "s": ("7", str),
+        "f": (1.5, float),
+        "big": (None, type(None)),
+        "set": (None, type(None)),
+        "j": (8, int),
+    }
+    assert sorted(j.seq for j in finished.values()) == list(range(1, 9))
 
 
 async def test_outcomes_of_a_run_the_store_does_not_know_fail_the_whole_group(
