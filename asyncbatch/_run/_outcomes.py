@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import islice
+from operator import attrgetter, countOf
 from typing import TYPE_CHECKING, Any
 
 from asyncbatch._errors import (
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["Outcomes"]
 
 _SUCCEEDED = JobStatus.SUCCEEDED
+_STATUS, _HISTORY, _DURATION = map(attrgetter, ("status", "history", "duration"))
 _perf = time.perf_counter
 
 Sink = Callable[[JobOutcome[Any]], None]
@@ -524,7 +527,23 @@ class Outcomes:
         inst, release, sink = self.inst, self.release, self.sink
         rest: Iterable[JobOutcome[Any] | None] = outcomes
         if inst is None and release is None:
-            # The commonest group, first-attempt successes: counted once, their
+            # A busy run's every group, first-attempt successes only: checked,
+            # counted and delivered in C (`map`), no Python line per job.
+            try:
+                plain_group = countOf(map(_STATUS, outcomes), _SUCCEEDED) == len(outcomes) and (
+                    not any(map(_HISTORY, outcomes))
+                )
+            except AttributeError:  # a None: a record with nothing to acknowledge
+                plain_group = False
+            if plain_group:
+                counts[_SUCCEEDED] += len(outcomes)
+                durations.extend(map(_DURATION, outcomes))
+                if len(durations) >= DURATION_CHUNK:
+                    self.report.fold_durations()
+                if sink is not None:
+                    deque(map(sink, outcomes), maxlen=0)  # type: ignore[arg-type]
+                return
+            # Else its leading first-attempt successes: counted once, their
             # durations appended, each delivered (~0.5k instructions a job less).
             append = durations.append
             plain = 0
