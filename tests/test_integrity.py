@@ -134,6 +134,65 @@ async def test_fatal_error_aborts_and_compensates_on_every_store(store: ab.Store
     assert rows["succeeded"] == 0
 
 
+async def test_a_slow_commit_holds_new_items_back_and_loses_nothing(
+    store: ab.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a commit hangs, no more jobs start than the group in it, the backlog cap and
+    the jobs in flight; once it lands, every job is committed exactly once."""
+    from asyncbatch._run._checkpoint import Checkpointer
+    from asyncbatch._run._engine import backlog_cap
+
+    concurrency = 10
+    cap = backlog_cap(store, concurrency)
+    n = 3 * cap + 100
+    started = 0
+    gate = asyncio.Event()
+    first: list[int] = []
+    init = Checkpointer.__init__
+
+    def slowed(self: Checkpointer, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        commit = self._commit
+
+        async def slow_commit(records: Sequence[Any], **kw: Any) -> None:
+            if not first:
+                first.append(len(records))
+            await gate.wait()
+            await commit(records, **kw)
+
+        self._commit = slow_commit
+
+    # The checkpoint writer every run path commits through (a shared run's store
+    # is the session's fenced one).
+    monkeypatch.setattr(Checkpointer, "__init__", slowed)
+
+    async def job(i: int) -> int:
+        nonlocal started
+        started += 1
+        return i
+
+    run = asyncio.create_task(
+        ab.run_batch(job, range(n), concurrency=concurrency, store=store, run_id="slow")
+    )
+    with anyio.fail_after(30):
+        while not first:  # the run opens (a driver's thread), then its first group commits
+            await asyncio.sleep(0.001)
+        before, still = -1, 0
+        while still < 5:  # until admission holds: nothing starts for 5 ms
+            still = still + 1 if started == before else 0
+            before = started
+            await asyncio.sleep(0.001)
+    # (A shared run holds sooner still: it starts only the chunks it has claimed.)
+    assert started <= first[0] + cap + concurrency < n, (first, started)
+    gate.set()
+    result = await run
+    assert result.counts[ab.JobStatus.SUCCEEDED] == n
+    assert started == n
+    rows = await invariants(store, "slow")
+    assert rows["succeeded"] == n
+    assert sorted(j.seq for j in await store.jobs("slow")) == list(range(1, n + 1))
+
+
 # ------------------------------------------------------------------ resume
 
 

@@ -79,6 +79,7 @@ class ReadyQueue:
         "_admit",
         "_backlog",
         "_blocked",
+        "_credit",
         "_concurrency",
         "_control",
         "_ended",
@@ -150,6 +151,8 @@ class ReadyQueue:
         self._successes_seen = 0
         # Whether any hold on new items may apply: one check per new item on the hot path.
         self._gated = backlog is not None
+        self._credit = 0
+        """New items that may start before `next` looks at what could hold them (`_hold_new`)."""
         self.input_error: Exception | None = None
         """What the input raised, if it did (admission stopped there)."""
 
@@ -171,6 +174,7 @@ class ReadyQueue:
         else:
             self._backlog = lambda: pending() + reader()
         self._gated = True
+        self._credit = 0
 
     def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterable[Any] | None:
         """Take the input; returns it back when it is async (run `feed` on it)."""
@@ -231,14 +235,12 @@ class ReadyQueue:
         source = self._source
         if source is None:
             return None
-        if self._gated and (
-            # What `_behind` needs before it can hold (its call costs more than this).
-            self._strained
-            or self.parked >= self._max_parked
-            or ((backlog := self._backlog) is not None and backlog() >= self._max_backlog)
-        ) and self._behind():
-            self._blocked = self._watching = True
-            return None
+        if self._gated:
+            if self._credit:
+                self._credit -= 1
+            elif self._hold_new():
+                self._blocked = self._watching = True
+                return None
         try:
             for admitted in source:
                 if admitted is not None:
@@ -308,6 +310,7 @@ class ReadyQueue:
         self.parked += 1
         if self.parked >= self._max_parked:
             self._gated = True
+            self._credit = 0
 
     def unparked_one(self) -> None:
         """A parked job came due, or ended at its deadline."""
@@ -327,6 +330,7 @@ class ReadyQueue:
         if self.strain >= STRAIN_ON:
             self._strained = True
             self._gated = True
+            self._credit = 0
 
     def _settle_strain(self) -> bool:
         """Count the successes since the last look; whether the run is still strained."""
@@ -387,6 +391,27 @@ class ReadyQueue:
     def over(self) -> bool:
         """No work is left for any worker: stopped, or every job finished."""
         return self._ended or (self._source_done and self.live == 0 and not self._ready)
+
+    def _hold_new(self) -> bool:
+        """Whether a new item must wait now (`next`, once its credit is spent).
+
+        Credit: with no strain and the parked cap not reached, only the backlog
+        can hold new items, and it grows by at most one record per job. So
+        ``max_backlog - backlog`` new items may start before it needs a look
+        again: one look per stretch instead of one per item. (It may then run
+        over the cap by the jobs in flight, as it could when looked at before
+        every item: those finish after their admission.)
+        """
+        if self._strained or self.parked >= self._max_parked:
+            return self._behind()  # no credit: every new item looks again
+        backlog = self._backlog
+        if backlog is None:
+            return False
+        room = self._max_backlog - backlog()
+        if room <= 0:
+            return True
+        self._credit = room - 1  # this item takes one
+        return False
 
     def _regate(self) -> None:
         self._gated = self._backlog is not None or self._strained or self.parked >= self._max_parked
