@@ -9,7 +9,8 @@ test; it skips locally, and fails in CI, when no server answers).
 as every run's default, so the suites of run behaviour (integrity, resume,
 unstorable values) cover both paths a PostgreSQL run can take: shared (the
 default) and single-process; and ``sqlite-writer``: SQLite with every group
-committed by the writer process (a busy run's path), not only large ones.
+committed by the writer process (a busy run's path), not only large ones, two
+groups in flight.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def every_group_to_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:
         return True
 
     monkeypatch.setattr(_sqlite, "WRITER_ROWS", 1)
+    # A run's groups of two or more records go in two halves, the second sent while
+    # the first commits: the order, the acknowledgements and failures of that path.
+    monkeypatch.setattr(_sqlite.SQLiteStore, "sends_ahead", 1)
     monkeypatch.setattr(_sqlite_writer.WriterProcess, "ready", started)
 
 

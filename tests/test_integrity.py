@@ -146,21 +146,31 @@ async def test_a_slow_commit_holds_new_items_back_and_loses_nothing(
     cap = backlog_cap(store, concurrency)
     n = 3 * cap + 100
     started = 0
-    gate = asyncio.Event()
+    gate, reached = asyncio.Event(), asyncio.Event()
     first: list[int] = []
     init = Checkpointer.__init__
 
     def slowed(self: Checkpointer, *args: Any, **kw: Any) -> None:
         init(self, *args, **kw)
-        commit = self._commit
+        commit, send = self._commit, self._send
+
+        async def hung(records: Sequence[Any]) -> None:
+            if not first:
+                # Taken: this group, and with `send` (two in flight) the half behind it.
+                first.append(len(records) * (1 if send is None else 2) + 1)
+                reached.set()
+            await gate.wait()
 
         async def slow_commit(records: Sequence[Any], **kw: Any) -> None:
-            if not first:
-                first.append(len(records))
-            await gate.wait()
+            await hung(records)
             await commit(records, **kw)
 
-        self._commit = slow_commit
+        async def slow_send(records: Sequence[Any], **kw: Any) -> asyncio.Future[None]:
+            assert send is not None
+            await hung(records)
+            return await send(records, **kw)
+
+        self._commit, self._send = slow_commit, slow_send if send is not None else None
 
     # The checkpoint writer every run path commits through (a shared run's store
     # is the session's fenced one).
@@ -175,8 +185,7 @@ async def test_a_slow_commit_holds_new_items_back_and_loses_nothing(
         ab.run_batch(job, range(n), concurrency=concurrency, store=store, run_id="slow")
     )
     with anyio.fail_after(30):
-        while not first:  # the run opens (a driver's thread), then its first group commits
-            await asyncio.sleep(0.001)
+        await reached.wait()  # the run opens (a driver's thread), then its first group commits
         before, still = -1, 0
         while still < 5:  # until admission holds: nothing starts for 5 ms
             still = still + 1 if started == before else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+import asyncbatch as ab
 from asyncbatch import JobStatus, StoreError
 from asyncbatch._store import JobRecord, RunInfo, SQLiteStore, _sqlite, open_store
+from asyncbatch._store._sqlite_writer import Skipped
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the writer process is POSIX-only")
 
@@ -65,13 +68,13 @@ async def test_large_groups_go_to_the_writer_and_land_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent: list[int] = []
-    write = _sqlite.WriterProcess.write
+    send = _sqlite.WriterProcess.send
 
-    async def counted(self: _sqlite.WriterProcess, message: bytes) -> None:
+    def counted(self: _sqlite.WriterProcess, message: bytes) -> asyncio.Future[bytes | None]:
         sent.append(len(message))
-        await write(self, message)
+        return send(self, message)
 
-    monkeypatch.setattr(_sqlite.WriterProcess, "write", counted)
+    monkeypatch.setattr(_sqlite.WriterProcess, "send", counted)
     async with await SQLiteStore.open(tmp_path / "s.db") as store:
         pid = await started(store)
         assert pid != os.getpid()
@@ -85,6 +88,69 @@ async def test_large_groups_go_to_the_writer_and_land_in_order(
     assert jobs[-1].key == "small"
     assert jobs[600].result == "third-0"
     assert wait_until(lambda: gone(pid)), "closing the store ends its writer"
+
+
+async def test_sent_groups_commit_in_order_and_none_behind_a_failed_one(tmp_path: Path) -> None:
+    """Two transactions in flight: answers come in the order sent; one that fails
+    takes the one sent behind it down with it, and the next ones commit again."""
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        await started(store)
+        writer = store._writer
+        assert writer is not None
+
+        def insert(key: str) -> bytes:
+            sql = "INSERT INTO runs (id, status, created_at, updated_at) VALUES (?, 'x', 0, 0)"
+            return writer.encode([(sql, [(key,)])], "NORMAL")
+
+        first, failing, behind = insert("a"), insert("r1"), insert("b")  # r1 exists already
+        replies = [writer.send(m) for m in (first, failing, behind)]
+        answers = await asyncio.gather(*replies)
+        writer.check(answers[0])
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            writer.check(answers[1])
+        with pytest.raises(Skipped):
+            writer.check(answers[2])
+        writer.check(await writer.send(insert("c")))  # sent after the failure was read
+        ids = {run.run_id for run in await store.list_runs()}
+    assert ids == {"r1", "a", "c"}
+
+
+async def test_a_busy_run_keeps_two_groups_in_flight_and_acks_each_after_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_flight: list[int] = []
+    sent = 0
+    send = _sqlite.WriterProcess.send
+
+    def counted(self: _sqlite.WriterProcess, message: bytes) -> asyncio.Future[bytes | None]:
+        nonlocal sent
+        sent += 1
+        in_flight.append(len(self._replies) + 1)
+        return send(self, message)
+
+    monkeypatch.setattr(_sqlite.WriterProcess, "send", counted)
+    acked: list[int] = []
+
+    async def job(i: int) -> int:
+        return i
+
+    path = tmp_path / "s.db"
+    async with await SQLiteStore.open(path) as store:
+        batch = ab.Batch(job, concurrency=50, store=store, run_id="busy")
+        async with batch.stream(range(30_000)) as outcomes:
+            async for outcome in outcomes:
+                acked.append(outcome.result)
+                # Acknowledged means committed: another connection reads it already.
+                if len(acked) % 5000 == 0:
+                    with sqlite3.connect(path) as conn:
+                        (stored,) = conn.execute(
+                            "SELECT count(*) FROM jobs WHERE run_id = 'busy'"
+                        ).fetchone()
+                    assert stored >= len(acked)
+        jobs = await store.jobs("busy")
+    assert sorted(acked) == list(range(30_000))
+    assert max(in_flight) == 2, in_flight
+    assert [j.seq for j in jobs] == list(range(1, 30_001))
 
 
 async def test_the_writer_ignores_ctrl_c(tmp_path: Path) -> None:

@@ -720,6 +720,23 @@ async def test_a_group_of_outcomes_stores_each_kind_of_result_as_its_records_wou
     assert sorted(j.seq for j in finished.values()) == list(range(1, 9))
 
 
+async def test_a_long_int_result_is_kept_when_the_digit_limit_is_lifted(store: Store) -> None:
+    """`sys.set_int_max_str_digits(0)` in the run's process: the SQLite writer process
+    (which -I keeps at the default limit) writes the text of such an int too."""
+    run = f"digits-{uuid.uuid4()}"
+    await begin(store, run)
+    await store.commit([done("i", 1, index=1)], run_id=run)  # type: ignore[call-arg]  # run known
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        await store.commit([done("big", -(10**5000), index=0)], run_id=run)  # type: ignore[call-arg]
+        finished = await store.finished_jobs(run)
+        assert finished["big"].result == -(10**5000)
+    finally:
+        sys.set_int_max_str_digits(before)
+    assert finished["i"].result == 1
+
+
 async def test_outcomes_of_a_run_the_store_does_not_know_fail_the_whole_group(
     store: Store,
 ) -> None:

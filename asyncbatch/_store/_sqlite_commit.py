@@ -14,9 +14,10 @@ that cache whenever a transaction rolls back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import functools
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -52,13 +53,15 @@ from ._schema import (
     SUCCESS_ROWS,
     job_successes,
 )
+from ._sqlite_writer_main import SUCCESS_COLUMNS, WIDTH, Plan, cut, statements
 
 __all__ = ["CHUNK", "Committed", "Group", "SQLiteCommitter", "Write", "chunks"]
 
 T = TypeVar("T")
 
-Write = tuple[str, Sequence[Sequence[Any]]]
-"""A statement and its parameter rows, for ``executemany``."""
+Write = tuple[Any, ...]
+"""A statement and its parameter rows, for ``executemany``; or plain successes by
+column (`_sqlite_writer_main.SUCCESS_COLUMNS`)."""
 
 CHUNK = 500  # bound variables per IN (...) query, far below SQLite's limit
 _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
@@ -108,6 +111,21 @@ def _all_ints(values: list[Any]) -> bool:
     return set(map(type, values)) == _INT
 
 
+def _str_can_write(ints: list[int]) -> bool:
+    """Whether str() writes each of ``ints`` under this interpreter's digit limit
+    (`sys.set_int_max_str_digits`), checked in C: as `encode` would, here."""
+    limit = sys.get_int_max_str_digits()
+    if not limit or not ints:
+        return True
+    bound = _bound(limit)
+    return -bound < min(ints) and max(ints) < bound
+
+
+@functools.cache
+def _bound(digits: int) -> int:
+    return int(10**digits)
+
+
 def _run_ids(records: Sequence[Committed], run_id: str | None) -> set[str]:
     """The runs a group writes to (its outcomes' is ``run_id``)."""
     ids = {r.run_id for r in records if not isinstance(r, JobOutcome)}
@@ -132,30 +150,20 @@ def _success(r: JobRecord, seq: int, now: float) -> JobRow:
     return (r.run_id, r.key, r.index, r.attempts, r.duration, text, has, seq, now)
 
 
-_WIDTH = 9
-"""Parameters of one plain success's row (`_success`)."""
-
-
-def _successes(flat: list[Any]) -> list[Write]:
-    """Plain success rows, their parameters end to end (`_WIDTH` a row): `SUCCESS_ROWS`
-    to a statement, the rest in halving statements (128, 64, ... 1 rows), so only
+@functools.cache
+def _plan(rows: int) -> Plan:
+    """How ``rows`` plain successes are cut into statements: `SUCCESS_ROWS` to a
+    statement, the rest in halving statements (128, 64, ... 1 rows), so only
     nine statements are ever prepared."""
-    rows = len(flat) // _WIDTH
     n = SUCCESS_ROWS
-    full = rows - rows % n
-    step = n * _WIDTH
-    writes: list[Write] = []
-    if full:
-        parts = [flat[i : i + step] for i in range(0, full * _WIDTH, step)]
-        writes.append((job_successes(n), parts))
-    size, start = n // 2, full
-    while start < rows:
-        if rows - start >= size:
-            part = flat[start * _WIDTH : (start + size) * _WIDTH]
-            writes.append((job_successes(size), [part]))
-            start += size
+    plan = [(job_successes(n), n, rows // n)] if rows >= n else []
+    rest, size = rows % n, n // 2
+    while rest:
+        if rest >= size:
+            plan.append((job_successes(size), size, 1))
+            rest -= size
         size //= 2
-    return writes
+    return plan
 
 
 class SQLiteCommitter:
@@ -297,23 +305,20 @@ class SQLiteCommitter:
         g = Group(self._clock(), {run_id: cache})
         now = g.now
         results = list(map(_RESULT, outcomes))
-        try:
-            # The commonest results, ints, are their own JSON as str() writes them.
-            texts = list(map(str, results)) if _all_ints(results) else list(map(encode, results))
-        except ValueError:  # an int too long for str(): `encode` says it cannot be stored
-            texts = list(map(encode, results))
-        has: Iterable[int] = repeat(1)
-        if None in texts:
-            has = [0 if text is None else 1 for text in texts]
-            for key, value, text in zip(keys, results, texts, strict=True):
-                if text is None:
-                    warn_unstorable(run_id, key, value)
-        n = len(keys)
-        seqs = range(cache.seq + 1, cache.seq + n + 1)
-        cache.seq += n
-        rows = zip(repeat(run_id), keys, map(_INDEX, outcomes), map(_ATTEMPTS, outcomes),
-                   map(_DURATION, outcomes), texts, has, seqs, repeat(now))  # fmt: skip
-        g.job_ops.append((JOB_SUCCESS, list(chain.from_iterable(rows))))
+        # The commonest results, ints, are their own JSON as str() writes them: the
+        # writer makes their texts (an int str() refuses is `encode`'s to judge).
+        ints = _all_ints(results) and _str_can_write(results)
+        if not ints:
+            results = list(map(encode, results))
+            if None in results:
+                for key, value, text in zip(keys, map(_RESULT, outcomes), results, strict=True):
+                    if text is None:
+                        warn_unstorable(run_id, key, value)
+        columns = [run_id, now, cache.seq + 1, keys, list(map(_INDEX, outcomes)),
+                   list(map(_ATTEMPTS, outcomes)), list(map(_DURATION, outcomes)),
+                   results, ints]  # fmt: skip
+        cache.seq += len(keys)
+        g.job_ops.append((SUCCESS_COLUMNS, columns))
         open_keys = cache.open_keys
         if open_keys:
             for key in keys:
@@ -333,7 +338,7 @@ class SQLiteCommitter:
             group = self.group(records, run_id)
             assert group is not None
         dlq = await self._dead_lettered(group) if group.dead else []
-        for sql, params in self.writes(group, dlq):
+        for sql, params in statements(self.writes(group, dlq)):
             await self._db.executemany(sql, params)
 
     def writes(self, g: Group, dlq: list[Write] | None = None) -> list[Write]:
@@ -344,7 +349,9 @@ class SQLiteCommitter:
         writes: list[Write] = []
         for sql, rows in g.job_ops:
             if sql is JOB_SUCCESS:
-                writes += _successes(rows)
+                writes += cut(_plan(len(rows) // WIDTH), rows)
+            elif sql is SUCCESS_COLUMNS:
+                writes.append((SUCCESS_COLUMNS, _plan(len(rows[3])), rows))
             else:
                 writes.append((sql, rows))
         if dlq:

@@ -9,11 +9,13 @@ long waiting for each commit as committing it (measured: the loop idle for
 the writer's whole time). A process has its own GIL: the commit runs on
 another core while the jobs go on.
 
-`WriterProcess.write` sends one transaction (``marshal``, a few hundred
-nanoseconds a row) and waits for its reply on the pipe, through the event
-loop's reader (no thread). The child (`_sqlite_writer_main`) ignores Ctrl-C
-and ends with this process: after a kill, at most the COMMIT already under
-way lands.
+`WriterProcess.send` sends one transaction (``marshal``, a few hundred
+nanoseconds a row) and returns the future of its answer, read from the pipe
+through the event loop's reader (no thread). Answers come in the order
+sent, so the store can send the next group while the child commits one
+(the child never waits for the loop to read an answer). The child
+(`_sqlite_writer_main`) ignores Ctrl-C and ends with this process: after a
+kill, at most the COMMIT already under way lands.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +39,20 @@ except ImportError:  # Windows: the store keeps its writer thread (`usable`)
 
 from ._sqlite_writer_main import write_all
 
-__all__ = ["WriterError", "WriterProcess", "usable"]
+__all__ = ["Skipped", "WriterError", "WriterProcess", "usable"]
 
 _CHILD = os.path.join(os.path.dirname(__file__), "_sqlite_writer_main.py")
 _PIPE_SIZE = 1 << 20
 """Asked of the pipe to the child (Linux), so a group's message goes in one write."""
+_MIN_PIPE = 1 << 12
+"""What a pipe holds at least (POSIX's PIPE_BUF), where its size cannot be read."""
+_RESET = struct.pack("<I", 0)
+"""The empty message: the failure just read is known here, the child may commit again."""
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def usable(loop: asyncio.AbstractEventLoop) -> bool:
@@ -64,6 +76,10 @@ class WriterError(Exception):
     """The writer process is gone (it exited or could not be reached)."""
 
 
+class Skipped(Exception):
+    """A transaction the writer process did not commit: one sent before it failed."""
+
+
 class WriterProcess:
     """The child that commits a store's large groups; one per open store, started on demand."""
 
@@ -85,7 +101,11 @@ class WriterProcess:
             except OSError:
                 pass  # a lower system limit: the writes below just take more turns
         os.set_blocking(self._out, False)
-        self._reply: asyncio.Future[bytes] | None = None
+        self._pipe_size = _MIN_PIPE
+        if fcntl is not None and hasattr(fcntl, "F_GETPIPE_SZ"):
+            with contextlib.suppress(OSError):
+                self._pipe_size = fcntl.fcntl(self._in, fcntl.F_GETPIPE_SZ)
+        self._replies: deque[asyncio.Future[bytes | None]] = deque()
         self._buffer = b""
         self._ready = False
 
@@ -110,25 +130,37 @@ class WriterProcess:
         body = marshal.dumps((level, writes), 2)  # type: ignore[arg-type]
         return struct.pack("<I", len(body)) + body
 
-    async def write(self, message: bytes) -> None:
-        """Commit one transaction (`encode`'s message); raises the child's sqlite3 error.
+    def fits(self, message: bytes) -> bool:
+        """Whether ``message`` fits in the pipe: sent while the child commits the one
+        before, it then never blocks the event loop on a full pipe."""
+        return len(message) <= self._pipe_size
 
-        A cancelled caller stops waiting, but the child still commits; the
-        next write waits for that reply first, so replies never cross.
+    def send(self, message: bytes) -> asyncio.Future[bytes | None]:
+        """Send one transaction (`encode`'s message); returns the future of its answer
+        (`check` reads it). Answers come in the order sent, and the child commits
+        each whether or not its answer is still awaited.
+
+        After a failed transaction the child skips (answers None to) every one
+        sent before this process read that failure: a transaction is committed
+        only if every one sent before it was.
         """
-        with contextlib.suppress(Exception):  # a cancelled caller's answer
-            await self.settled()
         loop = asyncio.get_running_loop()
-        reply: asyncio.Future[bytes] = loop.create_future()
-        self._reply = reply
+        reply: asyncio.Future[bytes | None] = loop.create_future()
+        if not self._replies:
+            loop.add_reader(self._out, self._readable)
+        self._replies.append(reply)
         try:
-            loop.add_reader(self._out, self._readable, reply)
             write_all(self._in, message)
         except OSError as exc:
-            loop.remove_reader(self._out)
-            self._reply = None
+            self._fail_all(WriterError(f"the SQLite writer process is gone ({exc})"))
             raise WriterError(f"the SQLite writer process is gone ({exc})") from exc
-        answer = await asyncio.shield(reply)
+        return reply
+
+    @staticmethod
+    def check(answer: bytes | None) -> None:
+        """Raise what an answer says went wrong: the child's sqlite3 error, or `Skipped`."""
+        if answer is None:
+            raise Skipped("not committed: a transaction sent before it failed")
         if answer:
             name, text = marshal.loads(answer)
             error = getattr(sqlite3, name, None)
@@ -137,11 +169,11 @@ class WriterProcess:
             raise error(text)
 
     async def settled(self) -> None:
-        """Wait for the answer to a write whose caller was cancelled, if one is due."""
-        if self._reply is not None:
-            await asyncio.shield(self._reply)
+        """Wait for the answers to every transaction sent so far."""
+        if self._replies:
+            await asyncio.shield(self._replies[-1])
 
-    def _readable(self, reply: asyncio.Future[bytes]) -> None:
+    def _readable(self) -> None:
         try:
             data = os.read(self._out, 65536)
         except BlockingIOError:
@@ -149,27 +181,38 @@ class WriterProcess:
         except OSError:
             data = b""
         if not data:
-            self._answer(reply, WriterError(f"the SQLite writer process exited ({self._exit()})"))
+            self._fail_all(WriterError(f"the SQLite writer process exited ({self._exit()})"))
             return
         buf = self._buffer + data
-        if buf[0] == 0:
-            self._buffer = buf[1:]
-            self._answer(reply, b"")
-        elif len(buf) >= 5 and len(buf) >= 5 + (n := struct.unpack("<I", buf[1:5])[0]):
-            self._buffer = buf[5 + n :]
-            self._answer(reply, buf[5 : 5 + n])
-        else:
-            self._buffer = buf
+        while buf and self._replies:
+            answer: bytes | None
+            if buf[0] == 0:
+                answer, buf = b"", buf[1:]
+            elif buf[0] == 2:
+                answer, buf = None, buf[1:]
+            elif len(buf) >= 5 and len(buf) >= 5 + (n := struct.unpack("<I", buf[1:5])[0]):
+                answer, buf = buf[5 : 5 + n], buf[5 + n :]
+                try:
+                    write_all(self._in, _RESET)  # what was sent before this is skipped
+                except OSError:
+                    pass  # the child is gone: its exit fails what is still awaited
+            else:
+                break
+            reply = self._replies.popleft()
+            if not reply.done():
+                reply.set_result(answer)
+        self._buffer = buf
+        if not self._replies:
+            asyncio.get_running_loop().remove_reader(self._out)
 
-    def _answer(self, reply: asyncio.Future[bytes], value: bytes | BaseException) -> None:
+    def _fail_all(self, exc: WriterError) -> None:
+        """The child is gone: every answer still awaited is this error."""
         asyncio.get_running_loop().remove_reader(self._out)
-        self._reply = None
-        if reply.done():
-            return
-        if isinstance(value, BaseException):
-            reply.set_exception(value)
-        else:
-            reply.set_result(value)
+        replies, self._replies = self._replies, deque()
+        for reply in replies:
+            if not reply.done():
+                reply.set_exception(exc)
+                reply.add_done_callback(_retrieve)  # awaited or not: nobody must be warned
 
     def _exit(self) -> str:
         code = self._proc.poll()

@@ -10,7 +10,10 @@ through its own thread. Messages on stdin: a 4-byte little-endian length, then `
 ``(synchronous level, [(sql, parameter rows), ...])``: one write transaction,
 committed as a whole or rolled back. Each gets one reply on stdout: ``b"\\0"``
 (committed) or ``b"\\1"``, a 4-byte length and ``marshal`` of the sqlite3
-error's ``(class name, message)`` (rolled back).
+error's ``(class name, message)`` (rolled back). After a rollback it skips
+every transaction (reply ``b"\\2"``) until the empty message (length 0),
+which its parent sends once it has read the failure: the transactions it
+sent meanwhile, behind the one that failed, are not committed either.
 
 It ignores SIGINT (a Ctrl-C meant for the run must not stop the commits the
 run still makes) and ends with its parent: stdin closes when the store
@@ -27,19 +30,27 @@ writing thread, each checkpoint held the run back: the next group's answer
 came 10-20 ms late, the backlog filled and every worker waited.
 """
 
+from __future__ import annotations
+
 import marshal
 import os
 import signal
 import sqlite3
 import struct
 import sys
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain, repeat
 
-CHECKPOINT_BYTES = 4_000_000
-"""Message bytes between WAL checkpoints: a group of 1,000 plain successes is a ~100 kB
-message (marshal version 2) and adds ~24 pages to the WAL, so this comes near SQLite's
-own checkpoint at 1,000 pages."""
+TYPE_CHECKING = False  # what mypy reads, without importing typing (14 ms at start)
+if TYPE_CHECKING:
+    import threading
+    from typing import Any
+
+CHECKPOINT_BYTES = 1_000_000
+"""Message bytes between WAL checkpoints: a group of 4,096 plain successes (by column)
+is a ~150 kB message and adds ~100 pages to the WAL. At 4 MB the WAL grew so far
+between checkpoints that the run's last transaction, on its own connection,
+spent 35 ms in SQLite's automatic checkpoint (7-14 ms at 1 MB, measured)."""
 
 
 def _read(fd: int, n: int) -> bytes:
@@ -60,17 +71,74 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def commit(
-    conn: sqlite3.Connection,
-    writes: Iterable[tuple[str, Iterable[Sequence[object]]]],
-    parent: int = 0,
-) -> None:
-    """One write transaction: every statement with its parameter rows, committed or
-    rolled back (the store's thread runs it too). With ``parent``, it is rolled back
-    unless that process is still this one's parent when the COMMIT is due."""
+WIDTH = 9
+"""Parameters of one plain success's row, in `_schema.job_successes`'s order."""
+
+SUCCESS_COLUMNS = "success columns"
+"""What a write of plain successes given column by column starts with, instead of its
+SQL: ``(SUCCESS_COLUMNS, plan, columns)``, turned into rows by `statements`.
+
+A busy run's groups come this way: the event loop sends each column as it
+has it and this process makes the rows and the result texts (measured: half
+the loop's work per row for the group and its message)."""
+
+Plan = Sequence[tuple[str, int, int]]
+"""How rows are cut into statements: ``(sql, rows a statement, statements)`` in turn."""
+
+
+def cut(plan: Plan, params: Sequence[object]) -> list[tuple[str, list[Sequence[object]]]]:
+    """``params`` (`WIDTH` a row, end to end) as each statement's parameter rows."""
+    writes = []
+    start = 0
+    for sql, rows, statements in plan:
+        step = rows * WIDTH
+        end = start + statements * step
+        writes.append((sql, [params[i : i + step] for i in range(start, end, step)]))
+        start = end
+    return writes
+
+
+def success_params(
+    run_id: str,
+    now: float,
+    first_seq: int,
+    keys: Sequence[str],
+    indexes: Iterable[object],
+    attempts: Iterable[int],
+    durations: Iterable[float],
+    results: Sequence[object],
+    ints: bool,
+) -> list[object]:
+    """The rows' parameters end to end, from their columns. ``results`` are the result
+    texts (None: not stored), or with ``ints`` ints whose text is their ``str()``."""
+    texts = list(map(str, results)) if ints else results
+    has: Iterable[int] = repeat(1)
+    if None in texts:
+        has = [0 if text is None else 1 for text in texts]
+    seqs = range(first_seq, first_seq + len(keys))
+    rows = zip(repeat(run_id), keys, indexes, attempts, durations, texts, has, seqs, repeat(now))
+    return list(chain.from_iterable(rows))
+
+
+Write = Sequence["Any"]  # (sql, parameter rows), or (SUCCESS_COLUMNS, plan, columns)
+
+
+def statements(writes: Iterable[Write]) -> Iterator[tuple[str, Iterable[Sequence[object]]]]:
+    """Every statement with its parameter rows, success columns made rows."""
+    for write in writes:
+        if write[0] == SUCCESS_COLUMNS:
+            yield from cut(write[1], success_params(*write[2]))
+        else:
+            yield write[0], write[1]
+
+
+def commit(conn: sqlite3.Connection, writes: Iterable[Write], parent: int = 0) -> None:
+    """One write transaction: every statement with its parameter rows (`statements`),
+    committed or rolled back (the store's thread runs it too). With ``parent``, it is
+    rolled back unless that process is still this one's parent when the COMMIT is due."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for sql, params in writes:
+        for sql, params in statements(writes):
             conn.executemany(sql, params)
         if parent and os.getppid() != parent:
             raise SystemExit(0)  # the run is gone: nothing it did not acknowledge is kept
@@ -94,19 +162,24 @@ class Checkpoints:
     def __init__(self, path: str, busy_timeout: float) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
-        self._asked = threading.Event()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="wal-checkpoints", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     def request(self) -> None:
+        if self._thread is None:  # the first time: `threading` costs a start 6 ms
+            import threading
+
+            self._asked = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="wal-checkpoints")
+            self._thread.start()
         self._asked.set()
 
     def stop(self) -> None:
         """Let a checkpoint under way end, then close its connection."""
-        self._stopping = True
-        self._asked.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._stopping = True
+            self._asked.set()
+            self._thread.join()
 
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
@@ -126,6 +199,9 @@ class Checkpoints:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Result ints come as ints: their parent checked that str() writes them under its
+    # own digit limit (`_sqlite_commit._str_can_write`), which -I hides from here.
+    sys.set_int_max_str_digits(0)
     path, busy_timeout, parent = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     if os.getppid() != parent:  # the parent died while this process started
         return
@@ -137,13 +213,21 @@ def main() -> None:
     checkpoints = Checkpoints(path, busy_timeout)
     write_all(stdout, b"R")
     since_checkpoint = 0  # message bytes
+    failed = False  # a transaction failed, its parent has not said it knows
     while True:
         head = _read(stdin, 4)
         if not head:
             break
-        body = _read(stdin, struct.unpack("<I", head)[0])
+        size = struct.unpack("<I", head)[0]
+        if not size:
+            failed = False
+            continue
+        body = _read(stdin, size)
         if not body:
             break
+        if failed:
+            write_all(stdout, b"\2")
+            continue
         sync, writes = marshal.loads(body)
         try:
             if sync != level:
@@ -151,6 +235,7 @@ def main() -> None:
                 level = sync
             commit(conn, writes, parent)
         except sqlite3.Error as exc:
+            failed = True
             error = marshal.dumps((type(exc).__name__, str(exc)))
             write_all(stdout, b"\1" + struct.pack("<I", len(error)) + error)
         else:
