@@ -35,8 +35,8 @@ def group(prefix: str, n: int = 300) -> list[JobRecord]:
 
 
 async def started(store: SQLiteStore) -> int:
-    """Begin run r1, commit two large groups and wait for the writer process they
-    started: its pid. The next large group goes to it."""
+    """Begin run r1 (which starts the writer process), commit two large groups and
+    wait for the writer: its pid. The next large group goes to it."""
     await store.begin_run(RunInfo(run_id="r1", job="t"))
     await store.commit(group("first"))  # the run is read first: a transaction on the thread
     await store.commit(group("second"))  # starts the writer; the thread commits meanwhile
@@ -151,6 +151,22 @@ async def test_a_busy_run_keeps_two_groups_in_flight_and_acks_each_after_its_com
     assert sorted(acked) == list(range(30_000))
     assert max(in_flight) == 2, in_flight
     assert [j.seq for j in jobs] == list(range(1, 30_001))
+
+
+async def test_the_writer_starts_with_a_run_and_an_unused_one_is_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        await store.list_runs()
+        assert store._writer is None, "a store that only reads starts no process"
+        await store.begin_run(RunInfo(run_id="r1", job="t"))
+        writer = store._writer
+        assert writer is not None, "a run begins: its writer starts beside its first jobs"
+        await store.commit([ok("small")])  # the connection's thread: the writer stays unused
+        pid = writer._proc.pid
+    assert gone(pid), "closing kills a writer never sent a group, at once"
+    async with await SQLiteStore.open(tmp_path / "s.db") as store:
+        assert [j.key for j in await store.jobs("r1")] == ["small"]
 
 
 async def test_the_writer_ignores_ctrl_c(tmp_path: Path) -> None:

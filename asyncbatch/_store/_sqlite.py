@@ -68,8 +68,9 @@ WRITER_ROWS = 256
 """A group of at least this many records is committed by the writer process.
 
 Smaller ones (short runs, a run's first and last groups) go through the
-connection's thread: a process is started only for a store that commits
-groups this large, and then once."""
+connection's thread. The process starts once per store, when a run begins
+(a store that only reads starts none), and one that was never sent a group
+is killed at close: a short run does not wait for its start."""
 
 T = TypeVar("T")
 
@@ -478,7 +479,12 @@ class SQLiteStore:
                 )
             return old
 
-        return await self._transaction(body)
+        old = await self._transaction(body)
+        # The run will commit: its writer process starts now (~20 ms), beside the
+        # run's first jobs, so the first large groups need not wait on the
+        # connection's thread for it (a store that only reads never starts one).
+        self._start_writer()
+        return old
 
     async def _holder(self, run_id: str) -> tuple[str | None, float | None]:
         rows = list(
@@ -674,19 +680,11 @@ class SQLiteStore:
     def _message(self, writes: list[Write], durability: str) -> bytes | None:
         """The writer process's message for ``writes`` (starting the process the first
         time), or None when they go through the connection's thread."""
-        if self._writer_off:
+        writer = self._start_writer()
+        if writer is None:
             return None
-        if self._writer is None:
-            if not usable(asyncio.get_running_loop()):
-                self._writer_off = True
-                return None
-            try:
-                self._writer = WriterProcess(os.path.abspath(self.path), self._busy_timeout)
-            except OSError:
-                self._writer_off = True  # no process can be started here: the thread it is
-                return None
         try:
-            if not self._writer.ready():
+            if not writer.ready():
                 return None  # still starting (~20 ms): this group goes through the thread
             return WriterProcess.encode(writes, "FULL" if durability == "full" else "NORMAL")
         except ValueError:
@@ -694,6 +692,18 @@ class SQLiteStore:
         except WriterError:
             self._drop_writer()
             return None
+
+    def _start_writer(self) -> WriterProcess | None:
+        """The writer process, started the first time; None where there is none."""
+        if self._writer is None and not self._writer_off:
+            if not usable(asyncio.get_running_loop()):
+                self._writer_off = True
+                return None
+            try:
+                self._writer = WriterProcess(os.path.abspath(self.path), self._busy_timeout)
+            except OSError:
+                self._writer_off = True  # no process can be started here: the thread it is
+        return self._writer
 
     def _drop_writer(self) -> None:
         """The writer process failed: later groups go through the connection's thread."""

@@ -108,6 +108,7 @@ class WriterProcess:
         self._replies: deque[asyncio.Future[bytes | None]] = deque()
         self._buffer = b""
         self._ready = False
+        self._sent = False
 
     def ready(self) -> bool:
         """Whether the child has connected (its ``b"R"`` arrived); until then, the thread."""
@@ -149,6 +150,7 @@ class WriterProcess:
         if not self._replies:
             loop.add_reader(self._out, self._readable)
         self._replies.append(reply)
+        self._sent = True
         try:
             write_all(self._in, message)
         except OSError as exc:
@@ -219,7 +221,10 @@ class WriterProcess:
         return "still running" if code is None else f"exit status {code}"
 
     def close(self) -> None:
-        """End the child: it finishes the transaction it has, then sees its input close."""
+        """End the child: it finishes the transaction it has, then sees its input close
+        (one never sent anything is killed: a short run does not wait for its start)."""
+        if not self._sent:
+            self._proc.kill()
         if self._proc.stdin is not None:
             try:
                 self._proc.stdin.close()
