@@ -160,6 +160,26 @@ def test_a_sigkilled_owner_is_taken_over_at_once(db: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are read from /proc")
+def test_a_sigkilled_owner_not_yet_reaped_is_taken_over_at_once(db: str) -> None:
+    """A zombie's pid still answers kill(pid, 0): its state says it is gone."""
+    with _holding(_cli(db, *RUN), HOLD_AT="3", FIXED="1") as owner:
+        deadline = time.monotonic() + 30
+        while _count(db, "SELECT count(*) FROM jobs") < 19:  # all but the held one
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        owner.send_signal(signal.SIGKILL)
+        while Path(f"/proc/{owner.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the owner did not die"
+            time.sleep(0.01)
+        resumed = subprocess.run(  # the owner is not reaped until the block ends
+            _cli(db, *RUN), env=_env(FIXED="1"), capture_output=True, text=True, timeout=60
+        )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 succeeded, 19 skipped" in resumed.stdout
+
+
+@pytest.mark.slow
 def test_a_redrive_killed_midway_leaves_its_unfinished_entries_dead_and_redrivable(
     db: str,
 ) -> None:

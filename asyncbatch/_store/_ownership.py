@@ -36,10 +36,11 @@ def owning_here(owner: str, running: bool) -> None:
 def owner_is_gone(owner: str) -> bool:
     """Whether ``owner`` (``host:pid:...``) is of THIS host and no longer runs.
 
-    Such an owner (killed, crashed) is taken over at once rather than after
-    its lease expires. An owner on another host, or whose pid answers (or
-    belongs to another user), counts as alive; one of this very process
-    as long as its engine runs (`owning_here`).
+    Such an owner (killed, crashed, even not yet reaped by its parent) is
+    taken over at once rather than after its lease expires. An owner on
+    another host, or whose pid answers (or belongs to another user), counts
+    as alive; one of this very process as long as its engine runs
+    (`owning_here`).
     """
     if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process there
         return False
@@ -55,7 +56,17 @@ def owner_is_gone(owner: str) -> bool:
         return True
     except OSError:  # PermissionError: alive, someone else's
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` ended and only waits for its parent to reap it (Linux's /proc):
+    a killed owner whose shell or supervisor has not called wait() yet."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def check_lease(
