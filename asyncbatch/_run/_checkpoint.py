@@ -28,6 +28,7 @@ import anyio
 
 from asyncbatch._result import JobOutcome
 from asyncbatch._store import JobRecord, Store
+from asyncbatch._store._common import mark_seen
 
 __all__ = ["Checkpointer"]
 
@@ -207,7 +208,7 @@ class Checkpointer:
                 await self._wake.wait()
         finally:
             for committed, _, _ in flight:
-                committed.add_done_callback(_retrieve)  # failed before it: not awaited
+                committed.add_done_callback(mark_seen)  # failed before it: not awaited
             self._in_commit = 0
 
     async def flush(self) -> None:
@@ -227,6 +228,3 @@ class Checkpointer:
         self._wake.set()
 
 
-def _retrieve(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled():
-        fut.exception()

@@ -7,9 +7,10 @@ rows ↔ values), `_dlq_base` (the public DLQ API, atomic paged export) and
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from asyncbatch._errors import ConfigError
 
@@ -75,6 +76,7 @@ __all__ = [
     "is_plain_success",
     "is_utf8",
     "job_row",
+    "mark_seen",
     "merge_history",
     "outcome_record",
     "owner_is_gone",
@@ -110,3 +112,10 @@ def check_durability(durability: str) -> Durability:
 def wall_clock() -> float:
     """The default clock: epoch seconds."""
     return time.time()
+
+
+def mark_seen(fut: asyncio.Future[Any]) -> None:
+    """A done callback that marks a future's error as seen: nobody awaits it any more
+    (its caller was cancelled, or an error before it ended the wait)."""
+    if not fut.cancelled():
+        fut.exception()

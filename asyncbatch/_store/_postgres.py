@@ -57,6 +57,7 @@ from ._common import (
     decode,
     encode,
     finished_job,
+    mark_seen,
     wall_clock,
     zero_counts,
 )
@@ -95,11 +96,6 @@ def _version() -> str:
 class _Redo(Exception):
     """A fresh run's job already had a row: roll back and commit again with the upsert."""
 
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a shielded transaction's error as seen: its caller was cancelled and left."""
-    if not task.cancelled():
-        task.exception()
 
 
 GROUP_SIZE = 4096
@@ -257,7 +253,7 @@ class PostgresStore:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.done():
-                task.add_done_callback(_retrieve)
+                task.add_done_callback(mark_seen)
             raise
 
     async def _locked_write(self, body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

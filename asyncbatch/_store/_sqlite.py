@@ -42,6 +42,7 @@ from ._common import (
     decode,
     encode,
     finished_job,
+    mark_seen,
     wall_clock,
     zero_counts,
 )
@@ -88,11 +89,6 @@ def _one_line(exc: BaseException) -> str:
 def _probe(path: str) -> None:
     sqlite3.connect(path).close()
 
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a shielded transaction's error as seen: its caller was cancelled and left."""
-    if not task.cancelled():
-        task.exception()
 
 
 class SQLiteStore:
@@ -292,7 +288,7 @@ class SQLiteStore:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.done():
-                task.add_done_callback(_retrieve)
+                task.add_done_callback(mark_seen)
             raise
 
     async def _locked_transaction(self, body: Callable[[], Awaitable[T]], durability: str) -> T:

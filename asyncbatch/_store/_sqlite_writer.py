@@ -37,6 +37,7 @@ try:
 except ImportError:  # Windows: the store keeps its writer thread (`usable`)
     fcntl = None  # type: ignore[assignment]
 
+from ._common import mark_seen
 from ._sqlite_writer_main import write_all
 
 __all__ = ["Skipped", "WriterError", "WriterProcess", "usable"]
@@ -49,10 +50,6 @@ _MIN_PIPE = 1 << 12
 _RESET = struct.pack("<I", 0)
 """The empty message: the failure just read is known here, the child may commit again."""
 
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 def usable(loop: asyncio.AbstractEventLoop) -> bool:
@@ -214,7 +211,7 @@ class WriterProcess:
         for reply in replies:
             if not reply.done():
                 reply.set_exception(exc)
-                reply.add_done_callback(_retrieve)  # awaited or not: nobody must be warned
+                reply.add_done_callback(mark_seen)  # awaited or not: nobody must be warned
 
     def _exit(self) -> str:
         code = self._proc.poll()
