@@ -103,6 +103,13 @@ def _count(db: str, sql: str) -> int:
         return 0
 
 
+def _wait_for_jobs(db: str, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while _count(db, "SELECT count(*) FROM jobs") < n:
+        assert time.monotonic() < deadline, f"fewer than {n} jobs were committed"
+        time.sleep(0.01)
+
+
 async def _pg_count(db: str, sql: str) -> int:
     import asyncpg
 
@@ -142,10 +149,7 @@ def test_a_second_process_on_a_running_run_is_refused_in_one_line_naming_the_own
 @pytest.mark.slow
 def test_a_sigkilled_owner_is_taken_over_at_once(db: str) -> None:
     with _holding(_cli(db, *RUN), HOLD_AT="3", FIXED="1") as owner:
-        deadline = time.monotonic() + 30
-        while _count(db, "SELECT count(*) FROM jobs") < 19:  # all but the held one
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _wait_for_jobs(db, 19)  # all but the held one
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=10)
 
@@ -164,11 +168,9 @@ def test_a_sigkilled_owner_is_taken_over_at_once(db: str) -> None:
 def test_a_sigkilled_owner_not_yet_reaped_is_taken_over_at_once(db: str) -> None:
     """A zombie's pid still answers kill(pid, 0): its state says it is gone."""
     with _holding(_cli(db, *RUN), HOLD_AT="3", FIXED="1") as owner:
-        deadline = time.monotonic() + 30
-        while _count(db, "SELECT count(*) FROM jobs") < 19:  # all but the held one
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _wait_for_jobs(db, 19)  # all but the held one
         owner.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
         while Path(f"/proc/{owner.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
             assert time.monotonic() < deadline, "the owner did not die"
             time.sleep(0.01)
