@@ -169,6 +169,23 @@ async def test_the_writer_starts_with_a_run_and_an_unused_one_is_not_waited_for(
         assert [j.key for j in await store.jobs("r1")] == ["small"]
 
 
+async def test_groups_are_sent_ahead_only_to_a_writer_that_is_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where every commit goes through the thread, a group is not cut in two (two
+    commits one after the other would only cost a second COMMIT)."""
+    async with await SQLiteStore.open(tmp_path / "a.db") as store:
+        assert store.sends_ahead == 0
+        await started(store)
+        assert store.sends_ahead == _sqlite.WRITER_ROWS
+    monkeypatch.setenv("ASYNCBATCH_SQLITE_WRITER", "thread")
+    async with await SQLiteStore.open(tmp_path / "b.db") as store:
+        await store.begin_run(RunInfo(run_id="r1", job="t"))
+        await store.commit(group("first"))
+        assert store._writer is None
+        assert store.sends_ahead == 0
+
+
 async def test_the_writer_ignores_ctrl_c(tmp_path: Path) -> None:
     # Ctrl-C reaches every process of the terminal's group: the run still has
     # commits to make after it (the jobs that finished), so the writer stays.

@@ -46,7 +46,6 @@ class Checkpointer:
 
     __slots__ = (
         "_ack",
-        "_ahead",
         "_closed",
         "_commit",
         "_durability",
@@ -55,6 +54,7 @@ class Checkpointer:
         "_outcomes",
         "_records",
         "_send",
+        "_store",
         "_taken",
         "_wake",
         "_woken",
@@ -81,9 +81,9 @@ class Checkpointer:
             if self.takes_outcomes
             else store.commit
         )
-        self._ahead: int = getattr(type(store), "sends_ahead", 0)
+        self._store = store
         self._send: Send | None = None
-        if self._ahead:
+        if hasattr(type(store), "send"):
             send = store.send  # type: ignore[attr-defined]
             self._send = partial(send, run_id=run_id) if self.takes_outcomes else send
         self._taken = taken
@@ -186,7 +186,9 @@ class Checkpointer:
                     outcomes.clear()
                     n = len(taken)
                     self._in_commit += n
-                    cuts = [n // 2, n] if not flight and n >= 2 * self._ahead else [n]
+                    # Halves only where the store takes one while it commits the other.
+                    ahead = self._store.sends_ahead  # type: ignore[attr-defined]
+                    cuts = [n // 2, n] if not flight and ahead and n >= 2 * ahead else [n]
                     start = 0
                     for end in cuts:
                         committed = await send(taken[start:end], durability=self._durability)

@@ -629,9 +629,13 @@ class SQLiteStore:
         """
         await (await self.send(records, durability=durability, run_id=run_id))
 
-    sends_ahead: ClassVar[int] = WRITER_ROWS
-    """`send` hands a group of this many records or more to the writer process, which
-    may commit the one before meanwhile (`Checkpointer`)."""
+    @property
+    def sends_ahead(self) -> int:
+        """The smallest group `send` hands to the writer process while it commits the one
+        before (`Checkpointer`); 0 while there is no process up to take it (it is
+        starting, or every commit goes through the connection's thread)."""
+        writer = self._writer
+        return WRITER_ROWS if writer is not None and writer.up else 0
 
     async def send(
         self,

@@ -107,6 +107,11 @@ class WriterProcess:
         self._ready = False
         self._sent = False
 
+    @property
+    def up(self) -> bool:
+        """Whether `ready` has seen the child connected."""
+        return self._ready
+
     def ready(self) -> bool:
         """Whether the child has connected (its ``b"R"`` arrived); until then, the thread."""
         if not self._ready:
