@@ -228,5 +228,3 @@ class Checkpointer:
         """Let `run` return once what is pending has been committed."""
         self._closed = True
         self._wake.set()
-
-

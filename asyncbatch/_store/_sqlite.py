@@ -90,7 +90,6 @@ def _probe(path: str) -> None:
     sqlite3.connect(path).close()
 
 
-
 class SQLiteStore:
     """A checkpoint store in one SQLite file. Open it with `SQLiteStore.open` or `ab.open_store`.
 

@@ -51,7 +51,6 @@ _RESET = struct.pack("<I", 0)
 """The empty message: the failure just read is known here, the child may commit again."""
 
 
-
 def usable(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether a writer process can serve this event loop: POSIX, a loop with fd
     readers, and a second CPU to run on (on one, it would only add its messages)."""
