@@ -8,6 +8,7 @@ Ctrl-C, outlive its parent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -142,7 +143,7 @@ async def test_a_busy_run_keeps_two_groups_in_flight_and_acks_each_after_its_com
                 acked.append(outcome.result)
                 # Acknowledged means committed: another connection reads it already.
                 if len(acked) % 5000 == 0:
-                    with sqlite3.connect(path) as conn:
+                    with contextlib.closing(sqlite3.connect(path)) as conn:
                         (stored,) = conn.execute(
                             "SELECT count(*) FROM jobs WHERE run_id = 'busy'"
                         ).fetchone()
