@@ -53,15 +53,11 @@ from ._schema import (
     SUCCESS_ROWS,
     job_successes,
 )
-from ._sqlite_writer_main import SUCCESS_COLUMNS, WIDTH, Plan, cut, statements
+from ._sqlite_writer_main import SUCCESS_COLUMNS, WIDTH, Plan, Write, cut, statements
 
 __all__ = ["CHUNK", "Committed", "Group", "SQLiteCommitter", "Write", "chunks"]
 
 T = TypeVar("T")
-
-Write = tuple[Any, ...]
-"""A statement and its parameter rows, for ``executemany``; or plain successes by
-column (`_sqlite_writer_main.SUCCESS_COLUMNS`)."""
 
 CHUNK = 500  # bound variables per IN (...) query, far below SQLite's limit
 _SUCCEEDED, _DEAD = JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED
@@ -163,7 +159,7 @@ def _plan(rows: int) -> Plan:
             plan.append((job_successes(size), size, 1))
             rest -= size
         size //= 2
-    return plan
+    return tuple(plan)  # cached: shared by every group of this size
 
 
 class SQLiteCommitter:
@@ -304,14 +300,14 @@ class SQLiteCommitter:
             return None
         g = Group(self._clock(), {run_id: cache})
         now = g.now
-        results = list(map(_RESULT, outcomes))
+        results = values = list(map(_RESULT, outcomes))
         # The commonest results, ints, are their own JSON as str() writes them: the
         # writer makes their texts (an int str() refuses is `encode`'s to judge).
-        ints = _all_ints(results) and _str_can_write(results)
+        ints = _all_ints(values) and _str_can_write(values)
         if not ints:
-            results = list(map(encode, results))
+            results = list(map(encode, values))
             if None in results:
-                for key, value, text in zip(keys, map(_RESULT, outcomes), results, strict=True):
+                for key, value, text in zip(keys, values, results, strict=True):
                     if text is None:
                         warn_unstorable(run_id, key, value)
         columns = [run_id, now, cache.seq + 1, keys, list(map(_INDEX, outcomes)),

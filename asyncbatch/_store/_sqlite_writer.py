@@ -30,7 +30,6 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 try:
     import fcntl
@@ -38,7 +37,7 @@ except ImportError:  # Windows: the store keeps its writer thread (`usable`)
     fcntl = None  # type: ignore[assignment]
 
 from ._common import mark_seen
-from ._sqlite_writer_main import write_all
+from ._sqlite_writer_main import Write, write_all
 
 __all__ = ["Skipped", "WriterError", "WriterProcess", "usable"]
 
@@ -123,7 +122,7 @@ class WriterProcess:
         return True
 
     @staticmethod
-    def encode(writes: Sequence[tuple[str, Sequence[Sequence[Any]]]], level: str) -> bytes:
+    def encode(writes: Sequence[Write], level: str) -> bytes:
         """The message for one transaction; `ValueError` when a value cannot be sent.
 
         Marshal version 2: no table of shared references to fill, a third

@@ -120,7 +120,9 @@ def success_params(
     return list(chain.from_iterable(rows))
 
 
-Write = Sequence["Any"]  # (sql, parameter rows), or (SUCCESS_COLUMNS, plan, columns)
+Write = Sequence["Any"]
+"""A statement and its parameter rows, for ``executemany``; or plain successes by
+column: ``(SUCCESS_COLUMNS, plan, columns)``."""
 
 
 def statements(writes: Iterable[Write]) -> Iterator[tuple[str, Iterable[Sequence[object]]]]:
